@@ -1,0 +1,43 @@
+"""The ``bridge`` command line: thin wiring over the pipeline; one module per command."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from bridge import __version__
+from bridge.cli import prescreen
+
+app = typer.Typer(
+    name="bridge",
+    help="FHIR R4 bridge between a hospital EHR and the CD7 CAR-T trial NCT04762485.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"bridge {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """FHIR R4 bridge between a hospital EHR and the CD7 CAR-T trial NCT04762485."""
+
+
+app.command("prescreen", help=prescreen.HELP)(prescreen.command)
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,79 @@
+"""What every command shares: error -> one line + exit code, JSON/table output, progress on a terminal only."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import date
+from typing import Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from bridge.errors import BridgeError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+err_console = Console(stderr=True)
+out_console = Console(width=None if Console().is_terminal else 160)
+
+
+def fail(exc: BridgeError) -> typer.Exit:
+    """One actionable line on stderr (plus one line per further issue, max 20) and the documented exit code."""
+    err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+    extra = [i for i in exc.issues if i.diagnostics != exc.message]
+    for issue in extra[:20]:
+        where = f" at {', '.join(issue.expression)}" if issue.expression else ""
+        err_console.print(f"  - {issue.diagnostics}{where}", highlight=False, soft_wrap=True)
+    if len(extra) > 20:
+        err_console.print(f"  ... and {len(extra) - 20} more", highlight=False)
+    return typer.Exit(exc.exit_code)
+
+
+def handles_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except BridgeError as exc:
+            raise fail(exc) from None
+    return wrapper
+
+
+def parse_as_of(value: str | None) -> date:
+    if value is None:
+        return date.today()
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter("use YYYY-MM-DD, e.g. 2026-06-15", param_hint="--as-of") from None
+
+
+def print_json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+
+
+@contextmanager
+def progress(label: str) -> Iterator[Callable[[int], None] | None]:
+    """A progress spinner on stderr when it is a terminal; nothing at all when piped."""
+    if not err_console.is_terminal:
+        yield None
+        return
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                  TextColumn("{task.completed} resources"), TimeElapsedColumn(),
+                  console=err_console, transient=True) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda n: bar.advance(task, n)
+
+
+def setup_logging(level: str = "WARNING") -> None:
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+__all__ = ["err_console", "fail", "handles_errors", "out_console", "parse_as_of", "print_json", "progress",
+           "setup_logging"]

@@ -1,0 +1,106 @@
+"""``bridge prescreen``: evaluate every criterion for every patient of a source."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from bridge.cli.common import err_console, handles_errors, out_console, parse_as_of, print_json, progress
+from bridge.config import RuleOptions
+from bridge.evaluate.eligibility import ADVISORY, Screening
+from bridge.normalize.mappings import load_code_map
+from bridge.normalize.patients import ReadReport
+from bridge.pipeline import prescreen
+
+HELP = """Pre-screen patients for NCT04762485: every criterion met / not-met / unknown, with evidence.
+
+SOURCE is a Bundle file, '-' for a Bundle on stdin, or a directory of Bulk Data NDJSON files.
+
+Example:
+
+    bridge prescreen samples/prescreen/bundle.json --as-of 2026-06-15 --site-map samples/site-map.yaml
+
+Exit codes: 0 ok, 2 bad input (or skipped resources with --strict), 3 unreadable source, 4 invalid site map.
+"""
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+
+
+class Reading(str, Enum):
+    organ_function = "organ-function"
+    literal = "literal"
+
+
+STATUS_STYLE = {"candidate": "bold green", "potential-candidate": "yellow", "ineligible": "red"}
+
+
+def _blockers(s: Screening) -> tuple[list[str], list[str]]:
+    failing = [v.criterion for v in s.verdicts if v.criterion not in ADVISORY and (
+        (v.criterion.startswith("inc-") and v.result == "not-met") or
+        (v.criterion.startswith("exc-") and v.result == "met"))]
+    unknown = [v.criterion for v in s.verdicts if v.criterion not in ADVISORY and v.result == "unknown"]
+    return failing, unknown
+
+
+def render_table(screenings: list[Screening], options: RuleOptions) -> Table:
+    table = Table(title=f"NCT04762485 pre-screen as of {options.as_of} ({options.organ_function_reading} reading)",
+                  title_justify="left")
+    table.add_column("Status", no_wrap=True)
+    table.add_column("Patient", no_wrap=True)
+    table.add_column("Failing criteria")
+    table.add_column("Unknown criteria")
+    order = {"candidate": 0, "potential-candidate": 1, "ineligible": 2}
+    for s in sorted(screenings, key=lambda s: (order[s.status], s.patient)):
+        failing, unknown = _blockers(s)
+        table.add_row(f"[{STATUS_STYLE[s.status]}]{s.status}[/]", s.patient, ", ".join(failing) or "-",
+                      ", ".join(unknown) or "-")
+    return table
+
+
+def summary(screenings: list[Screening]) -> str:
+    counts = {k: sum(1 for s in screenings if s.status == k) for k in STATUS_STYLE}
+    return f"{len(screenings)} patients: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+
+
+def report_problems(report: ReadReport) -> None:
+    lines = report.lines()
+    if not lines:
+        return
+    err_console.print(f"{len(report.skipped)} resource(s) skipped, {len(report.warnings)} value(s) not usable:",
+                      highlight=False)
+    for line in lines[:50]:
+        err_console.print(f"  {line}", highlight=False, soft_wrap=True)
+    if len(lines) > 50:
+        err_console.print(f"  ... and {len(lines) - 50} more", highlight=False)
+
+
+@handles_errors
+def command(
+    source: Annotated[str, typer.Argument(help="Bundle file, '-' (stdin), NDJSON directory, or a FHIR base URL")],
+    as_of: Annotated[str | None, typer.Option("--as-of", help="Evaluation date YYYY-MM-DD (default: today)")] = None,
+    site_map: Annotated[Path | None, typer.Option("--site-map", help="Site map (YAML/JSON) of local codes")] = None,
+    fmt: Annotated[Format, typer.Option("--format", help="table (readable) or json (the documented contract)")] = Format.table,
+    reading: Annotated[Reading, typer.Option("--organ-function-reading",
+                                             help="inclusion 6: organ-function (default) or literal record text")]
+    = Reading.organ_function,
+    strict: Annotated[bool, typer.Option("--strict", help="exit 2 when any resource was skipped")] = False,
+) -> None:
+    options = RuleOptions(as_of=parse_as_of(as_of), organ_function_reading=reading.value)  # type: ignore[arg-type]
+    cmap = load_code_map(site_map)
+    with progress("reading and screening") as tick:
+        run = prescreen(source, options, cmap, tick)
+    if fmt is Format.json:
+        print_json(run.as_json())
+    else:
+        out_console.print(render_table(run.screenings, options))
+        out_console.print(summary(run.screenings), highlight=False)
+    report_problems(run.report)
+    if strict and run.report.skipped:
+        raise typer.Exit(2)

@@ -1,0 +1,171 @@
+"""The domain model in the middle: typed facts about one patient, free of FHIR classes.
+
+Normalize builds these from FHIR JSON; evaluate reads only these. Every fact names the resource it came
+from (``source``, e.g. ``"Observation/abc"``) so verdicts can cite evidence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Literal
+
+Tri = Literal["met", "not-met", "unknown"]
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """A UCUM quantity. ``comparator`` is FHIR's (<, <=, >=, >) when the lab reported a bound."""
+
+    value: float
+    unit: str
+    comparator: str | None = None
+
+
+@dataclass(frozen=True)
+class PartialDate:
+    """A FHIR date that may lack month and day (``1980``, ``1980-04``, ``1980-04-02``)."""
+
+    year: int
+    month: int | None = None
+    day: int | None = None
+
+    @property
+    def is_full(self) -> bool:
+        return self.month is not None and self.day is not None
+
+    def earliest(self) -> date:
+        return date(self.year, self.month or 1, self.day or 1)
+
+    def latest(self) -> date:
+        if self.month is None:
+            return date(self.year, 12, 31)
+        if self.day is not None:
+            return date(self.year, self.month, self.day)
+        nxt = date(self.year + (self.month == 12), self.month % 12 + 1, 1)
+        return date.fromordinal(nxt.toordinal() - 1)
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One observed thing about the patient, mapped to a concept.
+
+    ``value`` is a converted ``Quantity`` (in the concept's canonical unit), an ``int`` (scores, classes),
+    a ``bool`` (qualitative: positive/negative, finding present/absent), or ``None`` when the value could
+    not be used — then ``problem`` says why (e.g. an unconvertible unit), without the value itself.
+    """
+
+    concept: str
+    value: Quantity | bool | int | None
+    when: date | None
+    source: str
+    status: str = "final"
+    ref_low: Quantity | None = None
+    ref_high: Quantity | None = None
+    problem: str | None = None
+    method: str | None = None
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """A coded Condition mapped to condition concepts (``concepts``) by the ICD/SNOMED tables."""
+
+    concepts: frozenset[str]
+    system: str
+    code: str
+    source: str
+    clinical_status: str | None = None
+    verification_status: str | None = None
+    onset: date | None = None
+    recorded: date | None = None
+    abatement: date | None = None
+    in_relapse: bool = False
+    grade: int | None = None
+
+    @property
+    def is_current(self) -> bool:
+        """Active, recurrence or relapse (or no status), and not refuted / entered-in-error."""
+        if self.verification_status in ("refuted", "entered-in-error"):
+            return False
+        return self.clinical_status in (None, "active", "recurrence", "relapse")
+
+    @property
+    def is_valid(self) -> bool:
+        return self.verification_status not in ("refuted", "entered-in-error")
+
+    @property
+    def when(self) -> date | None:
+        return self.onset or self.recorded
+
+
+@dataclass(frozen=True)
+class Infusion:
+    """A MedicationAdministration of a mapped product (e.g. ``cd7-car-t-product``)."""
+
+    concept: str
+    when: date | None
+    status: str
+    cells: float | None
+    source: str
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class Stay:
+    """An Encounter, reduced to what admission logic needs."""
+
+    source: str
+    klass: str | None
+    status: str | None
+    start: date | None
+    end: date | None
+
+    @property
+    def is_inpatient(self) -> bool:
+        return self.klass in ("IMP", "ACUTE", "NONAC")
+
+
+@dataclass
+class PatientFacts:
+    """Everything the rules may look at for one patient."""
+
+    patient_id: str
+    birth_date: PartialDate | None = None
+    sex: str | None = None
+    deceased: bool = False
+    deceased_date: date | None = None
+    facts: list[Fact] = field(default_factory=list)
+    diagnoses: list[Diagnosis] = field(default_factory=list)
+    infusions: list[Infusion] = field(default_factory=list)
+    stays: list[Stay] = field(default_factory=list)
+    activity: set[date] = field(default_factory=set)
+
+    def last_activity(self, as_of: date) -> date | None:
+        """The latest date of any resource of this patient on or before ``as_of`` (last follow-up)."""
+        return max((d for d in self.activity if d <= as_of), default=None)
+
+    @property
+    def ref(self) -> str:
+        return f"Patient/{self.patient_id}"
+
+    def of(self, concept: str) -> list[Fact]:
+        return [f for f in self.facts if f.concept == concept]
+
+    def diagnosed(self, concept: str) -> list[Diagnosis]:
+        return [d for d in self.diagnoses if concept in d.concepts]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One criterion's result with its evidence (resource refs) and a one-line reason free of names."""
+
+    criterion: str
+    result: Tri
+    reason: str
+    evidence: tuple[str, ...] = ()
+
+    def as_json(self) -> dict[str, object]:
+        return {"result": self.result, "evidence": list(self.evidence), "reason": self.reason}
+
+
+__all__ = ["Diagnosis", "Fact", "Infusion", "PartialDate", "PatientFacts", "Quantity", "Stay", "Tri", "Verdict"]

@@ -1,0 +1,67 @@
+"""Wiring shared by the CLI and the service: sources -> normalize -> evaluate, as one call each."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from bridge import STUDY_ID
+from bridge.config import RuleOptions
+from bridge.evaluate.eligibility import CRITERIA, Screening, screen
+from bridge.ingest.readers import Item, read_source
+from bridge.model import PatientFacts
+from bridge.normalize.mappings import CodeMap
+from bridge.normalize.patients import PatientAssembler, ReadReport
+
+
+@dataclass
+class PrescreenRun:
+    options: RuleOptions
+    screenings: list[Screening]
+    report: ReadReport
+
+    def as_json(self) -> dict[str, object]:
+        return prescreen_json(self.screenings, self.options)
+
+
+def load_patients(items: Iterable[Item], cmap: CodeMap,
+                  progress: Callable[[int], None] | None = None) -> tuple[list[PatientFacts], ReadReport]:
+    asm = PatientAssembler(cmap)
+    if progress is None:
+        asm.add_items(items)
+    else:
+        asm.add_items(_counting(items, progress))
+    return asm.patients(), asm.report
+
+
+def _counting(items: Iterable[Item], progress: Callable[[int], None]) -> Iterable[Item]:
+    for n, item in enumerate(items, start=1):
+        if n % 500 == 0:
+            progress(500)
+        yield item
+
+
+def prescreen_patients(patients: Iterable[PatientFacts], options: RuleOptions, cmap: CodeMap) -> list[Screening]:
+    return [screen(p, options, cmap.uln) for p in patients]
+
+
+def prescreen(source: str, options: RuleOptions, cmap: CodeMap,
+              progress: Callable[[int], None] | None = None) -> PrescreenRun:
+    patients, report = load_patients(read_source(source), cmap, progress)
+    return PrescreenRun(options, prescreen_patients(patients, options, cmap), report)
+
+
+def screening_json(s: Screening) -> dict[str, object]:
+    return {"patient": s.patient, "status": s.status,
+            "criteria": {v.criterion: v.as_json() for v in s.verdicts}}
+
+
+def prescreen_json(screenings: Iterable[Screening], options: RuleOptions) -> dict[str, object]:
+    """The ``bridge prescreen --format json`` document (issue #2 contract)."""
+    return {"study": STUDY_ID, "asOf": options.as_of.isoformat(),
+            "organFunctionReading": options.organ_function_reading,
+            "results": [screening_json(s) for s in screenings]}
+
+
+__all__ = ["CRITERIA", "PrescreenRun", "load_patients", "prescreen", "prescreen_json", "prescreen_patients",
+           "screening_json"]
