@@ -7,7 +7,7 @@ building. These models do not check required code bindings: ``bridge.publish.val
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class  # noqa: TID251 - this module is the one allowed adapter
@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from bridge.errors import InvalidResource, Issue
 
 
-@lru_cache(maxsize=None)
+@cache
 def model_class(resource_type: str) -> Any:
     """The R4B model class for a resource type; ``InvalidResource`` for an unknown type."""
     try:
@@ -45,12 +45,13 @@ def parse_resource(data: dict[str, Any], where: str = "") -> Any:
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        issues = [Issue("structure", f"{e.get('type', 'invalid')}", (_issue_path(rtype, tuple(e.get("loc", ()))),))
+        issues = [Issue("structure", str(e.get("type", "invalid")), (_issue_path(rtype, tuple(e.get("loc", ()))),))
                   for e in exc.errors(include_input=False, include_url=False)]
         paths = ", ".join(i.expression[0] for i in issues[:3])
         rid = data.get("id")
         label = f"{rtype}/{rid}" if isinstance(rid, str) else rtype
-        raise InvalidResource(f"{where + ': ' if where else ''}{label} fails the R4B model at {paths}", issues) from None
+        prefix = f"{where}: " if where else ""
+        raise InvalidResource(f"{prefix}{label} fails the R4B model at {paths}", issues) from None
 
 
 def to_json(model: Any) -> dict[str, Any]:

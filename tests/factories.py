@@ -48,7 +48,10 @@ def dx(*concepts: str, code: str = "X00", days_ago: int | None = 10, clinical: s
                      onset=when if onset else None, recorded=None if onset else when, in_relapse=relapse)
 
 
-def patient(*items: Fact | Diagnosis, born: PartialDate | None = PartialDate(1990, 1, 1),
+DEFAULT_BIRTH = PartialDate(1990, 1, 1)
+
+
+def patient(*items: Fact | Diagnosis, born: PartialDate | None = DEFAULT_BIRTH,
             sex: str | None = "female") -> PatientFacts:
     pf = PatientFacts("p1", birth_date=born, sex=sex)
     for it in items:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -22,18 +22,19 @@ SOURCE is a Bundle file, '-' for a Bundle on stdin, or a directory of Bulk Data 
 
 Example:
 
+\b
     bridge prescreen samples/prescreen/bundle.json --as-of 2026-06-15 --site-map samples/site-map.yaml
 
 Exit codes: 0 ok, 2 bad input (or skipped resources with --strict), 3 unreadable source, 4 invalid site map.
 """
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     table = "table"
     json = "json"
 
 
-class Reading(str, Enum):
+class Reading(StrEnum):
     organ_function = "organ-function"
     literal = "literal"
 
@@ -86,13 +87,14 @@ def command(
     source: Annotated[str, typer.Argument(help="Bundle file, '-' (stdin), NDJSON directory, or a FHIR base URL")],
     as_of: Annotated[str | None, typer.Option("--as-of", help="Evaluation date YYYY-MM-DD (default: today)")] = None,
     site_map: Annotated[Path | None, typer.Option("--site-map", help="Site map (YAML/JSON) of local codes")] = None,
-    fmt: Annotated[Format, typer.Option("--format", help="table (readable) or json (the documented contract)")] = Format.table,
+    fmt: Annotated[Format, typer.Option("--format", help="table (readable) or json (the documented contract)")
+                   ] = Format.table,
     reading: Annotated[Reading, typer.Option("--organ-function-reading",
                                              help="inclusion 6: organ-function (default) or literal record text")]
     = Reading.organ_function,
     strict: Annotated[bool, typer.Option("--strict", help="exit 2 when any resource was skipped")] = False,
 ) -> None:
-    options = RuleOptions(as_of=parse_as_of(as_of), organ_function_reading=reading.value)  # type: ignore[arg-type]
+    options = RuleOptions(as_of=parse_as_of(as_of), organ_function_reading=reading.value)
     cmap = load_code_map(site_map)
     with progress("reading and screening") as tick:
         run = prescreen(source, options, cmap, tick)

@@ -52,7 +52,8 @@ def inc_diagnosis(pf: PatientFacts, o: RuleOptions) -> Verdict:
     refs = [d.source for d in leukemia]
     relapsed = [d for d in leukemia if d.in_relapse or d.clinical_status in ("relapse", "recurrence")]
     if relapsed:
-        how = "ICD-10-CM 'in relapse' code" if relapsed[0].in_relapse else f"clinical status {relapsed[0].clinical_status}"
+        first = relapsed[0]
+        how = "ICD-10-CM 'in relapse' code" if first.in_relapse else f"clinical status {first.clinical_status}"
         return _v("inc-diagnosis", "met", f"relapsed acute leukemia ({how})", *[d.source for d in relapsed])
     refractory = _positive_finding(pf, "refractory-disease", o.as_of) or next(
         iter(_current(pf, "refractory-disease", o.as_of)), None)

@@ -74,7 +74,8 @@ def _concept_of(cmap: CodeMap, concept: Any) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _quantity(cmap: CodeMap, concept: str, q: Any, path: str, site_code: str | None) -> tuple[Quantity | None, str | None]:
+def _quantity(cmap: CodeMap, concept: str, q: Any, path: str,
+              site_code: str | None) -> tuple[Quantity | None, str | None]:
     info = cmap.concepts[concept]
     if not isinstance(q, dict) or not isinstance(q.get("value"), int | float):
         return None, f"{path}: no numeric value"
@@ -204,7 +205,8 @@ def condition(resource: dict[str, Any], cmap: CodeMap, aliases: dict[str, str] |
     recorded = local_date(resource.get("recordedDate"))
     out.activity = onset or recorded
     concepts: set[str] = set()
-    relapse, grade, chosen = False, None, (None, None)
+    relapse, grade = False, None
+    chosen: tuple[str | None, str | None] = (None, None)
     for system, code in codings(resource.get("code")):
         found = cmap.condition_concepts(system, code)
         if found:
@@ -228,7 +230,7 @@ def encounter(resource: dict[str, Any], aliases: dict[str, str] | None = None) -
     out = Normalized(_subject(resource, aliases))
     klass = resource.get("class")
     code = klass.get("code") if isinstance(klass, dict) else None
-    period = resource.get("period") if isinstance(resource.get("period"), dict) else {}
+    period: dict[str, Any] = resource["period"] if isinstance(resource.get("period"), dict) else {}
     start, end = local_date(period.get("start")), local_date(period.get("end"))
     out.activity = end or start
     out.stays.append(Stay(source_ref(resource), code if isinstance(code, str) else None,
@@ -256,7 +258,8 @@ def medication_administration(resource: dict[str, Any], cmap: CodeMap,
     concept = _medication_concept(cmap, resource)
     if concept is None or cmap.concepts[concept].kind != "product":
         return out
-    dose = (resource.get("dosage") or {}).get("dose")
+    dosage = resource.get("dosage")
+    dose = dosage.get("dose") if isinstance(dosage, dict) else None
     cells, problem = None, None
     if isinstance(dose, dict) and isinstance(dose.get("value"), int | float):
         unit = dose.get("code") or dose.get("unit") or "{cells}"

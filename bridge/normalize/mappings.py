@@ -130,7 +130,8 @@ def _read(path: Path) -> Any:
 def _validator(schema_name: str) -> jsonschema.protocols.Validator:
     schema = json.loads((profiles_dir() / schema_name).read_text(encoding="utf-8"))
     cls = jsonschema.validators.validator_for(schema)
-    return cls(schema, format_checker=None)  # type: ignore[no-any-return]
+    validator: jsonschema.protocols.Validator = cls(schema)
+    return validator
 
 
 def _path(err: jsonschema.ValidationError) -> str:
@@ -171,12 +172,16 @@ def _unknown_concepts(entries: Iterable[tuple[str, str]], concepts: dict[str, Co
 def _load_observation_table(cmap: CodeMap, directory: Path, name: str) -> list[Issue]:
     data = _read(directory / name)
     _check(data, "code-table.schema.json", name)
-    refs = [(f"{name}:$.entries[{i}].concept", c) for i, e in enumerate(data["entries"]) for c in _as_list(e["concept"])]
-    issues = _unknown_concepts(refs, cmap.concepts)
+    issues = _unknown_concepts(_concept_refs(name, data), cmap.concepts)
     for e in data["entries"]:
         for system in _systems(data):
             cmap.observations[(system, norm_code(e["code"]))] = _as_list(e["concept"])[0]
     return issues
+
+
+def _concept_refs(name: str, data: dict[str, Any]) -> list[tuple[str, str]]:
+    entries = enumerate(data["entries"])
+    return [(f"{name}:$.entries[{i}].concept", c) for i, e in entries for c in _as_list(e["concept"])]
 
 
 def _systems(data: dict[str, Any]) -> list[str]:
@@ -186,8 +191,7 @@ def _systems(data: dict[str, Any]) -> list[str]:
 def _load_condition_table(cmap: CodeMap, directory: Path, name: str) -> list[Issue]:
     data = _read(directory / name)
     _check(data, "code-table.schema.json", name)
-    refs = [(f"{name}:$.entries[{i}].concept", c) for i, e in enumerate(data["entries"]) for c in _as_list(e["concept"])]
-    issues = _unknown_concepts(refs, cmap.concepts)
+    issues = _unknown_concepts(_concept_refs(name, data), cmap.concepts)
     systems = _systems(data)
     for e in data["entries"]:
         concepts = frozenset(_as_list(e["concept"]))

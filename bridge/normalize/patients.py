@@ -39,7 +39,7 @@ class ReadReport:
 
 
 def _version_key(resource: dict[str, Any], order: int) -> tuple[int, str, int]:
-    meta = resource.get("meta") if isinstance(resource.get("meta"), dict) else {}
+    meta: dict[str, Any] = resource["meta"] if isinstance(resource.get("meta"), dict) else {}
     vid = str(meta.get("versionId") or "")
     return (int(vid) if vid.isdigit() else -1, str(meta.get("lastUpdated") or ""), order)
 

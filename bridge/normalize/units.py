@@ -16,7 +16,7 @@ import pint
 
 from bridge.errors import UnitError
 
-_UREG = pint.UnitRegistry(autoconvert_offset_to_baseunit=True)
+_UREG: Any = pint.UnitRegistry(autoconvert_offset_to_baseunit=True)
 _UREG.define("enzyme_unit = micromole / minute = U")
 _UREG.define("IU = enzyme_unit")  # labs write IU/L for enzyme activity; UCUM's arbitrary [IU] is separate
 _UREG.define("international_unit_arb = [arbitrary_iu] = IU_arb")

@@ -1,0 +1,93 @@
+"""The ``bridge`` command as a user runs it: a real subprocess, exit codes, JSON contract, table, --help."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bridge import __version__
+from bridge.evaluate.eligibility import CRITERIA
+
+
+def bridge(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bridge", *args], input=stdin.decode() if stdin else None,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def small_bundle(tmp_path: Path) -> Path:
+    doc = {"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": {"resourceType": "Patient", "id": "p1", "gender": "male", "birthDate": "1990-03-04",
+                      "name": [{"family": "Zeta-Surname"}]}},
+        {"resource": {"resourceType": "Observation", "id": "bad", "status": "final", "code": {"text": "x"},
+                      "valueQuantity": {"value": "NOT-A-NUMBER"}}},
+    ]}
+    path = tmp_path / "b.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_version() -> None:
+    out = bridge("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"bridge {__version__}"
+
+
+def test_help_has_an_example() -> None:
+    out = bridge("prescreen", "--help")
+    assert out.returncode == 0 and "bridge prescreen samples/" in out.stdout
+
+
+def test_json_contract(tmp_path: Path) -> None:
+    out = bridge("prescreen", str(small_bundle(tmp_path)), "--as-of", "2026-06-15", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert set(doc) == {"study", "asOf", "organFunctionReading", "results"}
+    assert (doc["study"], doc["asOf"], doc["organFunctionReading"]) == ("NCT04762485", "2026-06-15", "organ-function")
+    (result,) = doc["results"]
+    assert result["patient"] == "Patient/p1" and result["status"] == "ineligible"
+    assert list(result["criteria"]) == list(CRITERIA)
+    assert result["criteria"]["inc-age"] == {"result": "met", "evidence": ["Patient/p1"],
+                                             "reason": "age 36 on 2026-06-15"}
+    assert "1 resource(s) skipped" in out.stderr and "Observation.valueQuantity.value" in out.stderr
+    assert "NOT-A-NUMBER" not in out.stderr + out.stdout and "Zeta-Surname" not in out.stderr + out.stdout
+
+
+def test_strict_turns_skips_into_exit_2(tmp_path: Path) -> None:
+    assert bridge("prescreen", str(small_bundle(tmp_path)), "--as-of", "2026-06-15", "--strict").returncode == 2
+
+
+def test_table_is_the_default(tmp_path: Path) -> None:
+    out = bridge("prescreen", str(small_bundle(tmp_path)), "--as-of", "2026-06-15")
+    assert out.returncode == 0
+    assert "ineligible" in out.stdout and "inc-diagnosis" in out.stdout and "1 patients:" in out.stdout
+
+
+def test_stdin(tmp_path: Path) -> None:
+    out = bridge("prescreen", "-", "--as-of", "2026-06-15", "--format", "json",
+                 stdin=small_bundle(tmp_path).read_bytes())
+    assert out.returncode == 0 and json.loads(out.stdout)["results"][0]["patient"] == "Patient/p1"
+
+
+def test_literal_reading_is_named(tmp_path: Path) -> None:
+    out = bridge("prescreen", str(small_bundle(tmp_path)), "--as-of", "2026-06-15", "--format", "json",
+                 "--organ-function-reading", "literal")
+    assert json.loads(out.stdout)["organFunctionReading"] == "literal"
+
+
+@pytest.mark.parametrize(("args", "code", "needle"), [
+    (["prescreen", "/nonexistent/file.json"], 3, "no such file"),
+    (["prescreen", "{tmp}/bad.json"], 3, "not JSON"),
+    (["prescreen", "{tmp}/b.json", "--site-map", "{tmp}/site.yaml"], 4, "site map site.yaml"),
+    (["prescreen", "{tmp}/b.json", "--as-of", "15/06/2026"], 2, "YYYY-MM-DD"),
+])
+def test_errors_are_one_line_with_exit_code(tmp_path: Path, args: list[str], code: int, needle: str) -> None:
+    small_bundle(tmp_path)
+    (tmp_path / "bad.json").write_text("{oops")
+    (tmp_path / "site.yaml").write_text("concepts:\n  not-a-concept:\n    - {system: s, code: c}\n")
+    out = bridge(*[a.format(tmp=tmp_path) for a in args])
+    assert out.returncode == code, out.stderr
+    assert needle in out.stderr
+    assert "Traceback" not in out.stderr
