@@ -1,0 +1,87 @@
+"""The Provenance written beside what the bridge publishes: who (this bridge, its version), under which rules.
+
+Shape (R4 4.0.1)::
+
+    target    the published resources (``ResearchSubject/…``, or ``urn:uuid:…`` inside a transaction)
+    recorded  passed in by the caller — builders have no clock; it must carry a time zone (an R4 instant)
+    activity  <ACTIVITY_SYSTEM>|<activity>, e.g. prescreen, response-assessment, adverse-event-grading
+    policy    <BRIDGE_BASE>/ruleset/<RULESET_VERSION> — the rule set the results were computed under
+    reason    v3-ActReason CLINTRCH (clinical trial research)
+    agent     type provenance-participant-type ``assembler``, who.display ``cd7-bridge <version>``
+    entity    role ``source`` for each input resource (the verdicts' evidence), when given
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from bridge import RULESET_VERSION, __version__
+from bridge.errors import Issue, ValidationFailed
+from bridge.fhirmodels import build
+from bridge.publish.study import BRIDGE_BASE
+
+ACTIVITY_SYSTEM = f"{BRIDGE_BASE}/CodeSystem/activity"
+RULESET_POLICY = f"{BRIDGE_BASE}/ruleset/{RULESET_VERSION}"
+AGENT_DISPLAY = f"cd7-bridge {__version__}"
+ACTIVITIES: dict[str, str] = {
+    "study-publication": "Publication of the ResearchStudy and its eligibility criteria",
+    "prescreen": "Eligibility pre-screen",
+    "lifecycle-update": "Research subject lifecycle update",
+    "response-assessment": "Response assessment",
+    "adverse-event-grading": "Adverse event grading",
+    "kinetics": "CAR-T kinetics",
+}
+
+_PARTICIPANT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+_REASON = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "CLINTRCH",
+           "display": "clinical trial research"}
+
+
+def _invalid(path: str, what: str) -> ValidationFailed:
+    return ValidationFailed(f"Provenance {what} at {path}", [Issue("required", what, (path,))])
+
+
+def _recorded(recorded: datetime) -> str:
+    if recorded.tzinfo is None or recorded.utcoffset() is None:
+        raise _invalid("Provenance.recorded", "needs a time zone (an R4 instant)")
+    return recorded.isoformat()
+
+
+def _activity(activity: str) -> dict[str, Any]:
+    if not activity or activity != activity.strip() or " " in activity:
+        raise _invalid("Provenance.activity", "is not a code")
+    coding = {"system": ACTIVITY_SYSTEM, "code": activity}
+    if activity in ACTIVITIES:
+        coding["display"] = ACTIVITIES[activity]
+    return {"coding": [coding], "text": ACTIVITIES.get(activity, activity)}
+
+
+def _agent() -> dict[str, Any]:
+    return {
+        "type": {"coding": [{"system": _PARTICIPANT, "code": "assembler", "display": "Assembler"}]},
+        "who": {"display": AGENT_DISPLAY},
+    }
+
+
+def provenance(targets: list[str], activity: str, recorded: datetime,
+               entities: Iterable[str] = ()) -> dict[str, Any]:
+    """A Provenance for ``targets`` (references) naming this bridge version and the rule set, as R4 JSON."""
+    if not targets:
+        raise _invalid("Provenance.target", "needs at least one target")
+    data = {
+        "target": [{"reference": t} for t in targets],
+        "recorded": _recorded(recorded),
+        "policy": [RULESET_POLICY],
+        "reason": [{"coding": [_REASON]}],
+        "activity": _activity(activity),
+        "agent": [_agent()],
+        "entity": [{"role": "source", "what": {"reference": e}} for e in entities],
+    }
+    if not data["entity"]:
+        del data["entity"]
+    return build("Provenance", data)
+
+
+__all__ = ["ACTIVITIES", "ACTIVITY_SYSTEM", "AGENT_DISPLAY", "RULESET_POLICY", "provenance"]

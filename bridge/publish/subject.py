@@ -1,0 +1,221 @@
+"""The ResearchSubject published per (study, patient), carrying the pre-screen verdicts (RULES.md §2, §6).
+
+One ResearchSubject per patient, found again by a stable identifier
+(``https://cd7-bridge.example.org/fhir/NamingSystem/research-subject|NCT04762485-<patient id>``) so the
+publisher updates it conditionally and never creates a duplicate. Its ``status`` is the RULES §2 code
+(``candidate`` / ``potential-candidate`` / ``ineligible`` for a pre-screen, later lifecycle codes as they
+come).
+
+The per-criterion verdicts, the as-of date, the organ-function reading and the rule set travel in one complex
+extension on the resource (``PRESCREEN_EXTENSION``)::
+
+    extension[prescreen]
+      asOf       valueDate      the as-of date of the evaluation
+      reading    valueCode      organ-function | literal  (RULES §1.1)
+      ruleset    valueString    bridge.RULESET_VERSION
+      criterion  (0..*, in RULES §2 order)
+        id        valueCoding   <CRITERIA_SYSTEM>|<criterion id>
+        result    valueCode     met | not-met | unknown
+        reason    valueString   the one-line reason (omitted when empty)
+        evidence  valueReference (0..*) the resources used, e.g. Observation/abc
+
+``verdicts_from_subject`` reads it back; ``subject_fingerprint`` hashes what matters for an update (status,
+reading, rule set, verdicts — not the as-of date) so an unchanged subject is not rewritten. The resource holds
+the patient only as a reference and inside the identifier value — no other patient data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+from datetime import date
+from typing import Any
+
+from bridge import RULESET_VERSION, STUDY_ID
+from bridge.errors import InputError, InvalidResource, Issue, ValidationFailed
+from bridge.fhirmodels import build
+from bridge.model import Verdict
+from bridge.publish.criteria import CRITERION_IDS
+from bridge.publish.study import BRIDGE_BASE, CRITERIA_SYSTEM, STUDY_LOGICAL_ID
+
+SUBJECT_ID_SYSTEM = f"{BRIDGE_BASE}/NamingSystem/research-subject"
+PRESCREEN_EXTENSION = f"{BRIDGE_BASE}/StructureDefinition/prescreen"
+READINGS = ("organ-function", "literal")
+RESULTS = ("met", "not-met", "unknown")
+
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_EXT = "ResearchSubject.extension[prescreen]"
+
+Json = dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------------- identity
+
+
+def _checked_id(patient_id: str) -> str:
+    if not isinstance(patient_id, str) or not _FHIR_ID.match(patient_id):
+        issue = Issue("value", "not a FHIR id", ("Patient.id",))
+        raise InputError("patient id is not a valid FHIR id", [issue])
+    return patient_id
+
+
+def subject_identifier(patient_id: str) -> tuple[str, str]:
+    """(system, value) of the ResearchSubject of ``patient_id``: value ``NCT04762485-<patient id>``."""
+    return SUBJECT_ID_SYSTEM, f"{STUDY_ID}-{_checked_id(patient_id)}"
+
+
+def identifier_query(patient_id: str) -> str:
+    """The conditional-update query (unencoded): ``identifier=<system>|NCT04762485-<patient id>``."""
+    system, value = subject_identifier(patient_id)
+    return f"identifier={system}|{value}"
+
+
+# ---------------------------------------------------------------------------------------------- build
+
+
+def _criterion_extension(v: Verdict) -> Json:
+    parts: list[Json] = [
+        {"url": "id", "valueCoding": {"system": CRITERIA_SYSTEM, "code": v.criterion}},
+        {"url": "result", "valueCode": v.result},
+    ]
+    if v.reason:
+        parts.append({"url": "reason", "valueString": v.reason})
+    parts += [{"url": "evidence", "valueReference": {"reference": ref}} for ref in v.evidence]
+    return {"url": "criterion", "extension": parts}
+
+
+def _ordered(verdicts: Iterable[Verdict]) -> list[Verdict]:
+    """The verdicts in RULES §2 order; unknown or repeated criteria and bad results are our own bug."""
+    by_id: dict[str, Verdict] = {}
+    issues = []
+    for i, v in enumerate(verdicts):
+        where = (f"{_EXT}.criterion[{i}]",)
+        if v.criterion not in CRITERION_IDS or v.criterion in by_id:
+            issues.append(Issue("invalid", "unknown or repeated criterion id", where))
+        elif v.result not in RESULTS:
+            issues.append(Issue("code-invalid", "result is not met, not-met or unknown", where))
+        by_id.setdefault(v.criterion, v)
+    if issues:
+        raise ValidationFailed("ResearchSubject verdicts are inconsistent", issues)
+    return [by_id[c] for c in CRITERION_IDS if c in by_id]
+
+
+def prescreen_extension(verdicts: Iterable[Verdict], as_of: date, organ_reading: str) -> Json:
+    """The complex extension carrying as-of date, reading, rule set and the per-criterion verdicts."""
+    if organ_reading not in READINGS:
+        raise ValidationFailed("unknown organ-function reading", [Issue("code-invalid", "unknown reading",
+                                                                          (f"{_EXT}.reading",))])
+    head: list[Json] = [
+        {"url": "asOf", "valueDate": as_of.isoformat()},
+        {"url": "reading", "valueCode": organ_reading},
+        {"url": "ruleset", "valueString": RULESET_VERSION},
+    ]
+    criteria = [_criterion_extension(v) for v in _ordered(verdicts)]
+    return {"url": PRESCREEN_EXTENSION, "extension": head + criteria}
+
+
+def research_subject(patient_id: str, status: str, verdicts: list[Verdict], as_of: date, organ_reading: str,
+                     study_ref: str = f"ResearchStudy/{STUDY_LOGICAL_ID}") -> Json:
+    """The ResearchSubject of ``patient_id`` for the study, with its pre-screen verdicts, as R4 JSON.
+
+    ``status`` is an R4 research-subject-status code (checked by ``validate_output`` before sending). No
+    ``id`` is set: the server's id is kept by conditional update on the identifier.
+    """
+    system, value = subject_identifier(patient_id)
+    data = {
+        "extension": [prescreen_extension(verdicts, as_of, organ_reading)],
+        "identifier": [{"use": "usual", "system": system, "value": value}],
+        "status": status,
+        "study": {"reference": study_ref},
+        "individual": {"reference": f"Patient/{patient_id}"},
+    }
+    return build("ResearchSubject", data)
+
+
+# ---------------------------------------------------------------------------------------------- read back
+
+
+def _bad(label: str, path: str, what: str) -> InvalidResource:
+    return InvalidResource(f"{label}: {what} at {path}", [Issue("structure", what, (path,))])
+
+
+def _prescreen(resource: Json) -> tuple[str, Json]:
+    rid = resource.get("id")
+    label = f"ResearchSubject/{rid}" if isinstance(rid, str) else "ResearchSubject"
+    if resource.get("resourceType") != "ResearchSubject":
+        raise _bad(label, "ResearchSubject.resourceType", "not a ResearchSubject")
+    for ext in resource.get("extension") or []:
+        if isinstance(ext, dict) and ext.get("url") == PRESCREEN_EXTENSION:
+            return label, ext
+    raise _bad(label, "ResearchSubject.extension", "no pre-screen extension")
+
+
+def _parts(ext: Json, url: str) -> list[Json]:
+    return [e for e in ext.get("extension") or [] if isinstance(e, dict) and e.get("url") == url]
+
+
+def _one(label: str, ext: Json, url: str, key: str, path: str) -> Any:
+    found = [p.get(key) for p in _parts(ext, url)]
+    if len(found) != 1 or found[0] is None:
+        raise _bad(label, f"{path}.{url}", f"expected exactly one {key}")
+    return found[0]
+
+
+def _verdict(label: str, ext: Json, path: str) -> Verdict:
+    coding = _one(label, ext, "id", "valueCoding", path)
+    result = _one(label, ext, "result", "valueCode", path)
+    if not isinstance(coding, dict) or coding.get("system") != CRITERIA_SYSTEM or result not in RESULTS:
+        raise _bad(label, path, "criterion id or result not understood")
+    reasons = [p.get("valueString") for p in _parts(ext, "reason")]
+    evidence = tuple(_reference(p.get("valueReference")) for p in _parts(ext, "evidence"))
+    if len(reasons) > 1 or not all(isinstance(e, str) for e in evidence):
+        raise _bad(label, path, "reason or evidence not understood")
+    return Verdict(str(coding.get("code")), result, str(reasons[0]) if reasons else "", evidence)
+
+
+def _reference(value: Any) -> Any:
+    return value.get("reference") if isinstance(value, dict) else None
+
+
+def verdicts_from_subject(resource: Json) -> tuple[date, str, list[Verdict]]:
+    """(as-of date, organ-function reading, verdicts) read back from a ``research_subject`` resource."""
+    label, ext = _prescreen(resource)
+    try:
+        as_of = date.fromisoformat(str(_one(label, ext, "asOf", "valueDate", _EXT)))
+    except ValueError:
+        raise _bad(label, f"{_EXT}.asOf", "not a full date") from None
+    reading = str(_one(label, ext, "reading", "valueCode", _EXT))
+    verdicts = [_verdict(label, c, f"{_EXT}.criterion[{i}]") for i, c in enumerate(_parts(ext, "criterion"))]
+    return as_of, reading, verdicts
+
+
+def subject_fingerprint(resource: Json) -> str:
+    """SHA-256 over status, study, individual, reading, rule set and verdicts — not the as-of date."""
+    _, ext = _prescreen(resource)
+    _, reading, verdicts = verdicts_from_subject(resource)
+    payload = {
+        "status": resource.get("status"),
+        "study": (resource.get("study") or {}).get("reference"),
+        "individual": (resource.get("individual") or {}).get("reference"),
+        "reading": reading,
+        "ruleset": [p.get("valueString") for p in _parts(ext, "ruleset")],
+        "verdicts": [[v.criterion, v.result, v.reason, list(v.evidence)] for v in verdicts],
+    }
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+__all__ = [
+    "PRESCREEN_EXTENSION",
+    "READINGS",
+    "RESULTS",
+    "SUBJECT_ID_SYSTEM",
+    "identifier_query",
+    "prescreen_extension",
+    "research_subject",
+    "subject_fingerprint",
+    "subject_identifier",
+    "verdicts_from_subject",
+]
