@@ -70,10 +70,10 @@ class Settings:
     """Deployment settings. Secrets are only ever held here, read from files or the environment."""
 
     ehr_base_url: str | None = None
-    ehr_token: str | None = None
+    ehr_token: str | None = field(default=None, repr=False)
     ehr_token_file: str | None = None
     smart_client_id: str | None = None
-    smart_key_file: str | None = None
+    smart_key_file: str | None = field(default=None, repr=False)
     smart_key_id: str | None = None
     smart_alg: str = "RS384"
     smart_token_url: str | None = None
@@ -84,17 +84,17 @@ class Settings:
     retry_total_seconds: float = 60.0
     db_path: str = "bridge-state.sqlite3"
     site_map: str | None = None
-    webhook_secret: str | None = None
-    api_token: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
+    api_token: str | None = field(default=None, repr=False)
     max_body_bytes: int = 2_000_000
     workers: int = 1
     heartbeat_grace_seconds: float = 120.0
     registry_url: str | None = None
     registry_token_url: str | None = None
     registry_client_id: str | None = None
-    registry_client_secret: str | None = None
+    registry_client_secret: str | None = field(default=None, repr=False)
     registry_centre: str = "rc_00000"
-    pseudonym_secret: str | None = None
+    pseudonym_secret: str | None = field(default=None, repr=False)
     log_level: str = "INFO"
 
     def bearer_token(self) -> str | None:

@@ -45,10 +45,20 @@ def prescreen_patients(patients: Iterable[PatientFacts], options: RuleOptions, c
     return [screen(p, options, cmap.uln) for p in patients]
 
 
+def is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+def prescreen_items(items: Iterable[Item], options: RuleOptions, cmap: CodeMap,
+                    progress: Callable[[int], None] | None = None) -> PrescreenRun:
+    patients, report = load_patients(items, cmap, progress)
+    return PrescreenRun(options, prescreen_patients(patients, options, cmap), report)
+
+
 def prescreen(source: str, options: RuleOptions, cmap: CodeMap,
               progress: Callable[[int], None] | None = None) -> PrescreenRun:
-    patients, report = load_patients(read_source(source), cmap, progress)
-    return PrescreenRun(options, prescreen_patients(patients, options, cmap), report)
+    """Pre-screen a file, stdin or NDJSON directory (for a FHIR server use ``prescreen_items`` with ``pull``)."""
+    return prescreen_items(read_source(source), options, cmap, progress)
 
 
 def screening_json(s: Screening) -> dict[str, object]:
@@ -63,5 +73,5 @@ def prescreen_json(screenings: Iterable[Screening], options: RuleOptions) -> dic
             "results": [screening_json(s) for s in screenings]}
 
 
-__all__ = ["CRITERIA", "PrescreenRun", "load_patients", "prescreen", "prescreen_json", "prescreen_patients",
-           "screening_json"]
+__all__ = ["CRITERIA", "PrescreenRun", "is_url", "load_patients", "prescreen", "prescreen_items", "prescreen_json",
+           "prescreen_patients", "screening_json"]

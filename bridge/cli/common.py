@@ -15,6 +15,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from bridge.client import FhirClient
+from bridge.config import Settings, load_settings
 from bridge.errors import BridgeError
 
 P = ParamSpec("P")
@@ -71,9 +73,19 @@ def progress(label: str) -> Iterator[Callable[[int], None] | None]:
         yield lambda n: bar.advance(task, n)
 
 
+def settings_from(path: Any) -> Settings:
+    """Settings from ``--config`` (or ``BRIDGE_CONFIG``) and ``BRIDGE_*`` environment variables."""
+    return load_settings(path)
+
+
+def client_for(base_url: str, settings: Settings) -> FhirClient:
+    """A client for ``base_url`` with the configured authentication (token only ever sent to that origin)."""
+    return FhirClient(base_url, settings)
+
+
 def setup_logging(level: str = "WARNING") -> None:
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
-__all__ = ["err_console", "fail", "handles_errors", "out_console", "parse_as_of", "print_json", "progress",
-           "setup_logging"]
+__all__ = ["client_for", "err_console", "fail", "handles_errors", "out_console", "parse_as_of", "print_json",
+           "progress", "settings_from", "setup_logging"]

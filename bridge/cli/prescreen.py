@@ -1,7 +1,8 @@
-"""``bridge prescreen``: evaluate every criterion for every patient of a source."""
+"""``bridge prescreen``: evaluate every criterion for every patient of a source, optionally publish."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -9,23 +10,37 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from bridge.cli.common import err_console, handles_errors, out_console, parse_as_of, print_json, progress
-from bridge.config import RuleOptions
+from bridge.cli.common import (
+    client_for,
+    err_console,
+    handles_errors,
+    out_console,
+    parse_as_of,
+    print_json,
+    progress,
+    settings_from,
+)
+from bridge.config import RuleOptions, Settings
 from bridge.evaluate.eligibility import ADVISORY, Screening
-from bridge.normalize.mappings import load_code_map
+from bridge.ingest.pull import pull
+from bridge.normalize.mappings import CodeMap, load_code_map
 from bridge.normalize.patients import ReadReport
-from bridge.pipeline import prescreen
+from bridge.pipeline import PrescreenRun, is_url, prescreen, prescreen_items
+from bridge.publish.publisher import Written, publish_screenings
 
 HELP = """Pre-screen patients for NCT04762485: every criterion met / not-met / unknown, with evidence.
 
-SOURCE is a Bundle file, '-' for a Bundle on stdin, or a directory of Bulk Data NDJSON files.
+SOURCE is a Bundle file, '-' for a Bundle on stdin, a directory of Bulk Data NDJSON files, or the base URL of
+a FHIR server (then the admitted patients, or those named with --patient, are fetched by search).
 
-Example:
+Examples:
 
 \b
     bridge prescreen samples/prescreen/bundle.json --as-of 2026-06-15 --site-map samples/site-map.yaml
+    bridge prescreen https://ehr.example/fhir --patient 123 --publish https://ehr.example/fhir
 
-Exit codes: 0 ok, 2 bad input (or skipped resources with --strict), 3 unreadable source, 4 invalid site map.
+Exit codes: 0 ok, 2 bad input (or skipped resources with --strict), 3 unreadable source, 4 invalid site map,
+5 configuration, 6 own output invalid, 7 remote server error.
 """
 
 
@@ -82,6 +97,12 @@ def report_problems(report: ReadReport) -> None:
         err_console.print(f"  ... and {len(lines) - 50} more", highlight=False)
 
 
+def report_published(written: list[Written]) -> None:
+    counts = {k: sum(1 for w in written if w.outcome == k) for k in ("created", "updated", "unchanged")}
+    err_console.print("published ResearchSubjects: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
+                      highlight=False)
+
+
 @handles_errors
 def command(
     source: Annotated[str, typer.Argument(help="Bundle file, '-' (stdin), NDJSON directory, or a FHIR base URL")],
@@ -92,17 +113,37 @@ def command(
     reading: Annotated[Reading, typer.Option("--organ-function-reading",
                                              help="inclusion 6: organ-function (default) or literal record text")]
     = Reading.organ_function,
+    patients: Annotated[list[str] | None, typer.Option("--patient", help="Patient id to pull (URL source only)")
+                        ] = None,
+    publish: Annotated[str | None, typer.Option("--publish", help="FHIR base URL to publish ResearchSubjects to")
+                       ] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Settings file (YAML/JSON); BRIDGE_* env wins")
+                      ] = None,
     strict: Annotated[bool, typer.Option("--strict", help="exit 2 when any resource was skipped")] = False,
 ) -> None:
     options = RuleOptions(as_of=parse_as_of(as_of), organ_function_reading=reading.value)
-    cmap = load_code_map(site_map)
+    settings = settings_from(config)
+    cmap = load_code_map(site_map or settings.site_map)
     with progress("reading and screening") as tick:
-        run = prescreen(source, options, cmap, tick)
+        run = _run(source, options, cmap, settings, patients, tick)
     if fmt is Format.json:
         print_json(run.as_json())
     else:
         out_console.print(render_table(run.screenings, options))
         out_console.print(summary(run.screenings), highlight=False)
     report_problems(run.report)
+    if publish:
+        with client_for(publish, settings) as client:
+            report_published(publish_screenings(client, run.screenings, options))
     if strict and run.report.skipped:
         raise typer.Exit(2)
+
+
+def _run(source: str, options: RuleOptions, cmap: CodeMap, settings: Settings, patients: list[str] | None,
+         tick: Callable[[int], None] | None) -> PrescreenRun:
+    if is_url(source):
+        with client_for(source, settings) as client:
+            return prescreen_items(pull(client, cmap, options.as_of, patients), options, cmap, tick)
+    if patients:
+        raise typer.BadParameter("--patient needs a FHIR base URL as SOURCE", param_hint="--patient")
+    return prescreen(source, options, cmap, tick)
