@@ -200,7 +200,9 @@ def exc_pregnancy(pf: PatientFacts, o: RuleOptions) -> Verdict:
         return _v(cid, "met", f"positive pregnancy test on {test.when}", test.source)
     if test is not None and test.value is False:
         return _v(cid, "not-met", f"negative pregnancy test on {test.when}", test.source)
-    return _v(cid, "unknown", f"no pregnancy test result within {o.windows.pregnancy} days", pf.ref)
+    older = latest(pf.of("pregnancy-test"), o.as_of)
+    return _v(cid, "unknown", f"no pregnancy test result within {o.windows.pregnancy} days",
+              older.source if older else pf.ref)
 
 
 def exc_immunodeficiency(pf: PatientFacts, o: RuleOptions) -> Verdict:
@@ -225,6 +227,8 @@ def exc_cns(pf: PatientFacts, o: RuleOptions) -> Verdict:
         return _v(cid, "met", f"CNS involvement finding on {finding.when}", finding.source)
     if finding is not None and finding.value is False:
         return _v(cid, "not-met", f"CNS involvement negative on {finding.when}", finding.source)
+    if finding is not None:
+        return _v(cid, "unknown", f"CNS finding on {finding.when} has no usable result", finding.source)
     return _v(cid, "not-met", "no record")
 
 
@@ -249,6 +253,10 @@ def exc_infection(pf: PatientFacts, o: RuleOptions) -> Verdict:
         codes = ", ".join(sorted({d.code for d in recent}))
         return _v(cid, "unknown", f"active infection with onset in the last {days} days ({codes}): control status "
                   "needs review", *[d.source for d in recent], *[f.source for f in febrile if isinstance(f, Fact)])
+    older = _current(pf, "infection", o.as_of)
+    if older:
+        return _v(cid, "not-met", f"no infection with onset in the last {days} days (older: "
+                  f"{', '.join(sorted({d.code for d in older}))})", *[d.source for d in older])
     return _v(cid, "not-met", "no record")
 
 

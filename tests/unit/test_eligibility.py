@@ -79,6 +79,7 @@ CASES = [
     ("exc-cns-leukemia", patient(flag("cns-involvement", True, days_ago=100)), "met"),
     ("exc-cns-leukemia", patient(flag("cns-involvement", False)), "not-met"),
     ("exc-cns-leukemia", patient(), "not-met"),
+    ("exc-cns-leukemia", patient(flag("cns-involvement", None)), "unknown"),
     # exc-active-infection
     ("exc-active-infection", patient(dx("sepsis", code="A41.9", days_ago=100)), "met"),
     ("exc-active-infection", patient(dx("infection", code="J18.9", days_ago=10)), "unknown"),
@@ -130,7 +131,7 @@ def test_every_criterion_has_every_outcome_tested() -> None:
         outcomes = {r for c, r in seen if c == cid}
         if cid == "exc-investigator":
             assert outcomes == {"unknown"}
-        elif cid in ("exc-cns-leukemia", "exc-thrombosis"):
+        elif cid == "exc-thrombosis":
             assert outcomes == {"met", "not-met"}  # RULES.md gives these no 'unknown' path
         else:
             assert outcomes == {"met", "not-met", "unknown"}, cid

@@ -1,0 +1,933 @@
+#!/usr/bin/env python3
+"""Generate the synthetic pre-screen dataset in ``samples/prescreen/`` (issue #2).
+
+Writes, deterministically (fixed seed, dates fixed relative to the as-of date 2026-06-15):
+
+- ``bundle.json``: one FHIR R4 Bundle (type ``collection``) with every patient's Patient, Encounter,
+  Condition and Observation resources;
+- ``ndjson/{Patient,Condition,Observation,Encounter}.ndjson``: the same resources in the Bulk Data layout;
+- ``intent.json``: for each patient, the verdict per criterion and the overall status *intended* by the
+  author of each case from RULES.md §2 — hand-written here in ``CASES``, never produced by the engine.
+
+Every patient is synthetic. The one exception to "all values invented" is ``cao2022``, the published case of
+RULES.md §7 (Cao X et al., Exp Hematol Oncol 2022;11:67): her age, sex, diagnosis, marrow blasts and CD7
+expression are published; every other value of hers carries the note "synthetic value". Every resource
+carries the ``HTEST`` (test health data) security tag.
+
+Each resource is checked against the R4B model (``bridge.fhirmodels.parse_resource``) and the official R4 JSON
+Schema (Draft 6, ``$BRIDGE_FHIR_SCHEMA`` or ``<repo>/../shared/fhir-data/hl7-fhir-r4-schema/fhir.schema.json``);
+any failure stops the script with a non-zero exit.
+
+Usage: ``python scripts/make_samples.py [--out DIR] [--schema FILE]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft6Validator
+
+from bridge.errors import InvalidResource
+from bridge.fhirmodels import parse_resource
+
+Json = dict[str, Any]
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "samples" / "prescreen"
+DEFAULT_SCHEMA = ROOT.parent / "shared" / "fhir-data" / "hl7-fhir-r4-schema" / "fhir.schema.json"
+AS_OF = date(2026, 6, 15)
+SEED = 20260615
+TZ = "+08:00"  # the sample hospital is in Suzhou; dates are compared as written (local)
+BASE_URL = "http://hospital.example.org/fhir"
+
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+UCUM = "http://unitsofmeasure.org"
+ICD10 = "http://hl7.org/fhir/sid/icd-10"
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+LAB = "http://hospital.example.org/lab"
+CARDIO = "http://hospital.example.org/cardio"
+CLINICAL = "http://hospital.example.org/clinical"
+HIS_DX = "http://hospital.example.org/diagnosis"
+OBS_CAT = "http://terminology.hl7.org/CodeSystem/observation-category"
+COND_CAT = "http://terminology.hl7.org/CodeSystem/condition-category"
+CLIN_STATUS = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+VER_STATUS = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+
+INCLUSIONS = ("inc-diagnosis", "inc-age", "inc-ecog", "inc-cd7-expression", "inc-cardiac", "inc-organ-function")
+EXCLUSIONS = ("exc-pregnancy", "exc-congenital-immunodeficiency", "exc-cns-leukemia", "exc-active-infection",
+              "exc-hepatitis", "exc-hiv", "exc-thrombosis", "exc-cardiac-event", "exc-investigator")
+ADVISORY = "exc-investigator"
+
+# No data can make these criteria `unknown` (RULES.md §2 defines only met / not-met for them).
+IMPOSSIBLE = {
+    "exc-cns-leukemia": {"unknown": "RULES.md §2: CNS involvement recorded -> met; none recorded -> not-met "
+                                    "('no record'); the engine's only unknown path (a CNS finding without a usable "
+                                    "result) is covered by tests/unit/test_eligibility.py, not by the samples"},
+    "exc-thrombosis": {"unknown": "RULES.md §2: an active thrombosis code -> met; condition-based exclusions with "
+                                  "no matching record are not-met; no third outcome is defined"},
+}
+
+
+class GenerationError(Exception):
+    """A generated resource is invalid, or the hand-written intent is inconsistent."""
+
+
+# ------------------------------------------------------------------------------------------ primitives
+def day(days_ago: int) -> date:
+    return AS_OF - timedelta(days=days_ago)
+
+
+def when(days_ago: int, hour: int = 8) -> str:
+    """A local dateTime ``days_ago`` days before the as-of date (negative: after it)."""
+    return f"{day(days_ago).isoformat()}T{hour:02d}:00:00{TZ}"
+
+
+def birth_on_as_of(years: int, shift_days: int = 0) -> str:
+    """The birth date of someone who turns ``years`` on the as-of date (shifted by ``shift_days``)."""
+    return (date(AS_OF.year - years, AS_OF.month, AS_OF.day) + timedelta(days=shift_days)).isoformat()
+
+
+def coding(system: str, code: str, display: str | None = None) -> Json:
+    out = {"system": system, "code": code}
+    if display:
+        out["display"] = display
+    return out
+
+
+def concept(*codings: Json, text: str | None = None) -> Json:
+    out: Json = {"coding": list(codings)}
+    if text:
+        out["text"] = text
+    return out
+
+
+def qty(value: float, code: str, unit: str | None = None, comparator: str | None = None) -> Json:
+    out: Json = {"value": value}
+    if comparator:
+        out["comparator"] = comparator
+    out.update({"unit": unit or code, "system": UCUM, "code": code})
+    return out
+
+
+def ref_range(low: float, high: float, unit: str) -> list[Json]:
+    return [{"low": qty(low, unit), "high": qty(high, unit)}]
+
+
+# answer codes (mappings/answers.yaml)
+POS_SCT, NEG_SCT = coding(SNOMED, "10828004", "Positive"), coding(SNOMED, "260385009", "Negative")
+POS_LA, NEG_LA = coding(LOINC, "LA6576-8", "Positive"), coding(LOINC, "LA6577-6", "Negative")
+PRESENT, ABSENT = coding(SNOMED, "52101004", "Present"), coding(SNOMED, "2667000", "Absent")
+
+
+# ------------------------------------------------------------------------------------------ one chart
+@dataclass
+class Chart:
+    """The resources of one patient, built in order; ids are ``<pid>`` and ``<pid>-<suffix>``."""
+
+    pid: str
+    published: bool = False
+    resources: list[Json] = field(default_factory=list)
+    rng: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(f"{SEED}-{self.pid}")  # noqa: S311 - reproducible synthetic values, not secrets
+
+    # -- shared envelope
+    def _meta(self, version: int | None = None, updated: str | None = None) -> Json:
+        meta: Json = {}
+        if version is not None:
+            meta["versionId"] = str(version)
+        if updated:
+            meta["lastUpdated"] = updated
+        meta["security"] = [coding(ACT_REASON, "HTEST", "test health data")]
+        return meta
+
+    def _subject(self) -> Json:
+        return {"reference": f"Patient/{self.pid}"}
+
+    def add(self, resource: Json) -> Json:
+        self.resources.append(resource)
+        return resource
+
+    # -- Patient and Encounter
+    def patient(self, birth: str | None, gender: str) -> Json:
+        res: Json = {"resourceType": "Patient", "id": self.pid, "meta": self._meta(),
+                     "identifier": [{"system": "http://hospital.example.org/mrn",
+                                     "value": f"SYN-{self.pid.upper()}"}],
+                     "active": True, "name": [{"text": f"Synthetic {self.pid.upper()}"}], "gender": gender}
+        if birth:
+            res["birthDate"] = birth
+        return self.add(res)
+
+    def encounter(self, inpatient: bool = True, days_ago: int = 12) -> Json:
+        res: Json = {"resourceType": "Encounter", "id": f"{self.pid}-enc", "meta": self._meta()}
+        if inpatient:
+            res |= {"status": "in-progress", "class": coding(ACT_CODE, "IMP", "inpatient encounter"),
+                    "subject": self._subject(), "period": {"start": when(days_ago, 10)}}
+        else:
+            res |= {"status": "finished", "class": coding(ACT_CODE, "AMB", "ambulatory"),
+                    "subject": self._subject(), "period": {"start": when(days_ago, 9), "end": when(days_ago, 11)}}
+        return self.add(res)
+
+    # -- Condition
+    def condition(self, suffix: str, code: Json, *, clinical: str | None = "active",
+                  verification: str = "confirmed", onset: int | None = None, recorded: int | None = 3,
+                  abated: int | None = None, category: str = "encounter-diagnosis",
+                  note: str | None = None) -> Json:
+        res: Json = {"resourceType": "Condition", "id": f"{self.pid}-{suffix}", "meta": self._meta()}
+        if clinical is not None:
+            res["clinicalStatus"] = concept(coding(CLIN_STATUS, clinical))
+        res["verificationStatus"] = concept(coding(VER_STATUS, verification))
+        res |= {"category": [concept(coding(COND_CAT, category))], "code": code, "subject": self._subject()}
+        if onset is not None:
+            res["onsetDateTime"] = when(onset)
+        if abated is not None:
+            res["abatementDateTime"] = when(abated)
+        if recorded is not None:
+            res["recordedDate"] = when(recorded, 15)
+        if note:
+            res["note"] = [{"text": note}]
+        return self.add(res)
+
+    # -- Observation
+    def observation(self, suffix: str, code: Json, value: Json, *, days_ago: int, category: str | None,
+                    status: str = "final", ranges: list[Json] | None = None, version: int | None = None,
+                    note: str | None = None) -> Json:
+        res: Json = {"resourceType": "Observation", "id": f"{self.pid}-{suffix}",
+                     "meta": self._meta(version, when(days_ago - version + 1, 18) if version else None),
+                     "status": status}
+        if category:
+            res["category"] = [concept(coding(OBS_CAT, category))]
+        res |= {"code": code, "subject": self._subject(), "encounter": {"reference": f"Encounter/{self.pid}-enc"},
+                "effectiveDateTime": when(days_ago)}
+        res |= value
+        if ranges:
+            res["referenceRange"] = ranges
+        note = note or ("synthetic value" if self.published else None)
+        if note:
+            res["note"] = [{"text": note}]
+        return self.add(res)
+
+
+# ------------------------------------------------------------------------------------------ observation shapes
+def ecog(c: Chart, score: int | Json, days_ago: int = 3, suffix: str = "ecog", **kw: Any) -> Json:
+    """ECOG as an integer, or as an answer coding (LOINC LA96xx or SNOMED)."""
+    value = {"valueInteger": score} if isinstance(score, int) else {"valueCodeableConcept": concept(score)}
+    code = concept(coding(LOINC, "89247-1", "ECOG Performance Status score"))
+    return c.observation(suffix, code, value, days_ago=days_ago, category="exam", **kw)
+
+
+def nyha(c: Chart, value: Json, days_ago: int = 6) -> Json:
+    code = concept(coding(CARDIO, "NYHA", "NYHA functional class"))
+    return c.observation("nyha", code, value, days_ago=days_ago, category="exam")
+
+
+def cd7(c: Chart, percent: float, days_ago: int = 5, **kw: Any) -> Json:
+    code = concept(coding(LAB, "FC-CD7", "CD7+ % of leukemic blasts (flow)"), text="CD7 on blasts")
+    return c.observation(kw.pop("suffix", "cd7"), code, {"valueQuantity": qty(percent, "%")},
+                         days_ago=days_ago, category="laboratory", **kw)
+
+
+def marrow_blasts(c: Chart, percent: float, days_ago: int = 5, **kw: Any) -> Json:
+    code = concept(coding(LOINC, "11150-0", "Blasts/100 leukocytes in Bone marrow"))
+    return c.observation("marrow-blasts", code, {"valueQuantity": qty(percent, "%")}, days_ago=days_ago,
+                         category="laboratory", **kw)
+
+
+def lvef(c: Chart, value: float, unit: str = "%", days_ago: int = 20, suffix: str = "lvef") -> Json:
+    code = concept(coding(LOINC, "10230-1", "Left ventricular Ejection fraction"))
+    return c.observation(suffix, code, {"valueQuantity": qty(value, unit)}, days_ago=days_ago, category="imaging")
+
+
+def enzyme(c: Chart, which: str, value: float, uln: float | None = 40, days_ago: int = 2,
+           local_first: bool = False) -> Json:
+    """AST or ALT in U/L; with a reference range (0-ULN) unless ``uln`` is None."""
+    loinc = {"ast": coding(LOINC, "1920-8", "AST [Enzymatic activity/volume] in Serum or Plasma"),
+             "alt": coding(LOINC, "1742-6", "ALT [Enzymatic activity/volume] in Serum or Plasma")}[which]
+    codings = [coding(LAB, f"CHEM-{which.upper()}", which.upper()), loinc] if local_first else [loinc]
+    ranges = ref_range(0, uln, "U/L") if uln is not None else None
+    return c.observation(which, concept(*codings), {"valueQuantity": qty(value, "U/L")}, days_ago=days_ago,
+                         category="laboratory", ranges=ranges)
+
+
+BILI_MASS = coding(LOINC, "1975-2", "Bilirubin.total [Mass/volume] in Serum or Plasma")
+BILI_MOLES = coding(LOINC, "14631-6", "Bilirubin.total [Moles/volume] in Serum or Plasma")
+BILIRUBIN = {"mg/dL": (BILI_MASS, (0.2, 1.2)), "umol/L": (BILI_MOLES, (3.4, 20.5))}
+
+
+def bilirubin(c: Chart, value: float, unit: str = "mg/dL", days_ago: int = 2) -> Json:
+    """Total bilirubin: LOINC 1975-2 (mass) for mg/dL, 14631-6 (moles) for umol/L; another unit on 1975-2."""
+    code, normal = BILIRUBIN.get(unit, (BILI_MASS, None))
+    ranges = ref_range(*normal, unit) if normal else None
+    return c.observation("bili", concept(code), {"valueQuantity": qty(value, unit)}, days_ago=days_ago,
+                         category="laboratory", ranges=ranges)
+
+
+def blood_counts(c: Chart, unit: str, days_ago: int = 2) -> None:
+    """ANC and platelets (not read by eligibility; present as a real chart would have them)."""
+    anc = round(c.rng.uniform(0.3, 2.5), 2)
+    plt = int(c.rng.uniform(20, 180))
+    c.observation("anc", concept(coding(LOINC, "751-8", "Neutrophils [#/volume] in Blood by Automated count")),
+                  {"valueQuantity": qty(anc, unit)}, days_ago=days_ago, category="laboratory")
+    c.observation("plt", concept(coding(LOINC, "777-3", "Platelets [#/volume] in Blood by Automated count")),
+                  {"valueQuantity": qty(plt, unit)}, days_ago=days_ago, category="laboratory")
+
+
+def vital(c: Chart, suffix: str, loinc: str, display: str, value: float, unit: str, days_ago: int = 1) -> Json:
+    return c.observation(suffix, concept(coding(LOINC, loinc, display)), {"valueQuantity": qty(value, unit)},
+                         days_ago=days_ago, category="vital-signs")
+
+
+def qualitative(c: Chart, suffix: str, code: Json, answer: Json, days_ago: int, **kw: Any) -> Json:
+    return c.observation(suffix, concept(code), {"valueCodeableConcept": concept(answer)}, days_ago=days_ago,
+                         category="laboratory", **kw)
+
+
+def hcg(c: Chart, positive: bool, days_ago: int = 4, serum: bool = False, **kw: Any) -> Json:
+    code = coding(LOINC, "2118-8", "hCG [Presence] in Serum or Plasma") if serum else \
+        coding(LOINC, "2106-3", "hCG [Presence] in Urine")
+    return qualitative(c, kw.pop("suffix", "hcg"), code, POS_LA if positive else NEG_LA, days_ago, **kw)
+
+
+def hbsag(c: Chart, positive: bool, days_ago: int = 9) -> Json:
+    code = coding(LOINC, "5196-1", "Hepatitis B virus surface Ag [Presence] in Serum")
+    return qualitative(c, "hbsag", code, POS_LA if positive else NEG_LA, days_ago)
+
+
+def hcv_ab(c: Chart, positive: bool, days_ago: int = 9) -> Json:
+    code = coding(LOINC, "16128-1", "Hepatitis C virus Ab [Presence] in Serum")
+    return qualitative(c, "hcv-ab", code, POS_SCT if positive else NEG_SCT, days_ago)
+
+
+def hbv_dna(c: Chart, iu_ml: float, days_ago: int = 9) -> Json:
+    code = concept(coding(LOINC, "29615-2", "Hepatitis B virus DNA [#/volume] (viral load) in Serum or Plasma"))
+    return c.observation("hbv-dna", code, {"valueQuantity": qty(iu_ml, "[IU]/mL", "IU/mL")}, days_ago=days_ago,
+                         category="laboratory")
+
+
+def hiv(c: Chart, positive: bool, days_ago: int = 9) -> Json:
+    code = coding(LOINC, "56888-1", "HIV 1+2 Ab+HIV1 p24 Ag [Presence] in Serum or Plasma by Immunoassay")
+    return qualitative(c, "hiv", code, POS_SCT if positive else NEG_SCT, days_ago)
+
+
+def finding(c: Chart, suffix: str, code: str, display: str, present: bool, days_ago: int = 4) -> Json:
+    """A site-coded finding (REFRACTORY, CNSL, ...) recorded present or absent."""
+    return c.observation(suffix, concept(coding(CLINICAL, code, display)),
+                         {"valueCodeableConcept": concept(PRESENT if present else ABSENT)},
+                         days_ago=days_ago, category="exam")
+
+
+# ------------------------------------------------------------------------------------------ condition shapes
+def icd(system: str, code: str, display: str, local: str | None = None) -> Json:
+    """An ICD-10 / ICD-10-CM CodeableConcept; with ``local``, a hospital coding comes first."""
+    codings = [coding(HIS_DX, local, display)] if local else []
+    return concept(*codings, coding(system, code, display))
+
+
+AML_CN = ("C92.000", "急性髓系白血病")  # ICD-10 Chinese national clinical version (国家临床版 2.0)
+
+
+# ------------------------------------------------------------------------------------------ standard work-up
+WORKUP = ("ecog", "cd7", "lvef", "ast", "alt", "bili", "hcg", "hbsag", "hcv", "hiv")
+
+
+def workup(c: Chart, sex: str, skip: tuple[str, ...] = ()) -> None:
+    """The pre-screen tests a candidate would have, with normal synthetic values; ``skip`` leaves some out."""
+    unknown = set(skip) - set(WORKUP)
+    if unknown:
+        raise GenerationError(f"{c.pid}: unknown work-up items {sorted(unknown)}")
+    steps: dict[str, Callable[[], object]] = {
+        "ecog": lambda: ecog(c, c.rng.choice([0, 1])),
+        "cd7": lambda: cd7(c, round(c.rng.uniform(55, 98), 1)),
+        "lvef": lambda: lvef(c, c.rng.choice([58, 60, 62, 65, 68])),
+        "ast": lambda: enzyme(c, "ast", c.rng.choice([18, 22, 27, 31, 36])),
+        "alt": lambda: enzyme(c, "alt", c.rng.choice([15, 21, 26, 33, 39])),
+        "bili": lambda: bilirubin(c, c.rng.choice([0.5, 0.7, 0.8, 1.0])),
+        "hcg": lambda: hcg(c, False) if sex == "female" else None,
+        "hbsag": lambda: hbsag(c, False),
+        "hcv": lambda: hcv_ab(c, False),
+        "hiv": lambda: hiv(c, False),
+    }
+    for name in WORKUP:
+        if name not in skip:
+            steps[name]()
+
+
+def standard(c: Chart, birth: str | None, sex: str, dx: Callable[[Chart], object] | None,
+             skip: tuple[str, ...] = (), inpatient: bool = True) -> None:
+    """Patient, Encounter, the leukemia diagnosis (``dx``) and the standard work-up."""
+    c.patient(birth, sex)
+    c.encounter(inpatient)
+    if dx is not None:
+        dx(c)
+    workup(c, sex, skip)
+
+
+def aml_cm_relapse(c: Chart) -> None:
+    c.condition("dx", icd(ICD10CM, "C92.02", "Acute myeloblastic leukemia, in relapse"), onset=400)
+
+
+# ------------------------------------------------------------------------------------------ the cases
+@dataclass(frozen=True)
+class Case:
+    """One synthetic patient: what it exercises, its chart, and its intended verdicts and status."""
+
+    pid: str
+    exercises: str
+    status: str
+    build: Callable[[Chart], None]
+    intent: dict[str, str] = field(default_factory=dict)  # deviations from the default verdicts
+
+
+CASES: list[Case] = []
+
+
+def case(pid: str, exercises: str, status: str, **intent: str) -> Callable[[Callable[[Chart], None]], None]:
+    def register(build: Callable[[Chart], None]) -> None:
+        CASES.append(Case(pid, exercises, status, build, {k.replace("_", "-"): v for k, v in intent.items()}))
+    return register
+
+
+# --- cases p01-p44 and the published case; the intent keywords list only deviations from a clean candidate
+@case("p01", "ICD-10-CM C92.02 (in relapse) with a local coding first; ECOG as integer 0; negative CNS finding; "
+      "male", "candidate")
+def _p01(c: Chart) -> None:
+    standard(c, "1991-09-23", "male", lambda c: c.condition(
+        "dx", icd(ICD10CM, "C92.02", "Acute myeloblastic leukemia, in relapse", local="HIS-DX-0412"), onset=420),
+        skip=("ecog",))
+    ecog(c, 0)
+    blood_counts(c, unit="10*9/L")
+    vital(c, "temp", "8310-5", "Body temperature", 36.8, "Cel")
+    finding(c, "csf", "CNSL", "CNS leukemia (CSF cytology)", present=False)
+
+
+@case("p02", "Chinese national ICD-10 C92.000 with clinicalStatus relapse; ECOG as LOINC answer LA9624-3 (=2); "
+      "bilirubin exactly 34.2 umol/L (= 2.0 mg/dL, passes); LVEF 0.5 in unit '1' (passes); negative serum hCG",
+      "candidate")
+def _p02(c: Chart) -> None:
+    standard(c, "1998-02-11", "female", lambda c: c.condition(
+        "dx", icd(ICD10, *AML_CN), clinical="relapse", onset=300), skip=("ecog", "bili", "lvef", "hcg"))
+    ecog(c, coding(LOINC, "LA9624-3", "Ambulatory and capable of all selfcare but unable to carry out any work "
+                   "activities"))
+    bilirubin(c, 34.2, "umol/L")
+    lvef(c, 0.5, "1")
+    hcg(c, False, serum=True, days_ago=5)
+
+
+@case("p03", "T-ALL ICD-10-CM C91.02; age exactly 12; ECOG as SNOMED (grade 1); NYHA 'class II' text without "
+      "LVEF; AST/ALT without referenceRange (default ULN 40), AST 110 U/L with a local coding first; outpatient",
+      "candidate")
+def _p03(c: Chart) -> None:
+    standard(c, birth_on_as_of(12), "male", lambda c: c.condition(
+        "dx", icd(ICD10CM, "C91.02", "Acute lymphoblastic leukemia, in relapse"), onset=500),
+        skip=("ecog", "lvef", "ast", "alt"), inpatient=False)
+    ecog(c, coding(SNOMED, "422512005", "ECOG performance status - grade 1"))
+    nyha(c, {"valueString": "class II"})
+    enzyme(c, "ast", 110, uln=None, local_first=True)
+    enzyme(c, "alt", 35, uln=None)
+
+
+@case("p04", "MPAL ICD-10-CM C95.02; age exactly 65; CD7 amended (v1 preliminary 25 % -> v2 amended 72 %, same "
+      "id); an ECOG 4 dated after the as-of date (ignored); counts in 10*3/uL", "candidate")
+def _p04(c: Chart) -> None:
+    standard(c, birth_on_as_of(65), "female", lambda c: c.condition(
+        "dx", icd(ICD10CM, "C95.02", "Acute leukemia of unspecified cell type, in relapse"), onset=260),
+        skip=("ecog", "cd7"))
+    blood_counts(c, unit="10*3/uL")
+    ecog(c, 1, days_ago=3)
+    ecog(c, 4, days_ago=-5, suffix="ecog-future")
+    cd7(c, 25.0, days_ago=6, status="preliminary", version=1)
+    cd7(c, 72.0, days_ago=6, status="amended", version=2)
+
+
+@case("p05", "T-LBL WHO ICD-10 C83.5 with clinicalStatus recurrence; birth year only (1980: 45 or 46, decides "
+      "met); LVEF 42 % then 58 % (latest wins); a positive hCG entered-in-error after a negative one",
+      "candidate")
+def _p05(c: Chart) -> None:
+    standard(c, "1980", "female", lambda c: c.condition(
+        "dx", icd(ICD10, "C83.5", "Lymphoblastic (diffuse) lymphoma"), clinical="recurrence", onset=700),
+        skip=("lvef", "hcg"))
+    lvef(c, 42, days_ago=60, suffix="lvef-1")
+    lvef(c, 58, days_ago=7, suffix="lvef-2")
+    hcg(c, False, days_ago=10, suffix="hcg-1")
+    hcg(c, True, days_ago=2, suffix="hcg-2", status="entered-in-error")
+
+
+@case("p06", "refractory AML: ICD-10-CM C92.00 (not in relapse) plus a REFRACTORY finding; AST exactly 3x ULN "
+      "(120 U/L, reference high 40) passes", "candidate")
+def _p06(c: Chart) -> None:
+    standard(c, "1972-12-01", "male", lambda c: c.condition(
+        "dx", icd(ICD10CM, "C92.00", "Acute myeloblastic leukemia, not having achieved remission"), onset=150),
+        skip=("ast",))
+    finding(c, "refractory", "REFRACTORY", "Refractory disease (primary induction failure)", present=True)
+    enzyme(c, "ast", 120, uln=40)
+
+
+@case("p07", "AML WHO ICD-10 C92.0 active, relapse/refractory status not documented", "potential-candidate",
+      inc_diagnosis="unknown")
+def _p07(c: Chart) -> None:
+    standard(c, "1985-04-30", "male", lambda c: c.condition(
+        "dx", icd(ICD10, "C92.0", "Acute myeloblastic leukaemia"), onset=90))
+
+
+@case("p08", "no acute leukemia: CML C92.1 only; an entered-in-error C92.02 Condition (ignored)", "ineligible",
+      inc_diagnosis="not-met")
+def _p08(c: Chart) -> None:
+    def dx(c: Chart) -> None:
+        c.condition("dx", icd(ICD10, "C92.1", "Chronic myeloid leukaemia"), onset=800)
+        c.condition("dx-eie", icd(ICD10CM, "C92.02", "Acute myeloblastic leukemia, in relapse"), clinical=None,
+                    verification="entered-in-error", onset=30)
+    standard(c, "1979-07-19", "male", dx)
+
+
+@case("p09", "T-LBL ICD-10-CM C83.52 (fifth character = site, not relapse), active, no r/r status",
+      "potential-candidate", inc_diagnosis="unknown")
+def _p09(c: Chart) -> None:
+    standard(c, "2001-01-05", "male", lambda c: c.condition(
+        "dx", icd(ICD10CM, "C83.52", "Lymphoblastic (diffuse) lymphoma, intrathoracic lymph nodes"), onset=60))
+
+
+@case("p10", "age 66 (66th birthday on the as-of date)", "ineligible", inc_age="not-met")
+def _p10(c: Chart) -> None:
+    standard(c, birth_on_as_of(66), "male", aml_cm_relapse)
+
+
+@case("p11", "age 11 (12th birthday is the day after the as-of date)", "ineligible", inc_age="not-met")
+def _p11(c: Chart) -> None:
+    standard(c, birth_on_as_of(12, shift_days=1), "female", aml_cm_relapse)
+
+
+@case("p12", "birth year only 2014 (11 or 12 on the as-of date); outpatient", "potential-candidate",
+      inc_age="unknown")
+def _p12(c: Chart) -> None:
+    standard(c, "2014", "male", aml_cm_relapse, inpatient=False)
+
+
+@case("p13", "birth year-month 1960-06 (65 or 66 on the as-of date)", "potential-candidate", inc_age="unknown")
+def _p13(c: Chart) -> None:
+    standard(c, "1960-06", "male", aml_cm_relapse)
+
+
+@case("p14", "ECOG 3 as SNOMED answer", "ineligible", inc_ecog="not-met")
+def _p14(c: Chart) -> None:
+    standard(c, "1966-03-14", "male", aml_cm_relapse, skip=("ecog",))
+    ecog(c, coding(SNOMED, "423053003", "ECOG performance status - grade 3"))
+
+
+@case("p15", "ECOG only 45 days old (outside 30 days)", "potential-candidate", inc_ecog="unknown")
+def _p15(c: Chart) -> None:
+    standard(c, "1993-10-08", "male", aml_cm_relapse, skip=("ecog",))
+    ecog(c, 1, days_ago=45)
+
+
+@case("p16", "female without a pregnancy test; ECOG 4 entered-in-error after ECOG 1 (ECOG met)",
+      "potential-candidate", exc_pregnancy="unknown")
+def _p16(c: Chart) -> None:
+    standard(c, "1995-05-21", "female", aml_cm_relapse, skip=("ecog", "hcg"))
+    ecog(c, 1, days_ago=10, suffix="ecog-1")
+    ecog(c, 4, days_ago=2, suffix="ecog-2", status="entered-in-error")
+
+
+@case("p17", "CD7+ blasts exactly 30 % (> 30 needed)", "ineligible", inc_cd7_expression="not-met")
+def _p17(c: Chart) -> None:
+    standard(c, "1988-08-08", "male", aml_cm_relapse, skip=("cd7",))
+    cd7(c, 30.0)
+
+
+@case("p18", "CD7 reported only as LOINC 8135-6 (% of all cells, not of blasts: not used)", "potential-candidate",
+      inc_cd7_expression="unknown")
+def _p18(c: Chart) -> None:
+    standard(c, "1990-12-12", "male", aml_cm_relapse, skip=("cd7",))
+    code = concept(coding(LOINC, "8135-6", "CD7 cells/100 cells in Blood"))
+    c.observation("cd7-all", code, {"valueQuantity": qty(64.0, "%")}, days_ago=5, category="laboratory")
+
+
+@case("p19", "LVEF 40 % and NYHA 'III' (Roman numeral text)", "ineligible", inc_cardiac="not-met")
+def _p19(c: Chart) -> None:
+    standard(c, "1968-11-30", "male", aml_cm_relapse, skip=("lvef",))
+    lvef(c, 40)
+    nyha(c, {"valueCodeableConcept": {"text": "III"}})
+
+
+@case("p20", "LVEF 45 % without NYHA; ICD-10-CM code written in lower case (c92.02: still in relapse)",
+      "potential-candidate", inc_cardiac="unknown")
+def _p20(c: Chart) -> None:
+    standard(c, "1975-02-02", "male", lambda c: c.condition(
+        "dx", icd(ICD10CM, "c92.02", "Acute myeloblastic leukemia, in relapse"), onset=380), skip=("lvef",))
+    lvef(c, 45)
+
+
+@case("p21", "ALT 200 U/L with reference high 40 (5x ULN), local coding first", "ineligible",
+      inc_organ_function="not-met")
+def _p21(c: Chart) -> None:
+    standard(c, "1983-06-06", "male", aml_cm_relapse, skip=("alt",))
+    enzyme(c, "alt", 200, uln=40, local_first=True)
+
+
+@case("p22", "total bilirubin in an unconvertible unit (mmol/mol)", "potential-candidate",
+      inc_organ_function="unknown")
+def _p22(c: Chart) -> None:
+    standard(c, "1987-09-17", "male", aml_cm_relapse, skip=("bili",))
+    bilirubin(c, 1.1, "mmol/mol")
+
+
+@case("p23", "female with a positive urine hCG 3 days ago", "ineligible", exc_pregnancy="met")
+def _p23(c: Chart) -> None:
+    standard(c, "1999-03-03", "female", aml_cm_relapse, skip=("hcg",))
+    hcg(c, True, days_ago=3)
+
+
+@case("p24", "female whose only (negative) hCG is 20 days old (outside 14 days)", "potential-candidate",
+      exc_pregnancy="unknown")
+def _p24(c: Chart) -> None:
+    standard(c, "1992-07-27", "female", aml_cm_relapse, skip=("hcg",))
+    hcg(c, False, days_ago=20)
+
+
+@case("p25", "D80.1 non-familial hypogammaglobulinaemia (not primary immunodeficiency); AML coded in SNOMED CT "
+      "(91861009) with clinicalStatus recurrence", "candidate")
+def _p25(c: Chart) -> None:
+    standard(c, "1970-01-25", "male", lambda c: c.condition(
+        "dx", concept(coding(SNOMED, "91861009", "Acute myeloid leukemia")), clinical="recurrence", onset=610))
+    c.condition("d80", icd(ICD10, "D80.1", "Nonfamilial hypogammaglobulinaemia"), onset=200)
+
+
+@case("p26", "D81.9 combined immunodeficiency (primary)", "ineligible", exc_congenital_immunodeficiency="met")
+def _p26(c: Chart) -> None:
+    standard(c, "2005-05-05", "male", aml_cm_relapse)
+    c.condition("d81", icd(ICD10, "D81.9", "Combined immunodeficiency, unspecified"), category="problem-list-item",
+                recorded=900)
+
+
+@case("p27", "D84.9 immunodeficiency, unspecified (congenital or acquired: review)", "potential-candidate",
+      exc_congenital_immunodeficiency="unknown")
+def _p27(c: Chart) -> None:
+    standard(c, "1968-10-10", "male", aml_cm_relapse)
+    c.condition("d84", icd(ICD10, "D84.9", "Immunodeficiency, unspecified"), onset=120)
+
+
+@case("p28", "CNS involvement: positive CSF finding (site code CNSL)", "ineligible", exc_cns_leukemia="met")
+def _p28(c: Chart) -> None:
+    standard(c, "1997-04-14", "male", aml_cm_relapse)
+    finding(c, "csf", "CNSL", "CNS leukemia (CSF cytology)", present=True)
+
+
+@case("p44", "CNS involvement recorded as a Condition with the site code CNSL", "ineligible",
+      exc_cns_leukemia="met")
+def _p44(c: Chart) -> None:
+    standard(c, "2002-02-20", "female", aml_cm_relapse)
+    c.condition("cnsl", concept(coding(CLINICAL, "CNSL", "CNS leukemia")), onset=20)
+
+
+@case("p29", "sepsis A41.9 active", "ineligible", exc_active_infection="met")
+def _p29(c: Chart) -> None:
+    standard(c, "1963-12-24", "male", aml_cm_relapse)
+    c.condition("sepsis", icd(ICD10, "A41.9", "Sepsis, unspecified organism"), onset=4)
+
+
+@case("p30", "pneumonia J18.9 with onset 10 days ago", "potential-candidate", exc_active_infection="unknown")
+def _p30(c: Chart) -> None:
+    standard(c, "1981-08-18", "male", aml_cm_relapse)
+    c.condition("pneumonia", icd(ICD10, "J18.9", "Pneumonia, unspecified"), onset=10)
+
+
+@case("p31", "pneumonia J18.9 with onset 60 days ago (outside 30 days); superficial thrombophlebitis I80.0; old "
+      "MI I21.9 eight months ago (outside 6 months)", "candidate")
+def _p31(c: Chart) -> None:
+    standard(c, "1962-02-28", "male", aml_cm_relapse)
+    c.condition("pneumonia", icd(ICD10, "J18.9", "Pneumonia, unspecified"), onset=60, recorded=58)
+    c.condition("i80", icd(ICD10, "I80.0", "Phlebitis and thrombophlebitis of superficial vessels of lower "
+                           "extremities"), onset=25)
+    c.condition("mi", icd(ICD10, "I21.9", "Acute myocardial infarction, unspecified"), clinical="resolved",
+                onset=243, abated=200, recorded=243)
+
+
+@case("p32", "HBsAg positive", "ineligible", exc_hepatitis="met")
+def _p32(c: Chart) -> None:
+    standard(c, "1974-09-09", "male", aml_cm_relapse, skip=("hbsag",))
+    hbsag(c, True)
+
+
+@case("p33", "HBV DNA 2000 IU/mL with HBsAg and HCV antibody negative", "ineligible", exc_hepatitis="met")
+def _p33(c: Chart) -> None:
+    standard(c, "1969-06-01", "male", aml_cm_relapse)
+    hbv_dna(c, 2000)
+
+
+@case("p34", "HCV antibody positive, no HCV RNA result", "potential-candidate", exc_hepatitis="unknown")
+def _p34(c: Chart) -> None:
+    standard(c, "1977-11-11", "male", aml_cm_relapse, skip=("hcv",))
+    hcv_ab(c, True)
+
+
+@case("p35", "HIV Ag/Ab positive", "ineligible", exc_hiv="met")
+def _p35(c: Chart) -> None:
+    standard(c, "1986-01-16", "male", aml_cm_relapse, skip=("hiv",))
+    hiv(c, True)
+
+
+@case("p36", "HIV negative 100 days ago (outside 90 days); outpatient", "potential-candidate", exc_hiv="unknown")
+def _p36(c: Chart) -> None:
+    standard(c, "1994-04-04", "male", aml_cm_relapse, skip=("hiv",), inpatient=False)
+    hiv(c, False, days_ago=100)
+
+
+@case("p37", "deep vein thrombosis ICD-10-CM I82.409 (I82.4) active", "ineligible", exc_thrombosis="met")
+def _p37(c: Chart) -> None:
+    standard(c, "1961-07-07", "male", aml_cm_relapse)
+    c.condition("dvt", icd(ICD10CM, "I82.409", "Acute embolism and thrombosis of unspecified deep veins of "
+                           "unspecified lower extremity"), onset=15)
+
+
+@case("p38", "myocardial infarction I21.9 three months ago, clinicalStatus resolved (still counts)", "ineligible",
+      exc_cardiac_event="met")
+def _p38(c: Chart) -> None:
+    standard(c, "1964-03-19", "male", aml_cm_relapse)
+    c.condition("mi", icd(ICD10, "I21.9", "Acute myocardial infarction, unspecified"), clinical="resolved",
+                onset=91, abated=60, recorded=91)
+
+
+@case("p39", "old MI I25.2 with onset 2 months ago", "ineligible", exc_cardiac_event="met")
+def _p39(c: Chart) -> None:
+    standard(c, "1960-12-31", "male", aml_cm_relapse)
+    c.condition("mi", icd(ICD10, "I25.2", "Old myocardial infarction"), onset=61)
+
+
+@case("p40", "myocardial infarction I21.9 with no onset and no recorded date", "potential-candidate",
+      exc_cardiac_event="unknown")
+def _p40(c: Chart) -> None:
+    standard(c, "1967-05-15", "male", aml_cm_relapse)
+    c.condition("mi", icd(ICD10, "I21.9", "Acute myocardial infarction, unspecified"), category="problem-list-item",
+                recorded=None)
+
+
+@case("p41", "newly admitted, work-up pending: no test results at all (female)", "potential-candidate",
+      inc_ecog="unknown", inc_cd7_expression="unknown", inc_cardiac="unknown", inc_organ_function="unknown",
+      exc_pregnancy="unknown", exc_hepatitis="unknown", exc_hiv="unknown")
+def _p41(c: Chart) -> None:
+    standard(c, "2003-08-29", "female", aml_cm_relapse, skip=WORKUP)
+
+
+@case("p42", "ALL of unstated lineage (WHO C91.0, clinicalStatus relapse): CD7 decides, 8 % CD7+", "ineligible",
+      inc_cd7_expression="not-met")
+def _p42(c: Chart) -> None:
+    standard(c, "2000-10-20", "male", lambda c: c.condition(
+        "dx", icd(ICD10, "C91.0", "Acute lymphoblastic leukaemia"), clinical="relapse", onset=330), skip=("cd7",))
+    cd7(c, 8.0)
+
+
+@case("p43", "CD7+ blasts reported with a comparator, '<50 %' (may be above or below 30)", "potential-candidate",
+      inc_cd7_expression="unknown")
+def _p43(c: Chart) -> None:
+    standard(c, "1989-03-23", "female", aml_cm_relapse, skip=("cd7",))
+    c.observation("cd7", concept(coding(LAB, "FC-CD7", "CD7+ % of leukemic blasts (flow)")),
+                  {"valueQuantity": qty(50.0, "%", comparator="<")}, days_ago=5, category="laboratory")
+
+
+@case("cao2022", "published case (RULES.md §7, Cao X et al. 2022): 17-year-old female, r/r AML, marrow 20 % blasts, "
+      "95.6 % CD7+; other values synthetic (Observation.note)", "candidate")
+def _cao(c: Chart) -> None:
+    c.published = True
+    c.patient("2008-11-03", "female")
+    c.encounter(True, days_ago=8)
+    c.condition("dx", icd(ICD10, *AML_CN), clinical="relapse", onset=420,
+                note="published: relapsed/refractory AML (Cao X et al., Exp Hematol Oncol 2022;11:67)")
+    published = "published value (Cao X et al., Exp Hematol Oncol 2022;11:67)"
+    marrow_blasts(c, 20.0, note=published)
+    cd7(c, 95.6, note=published)
+    ecog(c, 1)
+    lvef(c, 60)
+    enzyme(c, "ast", 24)
+    enzyme(c, "alt", 19)
+    bilirubin(c, 0.6)
+    blood_counts(c, unit="10*9/L")
+    vital(c, "weight", "29463-7", "Body weight", 52.0, "kg")
+    hcg(c, False, days_ago=4, serum=True)
+    hbsag(c, False)
+    hcv_ab(c, False)
+    hiv(c, False)
+    finding(c, "csf", "CNSL", "CNS leukemia (CSF cytology)", present=False)
+
+
+# ------------------------------------------------------------------------------------------ intent
+def default_verdicts() -> dict[str, str]:
+    out = {cid: "met" for cid in INCLUSIONS}
+    out |= {cid: "not-met" for cid in EXCLUSIONS}
+    out[ADVISORY] = "unknown"
+    return out
+
+
+def status_of(verdicts: dict[str, str]) -> str:
+    """RULES.md §2 overall status, restated independently of the engine, to check each hand-written status."""
+    inc = [verdicts[c] for c in INCLUSIONS]
+    exc = [verdicts[c] for c in EXCLUSIONS if c != ADVISORY]
+    if "not-met" in inc or "met" in exc:
+        return "ineligible"
+    if all(r == "met" for r in inc) and all(r == "not-met" for r in exc):
+        return "candidate"
+    return "potential-candidate"
+
+
+def intent_of(case: Case) -> Json:
+    verdicts = default_verdicts()
+    unknown = set(case.intent) - set(verdicts)
+    if unknown:
+        raise GenerationError(f"{case.pid}: intent names unknown criteria {sorted(unknown)}")
+    verdicts |= case.intent
+    if status_of(verdicts) != case.status:
+        raise GenerationError(f"{case.pid}: written status {case.status} contradicts its verdicts "
+                              f"({status_of(verdicts)} by RULES.md §2)")
+    return {"exercises": case.exercises, "status": case.status, "criteria": verdicts}
+
+
+def coverage(patients: dict[str, Json]) -> dict[str, list[str]]:
+    """Per automated criterion, the outcomes that no patient is intended to have (minus documented ones)."""
+    missing: dict[str, list[str]] = {}
+    for cid in INCLUSIONS + EXCLUSIONS:
+        if cid == ADVISORY:
+            continue
+        seen = {p["criteria"][cid] for p in patients.values()}
+        gap = [r for r in ("met", "not-met", "unknown") if r not in seen and r not in IMPOSSIBLE.get(cid, {})]
+        if gap:
+            missing[cid] = gap
+    return missing
+
+
+def build_intent(cases: list[Case]) -> Json:
+    patients = {c.pid: intent_of(c) for c in cases}
+    gaps = coverage(patients)
+    if gaps:
+        raise GenerationError(f"coverage gaps: {gaps}")
+    statuses = [p["status"] for p in patients.values()]
+    if statuses.count("candidate") < 4 or not {"potential-candidate", "ineligible"} <= set(statuses):
+        raise GenerationError("the statuses candidate (>= 4), potential-candidate and ineligible must all appear")
+    return {"description": "Intended pre-screen verdicts (RULES.md §2), hand-written per case in "
+                           "scripts/make_samples.py; not produced by the engine.",
+            "as_of": AS_OF.isoformat(), "site_map": "samples/site-map.yaml",
+            "impossible": IMPOSSIBLE, "patients": patients}
+
+
+# ------------------------------------------------------------------------------------------ validation
+def schema_file(given: str | None) -> Path:
+    path = Path(given or os.environ.get("BRIDGE_FHIR_SCHEMA") or DEFAULT_SCHEMA)
+    if not path.is_file():
+        raise GenerationError(f"FHIR R4 JSON Schema not found at {path} (use --schema or BRIDGE_FHIR_SCHEMA)")
+    return path
+
+
+@cache
+def _definitions(path: str) -> Json:
+    with open(path, encoding="utf-8") as fh:
+        definitions: Json = json.load(fh)["definitions"]
+    return definitions
+
+
+@cache
+def _validator(path: str, rtype: str) -> Draft6Validator:
+    return Draft6Validator({"$ref": f"#/definitions/{rtype}", "definitions": _definitions(path)})
+
+
+def validate(resource: Json, schema: Path) -> None:
+    """R4B model and official R4 JSON Schema; raise GenerationError naming every failing element path."""
+    label = f"{resource['resourceType']}/{resource['id']}"
+    try:
+        parse_resource(resource, label)
+    except InvalidResource as exc:  # its message carries element paths only
+        raise GenerationError(f"{label} fails the R4B model: {exc}") from None
+    errors = sorted(_validator(str(schema), resource["resourceType"]).iter_errors(resource), key=str)
+    if errors:
+        paths = ["/".join(map(str, e.absolute_path)) or "(root)" for e in errors]
+        raise GenerationError(f"{label} fails the R4 JSON Schema at {paths}")
+
+
+# ------------------------------------------------------------------------------------------ output
+def charts(cases: list[Case]) -> list[Chart]:
+    out = []
+    for cs in cases:
+        chart = Chart(cs.pid)
+        cs.build(chart)
+        out.append(chart)
+    return out
+
+
+def check_ids(resources: list[Json]) -> None:
+    """Ids are unique per type, except the versions of one resource, which must differ in versionId."""
+    seen: set[tuple[str, str, str | None]] = set()
+    for r in resources:
+        key = (r["resourceType"], r["id"], r.get("meta", {}).get("versionId"))
+        if key in seen:
+            raise GenerationError(f"duplicate {key[0]}/{key[1]}")
+        seen.add(key)
+
+
+def bundle(resources: list[Json]) -> Json:
+    entries = [{"fullUrl": f"{BASE_URL}/{r['resourceType']}/{r['id']}", "resource": r} for r in resources]
+    return {"resourceType": "Bundle", "id": "prescreen-samples", "meta": {
+        "security": [coding(ACT_REASON, "HTEST", "test health data")]},
+        "type": "collection", "timestamp": f"{AS_OF.isoformat()}T07:00:00{TZ}", "entry": entries}
+
+
+def dumps(doc: Any) -> str:
+    return json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
+
+
+def write(out: Path, resources: list[Json], intent: Json) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ndjson").mkdir(exist_ok=True)
+    written = [out / "bundle.json", out / "intent.json"]
+    written[0].write_text(dumps(bundle(resources)), encoding="utf-8")
+    written[1].write_text(dumps(intent), encoding="utf-8")
+    for rtype in ("Patient", "Condition", "Observation", "Encounter"):
+        lines = [json.dumps(r, ensure_ascii=False, separators=(",", ":")) for r in resources
+                 if r["resourceType"] == rtype]
+        path = out / "ndjson" / f"{rtype}.ndjson"
+        path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def ordered(cases: list[Case]) -> list[Case]:
+    """p01, p02, ... then the published case."""
+    return sorted(cases, key=lambda cs: (not cs.pid.startswith("p"), cs.pid))
+
+
+def generate(out: Path, schema: Path) -> list[Path]:
+    cases = ordered(CASES)
+    intent = build_intent(cases)
+    resources = [r for chart in charts(cases) for r in chart.resources]
+    check_ids(resources)
+    for r in resources:
+        validate(r, schema)
+    parse_resource(bundle(resources), "Bundle/prescreen-samples")
+    return write(out, resources, intent)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default samples/prescreen)")
+    parser.add_argument("--schema", help="fhir.schema.json (default $BRIDGE_FHIR_SCHEMA or the shared copy)")
+    args = parser.parse_args(argv)
+    try:
+        written = generate(args.out, schema_file(args.schema))
+    except GenerationError as exc:
+        print(f"make_samples: {exc}", file=sys.stderr)
+        return 1
+    print(f"make_samples: {len(CASES)} patients, wrote {len(written)} files to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
