@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from bridge import __version__
-from bridge.cli import prescreen, publish_study
+from bridge.cli import assess, prescreen, publish_study
 
 app = typer.Typer(
     name="bridge",
@@ -34,6 +34,7 @@ def root(
 
 
 app.command("prescreen", help=prescreen.HELP)(prescreen.command)
+app.command("assess", help=assess.HELP)(assess.command)
 app.command("publish-study", help=publish_study.HELP)(publish_study.command)
 
 
