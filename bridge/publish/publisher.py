@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from bridge.client import FhirClient, FhirResult
@@ -80,30 +80,53 @@ def _version(resource: Json) -> str | None:
 def find_subject(client: FhirClient, patient_id: str) -> Json | None:
     """The ResearchSubject carrying this patient's identifier, if any (checked client-side)."""
     system, value = subject_identifier(patient_id)
-    params = {"identifier": f"{system}|{value}", "patient": patient_id}
-    for res in client.search("ResearchSubject", params, matches_only=True):
-        for ident in res.get("identifier") or []:
-            if ident.get("system") == system and ident.get("value") == value:
-                return res
-    return None
+    return find_by_identifier(client, "ResearchSubject", system, value, {"patient": patient_id})
 
 
 def _not_supported(exc: ServerRejected) -> bool:
     return any(i.code == "not-supported" for i in exc.issues)
 
 
-def _write_subject(client: FhirClient, subject: Json, current: Json | None, patient_id: str) -> FhirResult:
+def _write_by_identifier(client: FhirClient, resource: Json, query: str, current: Json | None) -> FhirResult:
     """Conditional update on the identifier; where the server does not support that search parameter, the
-    subject found by identifier (client-side check) is updated by id with If-Match, or created."""
+    resource found by identifier (client-side check) is updated by id with If-Match, or created."""
     try:
-        return client.conditional_update(subject, identifier_query(patient_id))
+        return client.conditional_update(resource, query)
     except ServerRejected as exc:
         if not _not_supported(exc):
             raise
-        log.info("ResearchSubject: conditional update not supported by the server, writing by id")
+        log.info("%s: conditional update not supported by the server, writing by id", resource["resourceType"])
     if current is not None:
-        return client.update({**subject, "id": current["id"]}, if_match=_version(current))
-    return client.create(subject)
+        return client.update({**resource, "id": current["id"]}, if_match=_version(current))
+    return client.create(resource)
+
+
+def find_by_identifier(client: FhirClient, resource_type: str, system: str, value: str,
+                       extra: dict[str, str] | None = None) -> Json | None:
+    """The resource carrying this identifier, if any — checked client-side, since a server may ignore the
+    ``identifier`` parameter and answer with everything."""
+    params = {"identifier": f"{system}|{value}", **(extra or {})}
+    for res in client.search(resource_type, params, matches_only=True):
+        idents = res.get("identifier") or []
+        for ident in idents if isinstance(idents, list) else [idents]:
+            if ident.get("system") == system and ident.get("value") == value:
+                return res
+    return None
+
+
+def upsert(client: FhirClient, resource: Json, activity: str, entities: list[str],
+           clock: Callable[[], datetime] = _now) -> Written:
+    """Write ``resource`` found again by its (first) identifier; unchanged content is not written again."""
+    validate_output(resource)
+    ident = resource["identifier"][0] if isinstance(resource["identifier"], list) else resource["identifier"]
+    rtype = resource["resourceType"]
+    current = find_by_identifier(client, rtype, ident["system"], ident["value"])
+    if current is not None and _same(current, resource):
+        return Written(f"{rtype}/{current.get('id')}", "unchanged", _version(current))
+    result = _write_by_identifier(client, resource, f"identifier={ident['system']}|{ident['value']}", current)
+    ref = f"{rtype}/{result.id}"
+    _provenance(client, ref, result.version_id, activity, entities, clock)
+    return Written(ref, "created" if current is None else "updated", result.version_id)
 
 
 def publish_subject(client: FhirClient, screening: Screening, options: RuleOptions,
@@ -118,7 +141,7 @@ def publish_subject(client: FhirClient, screening: Screening, options: RuleOptio
     validate_output(subject)
     if current is not None and subject_fingerprint(current) == subject_fingerprint(subject):
         return Written(f"ResearchSubject/{current.get('id')}", "unchanged", _version(current))
-    result = _write_subject(client, subject, current, patient_id)
+    result = _write_by_identifier(client, subject, identifier_query(patient_id), current)
     ref = f"ResearchSubject/{result.id}"
     _provenance(client, ref, result.version_id, "prescreen", [screening.patient], clock)
     outcome = "created" if current is None else "updated"
@@ -134,9 +157,46 @@ def _provenance(client: FhirClient, ref: str, version: str | None, activity: str
     client.create(prov)
 
 
+def set_lifecycle_status(client: FhirClient, patient_id: str, status: str,
+                         clock: Callable[[], datetime] = _now) -> Written | None:
+    """Move the patient's ResearchSubject along its lifecycle (verdicts kept); None when there is none yet."""
+    current = find_subject(client, patient_id)
+    if current is None:
+        return None
+    ref = f"ResearchSubject/{current['id']}"
+    if current.get("status") == status:
+        return Written(ref, "unchanged", _version(current))
+    changed = {**current, "status": status}
+    validate_output(changed)
+    result = client.update(changed, if_match=_version(current))
+    _provenance(client, ref, result.version_id, "lifecycle-update", [f"Patient/{patient_id}"], clock)
+    return Written(ref, "updated", result.version_id)
+
+
 def publish_screenings(client: FhirClient, screenings: Iterable[Screening], options: RuleOptions,
                        clock: Callable[[], datetime] = _now) -> list[Written]:
     return [publish_subject(client, s, options, clock) for s in screenings]
 
 
-__all__ = ["PRESCREEN_STATUSES", "Written", "find_subject", "publish_screenings", "publish_study", "publish_subject"]
+__all__ = ["PRESCREEN_STATUSES", "Written", "find_by_identifier", "find_subject", "publish_screenings", "publish_study",
+           "publish_assessment", "publish_subject", "set_lifecycle_status", "upsert"]
+
+
+def publish_assessment(client: FhirClient, doc: Json, as_of: date, comparators: str, cri_reading: str,
+                       deceased: bool = False, clock: Callable[[], datetime] = _now) -> list[Written]:
+    """One patient's assessment (a ``patients[]`` item of the assess JSON): response Observations, the best
+    response, AdverseEvents, and the ResearchSubject's lifecycle status."""
+    from bridge.publish import outcomes  # local: outcomes pulls in the grading tables
+
+    pid = str(doc["patient"]).removeprefix("Patient/")
+    patient = [f"Patient/{pid}"]
+    written = [upsert(client, outcomes.response_observation(pid, a, comparators, cri_reading),
+                      "response-assessment", patient, clock) for a in doc.get("assessments") or []]
+    best = outcomes.best_response_observation(pid, doc, as_of)
+    if best is not None:
+        written.append(upsert(client, best, "response-assessment", patient, clock))
+    suspect = next((i.get("evidence") for i in doc.get("infusions") or []), None)
+    written += [upsert(client, outcomes.adverse_event(pid, ae, suspect), "adverse-event-grading", patient, clock)
+                for ae in doc.get("adverseEvents") or []]
+    status = set_lifecycle_status(client, pid, outcomes.lifecycle_status(doc, as_of, deceased), clock)
+    return written + ([status] if status else [])
