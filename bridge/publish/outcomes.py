@@ -103,22 +103,26 @@ def best_response_observation(patient_id: str, doc: Json, as_of: date) -> Json |
 
 def adverse_event(patient_id: str, ae: Json, suspect: str | None) -> Json:
     """One graded AE episode (an ``adverseEvents[]`` item of the assess JSON) as an AdverseEvent."""
-    grade, term = int(ae["grade"]), str(ae["term"])
-    code = grade_code(grade)
+    term = str(ae["term"])
     system = GRADING_SYSTEM.get(term, "CTCAE v5.0")
     data: Json = {
-        "extension": [{"url": AE_GRADE_EXTENSION, "valueCodeableConcept": {
-            "coding": [{"system": NCIT_SYSTEM, "code": code.code, "display": code.display}],
-            "text": f"{system} grade {grade}"}}],
         "identifier": outcome_identifier(patient_id, "ae", _slug(term), str(ae["onset"])),
         "actuality": "actual",
         "event": {"coding": [{"system": AE_TERM_SYSTEM, "code": _slug(term), "display": term}],
                   "text": f"{term} (graded by {system})"},
         "subject": {"reference": f"Patient/{patient_id}"},
         "date": str(ae["onset"]),
-        "severity": {"coding": [{"system": SEVERITY_SYSTEM, "code": severity_for(grade)}]},
         "study": [STUDY_REF],
     }
+    if ae.get("grade") is None:  # e.g. D89.839 / G92.00: the episode is recorded, its grade is not
+        data["event"]["text"] = f"{term} (grade not stated; {system})"
+    else:
+        grade = int(ae["grade"])
+        code = grade_code(grade)
+        data["extension"] = [{"url": AE_GRADE_EXTENSION, "valueCodeableConcept": {
+            "coding": [{"system": NCIT_SYSTEM, "code": code.code, "display": code.display}],
+            "text": f"{system} grade {grade}"}}]
+        data["severity"] = {"coding": [{"system": SEVERITY_SYSTEM, "code": severity_for(grade)}]}
     if suspect:
         data["suspectEntity"] = [{"instance": {"reference": suspect}}]
     evidence = [r for r in ae.get("evidence") or [] if r.split("/")[0] in ("Condition", "Observation")]

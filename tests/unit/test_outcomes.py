@@ -60,3 +60,9 @@ def test_identifiers_are_stable_and_distinct() -> None:
     (date(2026, 2, 8), False, "follow-up"), (date(2026, 2, 8), True, "off-study")])
 def test_lifecycle(as_of: date, deceased: bool, status: str) -> None:
     assert outcomes.lifecycle_status({"dayZero": "2026-01-10"}, as_of, deceased) == status
+
+
+def test_ungraded_episode_is_published_without_a_grade() -> None:
+    ae = outcomes.adverse_event("p1", {**CRS, "grade": None}, None)
+    validate_output(ae)
+    assert "extension" not in ae and "severity" not in ae and "grade not stated" in ae["event"]["text"]

@@ -1,0 +1,185 @@
+"""``bridge assess``: post-infusion assessment (dose, response, AEs, kinetics) and the cohort summary.
+
+``run_assess`` is the wiring (source -> normalize -> evaluate) shared with whatever else needs an assessment run
+(e.g. a later ``--publish``): it returns an ``AssessRun`` holding the patients' facts, their assessments and the
+read report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from bridge.cli.common import (
+    client_for,
+    err_console,
+    handles_errors,
+    out_console,
+    parse_as_of,
+    print_json,
+    progress,
+    settings_from,
+)
+from bridge.cli.prescreen import report_problems
+from bridge.config import RuleOptions, Settings
+from bridge.evaluate.assessment import PatientAssessment, assess_patients, assessment_json, cohort
+from bridge.evaluate.grading import CRS_TERM, ICANS_TERM
+from bridge.evaluate.logic import fmt
+from bridge.ingest.readers import read_source
+from bridge.model import PatientFacts
+from bridge.normalize.mappings import CodeMap, load_code_map
+from bridge.normalize.patients import ReadReport
+from bridge.pipeline import load_patients
+from bridge.publish.publisher import Written, publish_assessment
+
+HELP = """Assess infused patients of NCT04762485: day 0, dose per kg, response, adverse events, CAR-T kinetics.
+
+SOURCE is a Bundle file, '-' for a Bundle on stdin, or a directory of Bulk Data NDJSON files. Patients
+without a completed infusion of the CAR-T product on or before the as-of date are left out.
+
+Example:
+
+    bridge assess samples/assess/bundle.json --as-of 2026-12-31 --site-map samples/site-map.yaml --format json
+
+Exit codes: 0 ok, 2 bad input (or skipped resources with --strict), 3 unreadable source, 4 invalid site map.
+"""
+
+
+@dataclass
+class AssessRun:
+    """One assessment run: the options, every patient read, the infused patients' assessments, the read report."""
+
+    options: RuleOptions
+    patients: list[PatientFacts]
+    assessments: list[PatientAssessment]
+    report: ReadReport
+
+    def as_json(self) -> dict[str, object]:
+        return assessment_json(self.assessments, self.patients, self.options)
+
+
+def run_assess(source: str, options: RuleOptions, cmap: CodeMap,
+               progress: Callable[[int], None] | None = None) -> AssessRun:
+    """Read a source, normalize it and assess every infused patient."""
+    patients, report = load_patients(read_source(source), cmap, progress)
+    return AssessRun(options, patients, assess_patients(patients, options, cmap.uln, cmap.lln), report)
+
+
+class Format(StrEnum):
+    table = "table"
+    json = "json"
+
+
+class ComparatorsOpt(StrEnum):
+    record = "record"
+    eln = "eln"
+
+
+class CriReadingOpt(StrEnum):
+    operational = "operational"
+    literal = "literal"
+
+
+BEST_STYLE = {"CR": "bold green", "CRi": "green", "MLFS": "green", "PR": "yellow", "NR": "red", "NE": "dim"}
+
+
+def _dose_cells(pa: PatientAssessment) -> tuple[str, str]:
+    d = pa.dose
+    per_kg = f"{d.cells_per_kg / 1e6:.3g}e6" if d.cells_per_kg is not None else "?"
+    if d.within_protocol is None:
+        return per_kg, "? (" + ", ".join(d.flags) + ")"
+    return per_kg, "yes" if d.within_protocol else "[red]no[/]"
+
+
+def _grade(pa: PatientAssessment, term: str) -> str:
+    g = pa.worst_grade(term)
+    return "-" if g == 0 else "?" if g is None else f"G{g}"
+
+
+def render_table(assessments: list[PatientAssessment], options: RuleOptions) -> Table:
+    table = Table(title=f"NCT04762485 assessment as of {options.as_of} ({options.comparators} comparators, "
+                        f"{options.cri_reading} CRi reading)", title_justify="left")
+    for name in ("Patient", "Day 0", "Cells/kg", "In range", "Best", "Remission", "Relapse", "CRS", "ICANS", "AEs"):
+        table.add_column(name, no_wrap=name != "In range")
+    for pa in sorted(assessments, key=lambda a: a.patient):
+        r = pa.response
+        per_kg, ok = _dose_cells(pa)
+        table.add_row(pa.patient, str(pa.day0), per_kg, ok, f"[{BEST_STYLE[r.best_response]}]{r.best_response}[/]",
+                      str(r.remission_date or "-"), str(r.relapse_date or "-"), _grade(pa, CRS_TERM),
+                      _grade(pa, ICANS_TERM), str(len(pa.adverse_events)))
+    return table
+
+
+def _percent(x: float | None) -> str:
+    return "n/a" if x is None else f"{fmt(100 * x)} %"
+
+
+def summary(run: AssessRun) -> str:
+    """One line: infused, ORR with its interval, best responses, AE counts, CIR at 12 months."""
+    block: dict[str, Any] = cohort(run.assessments, run.patients, run.options)
+    o, ae = block["orr"], block["adverseEvents"]
+    ci = f" (95 % CI {fmt(100 * o['ci95'][0])}-{fmt(100 * o['ci95'][1])} %)" if o["ci95"] else ""
+    best = ", ".join(f"{k} {v}" for k, v in block["bestResponse"].items())
+    left_out = len(run.patients) - len(run.assessments)
+    return (f"{block['infused']} infused ({left_out} without infusion left out): ORR {o['responders']}/{o['n']} = "
+            f"{_percent(o['rate'])}{ci}; {best}; {ae['events']} AEs in {ae['patients']} patients; "
+            f"CIR at 12 months {_percent(block['cir']['12months']['estimate'])}")
+
+
+@handles_errors
+def command(
+    source: Annotated[str, typer.Argument(help="Bundle file, '-' (stdin) or NDJSON directory")],
+    as_of: Annotated[str | None, typer.Option("--as-of", help="Data cut-off date YYYY-MM-DD (default: today)")] = None,
+    site_map: Annotated[Path | None, typer.Option("--site-map", help="Site map (YAML/JSON) of local codes")] = None,
+    comparators: Annotated[ComparatorsOpt, typer.Option(
+        "--comparators", help="CR counts: record (ANC > 1.0, platelets > 100; default) or eln (>=)")]
+    = ComparatorsOpt.record,
+    cri_reading: Annotated[CriReadingOpt, typer.Option(
+        "--cri-reading", help="both lineages below: operational (MLFS; default) or literal (CRi)")]
+    = CriReadingOpt.operational,
+    fmt_: Annotated[Format, typer.Option("--format", help="table (readable) or json (the documented contract)")]
+    = Format.table,
+    strict: Annotated[bool, typer.Option("--strict", help="exit 2 when any resource was skipped")] = False,
+    publish: Annotated[str | None, typer.Option(
+        "--publish", help="FHIR base URL to publish response Observations, AdverseEvents and subject status to")]
+    = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Settings file (YAML/JSON); BRIDGE_* env wins")
+                      ] = None,
+) -> None:
+    options = RuleOptions(as_of=parse_as_of(as_of), comparators=comparators.value, cri_reading=cri_reading.value)
+    settings = settings_from(config)
+    cmap = load_code_map(site_map or settings.site_map)
+    with progress("reading and assessing") as tick:
+        run = run_assess(source, options, cmap, tick)
+    if fmt_ is Format.json:
+        print_json(run.as_json())
+    else:
+        out_console.print(render_table(run.assessments, options))
+        out_console.print(summary(run), highlight=False)
+    report_problems(run.report)
+    if publish:
+        _publish(publish, settings, run)
+    if strict and run.report.skipped:
+        raise typer.Exit(2)
+
+
+def _publish(base_url: str, settings: Settings, run: AssessRun) -> None:
+    doc = run.as_json()
+    deceased = {p.ref for p in run.patients if p.deceased}
+    written: list[Written] = []
+    with client_for(base_url, settings) as client:
+        for patient in doc["patients"]:  # type: ignore[attr-defined]
+            written += publish_assessment(client, patient, run.options.as_of, run.options.comparators,
+                                          run.options.cri_reading, patient["patient"] in deceased)
+    counts = {k: sum(1 for w in written if w.outcome == k) for k in ("created", "updated", "unchanged")}
+    err_console.print("published assessment resources: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
+                      highlight=False)
+
+
+__all__ = ["HELP", "AssessRun", "command", "render_table", "run_assess", "summary"]
