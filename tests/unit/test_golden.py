@@ -35,3 +35,23 @@ def test_published_case_is_a_candidate() -> None:
     expected = json.loads((SAMPLES / "prescreen" / "expected.json").read_text())
     (cao,) = [r for r in expected["results"] if r["patient"] == "Patient/cao2022"]
     assert cao["status"] == "candidate"
+
+
+@pytest.mark.parametrize("source", ["treated/bundle.json", "treated/ndjson"])
+def test_assess_matches_golden(source: str) -> None:
+    out = subprocess.run([sys.executable, "-m", "bridge", "assess", str(SAMPLES / source), "--site-map",
+                          str(SAMPLES / "site-map.yaml"), "--as-of", "2026-12-31", "--format", "json"],
+                         capture_output=True, text=True, timeout=120, check=True)
+    assert json.loads(out.stdout) == json.loads((SAMPLES / "treated" / "expected.json").read_text())
+
+
+def test_published_case_assessment() -> None:
+    """RULES.md §7: dose within protocol, MLFS at day 17, one grade 3 CRS."""
+    doc = json.loads((SAMPLES / "treated" / "expected.json").read_text())
+    (cao,) = [p for p in doc["patients"] if p["patient"] == "Patient/cao2022"]
+    assert cao["doseWithinProtocol"] is True and cao["cellsPerKg"] == pytest.approx(5e6)
+    assert [(a["day"], a["response"]) for a in cao["assessments"]][0] == (17, "MLFS")
+    assert cao["bestResponse"] == "MLFS"
+    crs = [ae for ae in cao["adverseEvents"] if ae["term"] == "Cytokine release syndrome"]
+    assert [ae["grade"] for ae in crs] == [3]
+    assert not [ae for ae in cao["adverseEvents"] if ae["term"].startswith("Immune effector")]
