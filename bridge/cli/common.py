@@ -84,6 +84,8 @@ def client_for(base_url: str, settings: Settings) -> FhirClient:
 
 
 def setup_logging(level: str = "WARNING") -> None:
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise typer.BadParameter("use DEBUG, INFO, WARNING or ERROR", param_hint="--log-level")
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 

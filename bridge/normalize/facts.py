@@ -74,6 +74,18 @@ def _concept_of(cmap: CodeMap, concept: Any) -> tuple[str | None, str | None]:
     return None, None
 
 
+_UNIT_DIGITS = re.compile(r"10[*^]-?\d+|(?<=[A-Za-z])\d")
+
+
+def shown_unit(unit: str) -> str:
+    """A unit as it may appear in a message: a unit-looking string, else a placeholder. A free-text unit field
+    can hold anything a clerk typed (an MRN, a name), so digits outside powers of ten and exponents hide it."""
+    text = unit.strip()
+    if len(text) > 24 or re.search(r"\d", _UNIT_DIGITS.sub("", text)) or re.search(r"[A-Za-z]{9,}", text):
+        return "(unit not shown)"
+    return repr(text)
+
+
 def _quantity(cmap: CodeMap, concept: str, q: Any, path: str,
               site_code: str | None) -> tuple[Quantity | None, str | None]:
     info = cmap.concepts[concept]
@@ -85,7 +97,7 @@ def _quantity(cmap: CodeMap, concept: str, q: Any, path: str,
     try:
         value = convert(float(q["value"]), unit, info.unit, info.molar)
     except UnitError:
-        return None, f"{path}.code: unit {unit!r} cannot be converted to {info.unit!r}"
+        return None, f"{path}.code: unit {shown_unit(unit)} cannot be converted to {info.unit!r}"
     return Quantity(value, info.unit, q.get("comparator")), None
 
 
@@ -266,7 +278,7 @@ def medication_administration(resource: dict[str, Any], cmap: CodeMap,
         try:
             cells = convert(float(dose["value"]), str(unit), "{cells}")
         except UnitError:
-            problem = f"MedicationAdministration.dosage.dose.code: unit {unit!r} is not a cell count"
+            problem = f"MedicationAdministration.dosage.dose.code: unit {shown_unit(str(unit))} is not a cell count"
     else:
         problem = "MedicationAdministration.dosage.dose: no cell count"
     out.infusions.append(Infusion(concept, when, str(resource.get("status") or "unknown"), cells,
