@@ -8,6 +8,7 @@ import typer
 
 from bridge import __version__
 from bridge.cli import assess, prescreen, publish_study
+from bridge.cli.common import setup_logging
 
 app = typer.Typer(
     name="bridge",
@@ -29,8 +30,12 @@ def _version(value: bool) -> None:
 def root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
+    log_level: Annotated[str, typer.Option("--log-level", envvar="BRIDGE_LOG_LEVEL",
+                                           help="DEBUG, INFO, WARNING (default) or ERROR; logs go to stderr and "
+                                                "carry ids, never names, identifiers or values")] = "WARNING",
 ) -> None:
     """FHIR R4 bridge between a hospital EHR and the CD7 CAR-T trial NCT04762485."""
+    setup_logging(log_level.upper())
 
 
 app.command("prescreen", help=prescreen.HELP)(prescreen.command)
