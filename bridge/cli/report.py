@@ -1,0 +1,77 @@
+"""``bridge report``: the cohort report (issue #7) as one self-contained HTML file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bridge.cli.assess import ComparatorsOpt, CriReadingOpt
+from bridge.cli.common import client_for, err_console, handles_errors, parse_as_of, progress, settings_from
+from bridge.cli.prescreen import report_problems
+from bridge.config import RuleOptions, Settings
+from bridge.ingest.pull import pull
+from bridge.ingest.readers import Item, read_source
+from bridge.normalize.mappings import CodeMap, load_code_map
+from bridge.pipeline import is_url, load_patients
+from bridge.report.data import Json, gather_patients
+from bridge.report.render import write_report
+
+HELP = """Write the cohort report: pre-screen funnel, doses, swimmer plot, AEs, CIR, ORR and CAR-T kinetics.
+
+SOURCE is a Bundle file, '-' for a Bundle on stdin, a directory of Bulk Data NDJSON files, or the base URL of a
+FHIR server (then the admitted patients, or those named with --patient, are fetched with their infusions).
+The report is one HTML file with its plots embedded; it opens and prints without a network.
+
+Example:
+
+\b
+    bridge report samples/treated/bundle.json --out report.html --as-of 2026-12-31 --site-map samples/site-map.yaml
+
+Exit codes: 0 ok, 2 bad input (or --out not writable), 3 unreadable source, 4 invalid site map,
+5 configuration, 7 remote server error.
+"""
+
+
+@handles_errors
+def command(
+    source: Annotated[str, typer.Argument(help="Bundle file, '-' (stdin), NDJSON directory, or a FHIR base URL")],
+    out: Annotated[Path, typer.Option("--out", help="HTML file to write")],
+    as_of: Annotated[str | None, typer.Option("--as-of", help="Evaluation date YYYY-MM-DD (default: today)")] = None,
+    site_map: Annotated[Path | None, typer.Option("--site-map", help="Site map (YAML/JSON) of local codes")] = None,
+    patients: Annotated[list[str] | None, typer.Option("--patient", help="Patient id to pull (URL source only)")
+                        ] = None,
+    comparators: Annotated[ComparatorsOpt, typer.Option(
+        "--comparators", help="CR counts: record (ANC > 1.0, platelets > 100; default) or eln (>=)")]
+    = ComparatorsOpt.record,
+    cri_reading: Annotated[CriReadingOpt, typer.Option(
+        "--cri-reading", help="both lineages below: operational (MLFS; default) or literal (CRi)")]
+    = CriReadingOpt.operational,
+    config: Annotated[Path | None, typer.Option("--config", help="Settings file (YAML/JSON); BRIDGE_* env wins")
+                      ] = None,
+) -> None:
+    options = RuleOptions(as_of=parse_as_of(as_of), comparators=comparators.value, cri_reading=cri_reading.value)
+    settings = settings_from(config)
+    cmap = load_code_map(site_map or settings.site_map)
+    if patients and not is_url(source):
+        raise typer.BadParameter("--patient needs a FHIR base URL as SOURCE", param_hint="--patient")
+    with progress("reading and assessing"):
+        doc = _gather(source, options, cmap, settings, patients)
+    written = write_report(doc, out)
+    err_console.print(f"report written to {written}", highlight=False)
+
+
+def _gather(source: str, options: RuleOptions, cmap: CodeMap, settings: Settings, patients: list[str] | None) -> Json:
+    if not is_url(source):
+        return _from_items(read_source(source), options, cmap, Path(source).name)
+    with client_for(source, settings) as client:
+        return _from_items(pull(client, cmap, options.as_of, patients, medications=True), options, cmap, source)
+
+
+def _from_items(items: Iterable[Item], options: RuleOptions, cmap: CodeMap, name: str) -> Json:
+    """The report document; skipped resources and unusable values are listed on stderr, as ``prescreen`` does."""
+    loaded, problems = load_patients(items, cmap)
+    report_problems(problems)
+    return gather_patients(loaded, options, cmap, name)

@@ -1,0 +1,122 @@
+"""Gather everything the cohort report needs from one source, as one plain JSON-ready document.
+
+The report renderer (``bridge.report.render``) reads only this document, never the engine, so it can be
+built and tested from fixture JSON. This module is the one adapter between the two::
+
+    source ──► load_patients ──┬─► prescreen_json            "prescreen"   (the ``bridge prescreen`` document)
+                               ├─► assessment_json           "assessment"  (the ``bridge assess`` document)
+                               ├─► follow-up per patient     "followUp"    {patient: {lastFollowUpDay, deathDay}}
+                               ├─► Aalen–Johansen step curve "cir"         {horizonDays, subjects, curve}
+                               └─► kinetic points per day    "kineticSeries" {patient: {concept: [[day, value, cmp]]}}
+
+Conventions: days are calendar days from the patient's day 0 (RULES.md §4); kinetic values are in the
+concept's canonical unit and a ``<`` / ``<=`` result (below detection) is written as value 0 with its
+comparator kept, exactly as ``bridge.evaluate.kinetics`` counts it. The curve's ``low``/``high`` are the
+log(−log) 95 % band of ``stats.cif_at``; the 12- and 24-month points of the curve therefore equal the
+``cohort.cir`` figures of the assessment document.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from datetime import date
+
+from bridge import RULESET_VERSION, STUDY_ID
+from bridge.config import RuleOptions
+from bridge.evaluate.assessment import (
+    KINETIC_CONCEPTS,
+    PatientAssessment,
+    assess_patients,
+    assessment_json,
+    cir_subject,
+    death_date,
+)
+from bridge.evaluate.stats import DAYS_PER_MONTH, CirSubject, aalen_johansen, cif_at
+from bridge.ingest.readers import Item
+from bridge.model import PatientFacts, Quantity
+from bridge.normalize.mappings import CodeMap
+from bridge.pipeline import load_patients, prescreen_json, prescreen_patients
+
+Json = dict[str, object]
+CIR_MONTHS = 24
+_DROPPED = frozenset({"entered-in-error", "cancelled"})
+
+
+def gather(items: Iterable[Item], options: RuleOptions, cmap: CodeMap, source_name: str = "") -> Json:
+    """The report document for every patient of ``items`` (a source read once)."""
+    patients, _ = load_patients(items, cmap)
+    return gather_patients(patients, options, cmap, source_name)
+
+
+def gather_patients(patients: Sequence[PatientFacts], options: RuleOptions, cmap: CodeMap,
+                    source_name: str = "") -> Json:
+    """The report document from already normalized patients."""
+    assessed = assess_patients(patients, options, cmap.uln, cmap.lln)
+    facts = {p.ref: p for p in patients}
+    return {
+        "study": STUDY_ID, "asOf": options.as_of.isoformat(), "ruleset": RULESET_VERSION, "source": source_name,
+        "prescreen": prescreen_json(prescreen_patients(patients, options, cmap), options),
+        "assessment": assessment_json(assessed, patients, options),
+        "followUp": {pa.patient: follow_up(pa, facts[pa.patient], options.as_of) for pa in assessed},
+        "cir": cir_curve(_subjects(assessed, facts, options)),
+        "kineticSeries": {pa.patient: kinetic_series(facts[pa.patient], pa.day0, options.as_of) for pa in assessed},
+    }
+
+
+def _subjects(assessed: Iterable[PatientAssessment], facts: dict[str, PatientFacts],
+              options: RuleOptions) -> list[tuple[str, CirSubject]]:
+    out = []
+    for pa in assessed:
+        subject = cir_subject(pa, facts[pa.patient], options)
+        if subject is not None:
+            out.append((pa.patient, subject))
+    return out
+
+
+def _day(when: date | None, day0: date) -> int | None:
+    return None if when is None else (when - day0).days
+
+
+def follow_up(pa: PatientAssessment, pf: PatientFacts, as_of: date) -> Json:
+    """Last follow-up and death as days from day 0 (None when unknown / alive)."""
+    return {"lastFollowUpDay": _day(pf.last_activity(as_of), pa.day0), "deathDay": _day(death_date(pf, as_of), pa.day0)}
+
+
+def kinetic_series(pf: PatientFacts, day0: date, as_of: date) -> dict[str, list[list[object]]]:
+    """Per kinetic concept, ``[day, value, comparator]`` from day 0 to as-of, in day order (below LOD = 0)."""
+    out: dict[str, list[list[object]]] = {}
+    for concept in KINETIC_CONCEPTS:
+        points = [_kinetic_point(f.value, (f.when - day0).days) for f in pf.of(concept)
+                  if f.when is not None and day0 <= f.when <= as_of and f.status not in _DROPPED]
+        usable = sorted((p for p in points if p is not None), key=lambda p: p[0])
+        if usable:
+            out[concept] = [list(p) for p in usable]
+    return out
+
+
+def _kinetic_point(value: object, day: int) -> tuple[int, float, str | None] | None:
+    if not isinstance(value, Quantity) or not math.isfinite(value.value) or value.value < 0:
+        return None
+    below = value.comparator in ("<", "<=")
+    return day, 0.0 if below else value.value, value.comparator
+
+
+def cir_curve(subjects: Sequence[tuple[str, CirSubject]], months: int = CIR_MONTHS) -> Json:
+    """The relapse CIF as a step curve with its 95 % band, and each subject's time and event."""
+    horizon = months * DAYS_PER_MONTH
+    curve = aalen_johansen([s for _, s in subjects], horizon)
+    steps: list[Json] = []
+    for day in (0.0, *curve.times):
+        estimate, band = cif_at(curve, day)
+        if estimate is None or band is None:
+            continue
+        k = sum(1 for t in curve.times if t <= day) - 1
+        steps.append({"day": day, "estimate": estimate, "low": band[0], "high": band[1],
+                      "death": curve.cif_death[k] if k >= 0 else 0.0})
+    defined = min(curve.defined_until, horizon) if subjects else 0.0
+    return {"horizonDays": horizon, "definedUntilDay": defined, "curve": steps,
+            "subjects": [{"patient": p, "days": (s.exit - s.origin).days, "event": s.event} for p, s in subjects]}
+
+
+__all__ = ["CIR_MONTHS", "cir_curve", "follow_up", "gather", "gather_patients", "kinetic_series"]
