@@ -331,7 +331,7 @@ class FhirClient:
             mode = (entry.get("search") or {}).get("mode", "match")
             if mode == "outcome":
                 issues = outcome_issues(entry.get("resource")) or []
-                log.warning("search %s: the server reported %d issue(s) with the search", resource_type, len(issues))
+                log.debug("search %s: the server reported %d issue(s) with the search", resource_type, len(issues))
             elif mode in wanted and isinstance(entry.get("resource"), dict):
                 yield entry["resource"]
 

@@ -1,11 +1,24 @@
 """Pull source: fetch, per patient, only what the criteria need from the EHR through search.
 
 ``$everything`` is not assumed. For one patient: the Patient (read), its Conditions, its Observations with
-the mapped codes (default tables + site map) dated within the look-back, its Encounters and, for the
-assessment, its MedicationAdministrations. Without patient ids, the admitted patients are those with an
-inpatient Encounter that is in progress / arrived, or that started within ``recent_days`` of the as-of date.
+the mapped codes (default tables + site map), its Encounters and, for the assessment, its
+MedicationAdministrations. Without patient ids, the admitted patients are those with an inpatient Encounter
+that is in progress / arrived, or that started within ``recent_days`` before the as-of date.
 Items come out in the reader format (``Entry(resource, where)``), so everything downstream is the same as
-for a file.
+for a file: a pull gives the same verdicts, reasons and evidence as the same resources read from disk.
+
+The look-back. Observations of most concepts are fetched with ``date=ge<as-of − lookback_days>``: every
+rule that reads them has a window far shorter than the look-back. The concepts in ``ANY_AGE_CONCEPTS`` are
+read by a rule at any age (RULES.md §2: a positive HBsAg, HCV RNA or HIV test, an HBV DNA above the
+threshold, a refractory or CNS finding decide however old they are; an out-of-window pregnancy test is
+still named as evidence), so they are fetched without a date — otherwise an old positive test would vanish
+from the pull and flip an exclusion. ``tests/unit/test_pull.py`` guards that list against the rules.
+
+Search parameters are trusted to narrow, never to decide: a server may ignore one it does not support and
+return more, so the admitted-patient query re-checks class, status and start date on every Encounter.
+The code tables keep codes normalised to upper case while the rules match codes case-insensitively; a
+server matches tokens case-sensitively, so each code is sent upper-case and, when it has letters, lower-case
+too. A record spelling a local code in mixed case ("Fc-Cd7") is found in a file but not by a pull.
 """
 
 from __future__ import annotations
@@ -16,16 +29,42 @@ from typing import Any
 
 from bridge.client import FhirClient
 from bridge.ingest.readers import Entry, Item
+from bridge.normalize.fhirpath import local_date, ref_id
 from bridge.normalize.mappings import CodeMap
 
 INPATIENT_CLASSES = ("IMP", "ACUTE", "NONAC")
+ADMITTED_STATUSES = ("in-progress", "arrived")
 CODES_PER_QUERY = 40
+LOOKBACK_DAYS = 730
+ANY_AGE_CONCEPTS = frozenset({
+    "hbsag", "hbv-dna", "hcv-antibody", "hcv-rna", "hiv-test",  # exc-hepatitis / exc-hiv: positive at any age
+    "refractory-disease", "cns-involvement",  # inc-diagnosis / exc-cns-leukemia: latest finding, no window
+    "pregnancy-status", "lactation-status",  # exc-pregnancy: recorded as current, no window
+    "pregnancy-test",  # exc-pregnancy: the latest test is evidence even outside the 14 days
+})
 
 
-def _code_params(cmap: CodeMap) -> list[str]:
-    """``system|code`` tokens of every mapped observation code, in stable order, chunked for URL length."""
-    tokens = sorted(f"{system}|{code}" for (system, code) in cmap.observations)
+def _tokens(cmap: CodeMap, any_age: bool) -> list[str]:
+    """``system|code`` tokens of the mapped observation codes of one kind (any-age or windowed), sorted."""
+    tokens: set[str] = set()
+    for (system, code), concept in cmap.observations.items():
+        if (concept in ANY_AGE_CONCEPTS) == any_age:
+            tokens.update(f"{system}|{spelling}" for spelling in (code, code.lower()))
+    return sorted(tokens)
+
+
+def _code_params(cmap: CodeMap, any_age: bool = False) -> list[str]:
+    """The ``code`` parameter values (comma-separated tokens), chunked to keep URLs short."""
+    tokens = _tokens(cmap, any_age)
     return [",".join(tokens[i:i + CODES_PER_QUERY]) for i in range(0, len(tokens), CODES_PER_QUERY)]
+
+
+def observation_queries(patient_id: str, cmap: CodeMap, as_of: date,
+                        lookback_days: int = LOOKBACK_DAYS) -> list[dict[str, str]]:
+    """The Observation searches of one patient: windowed codes with ``date=ge…``, any-age codes without."""
+    since = (as_of - timedelta(days=lookback_days)).isoformat()
+    windowed = [{"patient": patient_id, "code": codes, "date": f"ge{since}"} for codes in _code_params(cmap)]
+    return windowed + [{"patient": patient_id, "code": codes} for codes in _code_params(cmap, any_age=True)]
 
 
 def _entries(resources: Iterable[dict[str, Any]], where: str) -> Iterator[Item]:
@@ -33,17 +72,25 @@ def _entries(resources: Iterable[dict[str, Any]], where: str) -> Iterator[Item]:
         yield Entry(res, f"{where} #{i}")
 
 
+def _unique(resources: Iterable[dict[str, Any]], seen: set[str]) -> Iterator[dict[str, Any]]:
+    """Each resource once across overlapping searches (a server ignoring ``code`` or ``date`` repeats them)."""
+    for res in resources:
+        key = f"{res.get('resourceType')}/{res.get('id')}"
+        if res.get("id") is None or key not in seen:
+            seen.add(key)
+            yield res
+
+
 def fetch_patient(client: FhirClient, patient_id: str, cmap: CodeMap, as_of: date,
-                  lookback_days: int = 730, medications: bool = False) -> Iterator[Item]:
+                  lookback_days: int = LOOKBACK_DAYS, medications: bool = False) -> Iterator[Item]:
     """Every resource of one patient that a criterion (or the assessment) can use."""
     yield Entry(client.read("Patient", patient_id).resource, f"Patient/{patient_id}")
-    since = (as_of - timedelta(days=lookback_days)).isoformat()
     yield from _entries(client.search("Condition", {"patient": patient_id}, matches_only=True),
                         f"Condition?patient={patient_id}")
-    for codes in _code_params(cmap):
-        params = {"patient": patient_id, "code": codes, "date": f"ge{since}"}
-        yield from _entries(client.search("Observation", params, matches_only=True),
-                            f"Observation?patient={patient_id}")
+    seen: set[str] = set()
+    for params in observation_queries(patient_id, cmap, as_of, lookback_days):
+        found = client.search("Observation", params, matches_only=True)
+        yield from _entries(_unique(found, seen), f"Observation?patient={patient_id}")
     yield from _entries(client.search("Encounter", {"patient": patient_id}, matches_only=True),
                         f"Encounter?patient={patient_id}")
     if medications:
@@ -51,30 +98,45 @@ def fetch_patient(client: FhirClient, patient_id: str, cmap: CodeMap, as_of: dat
                             f"MedicationAdministration?patient={patient_id}")
 
 
+def admission_queries(as_of: date, recent_days: int = 7) -> list[dict[str, str]]:
+    """Inpatient Encounters in progress / arrived, and inpatient Encounters of the last ``recent_days``."""
+    classes = ",".join(INPATIENT_CLASSES)
+    since = (as_of - timedelta(days=recent_days)).isoformat()
+    return [{"class": classes, "status": ",".join(ADMITTED_STATUSES)}, {"class": classes, "date": f"ge{since}"}]
+
+
 def admitted_patients(client: FhirClient, as_of: date, recent_days: int = 7) -> list[str]:
     """Ids of patients with an active, or recently started, inpatient Encounter."""
     ids: set[str] = set()
-    queries = [{"class": ",".join(INPATIENT_CLASSES), "status": "in-progress,arrived"},
-               {"class": ",".join(INPATIENT_CLASSES), "date": f"ge{(as_of - timedelta(days=recent_days)).isoformat()}"}]
-    for params in queries:
+    for params in admission_queries(as_of, recent_days):
         for enc in client.search("Encounter", params, matches_only=True):
-            ref = (enc.get("subject") or {}).get("reference", "")
-            if isinstance(ref, str) and ref.startswith("Patient/") and _is_inpatient(enc):
-                ids.add(ref.split("/", 1)[1])
+            pid = ref_id(enc.get("subject"), "Patient")
+            if pid and is_admission(enc, as_of, recent_days):
+                ids.add(pid)
     return sorted(ids)
 
 
-def _is_inpatient(enc: dict[str, Any]) -> bool:
-    """Re-checked here: a server may ignore a search parameter it does not support."""
+def is_admission(enc: dict[str, Any], as_of: date, recent_days: int = 7) -> bool:
+    """Re-checked here, because a server may ignore a search parameter it does not support (and ``date=ge``
+    matches any period still open or ending after the date): inpatient class, and in progress / arrived or
+    started within ``recent_days`` up to the as-of date."""
     klass = enc.get("class")
-    return isinstance(klass, dict) and klass.get("code") in INPATIENT_CLASSES
+    if not isinstance(klass, dict) or klass.get("code") not in INPATIENT_CLASSES:
+        return False
+    if enc.get("status") in ADMITTED_STATUSES:
+        return True
+    period = enc.get("period")
+    start = local_date(period.get("start")) if isinstance(period, dict) else None
+    return start is not None and as_of - timedelta(days=recent_days) <= start <= as_of
 
 
 def pull(client: FhirClient, cmap: CodeMap, as_of: date, patient_ids: Iterable[str] | None = None,
          medications: bool = False) -> Iterator[Item]:
+    """The items of the named patients, or of the admitted patients when none are named."""
     ids = list(patient_ids) if patient_ids else admitted_patients(client, as_of)
     for pid in ids:
         yield from fetch_patient(client, pid, cmap, as_of, medications=medications)
 
 
-__all__ = ["admitted_patients", "fetch_patient", "pull"]
+__all__ = ["ANY_AGE_CONCEPTS", "LOOKBACK_DAYS", "admission_queries", "admitted_patients", "fetch_patient",
+           "is_admission", "observation_queries", "pull"]

@@ -21,7 +21,7 @@ from typing import Any
 
 from bridge.client import FhirClient, FhirResult
 from bridge.config import RuleOptions
-from bridge.errors import ServerRejected
+from bridge.errors import RemoteError, ServerRejected
 from bridge.evaluate.eligibility import Screening
 from bridge.publish.provenance import provenance
 from bridge.publish.study import STUDY_LOGICAL_ID, research_study
@@ -48,13 +48,11 @@ def _now() -> datetime:
 
 def publish_study(client: FhirClient, organ_reading: str = "organ-function",
                   clock: Callable[[], datetime] = _now) -> Written:
+    """``PUT ResearchStudy/nct04762485`` unless the server already holds the same content; Provenance."""
     study = research_study(organ_reading=organ_reading)
     study["id"] = STUDY_LOGICAL_ID
     validate_output(study)
-    try:
-        current = client.read("ResearchStudy", STUDY_LOGICAL_ID).resource
-    except Exception:  # noqa: BLE001 - any failure to read means "write it"; the write reports real errors
-        current = None
+    current = _read_if_exists(client, "ResearchStudy", STUDY_LOGICAL_ID)
     if current is not None and _same(current, study):
         return Written(f"ResearchStudy/{STUDY_LOGICAL_ID}", "unchanged", _version(current))
     result = client.update(study)
@@ -62,6 +60,17 @@ def publish_study(client: FhirClient, organ_reading: str = "organ-function",
     outcome = "created" if current is None else "updated"
     log.info("ResearchStudy/%s %s", STUDY_LOGICAL_ID, outcome)
     return Written(f"ResearchStudy/{STUDY_LOGICAL_ID}", outcome, result.version_id)
+
+
+def _read_if_exists(client: FhirClient, resource_type: str, resource_id: str) -> Json | None:
+    """The resource, or None when the server says it does not exist (404) or was deleted (410); any other
+    failure (auth, transport, a server error) is raised rather than taken for "absent"."""
+    try:
+        return client.read(resource_type, resource_id).resource
+    except RemoteError as exc:
+        if exc.status in (404, 410):
+            return None
+        raise
 
 
 def _strip(resource: Json) -> Json:
@@ -129,16 +138,22 @@ def upsert(client: FhirClient, resource: Json, activity: str, entities: list[str
     return Written(ref, "created" if current is None else "updated", result.version_id)
 
 
-def publish_subject(client: FhirClient, screening: Screening, options: RuleOptions,
-                    clock: Callable[[], datetime] = _now) -> Written:
-    patient_id = screening.patient.removeprefix("Patient/")
-    current = find_subject(client, patient_id)
-    status = screening.status
-    if current is not None and current.get("status") not in PRESCREEN_STATUSES:
-        status = str(current.get("status"))  # past pre-screening: keep the lifecycle status
+def _checked_subject(patient_id: str, status: str, screening: Screening, options: RuleOptions) -> Json:
     subject = research_subject(patient_id, status, list(screening.verdicts), options.as_of,
                                options.organ_function_reading)
     validate_output(subject)
+    return subject
+
+
+def publish_subject(client: FhirClient, screening: Screening, options: RuleOptions,
+                    clock: Callable[[], datetime] = _now) -> Written:
+    """Create or update the patient's one ResearchSubject (validated before any request), with Provenance."""
+    patient_id = screening.patient.removeprefix("Patient/")
+    subject = _checked_subject(patient_id, screening.status, screening, options)
+    current = find_subject(client, patient_id)
+    if current is not None and current.get("status") not in PRESCREEN_STATUSES:
+        # past pre-screening: keep the lifecycle status, refresh only the verdicts
+        subject = _checked_subject(patient_id, str(current.get("status")), screening, options)
     if current is not None and subject_fingerprint(current) == subject_fingerprint(subject):
         return Written(f"ResearchSubject/{current.get('id')}", "unchanged", _version(current))
     result = _write_by_identifier(client, subject, identifier_query(patient_id), current)

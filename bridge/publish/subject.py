@@ -192,16 +192,19 @@ def verdicts_from_subject(resource: Json) -> tuple[date, str, list[Verdict]]:
 
 
 def subject_fingerprint(resource: Json) -> str:
-    """SHA-256 over status, study, individual, reading, rule set and verdicts — not the as-of date."""
+    """SHA-256 over status, study, individual, reading, rule set and verdicts — not the as-of date, also not
+    where a reason quotes it ("age 34 on <as-of>"), so re-screening the same data on a later day changes
+    nothing on the server; a reason that changes for another cause (the age itself, a new value) still does."""
     _, ext = _prescreen(resource)
-    _, reading, verdicts = verdicts_from_subject(resource)
+    as_of, reading, verdicts = verdicts_from_subject(resource)
+    stamp = as_of.isoformat()
     payload = {
         "status": resource.get("status"),
         "study": (resource.get("study") or {}).get("reference"),
         "individual": (resource.get("individual") or {}).get("reference"),
         "reading": reading,
         "ruleset": [p.get("valueString") for p in _parts(ext, "ruleset")],
-        "verdicts": [[v.criterion, v.result, v.reason, list(v.evidence)] for v in verdicts],
+        "verdicts": [[v.criterion, v.result, v.reason.replace(stamp, "<as-of>"), list(v.evidence)] for v in verdicts],
     }
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
