@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from bridge import __version__
-from bridge.cli import assess, prescreen, publish_study, report, serve, subscribe, watch
+from bridge.cli import assess, prescreen, publish_study, report
 from bridge.cli.common import setup_logging
 
 app = typer.Typer(
@@ -42,9 +42,6 @@ app.command("prescreen", help=prescreen.HELP)(prescreen.command)
 app.command("assess", help=assess.HELP)(assess.command)
 app.command("publish-study", help=publish_study.HELP)(publish_study.command)
 app.command("report", help=report.HELP)(report.command)
-app.command("serve", help=serve.HELP)(serve.command)
-app.command("subscribe", help=subscribe.HELP)(subscribe.command)
-app.command("watch", help=watch.HELP)(watch.command)
 
 
 def main() -> None:
