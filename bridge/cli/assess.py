@@ -31,23 +31,28 @@ from bridge.config import RuleOptions, Settings
 from bridge.evaluate.assessment import PatientAssessment, assess_patients, assessment_json, cohort
 from bridge.evaluate.grading import CRS_TERM, ICANS_TERM
 from bridge.evaluate.logic import fmt
+from bridge.ingest.pull import pull
 from bridge.ingest.readers import read_source
 from bridge.model import PatientFacts
 from bridge.normalize.mappings import CodeMap, load_code_map
 from bridge.normalize.patients import ReadReport
-from bridge.pipeline import load_patients
+from bridge.pipeline import is_url, load_patients
 from bridge.publish.publisher import Written, publish_assessment
 
 HELP = """Assess infused patients of NCT04762485: day 0, dose per kg, response, adverse events, CAR-T kinetics.
 
-SOURCE is a Bundle file, '-' for a Bundle on stdin, or a directory of Bulk Data NDJSON files. Patients
-without a completed infusion of the CAR-T product on or before the as-of date are left out.
+SOURCE is a Bundle file, '-' for a Bundle on stdin, a directory of Bulk Data NDJSON files, or the base URL
+of a FHIR server (then the patients with a CAR-T administration, or those named with --patient, are fetched).
+Patients without a completed infusion of the CAR-T product on or before the as-of date are left out.
 
-Example:
+Examples:
 
-    bridge assess samples/assess/bundle.json --as-of 2026-12-31 --site-map samples/site-map.yaml --format json
+\b
+    bridge assess samples/treated/bundle.json --as-of 2026-12-31 --site-map samples/site-map.yaml --format json
+    bridge assess https://ehr.example/fhir --site-map site.yaml --publish https://ehr.example/fhir
 
-Exit codes: 0 ok, 2 bad input (or skipped resources with --strict), 3 unreadable source, 4 invalid site map.
+Exit codes: 0 ok, 2 bad input (or skipped resources with --strict), 3 unreadable source, 4 invalid site map,
+5 configuration, 6 own output invalid, 7 remote server error.
 """
 
 
@@ -64,10 +69,17 @@ class AssessRun:
         return assessment_json(self.assessments, self.patients, self.options)
 
 
-def run_assess(source: str, options: RuleOptions, cmap: CodeMap,
-               progress: Callable[[int], None] | None = None) -> AssessRun:
-    """Read a source, normalize it and assess every infused patient."""
-    patients, report = load_patients(read_source(source), cmap, progress)
+def run_assess(source: str, options: RuleOptions, cmap: CodeMap, progress: Callable[[int], None] | None = None,
+               settings: Settings | None = None, patient_ids: list[str] | None = None) -> AssessRun:
+    """Read a source (file, stdin, NDJSON directory or FHIR base URL), normalize it, assess every infused patient."""
+    if is_url(source):
+        with client_for(source, settings or Settings()) as client:
+            items = pull(client, cmap, options.as_of, patient_ids, medications=True)
+            patients, report = load_patients(items, cmap, progress)
+    else:
+        if patient_ids:
+            raise typer.BadParameter("--patient needs a FHIR base URL as SOURCE", param_hint="--patient")
+        patients, report = load_patients(read_source(source), cmap, progress)
     return AssessRun(options, patients, assess_patients(patients, options, cmap.uln, cmap.lln), report)
 
 
@@ -146,6 +158,8 @@ def command(
     fmt_: Annotated[Format, typer.Option("--format", help="table (readable) or json (the documented contract)")]
     = Format.table,
     strict: Annotated[bool, typer.Option("--strict", help="exit 2 when any resource was skipped")] = False,
+    patients: Annotated[list[str] | None, typer.Option("--patient", help="Patient id to pull (URL source only)")
+                        ] = None,
     publish: Annotated[str | None, typer.Option(
         "--publish", help="FHIR base URL to publish response Observations, AdverseEvents and subject status to")]
     = None,
@@ -156,7 +170,7 @@ def command(
     settings = settings_from(config)
     cmap = load_code_map(site_map or settings.site_map)
     with progress("reading and assessing") as tick:
-        run = run_assess(source, options, cmap, tick)
+        run = run_assess(source, options, cmap, tick, settings, patients)
     if fmt_ is Format.json:
         print_json(run.as_json())
     else:

@@ -60,8 +60,11 @@ def _code_params(cmap: CodeMap, any_age: bool = False) -> list[str]:
 
 
 def observation_queries(patient_id: str, cmap: CodeMap, as_of: date,
-                        lookback_days: int = LOOKBACK_DAYS) -> list[dict[str, str]]:
-    """The Observation searches of one patient: windowed codes with ``date=ge…``, any-age codes without."""
+                        lookback_days: int | None = LOOKBACK_DAYS) -> list[dict[str, str]]:
+    """The Observation searches of one patient: windowed codes with ``date=ge…``, any-age codes without.
+    ``lookback_days=None`` (the assessment: follow-up may be years long) fetches every mapped result."""
+    if lookback_days is None:
+        return [{"patient": patient_id, "code": codes} for codes in _code_params(cmap) + _code_params(cmap, True)]
     since = (as_of - timedelta(days=lookback_days)).isoformat()
     windowed = [{"patient": patient_id, "code": codes, "date": f"ge{since}"} for codes in _code_params(cmap)]
     return windowed + [{"patient": patient_id, "code": codes} for codes in _code_params(cmap, any_age=True)]
@@ -82,7 +85,7 @@ def _unique(resources: Iterable[dict[str, Any]], seen: set[str]) -> Iterator[dic
 
 
 def fetch_patient(client: FhirClient, patient_id: str, cmap: CodeMap, as_of: date,
-                  lookback_days: int = LOOKBACK_DAYS, medications: bool = False) -> Iterator[Item]:
+                  lookback_days: int | None = LOOKBACK_DAYS, medications: bool = False) -> Iterator[Item]:
     """Every resource of one patient that a criterion (or the assessment) can use."""
     yield Entry(client.read("Patient", patient_id).resource, f"Patient/{patient_id}")
     yield from _entries(client.search("Condition", {"patient": patient_id}, matches_only=True),
@@ -130,13 +133,32 @@ def is_admission(enc: dict[str, Any], as_of: date, recent_days: int = 7) -> bool
     return start is not None and as_of - timedelta(days=recent_days) <= start <= as_of
 
 
+def infused_patients(client: FhirClient, cmap: CodeMap) -> list[str]:
+    """Ids of patients with a MedicationAdministration of a mapped product (the CAR-T cells)."""
+    tokens = sorted(f"{system}|{code}" for (system, code), concept in cmap.observations.items()
+                    if cmap.concepts[concept].kind == "product")
+    ids: set[str] = set()
+    if tokens:
+        for admin in client.search("MedicationAdministration", {"code": ",".join(tokens)}, matches_only=True):
+            pid = ref_id(admin.get("subject"), "Patient")
+            if pid:
+                ids.add(pid)
+    return sorted(ids)
+
+
 def pull(client: FhirClient, cmap: CodeMap, as_of: date, patient_ids: Iterable[str] | None = None,
          medications: bool = False) -> Iterator[Item]:
-    """The items of the named patients, or of the admitted patients when none are named."""
-    ids = list(patient_ids) if patient_ids else admitted_patients(client, as_of)
+    """The items of the named patients; when none are named, the admitted patients (pre-screen) or the
+    patients with a product administration (``medications=True``: the assessment, fetched without look-back).
+    Which patients were infused is re-decided by the rules from the fetched data."""
+    if patient_ids:
+        ids = list(patient_ids)
+    else:
+        ids = infused_patients(client, cmap) if medications else admitted_patients(client, as_of)
+    lookback = None if medications else LOOKBACK_DAYS
     for pid in ids:
-        yield from fetch_patient(client, pid, cmap, as_of, medications=medications)
+        yield from fetch_patient(client, pid, cmap, as_of, lookback, medications=medications)
 
 
 __all__ = ["ANY_AGE_CONCEPTS", "LOOKBACK_DAYS", "admission_queries", "admitted_patients", "fetch_patient",
-           "is_admission", "observation_queries", "pull"]
+           "infused_patients", "is_admission", "observation_queries", "pull"]
