@@ -89,11 +89,17 @@ class Settings:
     max_body_bytes: int = 2_000_000
     workers: int = 1
     heartbeat_grace_seconds: float = 120.0
+    listen_host: str = "127.0.0.1"  # where server.py / `bridge serve` listen (loopback unless told otherwise)
+    listen_port: int = 8080
     registry_url: str | None = None
     registry_token_url: str | None = None
     registry_client_id: str | None = None
     registry_client_secret: str | None = field(default=None, repr=False)
     registry_centre: str = "rc_00000"
+    registry_username: str | None = None
+    registry_password: str | None = field(default=None, repr=False)
+    registry_scope: str | None = None
+    registry_crid_path: str = "Patient/$crid-assignment"
     pseudonym_secret: str | None = field(default=None, repr=False)
     log_level: str = "INFO"
 
@@ -109,7 +115,7 @@ class Settings:
 
     def redacted(self) -> dict[str, Any]:
         """The settings for display: every secret replaced by '***'."""
-        secret_words = ("token", "secret", "key_file")
+        secret_words = ("token", "secret", "key_file", "password")
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)

@@ -60,7 +60,9 @@ DEFAULT_SCHEMA = ROOT.parent / "shared" / "fhir-data" / "hl7-fhir-r4-schema" / "
 AS_OF = date(2026, 12, 31)
 TZ = "+08:00"  # the sample hospital is in Suzhou; dates are compared as written (local)
 BASE_URL = "http://hospital.example.org/fhir"
-TYPES = ("Patient", "Condition", "Encounter", "Observation", "MedicationAdministration")
+TYPES = ("Patient", "Condition", "Encounter", "Observation", "MedicationAdministration", "Consent")
+# research Consent withdrawn (inactive) before the registry export: shows the registry's consent gate
+WITHDRAWN = frozenset({"t07"})
 
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
@@ -204,6 +206,14 @@ class Chart:
         ordered = {"resourceType": resource.pop("resourceType"), "id": resource.pop("id"), "meta": resource.pop("meta")}
         self.resources.append(ordered | resource)
         return ordered
+
+    def consent(self, day: int, active: bool) -> None:
+        """A research Consent (registry packaging is gated on an active one, docs/registry.md)."""
+        self.add({"resourceType": "Consent", "id": self.rid("consent"), "status": "active" if active else "inactive",
+                  "scope": concept(coding("http://terminology.hl7.org/CodeSystem/consentscope", "research")),
+                  "category": [concept(coding("http://terminology.hl7.org/CodeSystem/consentcategorycodes",
+                                              "research"))],
+                  "patient": self.subject(), "dateTime": self.when(day, 10, 0)})
 
     # -- Patient, Encounter, Condition
     def patient(self, birth: str, gender: str, deceased: str | None = None) -> None:
@@ -978,6 +988,7 @@ def charts(cases: list[Case]) -> list[Chart]:
     for cs in cases:
         chart = Chart(cs.pid, cs.day0, prefix=cs.prefix)
         cs.build(chart)
+        chart.consent(-20, active=cs.pid not in WITHDRAWN)
         out.append(chart)
     return out
 

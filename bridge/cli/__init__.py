@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from bridge import __version__
-from bridge.cli import assess, prescreen, publish_study, report
+from bridge.cli import assess, prescreen, publish_study, registry, report
 from bridge.cli.common import setup_logging
 
 app = typer.Typer(
@@ -41,6 +41,7 @@ def root(
 app.command("prescreen", help=prescreen.HELP)(prescreen.command)
 app.command("assess", help=assess.HELP)(assess.command)
 app.command("publish-study", help=publish_study.HELP)(publish_study.command)
+app.add_typer(registry.app, name="registry")
 app.command("report", help=report.HELP)(report.command)
 
 

@@ -122,7 +122,7 @@ def test_bundle_and_ndjson_hold_the_same_resources() -> None:
     for r in bundle_resources():
         bundled.setdefault(r["resourceType"], []).append(r)
     assert ndjson == bundled
-    assert set(ndjson) == {"Patient", "Condition", "Encounter", "Observation", "MedicationAdministration"}
+    assert set(ndjson) == {"Patient", "Condition", "Encounter", "Observation", "MedicationAdministration", "Consent"}
 
 
 def test_bundle_and_ndjson_normalize_to_the_same_facts() -> None:

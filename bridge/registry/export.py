@@ -1,0 +1,91 @@
+"""Export: source + assessment -> checked packages -> one JSON file per package in a directory.
+
+``assessment_for(items, options, cmap)`` computes the ``bridge assess --format json`` document with the
+assessment engine (``bridge.evaluate.assessment``); ``load_assessment(path)`` reads a saved one instead.
+``export(items, assessment, context, kinds)`` builds and checks the packages of the consenting patients
+(nothing is written when any package fails a check). ``write_packages(directory, packages)`` writes
+``<package id>.json`` atomically and removes package files of earlier exports that this one no longer holds
+(a patient who withdrew consent), so the directory holds exactly this export. Nothing here touches the network
+or the state store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Collection, Iterable
+from pathlib import Path
+from typing import Any
+
+from bridge.config import RuleOptions
+from bridge.errors import InputError, SourceUnreadable
+from bridge.ingest.readers import Item
+from bridge.normalize.mappings import CodeMap
+from bridge.registry.package import BuildResult, Context, Package, build_packages, check_packages
+from bridge.registry.sources import collect_records
+from bridge.registry.timepoints import KINDS
+
+PACKAGE_FILE = re.compile(r"^[0-9a-f]{32}-[a-z0-9-]+\.json$")
+
+Json = dict[str, Any]
+
+
+def assessment_for(items: list[Item], options: RuleOptions, cmap: CodeMap) -> Json:
+    """The assessment document of every infused patient of ``items`` (the assessment engine)."""
+    from bridge.evaluate.assessment import assess_patients, assessment_json  # the engine is optional here
+    from bridge.pipeline import load_patients
+
+    patients, _report = load_patients(items, cmap)
+    assessed = assess_patients(patients, options, cmap.uln, cmap.lln)
+    return dict(assessment_json(assessed, patients, options))
+
+
+def load_assessment(path: Path) -> Json:
+    """A saved ``bridge assess --format json`` document."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise SourceUnreadable(f"{path}: not a readable JSON assessment document") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("patients"), list):
+        raise InputError(f"{path}: not a 'bridge assess --format json' document (no 'patients' list)")
+    return doc
+
+
+def export(items: Iterable[Item], assessment: Json, context: Context,
+           kinds: Collection[str] = KINDS) -> BuildResult:
+    """Checked packages of the consenting patients, and the patients skipped with the reason."""
+    result = build_packages(assessment, collect_records(items), context, kinds)
+    check_packages(result.packages)
+    return result
+
+
+def _write_atomic(path: Path, doc: Json) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh, indent=2, ensure_ascii=False)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_packages(directory: Path, packages: list[Package]) -> list[Path]:
+    """Write each package as ``<id>.json``; remove stale package files of earlier exports. Returns the paths."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        written = []
+        for p in packages:
+            path = directory / f"{p.id}.json"
+            _write_atomic(path, p.bundle)
+            written.append(path)
+        keep = {w.name for w in written}
+        for stale in directory.iterdir():
+            if PACKAGE_FILE.match(stale.name) and stale.name not in keep:
+                stale.unlink()
+    except OSError as exc:
+        raise InputError(f"cannot write registry packages to {directory}: {exc.strerror}") from None
+    return written
+
+
+__all__ = ["PACKAGE_FILE", "assessment_for", "export", "load_assessment", "write_packages"]
