@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from bridge import __version__
-from bridge.cli import assess, prescreen, publish_study, registry, report
+from bridge.cli import assess, prescreen, publish_study, registry, report, serve, subscribe, watch
 from bridge.cli.common import setup_logging
 
 app = typer.Typer(
@@ -43,6 +43,9 @@ app.command("assess", help=assess.HELP)(assess.command)
 app.command("publish-study", help=publish_study.HELP)(publish_study.command)
 app.add_typer(registry.app, name="registry")
 app.command("report", help=report.HELP)(report.command)
+app.command("serve", help=serve.HELP)(serve.command)
+app.command("subscribe", help=subscribe.HELP)(subscribe.command)
+app.command("watch", help=watch.HELP)(watch.command)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -27,6 +28,7 @@ from bridge.normalize.mappings import CodeMap, load_code_map
 from bridge.normalize.patients import ReadReport
 from bridge.pipeline import PrescreenRun, is_url, prescreen, prescreen_items
 from bridge.publish.publisher import Written, publish_screenings
+from bridge.store import ScreeningRecord, SqliteStore
 
 HELP = """Pre-screen patients for NCT04762485: every criterion met / not-met / unknown, with evidence.
 
@@ -97,6 +99,20 @@ def report_problems(report: ReadReport) -> None:
         err_console.print(f"  ... and {len(lines) - 50} more", highlight=False)
 
 
+def save_screenings(settings: Settings, run: PrescreenRun) -> None:
+    """Record every screening in the state store (SQLite at ``db_path``), newest replacing older."""
+    store = SqliteStore(settings.db_path)
+    try:
+        now = time.time()
+        for s in run.screenings:
+            verdicts = [{"criterion": v.criterion, **v.as_json()} for v in s.verdicts]
+            store.save_screening(ScreeningRecord(s.patient.removeprefix("Patient/"), s.status, verdicts,
+                                                 run.options.as_of.isoformat(), now))
+    finally:
+        store.close()
+    err_console.print(f"saved {len(run.screenings)} screenings to {settings.db_path}", highlight=False)
+
+
 def report_published(written: list[Written]) -> None:
     counts = {k: sum(1 for w in written if w.outcome == k) for k in ("created", "updated", "unchanged")}
     err_console.print("published ResearchSubjects: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
@@ -120,6 +136,9 @@ def command(
     config: Annotated[Path | None, typer.Option("--config", help="Settings file (YAML/JSON); BRIDGE_* env wins")
                       ] = None,
     strict: Annotated[bool, typer.Option("--strict", help="exit 2 when any resource was skipped")] = False,
+    save: Annotated[bool, typer.Option("--save", help="record the results in the local state store (db_path), "
+                                                      "where the coordinator page (bridge serve, /ui) shows them")]
+    = False,
 ) -> None:
     options = RuleOptions(as_of=parse_as_of(as_of), organ_function_reading=reading.value)
     settings = settings_from(config)
@@ -132,6 +151,8 @@ def command(
         out_console.print(render_table(run.screenings, options))
         out_console.print(summary(run.screenings), highlight=False)
     report_problems(run.report)
+    if save:
+        save_screenings(settings, run)
     if publish:
         with client_for(publish, settings) as client:
             report_published(publish_screenings(client, run.screenings, options))

@@ -1,0 +1,318 @@
+"""The FastAPI app of the pre-screening service (issue #4): notifications in, health, read-only FHIR out.
+
+Routes (OpenAPI at ``/openapi.json``, docs at ``/docs``)::
+
+    POST /notify                                  default channel: empty ping | topic Bundle | resource
+    POST /notify/{channel}                        the same on a named channel (one per subscription)
+    PUT  /notify/{type}/{id}                      classic rest-hook with the resource (default channel)
+    PUT  /notify/{channel}/{type}/{id}            the same on a named channel   (POST is accepted too)
+    GET  /healthz                                 the process is up
+    GET  /readyz                                  inbox depth, failures, last event, EHR reachable, worker
+    GET  /fhir/metadata, /fhir/ResearchStudy[/{id}], /fhir/ResearchSubject[/{id}]   see ``fhir_api``
+
+A notification is checked in this order, and nothing is stored unless every check passes: the channel name,
+the channel secret (``Authorization: Bearer``, constant time — 401), the declared and then the actual body
+size while reading (``Settings.max_body_bytes`` — 413), the media type (415), JSON and FHIR shape (400 with
+the element path). Then the events are written to the durable inbox and committed *before* the 200 answer.
+
+Every error leaves as an ``OperationOutcome``: one exception handler maps ``bridge.errors`` to a status —
+``InputError`` by its issue code (security 401, not-found 404, too-costly 413, not-supported 415, else 400),
+``StoreError`` 503 (the EHR will retry), ``RemoteError`` 502, anything else 500 without details.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from enum import Enum
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from bridge import __version__
+from bridge.client import FhirClient
+from bridge.config import Settings
+from bridge.errors import BridgeError, InputError, Issue, RemoteError, StoreError
+from bridge.normalize.mappings import load_code_map
+from bridge.service.channels import DEFAULT_CHANNEL, bearer, check_channel, secret_matches
+from bridge.service.fhir_api import FhirResponse, fhir_router
+from bridge.service.logs import event
+from bridge.service.notifications import parse_post, parse_put
+from bridge.service.rescreen import PublishingRescreen
+from bridge.service.ui import ui_router
+from bridge.service.worker import ClientEhr, Worker, WorkerConfig
+from bridge.store import Delivery, SqliteStore, Store
+
+log = logging.getLogger("bridge.service")
+STATUS_BY_CODE = {"security": 401, "forbidden": 403, "not-found": 404, "too-costly": 413, "not-supported": 415}
+HTTP_ISSUE_CODES = {400: "invalid", 401: "security", 403: "forbidden", 404: "not-found", 405: "not-supported",
+                    413: "too-costly", 415: "not-supported"}
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+def status_for(exc: BridgeError) -> int:
+    """The HTTP status of a bridge error (see the module docstring)."""
+    if isinstance(exc, InputError):
+        for code in (exc.issue_code, *(i.code for i in exc.issues)):
+            if code in STATUS_BY_CODE:
+                return STATUS_BY_CODE[code]
+        return 400
+    if isinstance(exc, StoreError):
+        return 503
+    if isinstance(exc, RemoteError):
+        return 502
+    return 500
+
+
+def outcome_response(status: int, outcome: dict[str, Any]) -> FhirResponse:
+    headers = {"WWW-Authenticate": 'Bearer realm="cd7-bridge"'} if status == 401 else None
+    return FhirResponse(outcome, status_code=status, headers=headers)
+
+
+def _simple_outcome(code: str, message: str, where: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {"resourceType": "OperationOutcome", "issue": [Issue(code, message, where).as_fhir()]}
+
+
+def _validation_paths(exc: RequestValidationError) -> tuple[str, ...]:
+    return tuple(".".join(str(p) for p in err.get("loc", ()) if p not in ("path", "query", "body"))
+                 for err in exc.errors())
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(BridgeError)
+    async def bridge_error(request: Request, exc: BridgeError) -> Response:
+        status = status_for(exc)
+        level = logging.WARNING if status < 500 else logging.ERROR
+        event(log, "http.error", level, method=request.method, path=request.url.path, http_status=status,
+              error=exc.message)
+        return outcome_response(status, exc.operation_outcome())
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        return outcome_response(400, _simple_outcome("invalid", "the request is malformed", _validation_paths(exc)))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        code = HTTP_ISSUE_CODES.get(exc.status_code, "processing")
+        return outcome_response(exc.status_code, _simple_outcome(code, str(exc.detail)))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        event(log, "http.error", logging.ERROR, method=request.method, path=request.url.path, http_status=500,
+              error=type(exc).__name__)
+        return outcome_response(500, _simple_outcome("exception", "internal error"))
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _too_large(limit: int) -> InputError:
+    message = f"the body exceeds the limit of {limit} bytes"
+    return InputError(message, issue_code="too-costly", issues=[Issue("too-costly", message, ("body",))])
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class CachedProbe:
+    """Runs ``probe`` (is the EHR reachable?) at most once per ``ttl`` seconds; exceptions mean unreachable."""
+
+    def __init__(self, probe: Callable[[], bool], ttl: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.probe, self.ttl, self.clock = probe, ttl, clock
+        self._lock = threading.Lock()
+        self._state: str | None = None
+        self._at = 0.0
+
+    def state(self) -> str:
+        with self._lock:
+            if self._state is None or self.clock() - self._at >= self.ttl:
+                self._state = "reachable" if self._run() else "unreachable"
+                self._at = self.clock()
+            return self._state
+
+    def _run(self) -> bool:
+        try:
+            return bool(self.probe())
+        except Exception:  # noqa: BLE001 - any failure of the probe means "not reachable"
+            return False
+
+
+def _accepted_outcome(delivery: Delivery, new: int, duplicates: int) -> dict[str, Any]:
+    text = f"{delivery.notification} accepted: {new} new event(s), {duplicates} duplicate(s)"
+    return {"resourceType": "OperationOutcome",
+            "issue": [Issue("informational", text, severity="information").as_fhir()]}
+
+
+# ------------------------------------------------------------------------------------------ the app
+
+
+def create_app(settings: Settings, store: Store, worker: Worker | None = None, *,
+               ehr_probe: Callable[[], bool] | None = None, clock: Callable[[], float] = time.time) -> FastAPI:
+    """The service over ``store``; ``worker`` (optional) is started and stopped with the app."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not settings.webhook_secret:
+            event(log, "config.warning", logging.WARNING, reason="no-webhook-secret")
+        if worker is not None:
+            worker.start()
+        try:
+            yield
+        finally:
+            if worker is not None:
+                worker.stop()
+
+    app = FastAPI(title="cd7-bridge pre-screening service", version=__version__, lifespan=lifespan,
+                  description="Receives EHR subscription notifications, pre-screens patients for NCT04762485 "
+                              "and serves the published ResearchStudy / ResearchSubject read-only.")
+    install_error_handlers(app)
+    _install_access_log(app)
+    _install_notify_routes(app, settings, store, clock)
+    _install_health_routes(app, store, worker, CachedProbe(ehr_probe) if ehr_probe else None)
+    app.include_router(fhir_router(store, settings))
+    app.include_router(ui_router(settings, store, clock))
+    app.state.store, app.state.worker, app.state.settings = store, worker, settings
+    return app
+
+
+def _install_access_log(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def access_log(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        started = time.perf_counter()
+        response: Response = await call_next(request)
+        event(log, "http.request", method=request.method, path=request.url.path, http_status=response.status_code,
+              duration_ms=round((time.perf_counter() - started) * 1000, 1))
+        return response
+
+
+def _install_notify_routes(app: FastAPI, settings: Settings, store: Store, clock: Callable[[], float]) -> None:
+    async def accept(request: Request, channel: str, resource_type: str | None = None,
+                     resource_id: str | None = None) -> FhirResponse:
+        check_channel(channel)
+        if not secret_matches(settings.webhook_secret, channel, bearer(request.headers.get("authorization"))):
+            message = "wrong or missing subscription secret"
+            raise InputError(message, issue_code="security", issues=[Issue("security", message, ("Authorization",))])
+        body = await read_body(request, settings.max_body_bytes)
+        content_type = request.headers.get("content-type")
+        if resource_type is not None and resource_id is not None:
+            delivery = parse_put(channel, resource_type, resource_id, body, content_type)
+        else:
+            delivery = parse_post(channel, body, content_type)
+        result = await run_in_threadpool(store.accept, delivery, clock())
+        event(log, "notification.accepted", channel=channel, subscription=delivery.subscription,
+              notification=delivery.notification, new=result.new, duplicates=result.duplicates,
+              count=len(delivery.events))
+        return FhirResponse(_accepted_outcome(delivery, result.new, result.duplicates))
+
+    tags: list[str | Enum] = ["notifications"]
+
+    @app.post("/notify", tags=tags, response_class=FhirResponse, summary="Notification on the default channel")
+    async def notify_default(request: Request) -> FhirResponse:
+        return await accept(request, DEFAULT_CHANNEL)
+
+    @app.post("/notify/{channel}", tags=tags, response_class=FhirResponse, summary="Notification on a channel")
+    async def notify_channel(request: Request, channel: str) -> FhirResponse:
+        return await accept(request, channel)
+
+    async def notify_resource(request: Request, resource_type: str, resource_id: str) -> FhirResponse:
+        return await accept(request, DEFAULT_CHANNEL, resource_type, resource_id)
+
+    async def notify_channel_resource(request: Request, channel: str, resource_type: str,
+                                      resource_id: str) -> FhirResponse:
+        return await accept(request, channel, resource_type, resource_id)
+
+    for method in ("PUT", "POST"):
+        app.add_api_route("/notify/{resource_type}/{resource_id}", notify_resource, methods=[method], tags=tags,
+                          response_class=FhirResponse, operation_id=f"notify_resource_{method.lower()}",
+                          summary="Classic rest-hook with the resource (default channel)")
+        app.add_api_route("/notify/{channel}/{resource_type}/{resource_id}", notify_channel_resource,
+                          methods=[method], tags=tags, response_class=FhirResponse,
+                          operation_id=f"notify_channel_resource_{method.lower()}",
+                          summary="Classic rest-hook with the resource on a channel")
+
+
+def _iso(epoch: float | None) -> str | None:
+    return None if epoch is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _install_health_routes(app: FastAPI, store: Store, worker: Worker | None, probe: CachedProbe | None) -> None:
+    @app.get("/healthz", tags=["health"], summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], summary="Readiness: store, inbox depth, last event, EHR, worker")
+    async def readyz() -> JSONResponse:
+        body: dict[str, Any] = {}
+        try:
+            stats = await run_in_threadpool(store.stats)
+            body.update(store="ok", depth=stats.depth, inbox=stats.inbox, rescreens=stats.rescreens,
+                        failed=stats.inbox.get("failed", 0) + stats.rescreens.get("failed", 0),
+                        lastEventAt=_iso(stats.last_event_at), lastNotificationAt=_iso(stats.last_notification_at))
+        except StoreError:
+            body["store"] = "unavailable"
+        body["ehr"] = await run_in_threadpool(probe.state) if probe else "not-configured"
+        body["worker"] = "none" if worker is None else ("running" if worker.alive else "stopped")
+        ready = body["store"] == "ok" and body["ehr"] != "unreachable" and body["worker"] != "stopped"
+        body["status"] = "ready" if ready else "not-ready"
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+
+# ------------------------------------------------------------------------------------------ wiring
+
+
+def ehr_probe(settings: Settings) -> Callable[[], bool]:
+    """``GET [base]/metadata`` with short timeouts and no retries: is the EHR reachable?"""
+    quick = replace(settings, retries=0, timeout_connect=2.0, timeout_read=5.0)
+    client = FhirClient.from_settings(quick)
+    return lambda: client.capabilities().get("resourceType") == "CapabilityStatement"
+
+
+def build_worker(settings: Settings, name: str, worker_config: WorkerConfig | None = None,
+                 store: Store | None = None) -> Worker:
+    """The worker from settings: EHR client, code map (with the site map), SQLite store, publishing re-screen."""
+    client = FhirClient.from_settings(settings)
+    cmap = load_code_map(settings.site_map)
+    store = store or SqliteStore(settings.db_path)
+    config = worker_config or WorkerConfig.from_settings(settings)
+    return Worker(store, PublishingRescreen(client, cmap, store), ClientEhr(client), cmap, config, name=name,
+                  threads=settings.workers)
+
+
+def build_app(settings: Settings, worker_config: WorkerConfig | None = None) -> FastAPI:
+    """The whole service from settings (what ``server.py`` and ``bridge serve`` run)."""
+    worker = build_worker(settings, f"serve@{socket.gethostname()}", worker_config)
+    return create_app(settings, worker.store, worker, ehr_probe=ehr_probe(settings))
+
+
+def run(settings: Settings) -> None:
+    """Serve with uvicorn on ``listen_host:listen_port``; our own request log replaces uvicorn's."""
+    uvicorn.run(build_app(settings), host=settings.listen_host, port=settings.listen_port, access_log=False,
+                log_config=None, timeout_graceful_shutdown=10)
+
+
+__all__ = ["CachedProbe", "build_app", "build_worker", "create_app", "ehr_probe", "install_error_handlers",
+           "outcome_response", "read_body", "run", "status_for"]

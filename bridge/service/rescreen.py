@@ -1,0 +1,103 @@
+"""The default ``rescreen(patient_id) -> status`` of the service: pull, screen, publish, record.
+
+Exactly what ``bridge prescreen`` does for one patient, with the EHR as the source: the patient's data is
+pulled with the bridge's own credentials (``bridge.ingest.pull.fetch_patient``), normalized, screened as of
+today (``today`` is injected), and the ResearchSubject is published idempotently
+(``bridge.publish.publisher.publish_subject``: conditional update on its identifier, skipped when unchanged).
+Only patients the study concerns get a ResearchSubject: the diagnosis criterion (``inc-diagnosis``) is not
+``not-met``, or the patient already has one (which is then updated). Every other admitted patient is screened
+and left alone — no trial membership is written into the record of a patient without an acute leukaemia;
+``rescreen`` returns ``not-published`` for them. The ResearchStudy is published once per process before
+the first subject. The store records the screening (coordinator page) and what was published (served
+read-only at ``/fhir``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from datetime import date
+
+from bridge.client import FhirClient
+from bridge.config import OrganReading, RuleOptions
+from bridge.errors import InputError
+from bridge.evaluate.eligibility import Screening, screen
+from bridge.ingest.pull import fetch_patient
+from bridge.normalize.mappings import CodeMap
+from bridge.pipeline import load_patients
+from bridge.publish.publisher import Written, find_subject, publish_study, publish_subject
+from bridge.publish.subject import subject_fingerprint, subject_identifier
+from bridge.store import PublishedRecord, ScreeningRecord, Store
+
+STUDY_KEY = "ResearchStudy|nct04762485"
+NOT_PUBLISHED = "not-published"  # the status returned for an admitted patient without the study's diagnosis
+
+
+class PublishingRescreen:
+    """``rescreen`` for the worker: one patient from the EHR to a published ResearchSubject."""
+
+    def __init__(self, client: FhirClient, cmap: CodeMap, store: Store, organ_reading: OrganReading = "organ-function",
+                 today: Callable[[], date] = date.today, clock: Callable[[], float] = time.time) -> None:
+        self.client, self.cmap, self.store = client, cmap, store
+        self.organ_reading = organ_reading
+        self.today, self.clock = today, clock
+        self._study_lock = threading.Lock()
+        self._study_done = False
+
+    def __call__(self, patient_id: str) -> str:
+        options = RuleOptions(as_of=self.today(), organ_function_reading=self.organ_reading)
+        screening = self.screen(patient_id, options)
+        if not self._concerns_the_study(patient_id, screening):
+            return NOT_PUBLISHED
+        self._ensure_study()
+        written = publish_subject(self.client, screening, options)
+        self._record(patient_id, screening, options, written)
+        return screening.status
+
+    def _concerns_the_study(self, patient_id: str, screening: Screening) -> bool:
+        """Publish for a patient whose diagnosis criterion is not ruled out, or who already has a subject
+        (so it is updated, e.g. to ineligible); every other admitted patient is left alone."""
+        if screening.verdict("inc-diagnosis").result != "not-met":
+            return True
+        system, value = subject_identifier(patient_id)
+        if self.store.get_published(f"ResearchSubject|{system}|{value}") is not None:
+            return True
+        return find_subject(self.client, patient_id) is not None
+
+    def screen(self, patient_id: str, options: RuleOptions) -> Screening:
+        items = fetch_patient(self.client, patient_id, self.cmap, options.as_of)
+        patients, _report = load_patients(items, self.cmap)
+        facts = next((p for p in patients if p.patient_id == patient_id), None)
+        if facts is None:
+            raise InputError(f"Patient/{patient_id}: the EHR returned no usable Patient resource")
+        return screen(facts, options, self.cmap.uln)
+
+    def _ensure_study(self) -> None:
+        with self._study_lock:
+            if self._study_done:
+                return
+            written = publish_study(self.client, self.organ_reading)
+            self._remember(STUDY_KEY, written)
+            self._study_done = True
+
+    def _remember(self, key: str, written: Written) -> None:
+        """Record a written resource as the EHR holds it now (read back: the server's id and version)."""
+        rtype, _, rid = written.reference.partition("/")
+        current = self.store.get_published(key)
+        if current is not None and current.version == written.version and current.resource_id == rid:
+            return
+        resource = self.client.read(rtype, rid).resource
+        fingerprint = subject_fingerprint(resource) if rtype == "ResearchSubject" else str(written.version)
+        self.store.put_published(PublishedRecord(key, rtype, rid, fingerprint, written.version, resource,
+                                                 self.clock()))
+
+    def _record(self, patient_id: str, screening: Screening, options: RuleOptions, written: Written) -> None:
+        verdicts = [{"criterion": v.criterion, **v.as_json()} for v in screening.verdicts]
+        self.store.save_screening(ScreeningRecord(patient_id, screening.status, verdicts,
+                                                  options.as_of.isoformat(), self.clock()))
+        system, value = subject_identifier(patient_id)
+        self._remember(f"ResearchSubject|{system}|{value}", written)
+
+
+__all__ = ["NOT_PUBLISHED", "STUDY_KEY", "PublishingRescreen"]

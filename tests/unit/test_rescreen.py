@@ -1,0 +1,102 @@
+"""The service's default re-screen: pull -> screen -> publish -> record, and who gets a ResearchSubject."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.errors import InputError
+from bridge.ingest.readers import Entry
+from bridge.normalize.mappings import load_code_map
+from bridge.publish.publisher import Written
+from bridge.publish.subject import research_subject
+from bridge.service import rescreen as module
+from bridge.service.rescreen import NOT_PUBLISHED, STUDY_KEY, PublishingRescreen
+from bridge.service.triggers import patient_of
+from bridge.store import SqliteStore
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLE = REPO / "samples" / "prescreen" / "bundle.json"
+AS_OF = date(2026, 6, 15)
+T0 = 1_780_000_000.0
+
+
+def sample(pid: str) -> list[dict[str, Any]]:
+    import json
+
+    doc = json.loads(BUNDLE.read_text(encoding="utf-8"))
+    out = []
+    for entry in doc["entry"]:
+        r = entry["resource"]
+        if (r["resourceType"] == "Patient" and r["id"] == pid) or patient_of(r.get("subject")) == pid:
+            out.append(r)
+    return out
+
+
+class FakeClient:
+    def __init__(self) -> None:
+        self.reads: list[str] = []
+
+    def read(self, rtype: str, rid: str) -> Any:
+        self.reads.append(f"{rtype}/{rid}")
+        if rtype == "ResearchSubject":  # as the EHR holds it after the write
+            resource = research_subject("p01", "candidate", [], AS_OF, "organ-function")
+        else:
+            resource = {"resourceType": rtype}
+        resource |= {"id": rid, "meta": {"versionId": "1"}}
+        return type("R", (), {"resource": resource})
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[PublishingRescreen, SqliteStore,
+                                                                            dict[str, list[Any]]]]:
+    store = SqliteStore(tmp_path / "s.db")
+    calls: dict[str, list[Any]] = {"published": [], "study": [], "found": []}
+    monkeypatch.setattr(module, "fetch_patient", lambda client, pid, cmap, as_of: iter(
+        [Entry(r, f"{r['resourceType']}/{r['id']}") for r in sample(pid)]))
+    monkeypatch.setattr(module, "publish_study", lambda client, reading: calls["study"].append(reading) or Written(
+        "ResearchStudy/nct04762485", "created", "1"))
+    monkeypatch.setattr(module, "publish_subject", lambda client, screening, options: calls["published"].append(
+        (screening.patient, screening.status, options.as_of)) or Written("ResearchSubject/rs1", "created", "1"))
+    monkeypatch.setattr(module, "find_subject", lambda client, pid: calls["found"].append(pid))
+    rescreen = PublishingRescreen(FakeClient(), load_code_map(REPO / "samples" / "site-map.yaml"), store,  # type: ignore[arg-type]
+                                  today=lambda: AS_OF, clock=lambda: T0)
+    yield rescreen, store, calls
+    store.close()
+
+
+def test_a_leukaemia_patient_is_screened_published_and_recorded(env: Any) -> None:
+    rescreen, store, calls = env
+    assert rescreen("p01") == "candidate"  # samples/prescreen/intent.json
+    assert calls["published"] == [("Patient/p01", "candidate", AS_OF)] and calls["study"] == ["organ-function"]
+    record = store.screening("p01")
+    assert record is not None and (record.status, record.as_of, record.updated_at) == ("candidate", "2026-06-15", T0)
+    assert {v["criterion"]: v["result"] for v in record.verdicts}["inc-diagnosis"] == "met"
+    published = store.find_published("ResearchSubject", patient="Patient/p01")
+    assert [(p.resource_id, p.version) for p in published] == [("rs1", "1")]
+    assert store.get_published(STUDY_KEY) is not None
+    rescreen("p01")
+    assert calls["study"] == ["organ-function"]  # once per process
+
+
+def test_a_patient_without_the_diagnosis_gets_no_research_subject(env: Any) -> None:
+    rescreen, store, calls = env
+    assert rescreen("p08") == NOT_PUBLISHED
+    assert calls["published"] == [] and calls["found"] == ["p08"] and store.screening("p08") is None
+
+
+def test_but_an_existing_subject_is_kept_up_to_date(env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    rescreen, _store, calls = env
+    monkeypatch.setattr(module, "find_subject", lambda client, pid: {"resourceType": "ResearchSubject", "id": "x"})
+    assert rescreen("p08") == "ineligible"
+    assert calls["published"] == [("Patient/p08", "ineligible", AS_OF)]
+
+
+def test_an_unknown_patient_is_an_input_error(env: Any) -> None:
+    rescreen, _store, _calls = env
+    with pytest.raises(InputError, match="Patient/nobody"):
+        rescreen("nobody")
