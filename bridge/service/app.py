@@ -303,7 +303,13 @@ def build_worker(settings: Settings, name: str, worker_config: WorkerConfig | No
 
 
 def build_app(settings: Settings, worker_config: WorkerConfig | None = None) -> FastAPI:
-    """The whole service from settings (what ``server.py`` and ``bridge serve`` run)."""
+    """The whole service from settings (what ``server.py`` and ``bridge serve`` run).
+
+    Without ``ehr_base_url`` (the embedded default) there is no worker: the coordinator page and the read
+    API serve the local store, and notifications are kept in the inbox until an EHR is configured."""
+    if not settings.ehr_base_url:
+        event(log, "config.warning", logging.WARNING, reason="no-ehr-configured-worker-not-started")
+        return create_app(settings, SqliteStore(settings.db_path))
     worker = build_worker(settings, f"serve@{socket.gethostname()}", worker_config)
     return create_app(settings, worker.store, worker, ehr_probe=ehr_probe(settings))
 

@@ -554,3 +554,13 @@ def test_the_coordinator_page_is_mounted_behind_the_api_token(store: SqliteStore
         assert page.status_code == 200 and "p01" in page.text and "candidate" in page.text
         assert c.get("/ui/patients/p01", headers={"Authorization": "Bearer ui-token-123"}).status_code == 200
         assert "ui-token-123" not in page.text
+
+
+def test_without_an_ehr_the_service_serves_the_local_store_without_a_worker(tmp_path: Path) -> None:
+    from bridge.service.app import build_app
+
+    settings = Settings(db_path=str(tmp_path / "state.sqlite3"), webhook_secret=SECRET, api_token="ui-token-123")
+    with TestClient(build_app(settings)) as c:
+        ready = c.get("/readyz").json()
+        assert (ready["status"], ready["worker"], ready["ehr"]) == ("ready", "none", "not-configured")
+        assert c.get("/ui", headers={"Authorization": "Bearer ui-token-123"}).status_code == 200
