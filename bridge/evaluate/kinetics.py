@@ -98,7 +98,7 @@ def _auc_points(profile: Sequence[tuple[int, float]], end: int) -> list[tuple[fl
 
 def _trapezoid(points: Sequence[tuple[float, float]]) -> float:
     """Linear trapezoid rule over consecutive (x, y) points."""
-    return sum((x1 - x0) * (y0 + y1) / 2.0 for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False))
+    return float(sum((x1 - x0) * (y0 + y1) / 2.0 for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False)))
 
 
 def _auc(profile: Sequence[tuple[int, float]], end: int = AUC_END_DAY) -> tuple[float | None, int | None]:
