@@ -168,3 +168,6 @@ def _run(source: str, options: RuleOptions, cmap: CodeMap, settings: Settings, p
     if patients:
         raise typer.BadParameter("--patient needs a FHIR base URL as SOURCE", param_hint="--patient")
     return prescreen(source, options, cmap, tick)
+
+
+__all__ = ["HELP", "command", "render_table", "report_problems", "report_published", "save_screenings", "summary"]

@@ -37,3 +37,6 @@ def command(
         print_json({"reference": written.reference, "outcome": written.outcome, "version": written.version})
     else:
         out_console.print(f"{written.reference} {written.outcome} (version {written.version})", highlight=False)
+
+
+__all__ = ["HELP", "command"]

@@ -75,3 +75,6 @@ def _from_items(items: Iterable[Item], options: RuleOptions, cmap: CodeMap, name
     loaded, problems = load_patients(items, cmap)
     report_problems(problems)
     return gather_patients(loaded, options, cmap, name)
+
+
+__all__ = ["HELP", "command"]

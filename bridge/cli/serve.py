@@ -39,3 +39,6 @@ def command(
     settings = replace(settings, listen_host=host or settings.listen_host, listen_port=port or settings.listen_port)
     configure_logging(settings.log_level)
     run(settings)
+
+
+__all__ = ["HELP", "command"]

@@ -116,3 +116,6 @@ def command(
         out_console.print(_outcomes_table(outcomes))
     if any(o.status == "error" for o in outcomes):
         raise typer.Exit(7)
+
+
+__all__ = ["HELP", "command"]

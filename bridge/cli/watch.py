@@ -115,3 +115,6 @@ def _run(worker: Worker, poll: float | None) -> None:
         pass
     finally:
         worker.stop()
+
+
+__all__ = ["HELP", "command", "drain", "queue_poll", "register_poll"]
