@@ -132,6 +132,16 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
+def retry_delay(outcome: requests.Response | requests.RequestException, attempt: int, now: float) -> float:
+    """How long to wait before retry ``attempt`` (0-based): the server's ``Retry-After`` when it gave one,
+    else exponential backoff from ``BACKOFF_FIRST`` capped at ``BACKOFF_CAP`` seconds."""
+    if isinstance(outcome, requests.Response):
+        asked = retry_after_seconds(outcome.headers.get("Retry-After"), now)
+        if asked is not None:
+            return asked
+    return float(min(BACKOFF_CAP, BACKOFF_FIRST * 2**attempt))
+
+
 def origin_of(url: str) -> tuple[str, str, int | None]:
     """(scheme, host, port) with the scheme's default port filled in; host lower-cased."""
     parts = urlsplit(url)
@@ -464,11 +474,7 @@ class FhirClient:
         return idempotent or _never_sent(outcome)
 
     def _delay(self, outcome: Outcome, attempt: int) -> float:
-        if isinstance(outcome, requests.Response):
-            asked = retry_after_seconds(outcome.headers.get("Retry-After"), self.wall_clock())
-            if asked is not None:
-                return asked
-        return float(min(BACKOFF_CAP, BACKOFF_FIRST * 2**attempt))
+        return retry_delay(outcome, attempt, self.wall_clock())
 
     def _response_or_raise(self, outcome: Outcome, method: str, url: str) -> requests.Response:
         if isinstance(outcome, requests.Response):
@@ -562,5 +568,6 @@ __all__ = [
     "outcome_issues",
     "parse_etag",
     "retry_after_seconds",
+    "retry_delay",
     "weak_etag",
 ]

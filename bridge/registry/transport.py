@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from bridge.client import origin_of, outcome_issues, retry_after_seconds
+from bridge.client import origin_of, outcome_issues, retry_delay
 from bridge.config import Settings
 from bridge.errors import AuthError, ConfigError, NotFHIR, RemoteError, ServerRejected, TransportError
 from bridge.registry.resources import PSEUDONYM_SYSTEM
@@ -40,8 +40,6 @@ from bridge.registry.resources import PSEUDONYM_SYSTEM
 log = logging.getLogger("bridge.registry")
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
-BACKOFF_FIRST = 0.5
-BACKOFF_CAP = 30.0
 REFRESH_MARGIN = 60.0
 DEFAULT_EXPIRES_IN = 300
 MAX_RECEIPT_BYTES = 1_000_000
@@ -148,11 +146,7 @@ class Sender:
         return isinstance(outcome, requests.ConnectionError | requests.Timeout)
 
     def _delay(self, outcome: Outcome, attempt: int) -> float:
-        if isinstance(outcome, requests.Response):
-            asked = retry_after_seconds(outcome.headers.get("Retry-After"), self.wall_clock())
-            if asked is not None:
-                return asked
-        return float(min(BACKOFF_CAP, BACKOFF_FIRST * 2**attempt))
+        return retry_delay(outcome, attempt, self.wall_clock())
 
     @staticmethod
     def _response(outcome: Outcome, method: str, url: str) -> requests.Response:
