@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from bridge import STUDY_ID
+from bridge.bulk import population_patients
 from bridge.config import RuleOptions
 from bridge.evaluate.eligibility import CRITERIA, Screening, screen
 from bridge.ingest.readers import Item, read_source
@@ -56,8 +58,16 @@ def prescreen_items(items: Iterable[Item], options: RuleOptions, cmap: CodeMap,
 
 
 def prescreen(source: str, options: RuleOptions, cmap: CodeMap,
-              progress: Callable[[int], None] | None = None) -> PrescreenRun:
-    """Pre-screen a file, stdin or NDJSON directory (for a FHIR server use ``prescreen_items`` with ``pull``)."""
+              progress: Callable[[int], None] | None = None, *, all_patients: bool = False) -> PrescreenRun:
+    """Pre-screen a file, stdin or NDJSON directory (for a FHIR server use ``prescreen_items`` with ``pull``).
+
+    A directory goes through the population fast path (``bridge.bulk``): only patients with an acute-leukaemia
+    Condition are reported, each with the verdicts the per-patient path gives; ``all_patients`` evaluates
+    every patient of the directory instead.
+    """
+    if not all_patients and source != "-" and Path(source).is_dir():
+        patients, report = population_patients(Path(source), cmap, progress)
+        return PrescreenRun(options, prescreen_patients(patients, options, cmap), report)
     return prescreen_items(read_source(source), options, cmap, progress)
 
 

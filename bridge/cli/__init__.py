@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from bridge import __version__
-from bridge.cli import assess, prescreen, publish_study, registry, report, serve, subscribe, watch
+from bridge.cli import assess, bulk_export, prescreen, publish_study, registry, report, serve, subscribe, watch
 from bridge.cli.common import setup_logging
 
 app = typer.Typer(
@@ -46,6 +46,7 @@ app.command("report", help=report.HELP)(report.command)
 app.command("serve", help=serve.HELP)(serve.command)
 app.command("subscribe", help=subscribe.HELP)(subscribe.command)
 app.command("watch", help=watch.HELP)(watch.command)
+app.command("bulk-export", help=bulk_export.HELP)(bulk_export.command)
 
 
 def main() -> None:

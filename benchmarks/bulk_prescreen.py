@@ -1,0 +1,260 @@
+"""Benchmark the population pre-screen (``bridge prescreen DIR``) against a parse-only floor and the naive path.
+
+``python benchmarks/bulk_prescreen.py [N ...] [--workdir /tmp/bridge-bench]`` (default sizes 10000 and 100000)
+generates one synthetic export per size with ``benchmarks/make_population.py`` (kept between runs) and, on
+that same export, in one run:
+
+1. **parse-only floor** — every line read and parsed with ``orjson.loads``, nothing else; measured in this
+   process (1 process) and over a 2-process pool using the same chunk plan as the bridge. The bridge uses
+   every core, so the 2-process floor is the honest one for ratios;
+2. **naive path** — every line through the R4B models (``bridge.fhirmodels.parse_resource``), as the
+   per-patient path validates every resource it reads. At 100k patients that takes hours, so a systematic
+   sample of lines is timed and the per-line cost extrapolated to all lines (single process; halved for two
+   processes in the ratio, which flatters the naive path);
+3. **bridge** — ``python -m bridge prescreen DIR --format json --site-map samples/site-map.yaml --as-of ...``
+   as a subprocess, output to /dev/null. Its peak memory is taken two ways: the largest single process of
+   the tree (``getrusage(RUSAGE_CHILDREN).ru_maxrss`` in a wrapper process) and the peak sum over the process
+   tree of RSS and of PSS (``/proc/<pid>/smaps_rollup``, polled every 20 ms; PSS counts the pages the forked
+   workers share with their parent once).
+
+Wall time depends on what else runs on the machine; CPU time (user + system of the process tree) is printed
+beside it. Results go to ``<workdir>/results.json`` and a Markdown table to standard output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from make_population import write_population  # beside this script (run as ``python benchmarks/...``)
+
+from bridge.bulk import plan_chunks, read_chunk
+from bridge.errors import InvalidResource
+from bridge.fhirmodels import parse_resource
+from bridge.ingest.readers import ndjson_files
+
+ROOT = Path(__file__).resolve().parents[1]
+AS_OF = "2026-06-15"
+SITE_MAP = ROOT / "samples" / "site-map.yaml"
+
+
+@dataclass
+class Measure:
+    name: str
+    wall: float
+    cpu: float
+    lines: int
+    extrapolated: bool = False
+    rss_max_mb: float | None = None
+    rss_tree_mb: float | None = None
+    pss_tree_mb: float | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def _cpu() -> float:
+    self_, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return self_.ru_utime + self_.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _parse_chunk(chunk: Any) -> int:
+    count = 0
+    for line in read_chunk(chunk).split(b"\n"):
+        if line.strip():
+            with contextlib.suppress(orjson.JSONDecodeError):
+                orjson.loads(line)
+            count += 1
+    return count
+
+
+def floor(directory: Path, processes: int) -> Measure:
+    """Read and orjson-parse every line; the chunk plan is the bridge's."""
+    plan = plan_chunks(ndjson_files(directory))
+    started, cpu = time.perf_counter(), _cpu()
+    if processes == 1:
+        lines = sum(map(_parse_chunk, plan))
+    else:
+        with multiprocessing.get_context("fork").Pool(processes) as pool:
+            lines = sum(pool.imap(_parse_chunk, plan))
+    return Measure(f"floor ({processes} process{'es' if processes > 1 else ''})", time.perf_counter() - started,
+                   _cpu() - cpu, lines)
+
+
+def naive(directory: Path, total_lines: int, sample: int) -> Measure:
+    """orjson + R4B model validation on every k-th line, extrapolated to all lines (one process)."""
+    step = max(1, total_lines // sample)
+    lines: list[bytes] = []
+    index = 0
+    for path in ndjson_files(directory):
+        with path.open("rb") as handle:
+            for line in handle:
+                if index % step == 0 and line.strip():
+                    lines.append(line)
+                index += 1
+    started, cpu = time.perf_counter(), _cpu()
+    invalid = 0
+    for line in lines:
+        try:
+            parse_resource(orjson.loads(line))
+        except (orjson.JSONDecodeError, InvalidResource):
+            invalid += 1
+    wall, used = time.perf_counter() - started, _cpu() - cpu
+    scale = total_lines / len(lines)
+    return Measure("naive (R4B every line, 1 process)", wall * scale, used * scale, total_lines, True,
+                   notes={"sampled_lines": len(lines), "invalid_in_sample": invalid,
+                          "per_line_ms": round(1000 * wall / len(lines), 3)})
+
+
+_WRAPPER = (
+    "import resource, subprocess, sys\n"
+    "with open(sys.argv[1], 'wb') as out:\n"
+    "    rc = subprocess.run(sys.argv[2:], stdout=out, stderr=subprocess.PIPE).returncode\n"
+    "use = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "print(use.ru_maxrss, use.ru_utime + use.ru_stime, rc)\n"
+)
+
+
+def _tree(root: int) -> list[int]:
+    pids, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        with contextlib.suppress(OSError):
+            todo += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return pids
+
+
+def _kb(path: str, key: str) -> int:
+    try:
+        for row in Path(path).read_text().splitlines():
+            if row.startswith(key):
+                return int(row.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class TreeMemory(threading.Thread):
+    """Polls the peak sum of RSS and PSS over a process tree."""
+
+    def __init__(self, root: int, every: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.root, self.every = root, every
+        self.rss_kb = self.pss_kb = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            pids = _tree(self.root)
+            rss = sum(_kb(f"/proc/{p}/status", "VmRSS:") for p in pids)
+            pss = sum(_kb(f"/proc/{p}/smaps_rollup", "Pss:") for p in pids)
+            self.rss_kb, self.pss_kb = max(self.rss_kb, rss), max(self.pss_kb, pss)
+            self.done.wait(self.every)
+
+
+def bridge(directory: Path, total_lines: int, output: Path) -> Measure:
+    """The CLI as a subprocess; its JSON document goes to ``output`` (counted afterwards, not timed)."""
+    cmd = [sys.executable, "-m", "bridge", "prescreen", str(directory), "--format", "json",
+           "--site-map", str(SITE_MAP), "--as-of", AS_OF]
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", _WRAPPER, str(output), *cmd], stdout=subprocess.PIPE, cwd=ROOT)
+    poll = TreeMemory(proc.pid)
+    poll.start()
+    out, _ = proc.communicate()
+    wall = time.perf_counter() - started
+    poll.done.set()
+    poll.join()
+    maxrss_kb, cpu, rc = out.decode().split()
+    if int(rc) != 0:
+        raise SystemExit(f"bridge prescreen exited with {rc}")
+    return Measure("bridge prescreen DIR", wall, float(cpu), total_lines, rss_max_mb=int(maxrss_kb) / 1024,
+                   rss_tree_mb=poll.rss_kb / 1024, pss_tree_mb=poll.pss_kb / 1024)
+
+
+def export(workdir: Path, n: int, rate: float) -> Path:
+    directory = workdir / f"pop-{n}"
+    marker = directory / ".complete"
+    if not marker.exists():
+        started = time.perf_counter()
+        write_population(n, directory, leukemia_rate=rate)
+        marker.write_text(f"{time.perf_counter() - started:.1f}\n")
+    return directory
+
+
+def run_size(workdir: Path, n: int, rate: float, sample: int) -> dict[str, Any]:
+    directory = export(workdir, n, rate)
+    size = sum(p.stat().st_size for p in ndjson_files(directory))
+    f1 = floor(directory, 1)
+    f2 = floor(directory, 2)
+    nv = naive(directory, f1.lines, sample)
+    output = workdir / f"prescreen-{n}.json"
+    br = bridge(directory, f1.lines, output)
+    start = bridge(export(workdir, 10, rate), 0, workdir / "prescreen-10.json")
+    start.name = "bridge start-up alone (a 10-patient export)"
+    doc = json.loads(output.read_bytes())
+    statuses = [r["status"] for r in doc["results"]]
+    return {"patients": n, "lines": f1.lines, "bytes": size, "leukemia_rate": rate,
+            "reported_patients": len(statuses),
+            "statuses": {k: statuses.count(k) for k in sorted(set(statuses))},
+            "generate_s": float((directory / ".complete").read_text()),
+            "measures": [asdict(m) for m in (f1, f2, nv, br, start)]}
+
+
+def _row(m: dict[str, Any], patients: int) -> str:
+    wall = m["wall"]
+    mem = "" if m["rss_max_mb"] is None else \
+        f"{m['rss_max_mb']:.0f} / {m['rss_tree_mb']:.0f} / {m['pss_tree_mb']:.0f}"
+    star = " (extrapolated)" if m["extrapolated"] else ""
+    rates = f"{m['lines'] / wall:,.0f} | {patients / wall:,.0f}" if m["lines"] else "- | -"
+    return f"| {m['name']}{star} | {wall:.1f} | {m['cpu']:.1f} | {rates} | {mem} |"
+
+
+def table(result: dict[str, Any]) -> str:
+    ms = {m["name"]: m for m in result["measures"]}
+    f2, br = ms["floor (2 processes)"], ms["bridge prescreen DIR"]
+    nv = next(m for m in result["measures"] if m["name"].startswith("naive"))
+    rows = [f"### {result['patients']:,} patients — {result['lines']:,} lines, {result['bytes'] / 2**20:,.0f} MiB, "
+            f"{result['reported_patients']:,} reported",
+            "", "| run | wall s | CPU s | lines/s | patients/s | peak MB: max process / tree RSS / tree PSS |",
+            "|---|---|---|---|---|---|"]
+    rows += [_row(m, result["patients"] if m["lines"] else 0) for m in result["measures"]]
+    rows += ["", f"bridge / floor (2 processes): {br['wall'] / f2['wall']:.2f} wall, {br['cpu'] / f2['cpu']:.2f} CPU; "
+             f"naive / bridge: {nv['wall'] / br['wall']:.0f}x (one process), {nv['wall'] / 2 / br['wall']:.0f}x "
+             f"(naive on two processes)"]
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sizes", nargs="*", type=int, default=[10_000, 100_000])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/bridge-bench"))
+    parser.add_argument("--leukemia-rate", type=float, default=0.03)
+    parser.add_argument("--naive-sample", type=int, default=4000, help="lines validated to extrapolate the naive path")
+    args = parser.parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for n in args.sizes:
+        print(f"== {n} patients", file=sys.stderr)
+        results.append(run_size(args.workdir, n, args.leukemia_rate, args.naive_sample))
+        print(table(results[-1]) + "\n", flush=True)
+    bridges = [next(m for m in r["measures"] if m["name"] == "bridge prescreen DIR") for r in results]
+    if len(bridges) > 1:
+        growth = bridges[-1]["pss_tree_mb"] / bridges[0]["pss_tree_mb"] - 1
+        print(f"peak PSS growth {results[0]['patients']:,} -> {results[-1]['patients']:,} patients: {growth:+.0%}")
+    (args.workdir / "results.json").write_text(json.dumps({"cpus": os.cpu_count(), "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

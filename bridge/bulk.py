@@ -1,0 +1,556 @@
+"""Population-scale pre-screen of a Bulk Data NDJSON directory: stream, prune early, use every core.
+
+Population mode — what it reports
+    The patients with at least one Condition coded as acute leukaemia (any clinical or verification status,
+    any date, valid or not): every patient whose ``inc-diagnosis`` can be other than ``not-met``. Everyone
+    else is ineligible on ``inc-diagnosis`` alone; leaving them out is what lets the cost follow the data that
+    matters. For every patient it reports, the verdicts are identical to those of the per-patient path
+    (``bridge.pipeline.prescreen_items``): every line that could change one of that patient's verdicts is read
+    and goes through the same assembler. ``bridge.pipeline.prescreen(..., all_patients=True)`` evaluates
+    every patient instead.
+
+How
+    1. The files are cut into byte ranges at line boundaries (``plan_chunks``), handed to a process pool (one
+       worker per core) and the results merged in file order.
+    2. Pass 1 parses the Condition files — the first line tells a file's type; Bulk Data files hold one type
+       each — and collects the candidates: subjects of a Condition mapped to ``acute-leukemia``.
+    3. Pass 2 streams every file. A line is parsed only when the bytes pre-filter (``bridge.ingest.prefilter``)
+       finds a candidate's ``Patient/<id>`` in it, or cannot tell (escapes, a non-canonical line, a Patient
+       resource). Parsed, it is kept when it belongs to a candidate and is a Patient, or an Observation or a
+       Condition with a coding of a concept some eligibility criterion reads (``ELIGIBILITY_CONCEPTS``).
+       Encounter and MedicationAdministration never change an eligibility verdict and are not parsed. Kept
+       lines, and only they, are validated with the R4B models and normalized — in the worker, by the
+       per-patient ``PatientAssembler`` — with the line's position in the directory as its arrival order, so
+       that "the newest version wins" resolves exactly as in one sequential read.
+    4. Two guards keep the result exact where a plain Bulk Data export never goes: an acute-leukaemia
+       Condition met in pass 2 in a file pass 1 did not read (a mixed-type file) adds its patient, and a
+       candidate's resource dropped as irrelevant that shares type and id with a kept one (a later version
+       with another code) is noticed through a 64-bit digest of its reference; either makes pass 2 run again,
+       with the new candidates or keeping those resources. Not followed: a later version that moves a
+       resource from a candidate to another patient (its bytes name no candidate, so it is never read).
+
+Memory holds the candidates' normalized resources (pickled per patient and chunk until the end, then
+assembled and screened one patient at a time), one digest per dropped candidate resource and one chunk per
+worker — never a line of a patient who is not a candidate.
+
+Report
+    ``skipped`` lists every line the fast path parses that is not JSON or fails the R4B model, with the file,
+    line number and reason of the per-patient path, in its order. Every line that is not framed as a
+    canonical JSON object is parsed; a framed line that references no candidate is not (a defect inside it
+    goes unreported). ``warnings`` come from the reported patients' resources; ``read`` counts non-blank
+    lines, ``used`` the resources kept, ``ignored_types`` the lines of types the bridge does not read;
+    ``no_patient`` stays 0 (lines naming no candidate are not parsed).
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import multiprocessing
+import os
+import pickle
+import sys
+from array import array
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bridge.fhirmodels import model_class
+from bridge.ingest.prefilter import PatientFilter, canonical_lines, count_newlines, is_canonical_line, line_type
+from bridge.ingest.readers import (
+    Entry,
+    Skipped,
+    _ndjson_line,  # the reader's own line decoding: same skip reasons
+    ndjson_files,
+)
+from bridge.model import PatientFacts
+from bridge.normalize.facts import READ_TYPES, Normalized, source_ref
+from bridge.normalize.fhirpath import codings, ref_id
+from bridge.normalize.mappings import CodeMap
+from bridge.normalize.patients import PatientAssembler, ReadReport
+
+CHUNK_BYTES = 8 << 20
+LEUKEMIA = "acute-leukemia"
+# Every concept a criterion of bridge.evaluate.eligibility reads (facts and diagnoses); a test checks the
+# module's source names no other concept key.
+ELIGIBILITY_CONCEPTS = frozenset({
+    "acute-leukemia", "refractory-disease", "ecog", "cd7-blast-percent", "lvef", "nyha-class", "ast", "alt",
+    "bilirubin-total", "pregnancy", "lactation", "pregnancy-status", "lactation-status", "pregnancy-test",
+    "primary-immunodeficiency", "immunodeficiency-review", "cns-involvement", "sepsis", "infection", "neutropenia",
+    "fever", "body-temperature", "hepatitis-active", "hbsag", "hbv-dna", "hcv-antibody", "hcv-rna",
+    "hiv-infection", "hiv-test", "thrombosis", "myocardial-infarction", "old-myocardial-infarction",
+    "severe-arrhythmia",
+})
+SCREENED_TYPES = frozenset({"Patient", "Observation", "Condition"})
+_UNPLACED = "\0"  # a Skipped's place before the chunk's first line number is known
+_FILE_SHIFT = 40  # order = file index << 40 | byte offset: files up to 1 TiB
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A byte range ``[start, end)`` of one file holding whole lines."""
+
+    index: int
+    file_index: int
+    path: str
+    start: int
+    end: int
+
+
+def plan_chunks(files: Sequence[Path], chunk_bytes: int = CHUNK_BYTES) -> list[Chunk]:
+    """Cut every file into ranges of about ``chunk_bytes``, each ending just after a newline (or at EOF)."""
+    plan: list[Chunk] = []
+    for file_index, path in enumerate(files):
+        for start, end in _ranges(path, chunk_bytes):
+            plan.append(Chunk(len(plan), file_index, str(path), start, end))
+    return plan
+
+
+def _ranges(path: Path, chunk_bytes: int) -> Iterator[tuple[int, int]]:
+    total = path.stat().st_size
+    with path.open("rb") as handle:
+        start = 0
+        while start < total:
+            end = min(start + chunk_bytes, total)
+            if end < total:
+                handle.seek(end - 1)
+                handle.readline()  # to just after the newline that ends the line holding byte end-1
+                end = handle.tell()
+            yield start, end
+            start = end
+
+
+def read_chunk(chunk: Chunk) -> bytes:
+    with open(chunk.path, "rb") as handle:
+        handle.seek(chunk.start)
+        return handle.read(chunk.end - chunk.start)
+
+
+def file_type(path: Path) -> str | None:
+    """The resourceType of the first non-blank line (None when there is none or it cannot be read)."""
+    with path.open("rb") as handle:
+        first = next((line for line in handle if line.strip()), b"")
+    known = line_type(first)
+    if known:
+        return known
+    try:
+        doc = orjson.loads(first)
+    except orjson.JSONDecodeError:
+        return None
+    rtype = doc.get("resourceType") if isinstance(doc, dict) else None
+    return rtype if isinstance(rtype, str) else None
+
+
+def patient_of(resource: dict[str, Any]) -> str | None:
+    """The patient a resource belongs to, as the normalizer reads it (``facts._subject`` without aliases)."""
+    if resource.get("resourceType") == "Patient":
+        rid = resource.get("id")
+        return rid if isinstance(rid, str) else None
+    return ref_id(resource.get("subject"), "Patient") or ref_id(resource.get("patient"), "Patient")
+
+
+def has_leukemia(resource: dict[str, Any], cmap: CodeMap) -> bool:
+    return any(LEUKEMIA in cmap.condition_concepts(s, c) for s, c in codings(resource.get("code")))
+
+
+def relevant(resource: dict[str, Any], cmap: CodeMap, concepts: frozenset[str] = ELIGIBILITY_CONCEPTS) -> bool:
+    """Could this resource change an eligibility verdict? Any coding (any position, any component) counts."""
+    rtype = resource.get("resourceType")
+    if rtype == "Patient":
+        return True
+    if rtype == "Condition":
+        return any(cmap.condition_concepts(s, c) & concepts for s, c in codings(resource.get("code")))
+    if rtype != "Observation":
+        return False
+    components = resource.get("component")
+    nodes = [resource, *(c for c in components if isinstance(c, dict))] if isinstance(components, list) \
+        else [resource]
+    return any(cmap.observation_concept(s, c) in concepts for n in nodes for s, c in codings(n.get("code")))
+
+
+def digest(ref: str) -> int:
+    """A signed 64-bit digest of a resource reference (stable across processes)."""
+    return int.from_bytes(hashlib.blake2b(ref.encode("utf-8"), digest_size=8).digest(), "big", signed=True)
+
+
+class PositionedAssembler(PatientAssembler):
+    """The per-patient assembler, with a line's position in the directory as its arrival order.
+
+    Chunks are assembled in different processes; giving each resource the order it has in one sequential
+    read (file index, byte offset) makes "the newest version wins" resolve as in the per-patient path.
+    """
+
+    def add_at(self, entry: Entry, order: int) -> list[Skipped]:
+        """``add`` the entry as arriving at ``order``; returns what it skipped (validation, missing id)."""
+        before = len(self.report.skipped)
+        self._order = order
+        self.add(entry)
+        return self.report.skipped[before:]
+
+    def packed(self) -> list[Packed]:
+        """The kept slots grouped per patient, each group pickled once: compact while it waits in the parent."""
+        groups: dict[str, list[tuple[str, tuple[Any, ...], Normalized]]] = {}
+        for ref, slot in self._slots.items():
+            groups.setdefault(slot.norm.patient_id or "", []).append((ref, slot.version, slot.norm))
+        return [Packed(pid, tuple((ref, version) for ref, version, _ in items),
+                       pickle.dumps(items, pickle.HIGHEST_PROTOCOL),
+                       tuple((ref, tuple(norm.problems)) for ref, _, norm in items if norm.problems))
+                for pid, items in groups.items()]
+
+    def keep(self, ref: str, version: tuple[Any, ...], norm: Normalized) -> None:
+        self._keep(ref, version, norm)
+
+
+@dataclass(frozen=True, slots=True)
+class Packed:
+    """One patient's kept resources from one chunk: references with version keys, and the normalized
+    resources pickled together (the parent unpickles them only when it assembles that patient)."""
+
+    patient: str
+    versions: tuple[tuple[str, tuple[Any, ...]], ...]
+    blob: bytes
+    problems: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+# ------------------------------------------------------------------------------------------- the workers
+class CachedCodes:
+    """``CodeMap.condition_concepts`` remembered per (system, code): the same few codes recur on every line."""
+
+    def __init__(self, cmap: CodeMap, limit: int = 1 << 16) -> None:
+        self.cmap, self.limit = cmap, limit
+        self._memo: dict[tuple[str | None, str | None], frozenset[str]] = {}
+
+    def condition_concepts(self, system: str | None, code: str | None) -> frozenset[str]:
+        key = (system, code)
+        found = self._memo.get(key)
+        if found is None:
+            found = self.cmap.condition_concepts(system, code)
+            if len(self._memo) < self.limit:
+                self._memo[key] = found
+        return found
+
+    def has_leukemia(self, resource: dict[str, Any]) -> bool:
+        return any(LEUKEMIA in self.condition_concepts(s, c) for s, c in codings(resource.get("code")))
+
+    def relevant(self, resource: dict[str, Any]) -> bool:
+        """``relevant`` with remembered condition codes."""
+        if resource.get("resourceType") == "Condition":
+            return any(self.condition_concepts(s, c) & ELIGIBILITY_CONCEPTS for s, c in codings(resource.get("code")))
+        return relevant(resource, self.cmap)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a worker needs for one pass; built in the parent, inherited on fork (pickled otherwise)."""
+
+    cmap: CodeMap
+    candidates: frozenset[str] = frozenset()
+    pass_one_files: frozenset[int] = frozenset()
+    keep_refs: frozenset[str] = frozenset()
+
+    @cached_property
+    def filter(self) -> PatientFilter:
+        return PatientFilter(self.candidates)
+
+    @cached_property
+    def codes(self) -> CachedCodes:
+        return CachedCodes(self.cmap)
+
+
+@dataclass
+class ChunkResult:
+    """What pass 2 found in one chunk; skipped lines carry chunk-local line numbers."""
+
+    chunk: Chunk
+    lines: int = 0
+    read: int = 0
+    ignored_types: int = 0
+    used: int = 0
+    slots: list[Packed] = field(default_factory=list)
+    skipped: list[tuple[int, Skipped]] = field(default_factory=list)
+    dropped: list[int] = field(default_factory=list)
+    strays: set[str] = field(default_factory=set)
+
+
+_SCOPE: list[Scope] = []
+
+
+def _set_scope(scope: Scope) -> None:
+    _SCOPE[:] = [scope]
+
+
+def _spans(buf: bytes, lo: int = 0, hi: int | None = None) -> Iterator[tuple[int, int]]:
+    """``(start, end)`` of every line of ``buf[lo:hi]``, ``end`` at its newline (or ``hi``)."""
+    hi = len(buf) if hi is None else hi
+    start = lo
+    while start < hi:
+        end = buf.find(b"\n", start, hi)
+        end = hi if end < 0 else end
+        yield start, end
+        start = end + 1
+
+
+def find_candidates(chunk: Chunk) -> set[str]:
+    """Pass 1: subjects of the acute-leukaemia Conditions in one chunk."""
+    codes, found = _SCOPE[0].codes, set()
+    buf = read_chunk(chunk)
+    for start, end in _spans(buf):
+        line = buf[start:end]
+        rtype = line_type(line)
+        if (rtype is not None and rtype != "Condition" and is_canonical_line(line)) or not line.strip():
+            continue
+        try:
+            res = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue  # reported by pass 2
+        if isinstance(res, dict) and res.get("resourceType") == "Condition" and codes.has_leukemia(res):
+            pid = patient_of(res)
+            if pid:
+                found.add(pid)
+    return found
+
+
+class ChunkReader:
+    """Pass 2 over one chunk: canonical ranges in bulk, the rest line by line; keeps what candidates need.
+
+    A non-canonical chunk is halved until its halves are canonical or small, so that one bad line costs a
+    few extra scans of its chunk, not a line-by-line pass over all of it.
+    """
+
+    SMALL = 1 << 16
+
+    def __init__(self, scope: Scope, chunk: Chunk, buf: bytes) -> None:
+        self.scope, self.chunk, self.buf = scope, chunk, buf
+        self.asm = PositionedAssembler(scope.cmap)
+        self.result = ChunkResult(chunk)
+        self.stray_check = chunk.file_index not in scope.pass_one_files
+
+    def run(self) -> ChunkResult:
+        self.result.lines = self._range(0, len(self.buf), 1)
+        self.result.slots = self.asm.packed()
+        self.result.used = self.asm.report.used
+        return self.result
+
+    def _range(self, lo: int, hi: int, first_line: int) -> int:
+        """Read ``buf[lo:hi]`` (whole lines, the first numbered ``first_line``); returns its line count."""
+        rtype = line_type(self.buf[lo:lo + 128])
+        count = canonical_lines(self.buf, rtype, lo, hi) if rtype else None
+        if count is not None:
+            self._canonical(rtype or "", count, lo, hi)
+            return count
+        mid = self.buf.find(b"\n", lo + (hi - lo) // 2, hi) + 1
+        if hi - lo <= self.SMALL or mid <= lo or mid >= hi:
+            return self._line_by_line(lo, hi, first_line)
+        head = self._range(lo, mid, first_line)
+        return head + self._range(mid, hi, first_line + head)
+
+    def _canonical(self, rtype: str, count: int, lo: int, hi: int) -> None:
+        self.result.read += count
+        if rtype not in READ_TYPES:
+            self.result.ignored_types += count
+            return
+        if rtype not in SCREENED_TYPES:
+            return
+        every_line = rtype == "Patient" or (rtype == "Condition" and self.stray_check)
+        spans = _spans(self.buf, lo, hi) if every_line else self.scope.filter.lines(self.buf, lo, hi)
+        for start, end in spans:
+            self._parse(start, end, None)
+
+    def _line_by_line(self, lo: int, hi: int, first_line: int) -> int:
+        lineno = first_line - 1
+        for start, end in _spans(self.buf, lo, hi):
+            lineno += 1
+            line = self.buf[start:end]
+            if not line.strip():
+                continue
+            self.result.read += 1
+            if self._must_parse(line):
+                self._parse(start, end, lineno)
+        return lineno - first_line + 1
+
+    def _must_parse(self, line: bytes) -> bool:
+        rtype = line_type(line)
+        if rtype is None or not is_canonical_line(line):
+            return True
+        if rtype not in READ_TYPES:
+            self.result.ignored_types += 1
+            return False
+        if rtype not in SCREENED_TYPES:
+            return False
+        if rtype == "Patient" or (rtype == "Condition" and self.stray_check):
+            return True
+        return self.scope.filter.may_concern(line)
+
+    def _parse(self, start: int, end: int, lineno: int | None) -> None:
+        text = self.buf[start:end + 1]  # with its newline, exactly as the per-patient reader sees it
+        item = _ndjson_line(text, _UNPLACED)
+        if isinstance(item, Skipped):
+            self._skip(start, lineno, item)
+        else:
+            self._consider(item.resource, start, lineno)
+
+    def _consider(self, res: dict[str, Any], start: int, lineno: int | None) -> None:
+        rtype = res["resourceType"]
+        if rtype not in READ_TYPES:
+            self.result.ignored_types += 1
+            return
+        pid = patient_of(res)
+        candidate = pid is not None and pid in self.scope.candidates
+        if rtype == "Condition" and self.stray_check and not candidate and pid and self.scope.codes.has_leukemia(res):
+            self.result.strays.add(pid)
+        if not candidate or rtype not in SCREENED_TYPES:
+            return
+        ref = source_ref(res)
+        if ref in self.scope.keep_refs or self.scope.codes.relevant(res):
+            order = (self.chunk.file_index << _FILE_SHIFT) | (self.chunk.start + start)
+            for skipped in self.asm.add_at(Entry(res, _UNPLACED), order):
+                self._skip(start, lineno, skipped)
+        else:
+            self.result.dropped.append(digest(ref))
+
+    def _skip(self, start: int, lineno: int | None, skipped: Skipped) -> None:
+        local = lineno if lineno is not None else count_newlines(self.buf, 0, start) + 1
+        self.result.skipped.append((local, skipped))
+
+
+def screen_chunk(chunk: Chunk) -> ChunkResult:
+    """Pass 2 over one chunk (worker entry point)."""
+    return ChunkReader(_SCOPE[0], chunk, read_chunk(chunk)).run()
+
+
+# ------------------------------------------------------------------------------------------- the coordinator
+def default_processes() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class _Merge:
+    """Chunk results merged in plan order: global line numbers, the newest version of each kept resource
+    (its key only; the resources stay pickled per patient and chunk), and the digests of dropped resources."""
+
+    def __init__(self, files: Sequence[Path], cmap: CodeMap) -> None:
+        self.names, self.cmap = [p.name for p in files], cmap
+        self.offsets = [0] * len(files)
+        self.newest: dict[str, tuple[Any, ...]] = {}  # ref -> version key of the version that wins
+        self.blobs: dict[str, list[bytes]] = {}  # patient -> pickled groups
+        self.problems: dict[tuple[str, tuple[Any, ...]], tuple[str, ...]] = {}
+        self.report = ReadReport()
+        self.dropped = array("q")
+        self.strays: set[str] = set()
+
+    def add(self, result: ChunkResult) -> None:
+        fi = result.chunk.file_index
+        for local, s in result.skipped:
+            self.report.skipped.append(Skipped(f"{self.names[fi]} line {self.offsets[fi] + local}", s.reason,
+                                               s.expression))
+        self.offsets[fi] += result.lines
+        for packed in result.slots:
+            self._keep(packed)
+        self.report.read += result.read
+        self.report.used += result.used
+        self.report.ignored_types += result.ignored_types
+        self.dropped.extend(result.dropped)
+        self.strays |= result.strays
+
+    def _keep(self, packed: Packed) -> None:
+        for ref, version in packed.versions:
+            current = self.newest.get(ref)
+            if current is None or version >= current:  # the assembler's rule: the newest version wins
+                self.newest[ref] = version
+        versions = dict(packed.versions)
+        self.problems.update({(ref, versions[ref]): problems for ref, problems in packed.problems})
+        self.blobs.setdefault(sys.intern(packed.patient), []).append(packed.blob)
+
+    def collisions(self) -> set[str]:
+        """Kept references that share a digest with a dropped resource (a version kept, another dropped)."""
+        kept = {digest(ref): ref for ref in self.newest}
+        return {kept[d] for d in self.dropped if d in kept}
+
+    def finish(self) -> tuple[Iterator[PatientFacts], ReadReport]:
+        """The patients, assembled one at a time as they are consumed, and the report (warnings in ref order)."""
+        self.report.warnings = [w for ref in sorted(self.newest) for w in self.problems.get((ref, self.newest[ref]),
+                                                                                            ())]
+        self.problems.clear()
+        return self._patients(), self.report
+
+    def _patients(self) -> Iterator[PatientFacts]:
+        for pid in sorted(self.blobs):
+            asm = PositionedAssembler(self.cmap)
+            for blob in self.blobs.pop(pid):
+                for ref, version, norm in pickle.loads(blob):  # noqa: S301 - pickled by our own workers
+                    if self.newest[ref] == version:
+                        asm.keep(ref, version, norm)
+            yield from asm.patients()
+
+
+class _Pool:
+    """Runs one pass over chunks: in a process pool (fork where available) or in this process."""
+
+    def __init__(self, scope: Scope, processes: int) -> None:
+        self.scope, self.processes = scope, processes
+
+    def map(self, fn: Callable[[Chunk], Any], chunks: Sequence[Chunk]) -> Iterator[Any]:
+        _ = self.scope.filter, self.scope.codes  # built once here, inherited by the workers
+        for rtype in SCREENED_TYPES:
+            model_class(rtype)  # likewise the R4B models the workers validate with (imported lazily otherwise)
+        if self.processes <= 1 or len(chunks) <= 1:
+            _set_scope(self.scope)
+            try:
+                yield from map(fn, chunks)
+            finally:
+                _SCOPE.clear()
+            return
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+        gc.freeze()  # forked workers share the parent's objects; a collection in them would copy every page
+        try:
+            with ctx.Pool(min(self.processes, len(chunks)), initializer=_set_scope, initargs=(self.scope,)) as pool:
+                yield from pool.imap(fn, chunks)
+        finally:
+            gc.unfreeze()
+
+
+def candidates_in(files: Sequence[Path], plan: Sequence[Chunk], cmap: CodeMap,
+                  processes: int) -> tuple[set[str], frozenset[int]]:
+    """Pass 1: the candidates, and the indexes of the files it read (Condition files, or of unknown type)."""
+    pass_one = frozenset(i for i, p in enumerate(files) if file_type(p) in (None, "Condition"))
+    found: set[str] = set()
+    for part in _Pool(Scope(cmap), processes).map(find_candidates, [c for c in plan if c.file_index in pass_one]):
+        found |= part
+    return found, pass_one
+
+
+def population_patients(directory: Path, cmap: CodeMap, progress: Callable[[int], None] | None = None, *,
+                        processes: int | None = None, chunk_bytes: int = CHUNK_BYTES
+                        ) -> tuple[Iterator[PatientFacts], ReadReport]:
+    """The facts of every patient with an acute-leukaemia Condition (assembled lazily, in id order: one
+    patient's objects at a time), and the read report."""
+    files = ndjson_files(directory)
+    plan = plan_chunks(files, chunk_bytes)
+    workers = processes or default_processes()
+    candidates, pass_one = candidates_in(files, plan, cmap, workers)
+    keep: frozenset[str] = frozenset()
+    while True:
+        merged = _Merge(files, cmap)
+        scope = Scope(cmap, frozenset(candidates), pass_one, keep)
+        for result in _Pool(scope, workers).map(screen_chunk, plan):
+            merged.add(result)
+            if progress is not None:
+                progress(result.lines)
+        more, collide = merged.strays - candidates, merged.collisions() - keep
+        if not more and not collide:
+            return merged.finish()
+        candidates |= more
+        keep |= collide
+
+
+__all__ = ["CHUNK_BYTES", "ELIGIBILITY_CONCEPTS", "CachedCodes", "Chunk", "ChunkReader", "ChunkResult",
+           "Packed", "PositionedAssembler", "Scope", "candidates_in", "default_processes", "digest", "file_type",
+           "find_candidates", "has_leukemia", "patient_of", "plan_chunks", "population_patients", "read_chunk",
+           "relevant", "screen_chunk"]

@@ -1,0 +1,144 @@
+"""Bytes-level pre-filter for Bulk Data NDJSON: which lines may concern given patients, before parsing.
+
+In a population export almost every line belongs to a patient who cannot matter; telling those lines apart
+must cost less than parsing them. The checks here work on raw bytes and are *conservative*: they may let
+through a line that turns out to be irrelevant (it is then parsed and decided exactly), but they never drop
+a line that could concern one of the patients asked about.
+
+* The parser reads a patient reference as the segment after a ``Patient`` segment, ignoring a trailing ``/``
+  and ``/_history/<v>`` (``bridge.normalize.fhirpath.ref_id``): relative or absolute URL alike. So a line
+  concerns patient ``7`` only if its bytes hold ``Patient/7`` followed by ``"`` or ``/``; every occurrence
+  counts, whatever element holds it, and occurrences may overlap (``x/Patient/Patient/7``). A reference of
+  another shape (``urn:uuid:...`` in NDJSON, a search URL) names no patient for the parser either.
+* JSON may escape any character (``Patient\\/7``, ``\\u0050atient``): a line with a backslash is never judged
+  by its bytes; it goes to the parser.
+* A chunk is judged in bulk only when it is *canonical*: every line starts with ``{"resourceType":"<T>"``
+  and ends with ``}`` and no line holds a backslash. Then each line's type is known without parsing, no line
+  is truncated or padded at its edges, and no string holds a newline. Other chunks are narrowed down to
+  their non-canonical lines, which are parsed.
+
+Codes are deliberately *not* matched on bytes. Measured on the benchmark export, a case- and dot-insensitive
+search for the ~20 acute-leukaemia codes costs 7-11 µs a line against 1.6 µs for ``orjson.loads`` of the same
+line, so codes are decided after parsing, exactly (``bridge.normalize.mappings.CodeMap``), on the few lines that
+survive the patient check.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy
+
+PREFIX = b'{"resourceType":"'
+_PATIENT_TAIL = re.compile(rb'Patient/([^"\n]*)')
+_NEVER = re.compile(rb"(?!)")
+_NEWLINE = 10
+_BLOCK = 1 << 18  # newline counting in blocks: the temporary stays in cache, no page faults
+_TRIE_DEPTH = 200  # ids longer than this (never seen in practice) are not put in the trie (recursion)
+
+
+def line_type(line: bytes) -> str | None:
+    """The resource type of a line that starts canonically (``{"resourceType":"X"``), else None."""
+    if not line.startswith(PREFIX):
+        return None
+    end = line.find(b'"', len(PREFIX), len(PREFIX) + 80)
+    rtype = line[len(PREFIX):end] if end > 0 else b""
+    return rtype.decode("ascii") if rtype.isascii() and rtype.isalpha() else None
+
+
+def is_canonical_line(line: bytes) -> bool:
+    """Starts with ``{"resourceType":"``, ends with ``}`` (nothing after it) and holds no escape."""
+    return line.startswith(PREFIX) and line.endswith(b"}") and b"\\" not in line
+
+
+def canonical_lines(buf: bytes, resource_type: str, lo: int = 0, hi: int | None = None) -> int | None:
+    """The number of lines in ``buf[lo:hi]`` when every one is a canonical ``resource_type`` line, else None.
+
+    The range holds whole lines; its last line may lack the newline (the end of a file). A blank line, a
+    ``\\r\\n`` ending, a truncated line or a line of another type makes the range non-canonical.
+    """
+    hi = len(buf) if hi is None else hi
+    head = PREFIX + resource_type.encode("ascii") + b'"'
+    terminated = buf.endswith(b"\n", lo, hi)
+    if not buf.startswith(head, lo, hi) or not buf.endswith(b"}\n" if terminated else b"}", lo, hi):
+        return None
+    if buf.find(b"\\", lo, hi) >= 0:
+        return None
+    newlines = count_newlines(buf, lo, hi)
+    lines = newlines if terminated else newlines + 1
+    return lines if buf.count(b"}\n" + head, lo, hi) == lines - 1 else None
+
+
+def count_newlines(buf: bytes, lo: int = 0, hi: int | None = None) -> int:
+    """``buf.count(b"\\n", lo, hi)``, vectorized: about 2.5x faster than ``bytes.count`` for one byte."""
+    hi = len(buf) if hi is None else hi
+    view = numpy.frombuffer(buf, numpy.uint8, count=hi - lo, offset=lo)
+    return sum(int(numpy.count_nonzero(view[i:i + _BLOCK] == _NEWLINE)) for i in range(0, hi - lo, _BLOCK))
+
+
+def _trie(ids: Iterable[bytes]) -> bytes:
+    """A regex alternation of ``ids`` factored as a trie (fast to match against thousands of ids)."""
+    root: dict[int | None, Any] = {}
+    for word in ids:
+        node = root
+        for byte in word:
+            node = node.setdefault(byte, {})
+        node[None] = {}
+    return _trie_node(root)
+
+
+def _trie_node(node: dict[int | None, Any]) -> bytes:
+    branches = [re.escape(bytes([b])) + _trie_node(sub) for b, sub in sorted((k, v) for k, v in node.items()
+                                                                              if k is not None)]
+    if not branches:
+        return b""
+    ends_here = None in node
+    body = branches[0] if len(branches) == 1 and not ends_here else b"(?:" + b"|".join(branches) + b")"
+    return b"(?:" + body + b")?" if ends_here else body
+
+
+def _alternation(ids: frozenset[bytes]) -> bytes:
+    short = [i for i in ids if len(i) <= _TRIE_DEPTH]
+    long = sorted(re.escape(i) for i in ids if len(i) > _TRIE_DEPTH)  # odd, very long ids: plain branches
+    return b"(?:" + b"|".join(([_trie(short)] if short else []) + long) + b")"
+
+
+class PatientFilter:
+    """The bytes tests for one set of patient ids (``str``, as the parser reads them)."""
+
+    def __init__(self, ids: Iterable[str]) -> None:
+        self.ids = frozenset(i.encode("utf-8") for i in ids if i)
+        self.pattern = re.compile(rb"Patient/" + _alternation(self.ids) + rb'(?=["/])') if self.ids else _NEVER
+
+    def referenced_ids(self, line: bytes) -> list[bytes]:
+        """Every possible patient id in a line: each ``/`` segment after each ``Patient/`` (a superset)."""
+        return [seg for tail in _PATIENT_TAIL.findall(line) for seg in tail.split(b"/")]
+
+    def may_concern(self, line: bytes) -> bool:
+        """False only when the bytes prove that ``line`` references none of the ids."""
+        if b"\\" in line:
+            return True
+        return any(seg in self.ids for seg in self.referenced_ids(line))
+
+    def lines(self, buf: bytes, lo: int = 0, hi: int | None = None) -> Iterator[tuple[int, int]]:
+        """``(start, end)`` of every line of a canonical range that references one of the ids, once each.
+
+        ``end`` is the index of the line's newline (or ``hi``). Only for ranges ``canonical_lines`` accepted:
+        there no string holds a newline or an escaped quote.
+        """
+        if not self.ids:
+            return
+        hi = len(buf) if hi is None else hi
+        last = -1
+        for m in self.pattern.finditer(buf, lo, hi):
+            start = buf.rfind(b"\n", lo, m.start()) + 1 or lo
+            if start == last:
+                continue
+            last = start
+            end = buf.find(b"\n", m.end(), hi)
+            yield start, hi if end < 0 else end
+
+
+__all__ = ["PREFIX", "PatientFilter", "canonical_lines", "count_newlines", "is_canonical_line", "line_type"]

@@ -1,0 +1,474 @@
+"""The population fast path (``bridge.bulk`` + ``bridge.ingest.prefilter``) against the per-patient path.
+
+For every patient it reports, the fast path must give the verdicts of ``prescreen(..., all_patients=True)``;
+it must report exactly the patients with an acute-leukaemia Condition; its bytes pre-filter must never drop a
+line that matters (adversarial spellings, escapes, odd references, mixed files, later versions); and the lines
+it skips must be reported with the same place and reason.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import sys
+from datetime import date
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bridge.bulk import (
+    ELIGIBILITY_CONCEPTS,
+    PositionedAssembler,
+    digest,
+    file_type,
+    patient_of,
+    plan_chunks,
+    population_patients,
+    read_chunk,
+    relevant,
+)
+from bridge.config import RuleOptions
+from bridge.evaluate import eligibility
+from bridge.ingest.prefilter import PatientFilter, canonical_lines, count_newlines, is_canonical_line, line_type
+from bridge.ingest.readers import read_source
+from bridge.normalize.facts import normalize
+from bridge.normalize.mappings import load_code_map
+from bridge.normalize.patients import assemble
+from bridge.pipeline import PrescreenRun, prescreen, prescreen_json
+
+ROOT = Path(__file__).resolve().parents[2]
+SITE_MAP = ROOT / "samples" / "site-map.yaml"
+SAMPLES = ROOT / "samples" / "prescreen"
+OPTIONS = RuleOptions(as_of=date(2026, 6, 15))
+LOINC, ICD10CM = "http://loinc.org", "http://hl7.org/fhir/sid/icd-10-cm"
+
+
+@cache
+def cmap() -> Any:
+    return load_code_map(SITE_MAP)
+
+
+@cache
+def _population_module() -> Any:
+    spec = importlib.util.spec_from_file_location("make_population", ROOT / "benchmarks" / "make_population.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["make_population"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def full(directory: Path) -> PrescreenRun:
+    return prescreen(str(directory), OPTIONS, cmap(), all_patients=True)
+
+
+def fast(directory: Path, processes: int = 1, chunk_bytes: int = 1 << 16) -> PrescreenRun:
+    patients, report = population_patients(directory, cmap(), processes=processes, chunk_bytes=chunk_bytes)
+    return PrescreenRun(OPTIONS, [eligibility.screen(p, OPTIONS, cmap().uln) for p in patients], report)
+
+
+def assert_same_verdicts(got: PrescreenRun, reference: PrescreenRun) -> None:
+    want = {s.patient: s for s in reference.screenings}
+    assert got.screenings, "nothing reported: the comparison would be vacuous"
+    for s in got.screenings:
+        assert s == want[s.patient], s.patient
+
+
+def leukemia_patients(directory: Path) -> set[str]:
+    """Subjects of every acute-leukaemia Condition, by parsing every line (no pre-filter)."""
+    out = set()
+    for path in directory.glob("*.ndjson"):
+        for line in path.read_bytes().splitlines():
+            try:
+                res = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            norm = normalize(res, cmap()) if isinstance(res, dict) and res.get("resourceType") == "Condition" else None
+            if norm is not None and any("acute-leukemia" in d.concepts for d in norm.diagnoses):
+                out.add(f"Patient/{patient_of(res)}")
+    return out
+
+
+# ------------------------------------------------------------------------------------ a generated population
+@pytest.fixture(scope="module")
+def population(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("population")
+    gen = _population_module()
+    gen.write_population(150, directory, seed=8, leukemia_rate=0.25)
+    with (directory / "Observation.ndjson").open("ab") as handle:  # a truncated line mid-file, then more lines
+        handle.write(b'{"resourceType":"Observation","id":"cut","status":"final","subj\n')
+    gen.write_population(10, directory / "more", seed=9, leukemia_rate=0.5)
+    for path in (directory / "more").iterdir():  # appended after the truncated line
+        with (directory / path.name).open("ab") as handle:
+            handle.write(path.read_bytes())
+        path.unlink()
+    (directory / "more").rmdir()
+    return directory
+
+
+@pytest.fixture(scope="module")
+def population_full(population: Path) -> PrescreenRun:
+    return full(population)
+
+
+@pytest.mark.parametrize(("processes", "chunk_bytes"), [(1, 1 << 16), (2, 1 << 15), (2, 8 << 20)])
+def test_fast_path_gives_the_per_patient_verdicts(population: Path, population_full: PrescreenRun, processes: int,
+                                                  chunk_bytes: int) -> None:
+    got = fast(population, processes, chunk_bytes)
+    assert_same_verdicts(got, population_full)
+    assert got.report.read == population_full.report.read
+
+
+def test_fast_path_reports_exactly_the_acute_leukemia_patients(population: Path,
+                                                               population_full: PrescreenRun) -> None:
+    reported = {s.patient for s in fast(population).screenings}
+    assert reported == leukemia_patients(population)
+    assert 20 < len(reported) < len(population_full.screenings)
+    for s in population_full.screenings:
+        if s.patient not in reported:
+            assert s.verdict("inc-diagnosis").result == "not-met"
+            assert s.status == "ineligible"
+
+
+def test_skips_are_reported_as_the_per_patient_path_does(population: Path, population_full: PrescreenRun) -> None:
+    got = fast(population, 2, 1 << 15).report.skipped
+    want = population_full.report.skipped
+    assert [s for s in want if s.reason.startswith("not JSON")] == [s for s in got if s.reason.startswith("not JSON")]
+    assert any(s.reason.startswith("not JSON") for s in got)
+    positions = [want.index(s) for s in got]  # a subset, in the same order
+    assert positions == sorted(positions)
+
+
+def test_warnings_are_those_of_the_reported_patients_in_the_same_order(tmp_path: Path) -> None:
+    d = adversarial_dir(tmp_path)
+    odd = [obs(f"bili-{i}", [{"system": LOINC, "code": "1975-2"}], q(1.0, u)) for i, u in enumerate(("mmol/mol", "kg"))]
+    odd.append(obs("ast-other", [{"system": LOINC, "code": "1920-8"}], q(1.0, "g"), subject=f"Patient/{OTHER}"))
+    odd.append(obs("ast-nobody", [{"system": LOINC, "code": "1920-8"}], q(1.0, "g"), subject="Patient/nobody"))
+    with (d / "Observation.ndjson").open("ab") as handle:
+        handle.write(b"".join(dumps(o) + b"\n" for o in odd))
+    reference = full(d)
+    got = fast(d, 2, 400)
+    reported = {s.patient.removeprefix("Patient/") for s in got.screenings}
+    assert len(reference.report.warnings) == 4
+    assert got.report.warnings == [w for w in reference.report.warnings if "ast-nobody" not in w]
+    assert "nobody" not in reported
+
+
+def test_memory_holds_only_candidates(population: Path) -> None:
+    lazy, report = population_patients(population, cmap(), processes=1, chunk_bytes=1 << 16)
+    patients = list(lazy)
+    candidates = {p.removeprefix("Patient/") for p in leukemia_patients(population)}
+    assert {p.patient_id for p in patients} == candidates
+    sources = {f.source.split("/")[0] for p in patients for f in p.facts}
+    assert sources <= {"Observation"}
+    assert report.used < report.read / 4
+
+
+# ------------------------------------------------------------------------------------ the samples
+def test_samples_give_the_golden_verdicts_of_their_leukemia_patients() -> None:
+    source = SAMPLES / "ndjson"
+    got = prescreen(str(source), OPTIONS, cmap())
+    expected = json.loads((SAMPLES / "expected.json").read_text(encoding="utf-8"))
+    reported = {s.patient for s in got.screenings}
+    assert reported == leukemia_patients(source)
+    # every sample patient has a leukaemia-coded Condition — p08's is entered-in-error (inc-diagnosis not-met) —
+    # so the population output is the whole golden document
+    assert json.loads(json.dumps(prescreen_json(got.screenings, OPTIONS))) == expected
+    assert got.screenings[[s.patient for s in got.screenings].index("Patient/p08")].status == "ineligible"
+    assert_same_verdicts(got, full(source))
+    assert not got.report.skipped
+
+
+def test_all_patients_is_the_per_patient_path() -> None:
+    source = SAMPLES / "ndjson"
+    patients, _ = assemble(read_source(str(source)), cmap())
+    everyone = full(source)
+    assert [s.patient for s in everyone.screenings] == [p.ref for p in patients]
+
+
+# ------------------------------------------------------------------------------------ adversarial lines
+CAND, OTHER = "cand-1", "other-2"
+
+
+def obs(oid: str, codings: list[dict[str, str]], value: dict[str, Any], subject: str = f"Patient/{CAND}",
+        **extra: Any) -> dict[str, Any]:
+    return {"resourceType": "Observation", "id": oid, "status": "final", "code": {"coding": codings},
+            "subject": {"reference": subject}, "effectiveDateTime": "2026-06-10T08:00:00+08:00", **value, **extra}
+
+
+def q(value: float, unit: str) -> dict[str, Any]:
+    return {"valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}}
+
+
+def dumps(res: dict[str, Any]) -> bytes:
+    return orjson.dumps(res)
+
+
+def adversarial_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "adversarial"
+    d.mkdir()
+    condition = {"resourceType": "Condition", "id": "dx", "clinicalStatus": {"coding": [{
+        "system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "relapse"}]},
+        "code": {"coding": [{"system": ICD10CM, "code": "c92.02"}]},
+        "subject": {"reference": f"http://ehr.example.org/fhir/Patient/{CAND}"}}
+    other_dx = {**condition, "id": "dx-2", "subject": {"reference": f"Patient/{OTHER}"}}
+    (d / "Condition.ndjson").write_bytes(dumps(condition) + b"\n" + dumps(other_dx) + b"\n")
+    (d / "Patient.ndjson").write_bytes(
+        dumps({"resourceType": "Patient", "id": CAND, "gender": "female", "birthDate": "1990-01-02"}) + b"\n"
+        + dumps({"resourceType": "Patient", "id": OTHER, "gender": "male", "birthDate": "1950-01-01"}))  # no \n
+    local = {"system": "http://hospital.example.org/lab", "code": "LOCAL-1"}
+    lines = [
+        dumps(obs("ecog-2nd", [local, {"system": LOINC, "code": "89247-1"}], {"valueInteger": 1})),
+        dumps(obs("cd7-comp", [{"system": "http://hospital.example.org/lab", "code": "FLOW"}], {}, component=[
+            {"code": {"coding": [{"system": "http://hospital.example.org/lab", "code": "fc-cd7"}]}, **q(80, "%")}])),
+        dumps(obs("ast-hist", [{"system": LOINC, "code": "1920-8"}], q(30, "U/L"),
+                  subject=f"Patient/{CAND}/_history/3")),
+        dumps(obs("alt-esc", [{"system": LOINC, "code": "1742-6"}], q(31, "U/L"))).replace(
+            b"Patient/", b"Patient\\/"),
+        dumps(obs("bili-u", [{"system": LOINC, "code": "1975-2"}], q(0.8, "mg/dL"))).replace(
+            b"Patient/", b"\\u0050atient/"),
+        b'{"id":"lvef-order","resourceType":"Observation","status":"final","code":{"coding":[{"system":"'
+        + LOINC.encode() + b'","code":"10230-1"}]},"subject":{"reference":"Patient/' + CAND.encode()
+        + b'"},"effectiveDateTime":"2026-06-01","valueQuantity":{"value":60,"unit":"%","code":"%"}}',
+        b'{"resourceType": "Observation", "id": "hcg-spaces", "status": "final", "code": {"coding": [{"system": "'
+        + LOINC.encode() + b'", "code": "2106-3"}]}, "subject": {"reference": "Patient/' + CAND.encode()
+        + b'"}, "effectiveDateTime": "2026-06-12", "valueCodeableConcept": {"coding": [{"system": "'
+        + LOINC.encode() + b'", "code": "LA6577-6"}]}}\r',
+        dumps(obs("temp-double", [{"system": LOINC, "code": "8310-5"}], q(36.9, "Cel"),
+                  subject=f"Patient/Patient/{CAND}")),
+        dumps(obs("hiv-bad-date", [{"system": LOINC, "code": "56888-1"}], {"valueBoolean": False},
+                  effectiveDateTime="2026-13-45")),
+        dumps(obs("urn", [{"system": LOINC, "code": "1920-8"}], q(300, "U/L"), subject=f"urn:uuid:{CAND}")),
+        dumps(obs("o-other", [{"system": LOINC, "code": "1920-8"}], q(300, "U/L"), subject=f"Patient/{OTHER}")),
+        b"",
+        b"   ",
+        b'{"resourceType":"Observation","id":"trunc","subject":{"reference":"Patient/' + CAND.encode(),
+        b"<html>502 Bad Gateway</html>",
+        b"[1, 2]",
+        b"{}",
+        dumps(obs("unmapped", [{"system": LOINC, "code": "2951-2"}], q(140, "mmol/L"))),
+    ]
+    (d / "Observation.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    return d
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_prefilter_never_drops_a_relevant_line(tmp_path: Path, processes: int) -> None:
+    d = adversarial_dir(tmp_path)
+    reference, got = full(d), fast(d, processes, chunk_bytes=256)
+    assert [s.patient for s in got.screenings] == [f"Patient/{CAND}", f"Patient/{OTHER}"]
+    assert_same_verdicts(got, reference)
+    s = got.screenings[0]
+    # each adversarial line is really used (so the equality above is not vacuous)
+    assert s.verdict("inc-ecog").evidence == ("Observation/ecog-2nd",)
+    assert s.verdict("inc-cd7-expression").evidence == ("Observation/cd7-comp",)
+    assert s.verdict("inc-cardiac").evidence == ("Observation/lvef-order",)
+    assert set(s.verdict("inc-organ-function").evidence) == {"Observation/ast-hist", "Observation/alt-esc",
+                                                             "Observation/bili-u"}
+    assert s.verdict("exc-pregnancy").evidence == ("Observation/hcg-spaces",)
+    assert s.verdict("inc-diagnosis").result == "met"
+
+
+def test_malformed_lines_are_reported_as_by_the_per_patient_path(tmp_path: Path) -> None:
+    d = adversarial_dir(tmp_path)
+    want = full(d).report
+    for processes, chunk in ((1, 1 << 16), (2, 300)):
+        got = fast(d, processes, chunk).report
+        assert [(s.where, s.reason, s.expression) for s in got.skipped] == \
+            [(s.where, s.reason, s.expression) for s in want.skipped]
+        assert got.read == want.read
+    reasons = [s.reason.split(" (")[0] for s in want.skipped]
+    assert reasons == ["Observation/hiv-bad-date fails the R4B model", "not JSON", "not JSON",
+                       "line has no resourceType", "line has no resourceType"]
+
+
+def test_a_leukemia_condition_in_a_mixed_file_is_found(tmp_path: Path) -> None:
+    d = adversarial_dir(tmp_path)
+    third = {"resourceType": "Condition", "id": "dx-3", "code": {"coding": [{"system": ICD10CM, "code": "C91.02"}]},
+             "subject": {"reference": "Patient/third"}}
+    ecog = obs("ecog-3", [{"system": LOINC, "code": "89247-1"}], {"valueInteger": 0}, subject="Patient/third")
+    with (d / "Observation.ndjson").open("ab") as handle:  # the file starts with Observations: pass 1 skips it
+        handle.write(dumps(ecog) + b"\n" + dumps(third) + b"\n")
+    assert file_type(d / "Observation.ndjson") == "Observation"
+    got = fast(d, 2, 512)
+    assert "Patient/third" in {s.patient for s in got.screenings}
+    assert_same_verdicts(got, full(d))
+
+
+def _versions_dir(tmp_path: Path, later: dict[str, Any], later_file: str = "Observation.ndjson") -> Path:
+    d = tmp_path / "versions"
+    d.mkdir()
+    dx = {"resourceType": "Condition", "id": "dx", "code": {"coding": [{"system": ICD10CM, "code": "C92.02"}]},
+          "subject": {"reference": f"Patient/{CAND}"}}
+    (d / "Condition.ndjson").write_bytes(dumps(dx) + b"\n")
+    first = obs("ast", [{"system": LOINC, "code": "1920-8"}], q(30, "U/L"), meta={"versionId": "1"})
+    (d / "Observation.ndjson").write_bytes(dumps(first) + b"\n")
+    with (d / later_file).open("ab") as handle:
+        handle.write(dumps({**first, **later, "meta": {"versionId": "2"}}) + b"\n")
+    return d
+
+
+@pytest.mark.parametrize(("later", "later_file"), [
+    ({"code": {"coding": [{"system": LOINC, "code": "2951-2"}]}}, "Observation.ndjson"),  # recoded, unmapped
+    ({"code": {"coding": [{"system": LOINC, "code": "751-8"}]}}, "Observation.ndjson"),  # recoded, not eligibility
+    ({"status": "entered-in-error"}, "Observation.ndjson"),
+    ({"valueQuantity": {"value": 200, "unit": "U/L", "code": "U/L"}, "status": "amended"}, "Observation.2.ndjson"),
+    ({"code": {"coding": [{"system": LOINC, "code": "2951-2"}]}}, "Observation.0.ndjson"),  # read before v1
+])
+def test_a_later_version_supersedes_exactly_as_in_the_per_patient_path(tmp_path: Path, later: dict[str, Any],
+                                                                       later_file: str) -> None:
+    d = _versions_dir(tmp_path, later, later_file)
+    reference = full(d)
+    assert_same_verdicts(fast(d, 1), reference)
+    assert_same_verdicts(fast(d, 2, 64), reference)
+
+
+def test_no_acute_leukemia_reports_nobody(tmp_path: Path) -> None:
+    d = tmp_path / "none"
+    d.mkdir()
+    (d / "Observation.ndjson").write_bytes(
+        dumps(obs("a", [{"system": LOINC, "code": "1920-8"}], q(30, "U/L"))) + b"\n")
+    run = prescreen(str(d), OPTIONS, cmap())
+    assert run.screenings == [] and run.report.read == 1 and run.report.skipped == []
+
+
+# ------------------------------------------------------------------------------------ the bytes checks
+REFERENCE = st.sampled_from(["Patient/{id}", "http://h.example/fhir/Patient/{id}", "Patient/{id}/_history/2",
+                             "Patient/{id}/", "x/Patient/Patient/{id}", "https://a/b/c/Patient/{id}/_history/1/"])
+ID = st.from_regex(r"[A-Za-z0-9\-.]{1,20}", fullmatch=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pid=ID, shape=REFERENCE, escape_slash=st.booleans(), spaced=st.booleans(), before=st.booleans(),
+       other=ID)
+def test_patient_filter_never_misses_the_subject(pid: str, shape: str, escape_slash: bool, spaced: bool,
+                                                 before: bool, other: str) -> None:
+    res: dict[str, Any] = {"resourceType": "Observation", "id": "o"}
+    performer = {"performer": [{"reference": f"Patient/{other}"}]}
+    res |= {**(performer if before else {}), "subject": {"reference": shape.format(id=pid)}}
+    line = json.dumps(res, separators=(", ", ": ") if spaced else (",", ":")).encode()
+    if escape_slash:
+        line = line.replace(b"/", b"\\/")
+    assert patient_of(orjson.loads(line)) == pid
+    pf = PatientFilter({pid})
+    assert pf.may_concern(line)
+    if is_canonical_line(line):
+        assert list(pf.lines(line + b"\n")) == [(0, len(line))]
+
+
+@settings(max_examples=200, deadline=None)
+@given(pid=ID, ids=st.sets(ID, max_size=30))
+def test_patient_filter_drops_only_lines_of_other_patients(pid: str, ids: set[str]) -> None:
+    line = dumps(obs("o", [{"system": LOINC, "code": "1920-8"}], q(1, "U/L"), subject=f"Patient/{pid}"))
+    pf = PatientFilter(ids)
+    assert pf.may_concern(line) == (pid in ids)
+    assert bool(list(pf.lines(line))) == (pid in ids)
+
+
+def test_filter_with_no_ids_matches_nothing() -> None:
+    pf = PatientFilter([])
+    line = dumps(obs("o", [], {}))
+    assert not pf.may_concern(line) and list(pf.lines(line * 3)) == []
+
+
+@pytest.mark.parametrize(("buf", "lines"), [
+    (b'{"resourceType":"Observation","a":1}\n{"resourceType":"Observation","b":2}\n', 2),
+    (b'{"resourceType":"Observation","a":1}\n{"resourceType":"Observation","b":2}', 2),
+    (b'{"resourceType":"Observation","a":1}\n', 1),
+    (b'{"resourceType":"Observation","a":1}\n\n{"resourceType":"Observation","b":2}\n', None),  # blank line
+    (b'{"resourceType":"Observation","a":1}\r\n', None),  # CRLF
+    (b'{"resourceType":"Observation","a":1}\n{"resourceType":"Patient","b":2}\n', None),  # another type
+    (b'{"resourceType":"Observation","a":"x\\"y"}\n', None),  # an escape
+    (b'{"resourceType":"Observation","a":1\n', None),  # truncated
+    (b'{"resourceType":"Observation","a":1}\n{"resourceType":"Observation","b":2\n', None),
+    (b'{"resourceType":"ObservationX","a":1}\n', None),
+])
+def test_canonical_lines(buf: bytes, lines: int | None) -> None:
+    assert canonical_lines(buf, "Observation") == lines
+
+
+def test_canonical_lines_in_a_range() -> None:
+    good = b'{"resourceType":"Condition","a":1}\n'
+    buf = b"garbage\n" + good * 3 + b"more garbage"
+    lo = len(b"garbage\n")
+    assert canonical_lines(buf, "Condition") is None
+    assert canonical_lines(buf, "Condition", lo, lo + 3 * len(good)) == 3
+    assert canonical_lines(buf, "Condition", lo, lo + 3 * len(good) - 1) == 3  # the last newline cut off
+
+
+@pytest.mark.parametrize("size", [0, 1, 1000, (1 << 18) - 1, 1 << 18, (1 << 18) + 1, 700_001])
+def test_count_newlines_matches_bytes_count(size: int) -> None:
+    buf = bytes((i * 7919) % 11 + 5 for i in range(size))  # bytes 5..15: newline (10) one in eleven
+    assert count_newlines(buf) == buf.count(b"\n")
+    assert count_newlines(buf, size // 3, size - size // 5) == buf.count(b"\n", size // 3, size - size // 5)
+
+
+def test_line_type() -> None:
+    assert line_type(b'{"resourceType":"Observation","id":"1"}') == "Observation"
+    assert line_type(b'{"resourceType": "Observation"}') is None
+    assert line_type(b'{"resourceType":"Obs\\u0065rvation"}') is None
+    assert line_type(b'{"id":"1","resourceType":"Observation"}') is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(0, 300), min_size=0, max_size=40), chunk=st.integers(1, 2000),
+       newline_at_end=st.booleans())
+def test_chunks_cover_the_file_and_end_at_line_ends(tmp_path_factory: pytest.TempPathFactory, lengths: list[int],
+                                                    chunk: int, newline_at_end: bool) -> None:
+    path = tmp_path_factory.mktemp("chunks") / "X.ndjson"
+    data = b"\n".join(b"x" * n for n in lengths) + (b"\n" if newline_at_end and lengths else b"")
+    path.write_bytes(data)
+    plan = plan_chunks([path], chunk)
+    assert b"".join(read_chunk(c) for c in plan) == data
+    assert all(read_chunk(c).endswith(b"\n") for c in plan[:-1])
+    assert [c.index for c in plan] == list(range(len(plan)))
+
+
+# ------------------------------------------------------------------------------------ pieces
+def test_relevance_reads_every_coding_and_component() -> None:
+    local = {"system": "http://hospital.example.org/lab", "code": "X"}
+    assert relevant(obs("a", [local, {"system": LOINC, "code": "1920-8"}], {}), cmap())
+    assert relevant(obs("a", [local], {}, component=[{"code": {"coding": [
+        {"system": "http://hospital.example.org/lab", "code": "fc-cd7"}]}}]), cmap())
+    assert not relevant(obs("a", [{"system": LOINC, "code": "751-8"}], {}), cmap())  # ANC: no eligibility rule
+    assert not relevant({"resourceType": "Encounter", "id": "e"}, cmap())
+    assert relevant({"resourceType": "Condition", "code": {"coding": [{"system": ICD10CM, "code": "I82.40"}]}}, cmap())
+    assert not relevant({"resourceType": "Condition", "code": {"coding": [{"system": ICD10CM, "code": "I10"}]}},
+                        cmap())
+
+
+@pytest.mark.parametrize("ref", ["Patient/p", "http://x/Patient/p", "Patient/p/_history/1", "urn:uuid:p",
+                                 "Group/p", "Patient?identifier=p", "Patient//p", "xPatient/p"])
+def test_patient_of_agrees_with_the_normalizer(ref: str) -> None:
+    res = obs("o", [], {}, subject=ref)
+    assert patient_of(res) == normalize(res, cmap()).patient_id  # type: ignore[union-attr]
+
+
+def test_eligibility_concepts_cover_every_concept_the_rules_name() -> None:
+    source = Path(eligibility.__file__).read_text(encoding="utf-8")
+    names = {n.value for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    named = names & set(cmap().concepts)
+    assert named <= ELIGIBILITY_CONCEPTS, named - ELIGIBILITY_CONCEPTS
+    assert ELIGIBILITY_CONCEPTS.issubset(cmap().concepts)
+
+
+def test_digest_is_stable_and_signed_64_bit() -> None:
+    assert digest("Observation/a") == digest("Observation/a") != digest("Observation/b")
+    assert -(2**63) <= digest("Observation/a") < 2**63
+
+
+def test_positioned_assembler_orders_by_position_not_arrival() -> None:
+    from bridge.ingest.readers import Entry
+    asm = PositionedAssembler(cmap())
+    later = obs("a", [{"system": LOINC, "code": "1920-8"}], q(99, "U/L"))
+    earlier = obs("a", [{"system": LOINC, "code": "1920-8"}], q(11, "U/L"))
+    asm.add_at(Entry(later, "x"), order=200)
+    asm.add_at(Entry(earlier, "x"), order=100)  # arrives second, but sits earlier in the directory
+    (pf,) = asm.patients()
+    assert [f.value.value for f in pf.facts] == [99.0]  # type: ignore[union-attr]
