@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from bridge import STUDY_ID
 from bridge.bulk import population_patients
@@ -21,6 +23,7 @@ class PrescreenRun:
     options: RuleOptions
     screenings: list[Screening]
     report: ReadReport
+    population: bool = False  # True: a directory read in population mode (only acute-leukaemia patients)
 
     def as_json(self) -> dict[str, object]:
         return prescreen_json(self.screenings, self.options)
@@ -67,13 +70,25 @@ def prescreen(source: str, options: RuleOptions, cmap: CodeMap,
     """
     if not all_patients and source != "-" and Path(source).is_dir():
         patients, report = population_patients(Path(source), cmap, progress)
-        return PrescreenRun(options, prescreen_patients(patients, options, cmap), report)
+        return PrescreenRun(options, prescreen_patients(patients, options, cmap), report, population=True)
     return prescreen_items(read_source(source), options, cmap, progress)
 
 
 def screening_json(s: Screening) -> dict[str, object]:
     return {"patient": s.patient, "status": s.status,
             "criteria": {v.criterion: v.as_json() for v in s.verdicts}}
+
+
+def write_prescreen_json(stream: TextIO, screenings: Iterable[Screening], options: RuleOptions) -> None:
+    """The same document as ``prescreen_json``, written one patient at a time (memory stays flat)."""
+    head = prescreen_json((), options)
+    del head["results"]
+    stream.write("{\n" + "".join(f"  {json.dumps(k)}: {json.dumps(v)},\n" for k, v in head.items()))
+    stream.write('  "results": [')
+    for i, s in enumerate(screenings):
+        body = json.dumps(screening_json(s), indent=2, ensure_ascii=False).replace("\n", "\n    ")
+        stream.write(("," if i else "") + "\n    " + body)
+    stream.write("\n  ]\n}\n")
 
 
 def prescreen_json(screenings: Iterable[Screening], options: RuleOptions) -> dict[str, object]:
@@ -84,4 +99,4 @@ def prescreen_json(screenings: Iterable[Screening], options: RuleOptions) -> dic
 
 
 __all__ = ["CRITERIA", "PrescreenRun", "is_url", "load_patients", "prescreen", "prescreen_items", "prescreen_json",
-           "prescreen_patients", "screening_json"]
+           "prescreen_patients", "screening_json", "write_prescreen_json"]

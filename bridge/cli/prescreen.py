@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from enum import StrEnum
@@ -17,7 +18,6 @@ from bridge.cli.common import (
     handles_errors,
     out_console,
     parse_as_of,
-    print_json,
     progress,
     settings_from,
 )
@@ -26,7 +26,7 @@ from bridge.evaluate.eligibility import ADVISORY, Screening
 from bridge.ingest.pull import pull
 from bridge.normalize.mappings import CodeMap, load_code_map
 from bridge.normalize.patients import ReadReport
-from bridge.pipeline import PrescreenRun, is_url, prescreen, prescreen_items
+from bridge.pipeline import PrescreenRun, is_url, prescreen, prescreen_items, write_prescreen_json
 from bridge.publish.publisher import Written, publish_screenings
 from bridge.store import ScreeningRecord, SqliteStore
 
@@ -136,6 +136,9 @@ def command(
     config: Annotated[Path | None, typer.Option("--config", help="Settings file (YAML/JSON); BRIDGE_* env wins")
                       ] = None,
     strict: Annotated[bool, typer.Option("--strict", help="exit 2 when any resource was skipped")] = False,
+    all_patients: Annotated[bool, typer.Option(
+        "--all-patients", help="NDJSON directory: evaluate every patient, not only those with an acute-leukaemia "
+                               "Condition (population mode, the fast default)")] = False,
     save: Annotated[bool, typer.Option("--save", help="record the results in the local state store (db_path), "
                                                       "where the coordinator page (bridge serve, /ui) shows them")]
     = False,
@@ -144,13 +147,16 @@ def command(
     settings = settings_from(config)
     cmap = load_code_map(site_map or settings.site_map)
     with progress("reading and screening") as tick:
-        run = _run(source, options, cmap, settings, patients, tick)
+        run = _run(source, options, cmap, settings, patients, tick, all_patients)
     if fmt is Format.json:
-        print_json(run.as_json())
+        write_prescreen_json(sys.stdout, run.screenings, options)
     else:
         out_console.print(render_table(run.screenings, options))
         out_console.print(summary(run.screenings), highlight=False)
     report_problems(run.report)
+    if run.population:
+        err_console.print(f"population mode: the {len(run.screenings)} patients with an acute-leukaemia Condition "
+                          "are reported; --all-patients evaluates every patient", highlight=False)
     if save:
         save_screenings(settings, run)
     if publish:
@@ -161,13 +167,13 @@ def command(
 
 
 def _run(source: str, options: RuleOptions, cmap: CodeMap, settings: Settings, patients: list[str] | None,
-         tick: Callable[[int], None] | None) -> PrescreenRun:
+         tick: Callable[[int], None] | None, all_patients: bool = False) -> PrescreenRun:
     if is_url(source):
         with client_for(source, settings) as client:
             return prescreen_items(pull(client, cmap, options.as_of, patients), options, cmap, tick)
     if patients:
         raise typer.BadParameter("--patient needs a FHIR base URL as SOURCE", param_hint="--patient")
-    return prescreen(source, options, cmap, tick)
+    return prescreen(source, options, cmap, tick, all_patients=all_patients)
 
 
 __all__ = ["HELP", "command", "render_table", "report_problems", "report_published", "save_screenings", "summary"]

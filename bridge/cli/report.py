@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -16,8 +16,9 @@ from bridge.ingest.pull import pull
 from bridge.ingest.readers import Item, read_source
 from bridge.normalize.mappings import CodeMap, load_code_map
 from bridge.pipeline import is_url, load_patients
-from bridge.report.data import Json, gather_patients
-from bridge.report.render import write_report
+
+if TYPE_CHECKING:
+    from bridge.report.data import Json
 
 HELP = """Write the cohort report: pre-screen funnel, doses, swimmer plot, AEs, CIR, ORR and CAR-T kinetics.
 
@@ -59,6 +60,8 @@ def command(
         raise typer.BadParameter("--patient needs a FHIR base URL as SOURCE", param_hint="--patient")
     with progress("reading and assessing"):
         doc = _gather(source, options, cmap, settings, patients)
+    from bridge.report.render import write_report  # matplotlib loads only when a report is written
+
     written = write_report(doc, out)
     err_console.print(f"report written to {written}", highlight=False)
 
@@ -72,6 +75,8 @@ def _gather(source: str, options: RuleOptions, cmap: CodeMap, settings: Settings
 
 def _from_items(items: Iterable[Item], options: RuleOptions, cmap: CodeMap, name: str) -> Json:
     """The report document; skipped resources and unusable values are listed on stderr, as ``prescreen`` does."""
+    from bridge.report.data import gather_patients
+
     loaded, problems = load_patients(items, cmap)
     report_problems(problems)
     return gather_patients(loaded, options, cmap, name)

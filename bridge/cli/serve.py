@@ -9,8 +9,6 @@ from typing import Annotated
 import typer
 
 from bridge.cli.common import handles_errors, settings_from
-from bridge.service.app import run
-from bridge.service.logs import configure_logging
 
 HELP = """Run the pre-screening service: EHR notifications in, ResearchSubjects out, read-only FHIR at /fhir.
 
@@ -37,6 +35,9 @@ def command(
 ) -> None:
     settings = settings_from(config)
     settings = replace(settings, listen_host=host or settings.listen_host, listen_port=port or settings.listen_port)
+    from bridge.service.app import run  # FastAPI and uvicorn load only for this command
+    from bridge.service.logs import configure_logging
+
     configure_logging(settings.log_level)
     run(settings)
 

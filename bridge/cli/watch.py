@@ -14,7 +14,6 @@ from typing import Annotated
 import typer
 
 from bridge.cli.common import err_console, handles_errors, settings_from
-from bridge.service.app import build_worker
 from bridge.service.logs import configure_logging, event
 from bridge.service.worker import Worker
 from bridge.store import InboxEvent, Store, SubscriptionState
@@ -75,6 +74,8 @@ def command(
 ) -> None:
     settings = settings_from(config)
     configure_logging(settings.log_level)
+    from bridge.service.app import build_worker  # FastAPI loads only for this command
+
     worker = build_worker(settings, f"watch@{socket.gethostname()}")
     if retry_failed:
         err_console.print(f"{worker.store.requeue_failed(worker.clock())} failed item(s) queued again",

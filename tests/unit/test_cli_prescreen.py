@@ -91,3 +91,32 @@ def test_errors_are_one_line_with_exit_code(tmp_path: Path, args: list[str], cod
     assert out.returncode == code, out.stderr
     assert needle in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("count", [0, 1, 3])
+def test_streamed_json_equals_the_document(count: int) -> None:
+    import io
+    from datetime import date
+
+    from bridge.config import RuleOptions
+    from bridge.evaluate.eligibility import screen
+    from bridge.model import PartialDate, PatientFacts
+    from bridge.pipeline import prescreen_json, write_prescreen_json
+
+    options = RuleOptions(as_of=date(2026, 6, 15))
+    screenings = [screen(PatientFacts(f"p{i}", birth_date=PartialDate(1990 + i)), options) for i in range(count)]
+    out = io.StringIO()
+    write_prescreen_json(out, screenings, options)
+    assert json.loads(out.getvalue()) == prescreen_json(screenings, options)
+
+
+def test_population_mode_is_announced_and_all_patients_evaluates_everyone(tmp_path: Path) -> None:
+    d = tmp_path / "export"
+    d.mkdir()
+    (d / "Patient.ndjson").write_text(json.dumps({"resourceType": "Patient", "id": "p1", "gender": "male"}) + "\n")
+    out = bridge("prescreen", str(d), "--as-of", "2026-06-15", "--format", "json")
+    assert out.returncode == 0 and json.loads(out.stdout)["results"] == []
+    assert "population mode" in out.stderr and "--all-patients" in out.stderr
+    out = bridge("prescreen", str(d), "--as-of", "2026-06-15", "--format", "json", "--all-patients")
+    assert [r["patient"] for r in json.loads(out.stdout)["results"]] == ["Patient/p1"]
+    assert "population mode" not in out.stderr
