@@ -50,6 +50,7 @@ import multiprocessing
 import os
 import pickle
 import sys
+import tempfile
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -432,13 +433,15 @@ def default_processes() -> int:
 
 class _Merge:
     """Chunk results merged in plan order: global line numbers, the newest version of each kept resource
-    (its key only; the resources stay pickled per patient and chunk), and the digests of dropped resources."""
+    (its key only; the resources stay pickled per patient and chunk, spilled to an anonymous temporary file
+    so the parent's memory does not grow with the candidates' facts), and the digests of dropped resources."""
 
     def __init__(self, files: Sequence[Path], cmap: CodeMap) -> None:
         self.names, self.cmap = [p.name for p in files], cmap
         self.offsets = [0] * len(files)
         self.newest: dict[str, tuple[Any, ...]] = {}  # ref -> version key of the version that wins
-        self.blobs: dict[str, list[bytes]] = {}  # patient -> pickled groups
+        self.blobs: dict[str, list[tuple[int, int]]] = {}  # patient -> (offset, length) of pickled groups
+        self.spill = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the merge; closed in _patients
         self.problems: dict[tuple[str, tuple[Any, ...]], tuple[str, ...]] = {}
         self.report = ReadReport()
         self.dropped = array("q")
@@ -465,7 +468,9 @@ class _Merge:
                 self.newest[ref] = version
         versions = dict(packed.versions)
         self.problems.update({(ref, versions[ref]): problems for ref, problems in packed.problems})
-        self.blobs.setdefault(sys.intern(packed.patient), []).append(packed.blob)
+        offset = self.spill.seek(0, os.SEEK_END)
+        self.spill.write(packed.blob)
+        self.blobs.setdefault(sys.intern(packed.patient), []).append((offset, len(packed.blob)))
 
     def collisions(self) -> set[str]:
         """Kept references that share a digest with a dropped resource (a version kept, another dropped)."""
@@ -480,13 +485,16 @@ class _Merge:
         return self._patients(), self.report
 
     def _patients(self) -> Iterator[PatientFacts]:
-        for pid in sorted(self.blobs):
-            asm = PositionedAssembler(self.cmap)
-            for blob in self.blobs.pop(pid):
-                for ref, version, norm in pickle.loads(blob):  # noqa: S301 - pickled by our own workers
-                    if self.newest[ref] == version:
-                        asm.keep(ref, version, norm)
-            yield from asm.patients()
+        with self.spill:
+            for pid in sorted(self.blobs):
+                asm = PositionedAssembler(self.cmap)
+                for offset, length in self.blobs.pop(pid):
+                    self.spill.seek(offset)
+                    blob = self.spill.read(length)
+                    for ref, version, norm in pickle.loads(blob):  # noqa: S301 - pickled by our own workers
+                        if self.newest[ref] == version:
+                            asm.keep(ref, version, norm)
+                yield from asm.patients()
 
 
 class _Pool:
