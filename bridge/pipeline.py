@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -24,6 +24,7 @@ class PrescreenRun:
     screenings: list[Screening]
     report: ReadReport
     population: bool = False  # True: a directory read in population mode (only acute-leukaemia patients)
+    stream: Iterator[Screening] | None = None  # lazy=True: the screenings, computed as they are consumed
 
     def as_json(self) -> dict[str, object]:
         return prescreen_json(self.screenings, self.options)
@@ -61,15 +62,21 @@ def prescreen_items(items: Iterable[Item], options: RuleOptions, cmap: CodeMap,
 
 
 def prescreen(source: str, options: RuleOptions, cmap: CodeMap,
-              progress: Callable[[int], None] | None = None, *, all_patients: bool = False) -> PrescreenRun:
+              progress: Callable[[int], None] | None = None, *, all_patients: bool = False,
+              lazy: bool = False) -> PrescreenRun:
     """Pre-screen a file, stdin or NDJSON directory (for a FHIR server use ``prescreen_items`` with ``pull``).
 
     A directory goes through the population fast path (``bridge.bulk``): only patients with an acute-leukaemia
     Condition are reported, each with the verdicts the per-patient path gives; ``all_patients`` evaluates
-    every patient of the directory instead.
+    every patient of the directory instead. With ``lazy`` the population's screenings are left in
+    ``PrescreenRun.stream``, computed one patient at a time as it is consumed (``screenings`` stays empty), so
+    a JSON writer holds one patient's verdicts at a time.
     """
     if not all_patients and source != "-" and Path(source).is_dir():
         patients, report = population_patients(Path(source), cmap, progress)
+        if lazy:
+            stream = (screen(p, options, cmap.uln) for p in patients)
+            return PrescreenRun(options, [], report, population=True, stream=stream)
         return PrescreenRun(options, prescreen_patients(patients, options, cmap), report, population=True)
     return prescreen_items(read_source(source), options, cmap, progress)
 
@@ -79,16 +86,19 @@ def screening_json(s: Screening) -> dict[str, object]:
             "criteria": {v.criterion: v.as_json() for v in s.verdicts}}
 
 
-def write_prescreen_json(stream: TextIO, screenings: Iterable[Screening], options: RuleOptions) -> None:
-    """The same document as ``prescreen_json``, written one patient at a time (memory stays flat)."""
+def write_prescreen_json(stream: TextIO, screenings: Iterable[Screening], options: RuleOptions) -> int:
+    """The same document as ``prescreen_json``, written one patient at a time (memory stays flat); returns the
+    number of patients written."""
     head = prescreen_json((), options)
     del head["results"]
     stream.write("{\n" + "".join(f"  {json.dumps(k)}: {json.dumps(v)},\n" for k, v in head.items()))
     stream.write('  "results": [')
-    for i, s in enumerate(screenings):
+    count = 0
+    for count, s in enumerate(screenings, start=1):
         body = json.dumps(screening_json(s), indent=2, ensure_ascii=False).replace("\n", "\n    ")
-        stream.write(("," if i else "") + "\n    " + body)
+        stream.write(("," if count > 1 else "") + "\n    " + body)
     stream.write("\n  ]\n}\n")
+    return count
 
 
 def prescreen_json(screenings: Iterable[Screening], options: RuleOptions) -> dict[str, object]:

@@ -147,15 +147,17 @@ def command(
     settings = settings_from(config)
     cmap = load_code_map(site_map or settings.site_map)
     with progress("reading and screening") as tick:
-        run = _run(source, options, cmap, settings, patients, tick, all_patients)
+        lazy = fmt is Format.json and not save and not publish
+        run = _run(source, options, cmap, settings, patients, tick, all_patients, lazy)
     if fmt is Format.json:
-        write_prescreen_json(sys.stdout, run.screenings, options)
+        reported = write_prescreen_json(sys.stdout, run.stream or run.screenings, options)
     else:
+        reported = len(run.screenings)
         out_console.print(render_table(run.screenings, options))
         out_console.print(summary(run.screenings), highlight=False)
     report_problems(run.report)
     if run.population:
-        err_console.print(f"population mode: the {len(run.screenings)} patients with an acute-leukaemia Condition "
+        err_console.print(f"population mode: the {reported} patients with an acute-leukaemia Condition "
                           "are reported; --all-patients evaluates every patient", highlight=False)
     if save:
         save_screenings(settings, run)
@@ -167,13 +169,13 @@ def command(
 
 
 def _run(source: str, options: RuleOptions, cmap: CodeMap, settings: Settings, patients: list[str] | None,
-         tick: Callable[[int], None] | None, all_patients: bool = False) -> PrescreenRun:
+         tick: Callable[[int], None] | None, all_patients: bool = False, lazy: bool = False) -> PrescreenRun:
     if is_url(source):
         with client_for(source, settings) as client:
             return prescreen_items(pull(client, cmap, options.as_of, patients), options, cmap, tick)
     if patients:
         raise typer.BadParameter("--patient needs a FHIR base URL as SOURCE", param_hint="--patient")
-    return prescreen(source, options, cmap, tick, all_patients=all_patients)
+    return prescreen(source, options, cmap, tick, all_patients=all_patients, lazy=lazy)
 
 
 __all__ = ["HELP", "command", "render_table", "report_problems", "report_published", "save_screenings", "summary"]
