@@ -16,7 +16,17 @@ import pint
 
 from bridge.errors import UnitError
 
-_UREG: Any = pint.UnitRegistry(autoconvert_offset_to_baseunit=True)
+
+def _registry() -> Any:
+    """pint's registry, from its definitions cache in the user cache folder when it can be used (parsing the
+    definitions costs ~0.1 s at every start otherwise)."""
+    try:
+        return pint.UnitRegistry(autoconvert_offset_to_baseunit=True, cache_folder=":auto:")
+    except (OSError, ValueError, TypeError):  # an unwritable or foreign cache folder: parse the definitions
+        return pint.UnitRegistry(autoconvert_offset_to_baseunit=True)
+
+
+_UREG: Any = _registry()
 _UREG.define("enzyme_unit = micromole / minute = U")
 _UREG.define("IU = enzyme_unit")  # labs write IU/L for enzyme activity; UCUM's arbitrary [IU] is separate
 _UREG.define("international_unit_arb = [arbitrary_iu] = IU_arb")
