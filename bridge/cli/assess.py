@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 from rich.table import Table
@@ -188,7 +188,7 @@ def _publish(base_url: str, settings: Settings, run: AssessRun) -> None:
     deceased = {p.ref for p in run.patients if p.deceased}
     written: list[Written] = []
     with client_for(base_url, settings) as client:
-        for patient in doc["patients"]:  # type: ignore[attr-defined]
+        for patient in cast(list[dict[str, Any]], doc["patients"]):
             written += publish_assessment(client, patient, run.options.as_of, run.options.comparators,
                                           run.options.cri_reading, patient["patient"] in deceased)
     counts = {k: sum(1 for w in written if w.outcome == k) for k in ("created", "updated", "unchanged")}
