@@ -431,15 +431,36 @@ def default_processes() -> int:
         return os.cpu_count() or 1
 
 
+def _pack(version: tuple[Any, ...]) -> Any:
+    """A version key as small as it can be held: ``(versionId, "", order)`` — the common case, no
+    ``meta.lastUpdated`` — as one int that orders the same way; any other key as the tuple itself."""
+    vid, updated, order = version
+    return ((vid + 1) << 64) + order if updated == "" and vid >= -1 and 0 <= order < 1 << 64 else version
+
+
+def _unpack(packed: Any) -> tuple[Any, ...]:
+    if isinstance(packed, int):
+        return (packed >> 64) - 1, "", packed & ((1 << 64) - 1)
+    return tuple(packed)
+
+
+def _newer_or_same(a: Any, b: Any) -> bool:
+    """``a >= b`` for packed version keys, exactly as the tuples compare."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a >= b
+    return _unpack(a) >= _unpack(b)
+
+
 class _Merge:
     """Chunk results merged in plan order: global line numbers, the newest version of each kept resource
-    (its key only; the resources stay pickled per patient and chunk, spilled to an anonymous temporary file
-    so the parent's memory does not grow with the candidates' facts), and the digests of dropped resources."""
+    (its key only, by the reference's 64-bit digest and a packed version; the resources stay pickled per
+    patient and chunk, spilled to an anonymous temporary file), and the digests of dropped resources. What the
+    parent holds per kept resource is two small ints, so its memory barely grows with the candidates."""
 
     def __init__(self, files: Sequence[Path], cmap: CodeMap) -> None:
         self.names, self.cmap = [p.name for p in files], cmap
         self.offsets = [0] * len(files)
-        self.newest: dict[str, tuple[Any, ...]] = {}  # ref -> version key of the version that wins
+        self.newest: dict[int, Any] = {}  # digest(ref) -> packed version key of the version that wins
         self.blobs: dict[str, list[tuple[int, int]]] = {}  # patient -> (offset, length) of pickled groups
         self.spill = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the merge; closed in _patients
         self.problems: dict[tuple[str, tuple[Any, ...]], tuple[str, ...]] = {}
@@ -463,9 +484,10 @@ class _Merge:
 
     def _keep(self, packed: Packed) -> None:
         for ref, version in packed.versions:
-            current = self.newest.get(ref)
-            if current is None or version >= current:  # the assembler's rule: the newest version wins
-                self.newest[ref] = version
+            key, value = digest(ref), _pack(version)
+            current = self.newest.get(key)
+            if current is None or _newer_or_same(value, current):  # the assembler's rule: the newest version wins
+                self.newest[key] = value
         versions = dict(packed.versions)
         self.problems.update({(ref, versions[ref]): problems for ref, problems in packed.problems})
         offset = self.spill.seek(0, os.SEEK_END)
@@ -473,14 +495,26 @@ class _Merge:
         self.blobs.setdefault(sys.intern(packed.patient), []).append((offset, len(packed.blob)))
 
     def collisions(self) -> set[str]:
-        """Kept references that share a digest with a dropped resource (a version kept, another dropped)."""
-        kept = {digest(ref): ref for ref in self.newest}
-        return {kept[d] for d in self.dropped if d in kept}
+        """Kept references that share a digest with a dropped resource (a version kept, another dropped).
+        Rare: only then are the kept resources' references read back from the spill file."""
+        hits = {d for d in self.dropped if d in self.newest}
+        if not hits:
+            return set()
+        return {ref for ref, _, _ in self._spilled() if digest(ref) in hits}
+
+    def _spilled(self) -> Iterator[tuple[str, tuple[Any, ...], Normalized]]:
+        for groups in self.blobs.values():
+            for offset, length in groups:
+                self.spill.seek(offset)
+                yield from pickle.loads(self.spill.read(length))  # noqa: S301 - pickled by our own workers
+
+    def _wins(self, ref: str, version: tuple[Any, ...]) -> bool:
+        return bool(self.newest[digest(ref)] == _pack(version))
 
     def finish(self) -> tuple[Iterator[PatientFacts], ReadReport]:
         """The patients, assembled one at a time as they are consumed, and the report (warnings in ref order)."""
-        self.report.warnings = [w for ref in sorted(self.newest) for w in self.problems.get((ref, self.newest[ref]),
-                                                                                            ())]
+        found = sorted(self.problems.items(), key=lambda item: item[0][0])
+        self.report.warnings = [w for (ref, version), ws in found if self._wins(ref, version) for w in ws]
         self.problems.clear()
         return self._patients(), self.report
 
@@ -492,7 +526,7 @@ class _Merge:
                     self.spill.seek(offset)
                     blob = self.spill.read(length)
                     for ref, version, norm in pickle.loads(blob):  # noqa: S301 - pickled by our own workers
-                        if self.newest[ref] == version:
+                        if self._wins(ref, version):
                             asm.keep(ref, version, norm)
                 yield from asm.patients()
 
