@@ -472,3 +472,17 @@ def test_positioned_assembler_orders_by_position_not_arrival() -> None:
     asm.add_at(Entry(earlier, "x"), order=100)  # arrives second, but sits earlier in the directory
     (pf,) = asm.patients()
     assert [f.value.value for f in pf.facts] == [99.0]  # type: ignore[union-attr]
+
+
+_versions = st.tuples(st.integers(min_value=-1, max_value=10**6),
+                      st.sampled_from(["", "2026-01-01T00:00:00Z", "2026-06-15T07:30:00+08:00"]),
+                      st.integers(min_value=0, max_value=(1 << 64) - 1))
+
+
+@given(_versions, _versions)
+def test_packed_version_keys_order_exactly_as_the_tuples(a: tuple, b: tuple) -> None:  # type: ignore[type-arg]
+    from bridge.bulk import _newer_or_same, _pack, _unpack
+
+    assert _unpack(_pack(a)) == a
+    assert _newer_or_same(_pack(a), _pack(b)) == (a >= b)
+    assert (_pack(a) == _pack(b)) == (a == b)
