@@ -431,17 +431,27 @@ def default_processes() -> int:
         return os.cpu_count() or 1
 
 
+_STAMP_BYTES = 32  # meta.lastUpdated values up to this length (ASCII, no NUL) pack into the int
+
+
 def _pack(version: tuple[Any, ...]) -> Any:
-    """A version key as small as it can be held: ``(versionId, "", order)`` — the common case, no
-    ``meta.lastUpdated`` — as one int that orders the same way; any other key as the tuple itself."""
+    """A version key ``(versionId, lastUpdated, order)`` as one int that orders exactly as the tuple does: the
+    lastUpdated string, NUL-padded to a fixed width, compares as a big-endian number the way Python compares the
+    strings. A key that does not fit (a very long or non-ASCII stamp) stays the tuple itself."""
     vid, updated, order = version
-    return ((vid + 1) << 64) + order if updated == "" and vid >= -1 and 0 <= order < 1 << 64 else version
+    raw = updated.encode("ascii", "replace") if isinstance(updated, str) else b"\0"
+    if vid < -1 or not 0 <= order < 1 << 64 or len(raw) > _STAMP_BYTES or not updated.isascii() or b"\0" in raw:
+        return version
+    stamp = int.from_bytes(raw.ljust(_STAMP_BYTES, b"\0"), "big")
+    return ((((vid + 1) << (8 * _STAMP_BYTES)) | stamp) << 64) | order
 
 
 def _unpack(packed: Any) -> tuple[Any, ...]:
-    if isinstance(packed, int):
-        return (packed >> 64) - 1, "", packed & ((1 << 64) - 1)
-    return tuple(packed)
+    if not isinstance(packed, int):
+        return tuple(packed)
+    order, rest = packed & ((1 << 64) - 1), packed >> 64
+    stamp = (rest & ((1 << (8 * _STAMP_BYTES)) - 1)).to_bytes(_STAMP_BYTES, "big").rstrip(b"\0").decode("ascii")
+    return (rest >> (8 * _STAMP_BYTES)) - 1, stamp, order
 
 
 def _newer_or_same(a: Any, b: Any) -> bool:
@@ -461,7 +471,7 @@ class _Merge:
         self.names, self.cmap = [p.name for p in files], cmap
         self.offsets = [0] * len(files)
         self.newest: dict[int, Any] = {}  # digest(ref) -> packed version key of the version that wins
-        self.blobs: dict[str, list[tuple[int, int]]] = {}  # patient -> (offset, length) of pickled groups
+        self.blobs: dict[str, array[int]] = {}  # patient -> offset, length, offset, length, ... of pickled groups
         self.spill = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the merge; closed in _patients
         self.problems: dict[tuple[str, tuple[Any, ...]], tuple[str, ...]] = {}
         self.report = ReadReport()
@@ -492,7 +502,7 @@ class _Merge:
         self.problems.update({(ref, versions[ref]): problems for ref, problems in packed.problems})
         offset = self.spill.seek(0, os.SEEK_END)
         self.spill.write(packed.blob)
-        self.blobs.setdefault(sys.intern(packed.patient), []).append((offset, len(packed.blob)))
+        self.blobs.setdefault(sys.intern(packed.patient), array("q")).extend((offset, len(packed.blob)))
 
     def collisions(self) -> set[str]:
         """Kept references that share a digest with a dropped resource (a version kept, another dropped).
@@ -504,7 +514,7 @@ class _Merge:
 
     def _spilled(self) -> Iterator[tuple[str, tuple[Any, ...], Normalized]]:
         for groups in self.blobs.values():
-            for offset, length in groups:
+            for offset, length in zip(groups[::2], groups[1::2], strict=True):
                 self.spill.seek(offset)
                 yield from pickle.loads(self.spill.read(length))  # noqa: S301 - pickled by our own workers
 
@@ -522,7 +532,8 @@ class _Merge:
         with self.spill:
             for pid in sorted(self.blobs):
                 asm = PositionedAssembler(self.cmap)
-                for offset, length in self.blobs.pop(pid):
+                groups = self.blobs.pop(pid)
+                for offset, length in zip(groups[::2], groups[1::2], strict=True):
                     self.spill.seek(offset)
                     blob = self.spill.read(length)
                     for ref, version, norm in pickle.loads(blob):  # noqa: S301 - pickled by our own workers

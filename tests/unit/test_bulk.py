@@ -475,7 +475,9 @@ def test_positioned_assembler_orders_by_position_not_arrival() -> None:
 
 
 _versions = st.tuples(st.integers(min_value=-1, max_value=10**6),
-                      st.sampled_from(["", "2026-01-01T00:00:00Z", "2026-06-15T07:30:00+08:00"]),
+                      st.one_of(st.sampled_from(["", "2026-01-01T00:00:00Z", "2026-06-15T07:30:00+08:00",
+                                                 "2026-06-15T07:30:00.123+08:00", "2026-06-15"]),
+                                st.text(max_size=45)),
                       st.integers(min_value=0, max_value=(1 << 64) - 1))
 
 
