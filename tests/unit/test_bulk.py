@@ -488,3 +488,26 @@ def test_packed_version_keys_order_exactly_as_the_tuples(a: tuple, b: tuple) -> 
     assert _unpack(_pack(a)) == a
     assert _newer_or_same(_pack(a), _pack(b)) == (a >= b)
     assert (_pack(a) == _pack(b)) == (a == b)
+
+
+@pytest.mark.parametrize("stamps", [
+    ("2026-06-01T08:00:00+08:00", "2026-06-02T08:00:00.000000000000+08:00"),  # the newer stamp does not pack
+    ("2026-06-02T08:00:00.000000000000+08:00", "2026-06-01T08:00:00+08:00"),  # the older one does not
+    ("2026-06-01T08:00:00+08:00", "2026-06-02T08:00:00+08:00"),
+])
+@pytest.mark.parametrize("later_file", ["Observation.ndjson", "Observation.0.ndjson"])
+def test_last_updated_decides_between_versions_as_in_the_per_patient_path(tmp_path: Path, stamps: tuple[str, str],
+                                                                          later_file: str) -> None:
+    d = tmp_path / "stamps"
+    d.mkdir()
+    dx = {"resourceType": "Condition", "id": "dx", "code": {"coding": [{"system": ICD10CM, "code": "C92.02"}]},
+          "subject": {"reference": f"Patient/{CAND}"}}
+    (d / "Condition.ndjson").write_bytes(dumps(dx) + b"\n")
+    one = obs("ast", [{"system": LOINC, "code": "1920-8"}], q(30, "U/L"), meta={"lastUpdated": stamps[0]})
+    two = {**one, "valueQuantity": q(500, "U/L"), "meta": {"lastUpdated": stamps[1]}}
+    (d / "Observation.ndjson").write_bytes(dumps(one) + b"\n")
+    with (d / later_file).open("ab") as handle:
+        handle.write(dumps(two) + b"\n")
+    reference = full(d)
+    assert_same_verdicts(fast(d, 1), reference)
+    assert_same_verdicts(fast(d, 2, 64), reference)
