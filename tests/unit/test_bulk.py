@@ -504,10 +504,12 @@ def test_last_updated_decides_between_versions_as_in_the_per_patient_path(tmp_pa
           "subject": {"reference": f"Patient/{CAND}"}}
     (d / "Condition.ndjson").write_bytes(dumps(dx) + b"\n")
     one = obs("ast", [{"system": LOINC, "code": "1920-8"}], q(30, "U/L"), meta={"lastUpdated": stamps[0]})
-    two = {**one, "valueQuantity": q(500, "U/L"), "meta": {"lastUpdated": stamps[1]}}
+    two = {**one, **q(500, "U/L"), "meta": {"lastUpdated": stamps[1]}}
     (d / "Observation.ndjson").write_bytes(dumps(one) + b"\n")
     with (d / later_file).open("ab") as handle:
         handle.write(dumps(two) + b"\n")
     reference = full(d)
+    newest = 500 if stamps[1] > stamps[0] else 30
+    assert f"AST {newest} U/L" in reference.screenings[0].verdict("inc-organ-function").reason
     assert_same_verdicts(fast(d, 1), reference)
     assert_same_verdicts(fast(d, 2, 64), reference)
