@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from bridge.client import FhirClient
+
+from .peer import PeerServer
 
 Json = dict[str, Any]
 TYPE_ORDER = {"Patient": 0}
@@ -100,5 +103,15 @@ def provenance_targets(client: FhirClient) -> Counter[str]:
     return counts
 
 
-__all__ = ["all_resources", "load_bundle", "provenance_targets", "rounds", "sample_resources",
+
+
+@contextmanager
+def peer_holding(executable: Path, bundle: Json | Path | str) -> Iterator[PeerServer]:
+    """A fresh peer (empty database) loaded with ``bundle``, stopped on exit: one per test module."""
+    with PeerServer(executable) as srv, FhirClient(srv.base_url) as fhir:
+        load_bundle(fhir, bundle)
+        yield srv
+
+
+__all__ = ["all_resources", "load_bundle", "peer_holding", "provenance_targets", "rounds", "sample_resources",
            "transaction_bundles"]

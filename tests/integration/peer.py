@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -22,6 +21,8 @@ from typing import Any
 
 import requests
 import yaml
+
+from tests.processes import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PEER_SCRIPT = REPO_ROOT / "scripts" / "peer-server"
@@ -68,13 +69,6 @@ def _build_with_script(env: dict[str, str]) -> Path:
         tail = done.stderr.strip().splitlines()[-3:]
         raise PeerUnavailable(f"scripts/peer-server failed (exit {done.returncode}): {' | '.join(tail)}")
     return Path(lines[-1])
-
-
-def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PeerServer:

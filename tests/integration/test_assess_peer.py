@@ -20,7 +20,7 @@ from bridge.client import FhirClient
 from bridge.publish.outcomes import OUTCOME_ID_SYSTEM
 from bridge.publish.validate import REPO_ROOT, validate_output
 
-from .loading import all_resources, load_bundle
+from .loading import all_resources, peer_holding
 from .peer import PeerServer
 from .test_cli_peer import Done, bridge
 
@@ -38,8 +38,7 @@ def _published(done: Done) -> tuple[int, int, int]:
 
 @pytest.fixture(scope="module")
 def server(sekmet_executable: Path) -> Iterator[PeerServer]:
-    with PeerServer(sekmet_executable) as srv, FhirClient(srv.base_url) as fhir:
-        load_bundle(fhir, BUNDLE)
+    with peer_holding(sekmet_executable, BUNDLE) as srv:
         yield srv
 
 

@@ -31,7 +31,7 @@ from bridge.publish.study import STUDY_LOGICAL_ID, research_study
 from bridge.publish.subject import SUBJECT_ID_SYSTEM, research_subject, verdicts_from_subject
 from bridge.publish.validate import REPO_ROOT
 
-from .loading import all_resources, load_bundle, provenance_targets, sample_resources
+from .loading import all_resources, peer_holding, provenance_targets, sample_resources
 from .peer import PeerServer
 
 pytestmark = pytest.mark.peer
@@ -70,8 +70,7 @@ def bridge(*args: str) -> Done:
 @pytest.fixture(scope="module")
 def server(sekmet_executable: Path) -> Iterator[PeerServer]:
     """One fresh peer for this module, holding the sample records."""
-    with PeerServer(sekmet_executable) as srv, FhirClient(srv.base_url) as fhir:
-        load_bundle(fhir, BUNDLE)
+    with peer_holding(sekmet_executable, BUNDLE) as srv:
         yield srv
 
 

@@ -28,7 +28,7 @@ from bridge.normalize.mappings import CodeMap, load_code_map
 from bridge.pipeline import PrescreenRun, prescreen, prescreen_items
 from bridge.publish.validate import REPO_ROOT
 
-from .loading import all_resources, load_bundle, sample_resources
+from .loading import all_resources, peer_holding, sample_resources
 from .peer import PeerServer
 
 pytestmark = pytest.mark.peer
@@ -46,8 +46,7 @@ def cmap() -> CodeMap:
 @pytest.fixture(scope="module")
 def server(sekmet_executable: Path) -> Iterator[PeerServer]:
     """One peer with an empty database for this module, loaded with the samples."""
-    with PeerServer(sekmet_executable) as srv, FhirClient(srv.base_url) as fhir:
-        load_bundle(fhir, BUNDLE)
+    with peer_holding(sekmet_executable, BUNDLE) as srv:
         yield srv
 
 

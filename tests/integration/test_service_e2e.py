@@ -30,9 +30,10 @@ from bridge.pipeline import prescreen_items
 from bridge.publish.subject import subject_identifier, verdicts_from_subject
 from bridge.service.triggers import patient_of
 from bridge.store import SqliteStore
+from tests.processes import free_port, wait_until_healthy
 
 from .loading import load_bundle, sample_resources
-from .peer import PeerServer, free_port
+from .peer import PeerServer
 
 pytestmark = pytest.mark.peer
 
@@ -70,15 +71,8 @@ class Service:
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen([sys.executable, "server.py", "--config", str(self.config)], cwd=REPO,
                                          stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()
-            try:
-                if requests.get(f"{self.url}/healthz", timeout=1).ok:
-                    return self
-            except requests.RequestException:
-                time.sleep(0.1)
-        raise AssertionError(f"the service did not start; see {self.log}")
+        wait_until_healthy(self.proc, self.url, self.log)
+        return self
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

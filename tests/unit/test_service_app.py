@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from bridge.service.channels import channel_secret
 from bridge.service.logs import JsonFormatter, clean, configure_logging
 from bridge.service.worker import Worker, WorkerConfig
 from bridge.store import PublishedRecord, SqliteStore
+from tests.processes import free_port, wait_until_healthy
 
 from .test_notifications import backport_bundle, encounter, observation
 from .test_worker import Clock, FakeEhr, FakeRescreen
@@ -421,12 +421,6 @@ def test_log_fields_are_whitelisted_and_values_must_look_like_ids() -> None:
 # ------------------------------------------------------------------------------------------ a real server
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Harness:
     """``tests.unit.service_harness`` as a child process (uvicorn, 2 worker threads, a recording re-screen)."""
 
@@ -443,15 +437,8 @@ class Harness:
                "--port", str(port), "--secret", SECRET, "--delay", str(self.delay)]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()
-            try:
-                if requests.get(f"{self.url}/healthz", timeout=1).ok:
-                    return self
-            except requests.RequestException:
-                time.sleep(0.05)
-        raise AssertionError("the service did not start")
+        wait_until_healthy(self.proc, self.url, self.log, poll=0.05)
+        return self
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
