@@ -55,9 +55,11 @@ from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
+import numpy
 import orjson
 
 from bridge.fhirmodels import model_class
@@ -192,29 +194,65 @@ class PositionedAssembler(PatientAssembler):
         self.add(entry)
         return self.report.skipped[before:]
 
-    def packed(self) -> list[Packed]:
-        """The kept slots grouped per patient, each group pickled once: compact while it waits in the parent."""
-        groups: dict[str, list[tuple[str, tuple[Any, ...], Normalized]]] = {}
+    def packed(self) -> list[tuple[str, bytes, bytes, Problems]]:
+        """The kept slots grouped per patient: ``(patient, digests, pickled group, problems)``; the group is the
+        list of ``(ref, version, normalized)``, ``digests`` the 64-bit digest of each ref in that order
+        (``array("q")`` bytes) and ``problems`` the warnings of those that have any."""
+        groups: dict[str, Group] = {}
         for ref, slot in self._slots.items():
             groups.setdefault(slot.norm.patient_id or "", []).append((ref, slot.version, slot.norm))
-        return [Packed(pid, tuple((ref, version) for ref, version, _ in items),
-                       pickle.dumps(items, pickle.HIGHEST_PROTOCOL),
-                       tuple((ref, tuple(norm.problems)) for ref, _, norm in items if norm.problems))
+        return [(pid, array("q", (digest(ref) for ref, _, _ in items)).tobytes(),
+                 pickle.dumps(items, pickle.HIGHEST_PROTOCOL),
+                 tuple((ref, version, tuple(norm.problems)) for ref, version, norm in items if norm.problems))
                 for pid, items in groups.items()]
 
-    def keep(self, ref: str, version: tuple[Any, ...], norm: Normalized) -> None:
+    def keep(self, ref: str, version: tuple[int, str, int], norm: Normalized) -> None:
         self._keep(ref, version, norm)
+
+
+Group = list[tuple[str, tuple[int, str, int], Normalized]]
+Problems = tuple[tuple[str, tuple[int, str, int], tuple[str, ...]], ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Packed:
-    """One patient's kept resources from one chunk: references with version keys, and the normalized
-    resources pickled together (the parent unpickles them only when it assembles that patient)."""
+    """One patient's kept resources from one chunk: where their pickled group lies in the spill file, the
+    64-bit digest of each reference (``array("q")`` bytes, in the group's order) and their warnings."""
 
     patient: str
-    versions: tuple[tuple[str, tuple[Any, ...]], ...]
-    blob: bytes
-    problems: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    digests: bytes
+    offset: int
+    length: int
+    problems: Problems = ()
+
+
+class Spill:
+    """An anonymous temporary file (unlinked at once, so nothing is left behind even if the process is
+    killed) that the workers append to and the parent reads back: the candidates' pickled resources never
+    pass through the parent's memory while the directory is read. Forked workers inherit its descriptor and
+    lock; positioned writes under the lock keep the appends of several processes apart (POSIX)."""
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+        self.fd = self.file.fileno()
+        self.lock = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
+                                                else None).Lock()
+
+    def append(self, data: bytes) -> int:
+        """Writes ``data`` at the end of the file; returns where it starts."""
+        with self.lock:
+            offset = os.fstat(self.fd).st_size
+            view, at = memoryview(data), offset
+            while view:
+                written = os.pwrite(self.fd, view, at)
+                view, at = view[written:], at + written
+        return offset
+
+    def read(self, offset: int, length: int) -> bytes:
+        return os.pread(self.fd, length, offset)
+
+    def close(self) -> None:
+        self.file.close()
 
 
 # ------------------------------------------------------------------------------------------- the workers
@@ -252,6 +290,7 @@ class Scope:
     candidates: frozenset[str] = frozenset()
     pass_one_files: frozenset[int] = frozenset()
     keep_refs: frozenset[str] = frozenset()
+    spill: Spill | None = None  # pass 2: where the workers put the kept resources and the dropped digests
 
     @cached_property
     def filter(self) -> PatientFilter:
@@ -273,7 +312,7 @@ class ChunkResult:
     used: int = 0
     slots: list[Packed] = field(default_factory=list)
     skipped: list[tuple[int, Skipped]] = field(default_factory=list)
-    dropped: list[int] = field(default_factory=list)
+    dropped: tuple[int, int] = (0, 0)  # offset, length of the dropped digests in the spill file
     strays: set[str] = field(default_factory=set)
 
 
@@ -329,12 +368,28 @@ class ChunkReader:
         self.asm = PositionedAssembler(scope.cmap)
         self.result = ChunkResult(chunk)
         self.stray_check = chunk.file_index not in scope.pass_one_files
+        self.dropped = array("q")
 
     def run(self) -> ChunkResult:
         self.result.lines = self._range(0, len(self.buf), 1)
-        self.result.slots = self.asm.packed()
         self.result.used = self.asm.report.used
+        self._spill()
         return self.result
+
+    def _spill(self) -> None:
+        """Writes the kept groups and the dropped digests to the spill file, in one append; the result keeps
+        where they are."""
+        if self.scope.spill is None:
+            raise RuntimeError("pass 2 needs a spill file")
+        groups, dropped = self.asm.packed(), self.dropped.tobytes()
+        if not groups and not dropped:
+            return
+        base = self.scope.spill.append(b"".join(blob for _, _, blob, _ in groups) + dropped)
+        at = base
+        for pid, digests, blob, problems in groups:
+            self.result.slots.append(Packed(pid, digests, at, len(blob), problems))
+            at += len(blob)
+        self.result.dropped = (at, len(dropped))
 
     def _range(self, lo: int, hi: int, first_line: int) -> int:
         """Read ``buf[lo:hi]`` (whole lines, the first numbered ``first_line``); returns its line count."""
@@ -411,7 +466,7 @@ class ChunkReader:
             for skipped in self.asm.add_at(Entry(res, _UNPLACED), order):
                 self._skip(start, lineno, skipped)
         else:
-            self.result.dropped.append(digest(ref))
+            self.dropped.append(digest(ref))
 
     def _skip(self, start: int, lineno: int | None, skipped: Skipped) -> None:
         local = lineno if lineno is not None else count_newlines(self.buf, 0, start) + 1
@@ -431,51 +486,31 @@ def default_processes() -> int:
         return os.cpu_count() or 1
 
 
-_STAMP_BYTES = 32  # meta.lastUpdated values up to this length (ASCII, no NUL) pack into the int
-
-
-def _pack(version: tuple[Any, ...]) -> Any:
-    """A version key ``(versionId, lastUpdated, order)`` as one int that orders exactly as the tuple does: the
-    lastUpdated string, NUL-padded to a fixed width, compares as a big-endian number the way Python compares the
-    strings. A key that does not fit (a very long or non-ASCII stamp) stays the tuple itself."""
-    vid, updated, order = version
-    raw = updated.encode("ascii", "replace") if isinstance(updated, str) else b"\0"
-    if vid < -1 or not 0 <= order < 1 << 64 or len(raw) > _STAMP_BYTES or not updated.isascii() or b"\0" in raw:
-        return version
-    stamp = int.from_bytes(raw.ljust(_STAMP_BYTES, b"\0"), "big")
-    return ((((vid + 1) << (8 * _STAMP_BYTES)) | stamp) << 64) | order
-
-
-def _unpack(packed: Any) -> tuple[Any, ...]:
-    if not isinstance(packed, int):
-        return tuple(packed)
-    order, rest = packed & ((1 << 64) - 1), packed >> 64
-    stamp = (rest & ((1 << (8 * _STAMP_BYTES)) - 1)).to_bytes(_STAMP_BYTES, "big").rstrip(b"\0").decode("ascii")
-    return (rest >> (8 * _STAMP_BYTES)) - 1, stamp, order
-
-
-def _newer_or_same(a: Any, b: Any) -> bool:
-    """``a >= b`` for packed version keys, exactly as the tuples compare."""
-    if isinstance(a, int) and isinstance(b, int):
-        return a >= b
-    return _unpack(a) >= _unpack(b)
+_BLOCK = 1 << 15  # digests compared per step at the end: temporaries of a few hundred KiB
 
 
 class _Merge:
-    """Chunk results merged in plan order: global line numbers, the newest version of each kept resource
-    (its key only, by the reference's 64-bit digest and a packed version; the resources stay pickled per
-    patient and chunk, spilled to an anonymous temporary file), and the digests of dropped resources. What the
-    parent holds per kept resource is two small ints, so its memory barely grows with the candidates."""
+    """Chunk results merged in plan order: global line numbers, the kept resources and the digests of the
+    dropped ones.
+
+    The workers write the kept resources (pickled per patient and chunk) and the dropped resources' digests to
+    the spill file; the parent holds 12 bytes per kept resource (its reference's 64-bit digest and the index
+    of the group holding it) and 16 per group, so its memory barely grows with the candidates. "The newest
+    version wins" is resolved at the end: only the references whose digest was kept more than once (several
+    versions of a resource, rare) are read back and compared, by their exact references and version keys."""
 
     def __init__(self, files: Sequence[Path], cmap: CodeMap) -> None:
         self.names, self.cmap = [p.name for p in files], cmap
         self.offsets = [0] * len(files)
-        self.newest: dict[int, Any] = {}  # digest(ref) -> packed version key of the version that wins
-        self.blobs: dict[str, array[int]] = {}  # patient -> offset, length, offset, length, ... of pickled groups
-        self.spill = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the merge; closed in _patients
-        self.problems: dict[tuple[str, tuple[Any, ...]], tuple[str, ...]] = {}
+        self.spill = Spill()
+        self.keys = array("q")  # digest(ref) of every kept resource, in arrival order
+        self.owner = array("i")  # the group holding each of them
+        self.spans = array("q")  # offset, length of each group in the spill file
+        self.blobs: dict[str, array[int]] = {}  # patient -> its groups
+        self.dropped = array("q")  # offset, length of each chunk's dropped digests in the spill file
+        self.problems: list[tuple[str, tuple[int, str, int], tuple[str, ...]]] = []
+        self.newest: dict[str, tuple[int, str, int]] = {}  # refs kept in several versions -> the winner's key
         self.report = ReadReport()
-        self.dropped = array("q")
         self.strays: set[str] = set()
 
     def add(self, result: ChunkResult) -> None:
@@ -486,60 +521,81 @@ class _Merge:
         self.offsets[fi] += result.lines
         for packed in result.slots:
             self._keep(packed)
+        if result.dropped[1]:
+            self.dropped.extend(result.dropped)
         self.report.read += result.read
         self.report.used += result.used
         self.report.ignored_types += result.ignored_types
-        self.dropped.extend(result.dropped)
         self.strays |= result.strays
 
     def _keep(self, packed: Packed) -> None:
-        for ref, version in packed.versions:
-            key, value = digest(ref), _pack(version)
-            current = self.newest.get(key)
-            if current is None or _newer_or_same(value, current):  # the assembler's rule: the newest version wins
-                self.newest[key] = value
-        versions = dict(packed.versions)
-        self.problems.update({(ref, versions[ref]): problems for ref, problems in packed.problems})
-        offset = self.spill.seek(0, os.SEEK_END)
-        self.spill.write(packed.blob)
-        self.blobs.setdefault(sys.intern(packed.patient), array("q")).extend((offset, len(packed.blob)))
+        group = len(self.spans) // 2
+        self.spans.extend((packed.offset, packed.length))
+        before = len(self.keys)
+        self.keys.frombytes(packed.digests)
+        self.owner.extend(repeat(group, len(self.keys) - before))
+        self.blobs.setdefault(sys.intern(packed.patient), array("i")).append(group)
+        self.problems.extend(packed.problems)
+
+    def _group(self, group: int) -> Group:
+        blob = self.spill.read(self.spans[2 * group], self.spans[2 * group + 1])
+        return pickle.loads(blob)  # noqa: S301 - pickled by our own workers
+
+    def _holding(self, digests: set[int]) -> Iterator[tuple[str, tuple[int, str, int], Normalized]]:
+        """The kept resources whose reference has one of ``digests`` (read back from the spill file)."""
+        groups = sorted({self.owner[i] for i, key in enumerate(self.keys) if key in digests})
+        for group in groups:
+            yield from (item for item in self._group(group) if digest(item[0]) in digests)
+
+    def _dropped_blocks(self) -> Iterator[numpy.ndarray[Any, Any]]:
+        for offset, length in zip(self.dropped[::2], self.dropped[1::2], strict=True):
+            for at in range(offset, offset + length, 8 * _BLOCK):
+                yield numpy.frombuffer(self.spill.read(at, min(8 * _BLOCK, offset + length - at)), numpy.int64)
 
     def collisions(self) -> set[str]:
         """Kept references that share a digest with a dropped resource (a version kept, another dropped).
-        Rare: only then are the kept resources' references read back from the spill file."""
-        hits = {d for d in self.dropped if d in self.newest}
-        if not hits:
-            return set()
-        return {ref for ref, _, _ in self._spilled() if digest(ref) in hits}
+        The dropped digests are streamed from the spill file against the sorted kept ones; only on a hit (rare)
+        are kept references read back."""
+        kept = numpy.sort(numpy.frombuffer(self.keys, numpy.int64))
+        hits: set[int] = set()
+        if kept.size:
+            for block in self._dropped_blocks():
+                where = numpy.minimum(numpy.searchsorted(kept, block), kept.size - 1)
+                hits.update(block[kept[where] == block].tolist())
+        return {ref for ref, _, _ in self._holding(hits)} if hits else set()
 
-    def _spilled(self) -> Iterator[tuple[str, tuple[Any, ...], Normalized]]:
-        for groups in self.blobs.values():
-            for offset, length in zip(groups[::2], groups[1::2], strict=True):
-                self.spill.seek(offset)
-                yield from pickle.loads(self.spill.read(length))  # noqa: S301 - pickled by our own workers
+    def _resolve_versions(self) -> None:
+        """``newest``: for every reference whose digest was kept more than once, the version key that wins —
+        the assembler's rule (``version >= current``), over exact references and keys."""
+        kept = numpy.sort(numpy.frombuffer(self.keys, numpy.int64))
+        repeated = set(kept[1:][kept[1:] == kept[:-1]].tolist())
+        for ref, version, _ in self._holding(repeated) if repeated else ():
+            if ref not in self.newest or version >= self.newest[ref]:
+                self.newest[ref] = version
 
-    def _wins(self, ref: str, version: tuple[Any, ...]) -> bool:
-        return bool(self.newest[digest(ref)] == _pack(version))
+    def _wins(self, ref: str, version: tuple[int, str, int]) -> bool:
+        best = self.newest.get(ref)
+        return best is None or best == version
 
     def finish(self) -> tuple[Iterator[PatientFacts], ReadReport]:
         """The patients, assembled one at a time as they are consumed, and the report (warnings in ref order)."""
-        found = sorted(self.problems.items(), key=lambda item: item[0][0])
-        self.report.warnings = [w for (ref, version), ws in found if self._wins(ref, version) for w in ws]
+        self._resolve_versions()
+        found = sorted(self.problems, key=lambda item: item[0])
+        self.report.warnings = [w for ref, version, ws in found if self._wins(ref, version) for w in ws]
         self.problems.clear()
         return self._patients(), self.report
 
     def _patients(self) -> Iterator[PatientFacts]:
-        with self.spill:
+        try:
             for pid in sorted(self.blobs):
                 asm = PositionedAssembler(self.cmap)
-                groups = self.blobs.pop(pid)
-                for offset, length in zip(groups[::2], groups[1::2], strict=True):
-                    self.spill.seek(offset)
-                    blob = self.spill.read(length)
-                    for ref, version, norm in pickle.loads(blob):  # noqa: S301 - pickled by our own workers
+                for group in self.blobs.pop(pid):
+                    for ref, version, norm in self._group(group):
                         if self._wins(ref, version):
                             asm.keep(ref, version, norm)
                 yield from asm.patients()
+        finally:
+            self.spill.close()
 
 
 class _Pool:
@@ -591,14 +647,19 @@ def population_patients(directory: Path, cmap: CodeMap, progress: Callable[[int]
     keep: frozenset[str] = frozenset()
     while True:
         merged = _Merge(files, cmap)
-        scope = Scope(cmap, frozenset(candidates), pass_one, keep)
-        for result in _Pool(scope, workers).map(screen_chunk, plan):
-            merged.add(result)
-            if progress is not None:
-                progress(result.lines)
-        more, collide = merged.strays - candidates, merged.collisions() - keep
+        try:
+            scope = Scope(cmap, frozenset(candidates), pass_one, keep, merged.spill)
+            for result in _Pool(scope, workers).map(screen_chunk, plan):
+                merged.add(result)
+                if progress is not None:
+                    progress(result.lines)
+            more, collide = merged.strays - candidates, merged.collisions() - keep
+        except BaseException:
+            merged.spill.close()
+            raise
         if not more and not collide:
             return merged.finish()
+        merged.spill.close()
         candidates |= more
         keep |= collide
 
