@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
+from bridge import yamlload
 from bridge.errors import ConfigError
 
 OrganReading = Literal["organ-function", "literal"]
@@ -140,7 +141,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
     if path:
         try:
             text = Path(path).read_text(encoding="utf-8")
-            loaded = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+            loaded = json.loads(text) if str(path).endswith(".json") else yamlload.safe_load(text)
         except (OSError, ValueError, yaml.YAMLError) as exc:
             raise ConfigError(f"cannot read configuration file {path}: {type(exc).__name__}") from None
         if not isinstance(loaded, dict):

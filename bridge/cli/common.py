@@ -9,15 +9,17 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from bridge.client import FhirClient
 from bridge.config import Settings, load_settings
 from bridge.errors import BridgeError
+
+if TYPE_CHECKING:
+    from bridge.client import FhirClient
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -80,6 +82,8 @@ def settings_from(path: Any) -> Settings:
 
 def client_for(base_url: str, settings: Settings) -> FhirClient:
     """A client for ``base_url`` with the configured authentication (token only ever sent to that origin)."""
+    from bridge.client import FhirClient  # here: requests, JWT and crypto load only in commands that talk HTTP
+
     return FhirClient(base_url, settings)
 
 

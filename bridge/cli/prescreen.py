@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -23,12 +23,12 @@ from bridge.cli.common import (
 )
 from bridge.config import RuleOptions, Settings
 from bridge.evaluate.eligibility import ADVISORY, Screening
-from bridge.ingest.pull import pull
 from bridge.normalize.mappings import CodeMap, load_code_map
 from bridge.normalize.patients import ReadReport
 from bridge.pipeline import PrescreenRun, is_url, prescreen, prescreen_items, write_prescreen_json
-from bridge.publish.publisher import Written, publish_screenings
-from bridge.store import ScreeningRecord, SqliteStore
+
+if TYPE_CHECKING:  # HTTP, publishing and the store load only when --publish, a URL or --save asks for them
+    from bridge.publish.publisher import Written
 
 HELP = """Pre-screen patients for NCT04762485: every criterion met / not-met / unknown, with evidence.
 
@@ -101,6 +101,8 @@ def report_problems(report: ReadReport) -> None:
 
 def save_screenings(settings: Settings, run: PrescreenRun) -> None:
     """Record every screening in the state store (SQLite at ``db_path``), newest replacing older."""
+    from bridge.store import ScreeningRecord, SqliteStore
+
     store = SqliteStore(settings.db_path)
     try:
         now = time.time()
@@ -162,6 +164,8 @@ def command(
     if save:
         save_screenings(settings, run)
     if publish:
+        from bridge.publish.publisher import publish_screenings
+
         with client_for(publish, settings) as client:
             report_published(publish_screenings(client, run.screenings, options))
     if strict and run.report.skipped:
@@ -171,6 +175,8 @@ def command(
 def _run(source: str, options: RuleOptions, cmap: CodeMap, settings: Settings, patients: list[str] | None,
          tick: Callable[[int], None] | None, all_patients: bool = False, lazy: bool = False) -> PrescreenRun:
     if is_url(source):
+        from bridge.ingest.pull import pull
+
         with client_for(source, settings) as client:
             return prescreen_items(pull(client, cmap, options.as_of, patients), options, cmap, tick)
     if patients:

@@ -53,6 +53,7 @@ from typing import Any, Literal
 import jsonschema
 import yaml
 
+from bridge import yamlload
 from bridge.errors import InputError, Issue, MappingError
 from bridge.normalize.mappings import mappings_dir, profiles_dir
 
@@ -143,7 +144,7 @@ def load_lab_terms(table: Path | None = None, schema: Path | None = None) -> tup
 
 def _read_yaml(path: Path) -> Any:
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yamlload.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise MappingError(f"cannot read mapping table {path.name}: {exc.strerror}") from None
     except yaml.YAMLError as exc:

@@ -18,6 +18,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from bridge import yamlload
 from bridge.errors import Issue, MappingError, SourceUnreadable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,7 +120,7 @@ def _read(path: Path) -> Any:
     except OSError as exc:
         raise SourceUnreadable(f"{path}: cannot read ({exc.strerror})") from None
     try:
-        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        return json.loads(text) if path.suffix == ".json" else yamlload.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""

@@ -120,3 +120,36 @@ def test_population_mode_is_announced_and_all_patients_evaluates_everyone(tmp_pa
     out = bridge("prescreen", str(d), "--as-of", "2026-06-15", "--format", "json", "--all-patients")
     assert [r["patient"] for r in json.loads(out.stdout)["results"]] == ["Patient/p1"]
     assert "population mode" not in out.stderr
+
+
+_LOADED = """
+import sys
+from bridge.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(" ".join(sorted(m for m in sys.modules if m.startswith(("bridge.", "requests", "jwt", "fastapi")))),
+      file=sys.stderr)
+"""
+
+
+def test_a_command_loads_only_its_own_modules(tmp_path: Path) -> None:
+    """Start-up is most of a small run: ``bridge prescreen FILE`` imports neither the other commands nor HTTP."""
+    out = subprocess.run([sys.executable, "-c", _LOADED, "prescreen", str(small_bundle(tmp_path)), "--format", "json"],
+                         capture_output=True, text=True, timeout=120, check=False)
+    loaded = set(out.stderr.split()[-1000:])
+    assert "bridge.cli.prescreen" in loaded and "bridge.pipeline" in loaded
+    assert not loaded & {"bridge.cli.assess", "bridge.cli.registry", "bridge.cli.serve", "bridge.client",
+                         "requests", "jwt", "fastapi"}
+
+
+@pytest.mark.parametrize(("argv", "command"), [
+    (["prescreen", "x"], "prescreen"), (["--log-level", "DEBUG", "assess", "x"], "assess"),
+    (["--log-level=DEBUG", "registry", "status"], "registry"), (["--version"], None), (["--help"], None),
+    (["prescren"], None), ([], None),
+])
+def test_the_command_is_read_from_the_arguments(argv: list[str], command: str | None) -> None:
+    from bridge.cli import command_in
+
+    assert command_in(argv) == command
