@@ -35,6 +35,7 @@ PREFIX = b'{"resourceType":"'
 _PATIENT_TAIL = re.compile(rb'Patient/([^"\n]*)')
 _NEVER = re.compile(rb"(?!)")
 _NEWLINE = 10
+_CLOSE = ord("}")
 _BLOCK = 1 << 18  # newline counting in blocks: the temporary stays in cache, no page faults
 _TRIE_DEPTH = 200  # prefixes longer than this (never seen in practice) are not put in the trie (recursion)
 _EXTRA = 3  # bytes past the distinguishing point in the pattern's prefixes
@@ -58,7 +59,9 @@ def canonical_lines(buf: bytes, resource_type: str, lo: int = 0, hi: int | None 
     """The number of lines in ``buf[lo:hi]`` when every one is a canonical ``resource_type`` line, else None.
 
     The range holds whole lines; its last line may lack the newline (the end of a file). A blank line, a
-    ``\\r\\n`` ending, a truncated line or a line of another type makes the range non-canonical.
+    ``\\r\\n`` ending, a truncated line or a line of another type makes the range non-canonical. Checked on the
+    newlines' positions (``newline_positions``): the byte before each is ``}`` and the bytes after each
+    (but the last) are the canonical head — a few vector comparisons instead of a search for the head.
     """
     hi = len(buf) if hi is None else hi
     head = PREFIX + resource_type.encode("ascii") + b'"'
@@ -67,9 +70,26 @@ def canonical_lines(buf: bytes, resource_type: str, lo: int = 0, hi: int | None 
         return None
     if buf.find(b"\\", lo, hi) >= 0:
         return None
-    newlines = count_newlines(buf, lo, hi)
-    lines = newlines if terminated else newlines + 1
-    return lines if buf.count(b"}\n" + head, lo, hi) == lines - 1 else None
+    view = numpy.frombuffer(buf, numpy.uint8, count=hi - lo, offset=lo)
+    ends = newline_positions(buf, lo, hi) - lo
+    if ends.size and (ends[0] == 0 or not bool((view[ends - 1] == _CLOSE).all())):
+        return None  # a blank first line, or a line that does not end with "}" (truncated, "\r\n", ...)
+    starts = ends[:-1] + 1 if terminated else ends + 1  # every line but the first starts after a newline
+    if starts.size and int(starts[-1]) + len(head) > view.size:
+        return None  # the last line is shorter than the head
+    for i, byte in enumerate(head):
+        if not bool((view[starts + i] == byte).all()):
+            return None
+    return int(ends.size) if terminated else int(ends.size) + 1
+
+
+def newline_positions(buf: bytes, lo: int = 0, hi: int | None = None) -> numpy.ndarray[Any, numpy.dtype[numpy.intp]]:
+    """The indexes in ``buf`` of the newlines of ``buf[lo:hi]``, ascending (found block by block, so the
+    temporaries stay in cache)."""
+    hi = len(buf) if hi is None else hi
+    view = numpy.frombuffer(buf, numpy.uint8, count=hi - lo, offset=lo)
+    parts = [numpy.flatnonzero(view[i:i + _BLOCK] == _NEWLINE) + (lo + i) for i in range(0, hi - lo, _BLOCK)]
+    return numpy.concatenate(parts) if parts else numpy.empty(0, numpy.intp)
 
 
 def count_newlines(buf: bytes, lo: int = 0, hi: int | None = None) -> int:
@@ -180,4 +200,4 @@ class PatientFilter:
 
 
 __all__ = ["PREFIX", "PatientFilter", "canonical_lines", "count_newlines", "distinguishing_prefixes",
-           "is_canonical_line", "line_type"]
+           "is_canonical_line", "line_type", "newline_positions"]
