@@ -316,10 +316,10 @@ class ChunkResult:
     strays: set[str] = field(default_factory=set)
 
 
-_SCOPE: list[Scope] = []
+_SCOPE: list[Any] = []  # the worker's state: a Scope (passes 1 and 2) or a _Final (the final phase)
 
 
-def _set_scope(scope: Scope) -> None:
+def _set_scope(scope: Any) -> None:
     _SCOPE[:] = [scope]
 
 
@@ -577,50 +577,80 @@ class _Merge:
         best = self.newest.get(ref)
         return best is None or best == version
 
-    def finish(self) -> tuple[Iterator[PatientFacts], ReadReport]:
-        """The patients, assembled one at a time as they are consumed, and the report (warnings in ref order)."""
+    def finish(self, then: Callable[[PatientFacts], Any] | None = None, processes: int = 1
+               ) -> tuple[Iterator[Any], ReadReport]:
+        """The patients in id order — or ``then`` of each — computed as they are consumed, and the report
+        (warnings in ref order). With several processes, batches of patients are assembled (and ``then``
+        applied) in a pool of forked workers that read the spill file themselves; results come back in order."""
         self._resolve_versions()
         found = sorted(self.problems, key=lambda item: item[0])
         self.report.warnings = [w for ref, version, ws in found if self._wins(ref, version) for w in ws]
         self.problems.clear()
-        return self._patients(), self.report
+        return self._results(then, processes), self.report
 
-    def _patients(self) -> Iterator[PatientFacts]:
+    def assemble(self, pid: str) -> list[PatientFacts]:
+        """One patient's facts from their spilled groups, the newest version of each resource winning."""
+        asm = PositionedAssembler(self.cmap)
+        for group in self.blobs[pid]:
+            for ref, version, norm in self._group(group):
+                if self._wins(ref, version):
+                    asm.keep(ref, version, norm)
+        return asm.patients()
+
+    def _results(self, then: Callable[[PatientFacts], Any] | None, processes: int) -> Iterator[Any]:
         try:
-            for pid in sorted(self.blobs):
-                asm = PositionedAssembler(self.cmap)
-                for group in self.blobs.pop(pid):
-                    for ref, version, norm in self._group(group):
-                        if self._wins(ref, version):
-                            asm.keep(ref, version, norm)
-                yield from asm.patients()
+            pids = sorted(self.blobs)
+            size = max(1, min(_BATCH, len(pids) // (4 * processes)))
+            batches = [pids[i:i + size] for i in range(0, len(pids), size)]
+            for results in _Pool(_Final(self, then), processes).map(finish_batch, batches):
+                yield from results
         finally:
             self.spill.close()
 
 
+_BATCH = 64  # patients per task of the final phase
+
+
+@dataclass(frozen=True)
+class _Final:
+    """What the workers of the final phase need: the merged state (inherited on fork) and what to apply."""
+
+    merge: _Merge
+    then: Callable[[PatientFacts], Any] | None
+
+
+def finish_batch(pids: list[str]) -> list[Any]:
+    """The final phase for some patients (worker entry point): assembled, then ``then`` applied."""
+    state = _SCOPE[0]
+    assert isinstance(state, _Final)
+    facts = [pf for pid in pids for pf in state.merge.assemble(pid)]
+    return facts if state.then is None else [state.then(pf) for pf in facts]
+
+
 class _Pool:
-    """Runs one pass over chunks: in a process pool (fork where available) or in this process."""
+    """Runs one pass over tasks: in a process pool (fork where available) or in this process."""
 
-    def __init__(self, scope: Scope, processes: int) -> None:
-        self.scope, self.processes = scope, processes
+    def __init__(self, state: Any, processes: int) -> None:
+        self.state, self.processes = state, processes
 
-    def map(self, fn: Callable[[Chunk], Any], chunks: Sequence[Chunk]) -> Iterator[Any]:
-        _ = self.scope.filter, self.scope.codes  # built once here, inherited by the workers
-        for rtype in SCREENED_TYPES:
-            model_class(rtype)  # likewise the R4B models the workers validate with (imported lazily otherwise)
-        if self.processes <= 1 or len(chunks) <= 1:
-            _set_scope(self.scope)
+    def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[Any]:
+        if isinstance(self.state, Scope):
+            _ = self.state.filter, self.state.codes  # built once here, inherited by the workers
+            for rtype in SCREENED_TYPES:
+                model_class(rtype)  # likewise the R4B models the workers validate with (imported lazily otherwise)
+        methods = multiprocessing.get_all_start_methods()
+        if self.processes <= 1 or len(tasks) <= 1 or "fork" not in methods:
+            _set_scope(self.state)  # one process, or no fork (the spill file and the state are inherited)
             try:
-                yield from map(fn, chunks)
+                yield from map(fn, tasks)
             finally:
                 _SCOPE.clear()
             return
-        methods = multiprocessing.get_all_start_methods()
-        ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+        ctx = multiprocessing.get_context("fork")
         gc.freeze()  # forked workers share the parent's objects; a collection in them would copy every page
         try:
-            with ctx.Pool(min(self.processes, len(chunks)), initializer=_set_scope, initargs=(self.scope,)) as pool:
-                yield from pool.imap(fn, chunks)
+            with ctx.Pool(min(self.processes, len(tasks)), initializer=_set_scope, initargs=(self.state,)) as pool:
+                yield from pool.imap(fn, tasks)
         finally:
             gc.unfreeze()
 
@@ -638,8 +668,17 @@ def candidates_in(files: Sequence[Path], plan: Sequence[Chunk], cmap: CodeMap,
 def population_patients(directory: Path, cmap: CodeMap, progress: Callable[[int], None] | None = None, *,
                         processes: int | None = None, chunk_bytes: int = CHUNK_BYTES
                         ) -> tuple[Iterator[PatientFacts], ReadReport]:
-    """The facts of every patient with an acute-leukaemia Condition (assembled lazily, in id order: one
-    patient's objects at a time), and the read report."""
+    """The facts of every patient with an acute-leukaemia Condition (assembled lazily, in id order), and the
+    read report."""
+    return population_map(directory, cmap, None, progress, processes=processes, chunk_bytes=chunk_bytes)
+
+
+def population_map(directory: Path, cmap: CodeMap, then: Callable[[PatientFacts], Any] | None,
+                   progress: Callable[[int], None] | None = None, *, processes: int | None = None,
+                   chunk_bytes: int = CHUNK_BYTES) -> tuple[Iterator[Any], ReadReport]:
+    """``then`` of the facts of every patient with an acute-leukaemia Condition, in id order (the facts
+    themselves when ``then`` is None), computed lazily and in parallel; and the read report. ``then`` runs in
+    the worker processes: a module-level function or a ``functools.partial`` of one."""
     files = ndjson_files(directory)
     plan = plan_chunks(files, chunk_bytes)
     workers = processes or default_processes()
@@ -658,13 +697,13 @@ def population_patients(directory: Path, cmap: CodeMap, progress: Callable[[int]
             merged.spill.close()
             raise
         if not more and not collide:
-            return merged.finish()
+            return merged.finish(then, workers)
         merged.spill.close()
         candidates |= more
         keep |= collide
 
 
 __all__ = ["CHUNK_BYTES", "ELIGIBILITY_CONCEPTS", "CachedCodes", "Chunk", "ChunkReader", "ChunkResult",
-           "Packed", "PositionedAssembler", "Scope", "candidates_in", "default_processes", "digest", "file_type",
-           "find_candidates", "has_leukemia", "patient_of", "plan_chunks", "population_patients", "read_chunk",
-           "relevant", "screen_chunk"]
+           "Packed", "PositionedAssembler", "Scope", "Spill", "candidates_in", "default_processes", "digest",
+           "file_type", "find_candidates", "finish_batch", "has_leukemia", "patient_of", "plan_chunks",
+           "population_map", "population_patients", "read_chunk", "relevant", "screen_chunk"]

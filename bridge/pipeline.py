@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TextIO
 
 from bridge import STUDY_ID
-from bridge.bulk import population_patients
+from bridge.bulk import population_map
 from bridge.config import RuleOptions
 from bridge.evaluate.eligibility import CRITERIA, Screening, screen
 from bridge.ingest.readers import Item, read_source
@@ -73,11 +74,11 @@ def prescreen(source: str, options: RuleOptions, cmap: CodeMap,
     a JSON writer holds one patient's verdicts at a time.
     """
     if not all_patients and source != "-" and Path(source).is_dir():
-        patients, report = population_patients(Path(source), cmap, progress)
+        screened, report = population_map(Path(source), cmap, partial(screen, options=options, site_uln=cmap.uln),
+                                          progress)  # the patients are assembled and screened in the workers
         if lazy:
-            stream = (screen(p, options, cmap.uln) for p in patients)
-            return PrescreenRun(options, [], report, population=True, stream=stream)
-        return PrescreenRun(options, prescreen_patients(patients, options, cmap), report, population=True)
+            return PrescreenRun(options, [], report, population=True, stream=screened)
+        return PrescreenRun(options, list(screened), report, population=True)
     return prescreen_items(read_source(source), options, cmap, progress)
 
 

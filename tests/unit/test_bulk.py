@@ -160,6 +160,20 @@ def test_warnings_are_those_of_the_reported_patients_in_the_same_order(tmp_path:
     assert "nobody" not in reported
 
 
+@pytest.mark.parametrize("lazy", [False, True])
+def test_the_pipeline_screens_in_the_workers_and_keeps_the_order(population: Path, population_full: PrescreenRun,
+                                                                 lazy: bool) -> None:
+    """``prescreen(DIR)`` assembles and screens the patients in forked workers (``population_map``): the same
+    verdicts, in patient-id order, the same report, whether consumed as a list or lazily."""
+    run = prescreen(str(population), OPTIONS, cmap(), lazy=lazy)
+    screenings = list(run.stream) if lazy else run.screenings
+    assert [s.patient for s in screenings] == sorted(s.patient for s in screenings)
+    assert_same_verdicts(PrescreenRun(OPTIONS, screenings, run.report), population_full)
+    single = fast(population, 1)
+    assert screenings == single.screenings
+    assert run.report.warnings == single.report.warnings and run.report.skipped == single.report.skipped
+
+
 def test_memory_holds_only_candidates(population: Path) -> None:
     lazy, report = population_patients(population, cmap(), processes=1, chunk_bytes=1 << 16)
     patients = list(lazy)
@@ -443,6 +457,41 @@ def test_canonical_lines_in_a_range() -> None:
     assert canonical_lines(buf, "Condition") is None
     assert canonical_lines(buf, "Condition", lo, lo + 3 * len(good)) == 3
     assert canonical_lines(buf, "Condition", lo, lo + 3 * len(good) - 1) == 3  # the last newline cut off
+
+
+def _canonical_reference(buf: bytes, rtype: str, lo: int, hi: int) -> int | None:
+    """canonical_lines, spelled out line by line."""
+    part = buf[lo:hi]
+    lines = part[:-1].split(b"\n") if part.endswith(b"\n") else part.split(b"\n")
+    head = b'{"resourceType":"' + rtype.encode() + b'"'
+    ok = all(line.startswith(head) and line.endswith(b"}") and b"\\" not in line for line in lines)
+    return len(lines) if ok and part else None
+
+
+LINE = st.sampled_from([b'{"resourceType":"Observation","a":1}', b'{"resourceType":"Observation"}',
+                        b'{"resourceType":"Observation","s":"}"}', b'{"resourceType":"Observation","a":"x\\"}',
+                        b'{"resourceType":"Patient","a":1}', b'{"resourceType":"Observation","a":1', b"}", b"",
+                        b'{"resourceType":"Observation","a":1}\r', b'{"resourceType":"Obs"}', b"{"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(lines=st.lists(LINE, min_size=1, max_size=12), terminated=st.booleans(), cut=st.integers(0, 3))
+def test_canonical_lines_agrees_with_a_line_by_line_check(lines: list[bytes], terminated: bool, cut: int) -> None:
+    body = b"\n".join(lines) + (b"\n" if terminated else b"")
+    buf = b"x" * cut + body
+    assert canonical_lines(buf, "Observation", cut, len(buf)) == _canonical_reference(buf, "Observation", cut,
+                                                                                        len(buf))
+
+
+@pytest.mark.parametrize("size", [0, 1, 1000, (1 << 18) - 1, 1 << 18, (1 << 18) + 1, 700_001])
+def test_newline_positions_match_a_scan(size: int) -> None:
+    from bridge.ingest.prefilter import newline_positions
+
+    buf = bytes((i * 7919) % 11 + 5 for i in range(size))
+    want = [i for i, b in enumerate(buf) if b == 10]
+    assert newline_positions(buf).tolist() == want
+    lo, hi = size // 3, size - size // 5
+    assert newline_positions(buf, lo, hi).tolist() == [i for i in want if lo <= i < hi]
 
 
 @pytest.mark.parametrize("size", [0, 1, 1000, (1 << 18) - 1, 1 << 18, (1 << 18) + 1, 700_001])
