@@ -110,7 +110,7 @@ def read_ndjson_file(path: Path) -> Iterator[Item]:
             yield _ndjson_line(line, f"{path.name} line {lineno}")
 
 
-def _ndjson_line(line: bytes, where: str) -> Item:
+def _ndjson_line(line: bytes | bytearray, where: str) -> Item:
     try:
         resource = orjson.loads(line)
     except orjson.JSONDecodeError as exc:

@@ -22,6 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import bridge.bulk as bulk
 from bridge.bulk import (
     ELIGIBILITY_CONCEPTS,
     PositionedAssembler,
@@ -520,6 +521,28 @@ def test_chunks_cover_the_file_and_end_at_line_ends(tmp_path_factory: pytest.Tem
     assert b"".join(read_chunk(c) for c in plan) == data
     assert all(read_chunk(c).endswith(b"\n") for c in plan[:-1])
     assert [c.index for c in plan] == list(range(len(plan)))
+    from bridge.bulk import read_chunk_reusing
+
+    try:  # the reused buffer: growing, shrinking in place, or a small chunk read the plain way
+        assert b"".join(bytes(read_chunk_reusing(c)) for c in [*plan, *reversed(plan)]) == data + b"".join(
+            read_chunk(c) for c in reversed(plan))
+    finally:
+        bulk._BUFFER.clear()
+
+
+def test_a_file_that_shrinks_while_read_is_an_error_not_a_short_chunk(tmp_path: Path) -> None:
+    from bridge.bulk import read_chunk_reusing
+    from bridge.errors import SourceUnreadable
+
+    path = tmp_path / "Observation.ndjson"
+    path.write_bytes(b"x" * 100 + b"\n")
+    (chunk,) = plan_chunks([path], 1000)
+    path.write_bytes(b"x" * 10 + b"\n")
+    try:
+        with pytest.raises(SourceUnreadable, match="changed while it was read"):
+            read_chunk_reusing(chunk)
+    finally:
+        bulk._BUFFER.clear()
 
 
 # ------------------------------------------------------------------------------------ pieces
