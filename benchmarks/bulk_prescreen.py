@@ -5,8 +5,9 @@ generates one synthetic export per size with ``benchmarks/make_population.py`` (
 that same export, in one run:
 
 1. **parse-only floor** — every line read and parsed with ``orjson.loads``, nothing else; measured in this
-   process (1 process) and over a 2-process pool using the same chunk plan as the bridge. The bridge uses
-   every core, so the 2-process floor is the honest one for ratios;
+   process (1 process) and over a 2-process pool, reading exactly as the bridge's workers do (the same chunk
+   plan, a reused buffer, the same malloc setting). The bridge uses every core, so the 2-process floor is the
+   stricter one for ratios;
 2. **naive path** — every line through the R4B models (``bridge.fhirmodels.parse_resource``), as the
    per-patient path validates every resource it reads. At 100k patients that takes hours, so a systematic
    sample of lines is timed and the per-line cost extrapolated to all lines (single process; halved for two
@@ -40,7 +41,7 @@ from typing import Any
 import orjson
 from make_population import write_population  # beside this script (run as ``python benchmarks/...``)
 
-from bridge.bulk import plan_chunks, read_chunk
+from bridge.bulk import plan_chunks, read_chunk_reusing, steady_malloc
 from bridge.errors import InvalidResource
 from bridge.fhirmodels import parse_resource
 from bridge.ingest.readers import ndjson_files
@@ -70,7 +71,7 @@ def _cpu() -> float:
 
 def _parse_chunk(chunk: Any) -> int:
     count = 0
-    for line in read_chunk(chunk).split(b"\n"):
+    for line in read_chunk_reusing(chunk).split(b"\n"):
         if line.strip():
             with contextlib.suppress(orjson.JSONDecodeError):
                 orjson.loads(line)
@@ -84,8 +85,8 @@ def floor(directory: Path, processes: int) -> Measure:
     started, cpu = time.perf_counter(), _cpu()
     if processes == 1:
         lines = sum(map(_parse_chunk, plan))
-    else:
-        with multiprocessing.get_context("fork").Pool(processes) as pool:
+    else:  # the bridge's workers' reading: a reused buffer, a fixed malloc mmap threshold
+        with multiprocessing.get_context("fork").Pool(processes, initializer=steady_malloc) as pool:
             lines = sum(pool.imap(_parse_chunk, plan))
     return Measure(f"floor ({processes} process{'es' if processes > 1 else ''})", time.perf_counter() - started,
                    _cpu() - cpu, lines)

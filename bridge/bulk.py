@@ -355,7 +355,7 @@ def _set_scope(scope: Any) -> None:
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
-def _steady_malloc() -> None:
+def steady_malloc() -> None:
     """A fixed mmap threshold for this (worker) process, so that its memory stays flat over any number of chunks.
 
     glibc's malloc raises its mmap threshold each time a large block is freed, after which multi-MiB buffers
@@ -369,7 +369,7 @@ def _steady_malloc() -> None:
 
 
 def _init_worker(state: Any) -> None:
-    _steady_malloc()
+    steady_malloc()
     _set_scope(state)
 
 
@@ -388,15 +388,16 @@ def find_candidates(chunk: Chunk) -> set[str]:
     """Pass 1: subjects of the acute-leukaemia Conditions in one chunk."""
     codes, found = _SCOPE[0].codes, set()
     buf = read_chunk_reusing(chunk)
-    for start, end in _spans(buf):
-        line = buf[start:end]
-        rtype = line_type(line)
-        if (rtype is not None and rtype != "Condition" and is_canonical_line(line)) or not line.strip():
-            continue
+    if canonical_lines(buf, "Condition") is not None:  # every line a Condition: no per-line checks
+        lines: Iterator[Bytes] = iter(buf.split(b"\n"))
+    else:
+        lines = (line for line in buf.split(b"\n") if line.strip() and not (
+            (rtype := line_type(line)) is not None and rtype != "Condition" and is_canonical_line(line)))
+    for line in lines:
         try:
             res = orjson.loads(line)
         except orjson.JSONDecodeError:
-            continue  # reported by pass 2
+            continue  # reported by pass 2 (and the empty string after a final newline)
         if isinstance(res, dict) and res.get("resourceType") == "Condition" and codes.has_leukemia(res):
             pid = patient_of(res)
             if pid:
@@ -758,4 +759,4 @@ __all__ = ["CHUNK_BYTES", "ELIGIBILITY_CONCEPTS", "CachedCodes", "Chunk", "Chunk
            "Packed", "PositionedAssembler", "Scope", "Spill", "candidates_in", "default_processes", "digest",
            "file_type", "find_candidates", "finish_batch", "has_leukemia", "patient_of", "plan_chunks",
            "population_map", "population_patients", "read_chunk", "read_chunk_reusing", "relevant",
-           "screen_chunk"]
+           "screen_chunk", "steady_malloc"]
