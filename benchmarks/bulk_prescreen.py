@@ -223,14 +223,15 @@ def _row(m: dict[str, Any], patients: int) -> str:
 
 def table(result: dict[str, Any]) -> str:
     ms = {m["name"]: m for m in result["measures"]}
-    f2, br = ms["floor (2 processes)"], ms["bridge prescreen DIR"]
+    f1, f2, br = ms["floor (1 process)"], ms["floor (2 processes)"], ms["bridge prescreen DIR"]
     nv = next(m for m in result["measures"] if m["name"].startswith("naive"))
     rows = [f"### {result['patients']:,} patients — {result['lines']:,} lines, {result['bytes'] / 2**20:,.0f} MiB, "
             f"{result['reported_patients']:,} reported",
             "", "| run | wall s | CPU s | lines/s | patients/s | peak MB: max process / tree RSS / tree PSS |",
             "|---|---|---|---|---|---|"]
     rows += [_row(m, result["patients"] if m["lines"] else 0) for m in result["measures"]]
-    rows += ["", f"bridge / floor (2 processes): {br['wall'] / f2['wall']:.2f} wall, {br['cpu'] / f2['cpu']:.2f} CPU; "
+    rows += ["", f"bridge / floor (1 process): {br['wall'] / f1['wall']:.2f} wall; "
+             f"bridge / floor (2 processes): {br['wall'] / f2['wall']:.2f} wall, {br['cpu'] / f2['cpu']:.2f} CPU; "
              f"naive / bridge: {nv['wall'] / br['wall']:.0f}x (one process), {nv['wall'] / 2 / br['wall']:.0f}x "
              f"(naive on two processes)"]
     return "\n".join(rows)
@@ -251,8 +252,10 @@ def main(argv: list[str] | None = None) -> int:
         print(table(results[-1]) + "\n", flush=True)
     bridges = [next(m for m in r["measures"] if m["name"] == "bridge prescreen DIR") for r in results]
     if len(bridges) > 1:
-        growth = bridges[-1]["pss_tree_mb"] / bridges[0]["pss_tree_mb"] - 1
-        print(f"peak PSS growth {results[0]['patients']:,} -> {results[-1]['patients']:,} patients: {growth:+.0%}")
+        growth = {k: bridges[-1][k] / bridges[0][k] - 1 for k in ("rss_max_mb", "rss_tree_mb", "pss_tree_mb")}
+        print(f"peak memory growth {results[0]['patients']:,} -> {results[-1]['patients']:,} patients: "
+              f"{growth['rss_max_mb']:+.0%} max process, {growth['rss_tree_mb']:+.0%} tree RSS, "
+              f"{growth['pss_tree_mb']:+.0%} tree PSS")
     (args.workdir / "results.json").write_text(json.dumps({"cpus": os.cpu_count(), "results": results}, indent=2))
     return 0
 

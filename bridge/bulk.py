@@ -10,8 +10,8 @@ Population mode — what it reports
     every patient instead.
 
 How
-    1. The files are cut into byte ranges at line boundaries (``plan_chunks``), handed to a process pool (one
-       worker per core) and the results merged in file order.
+    1. The files are cut into byte ranges at line boundaries (``plan_chunks``), handed to a pool of forked
+       workers (one per core; in this process where fork is missing) and the results merged in file order.
     2. Pass 1 parses the Condition files — the first line tells a file's type; Bulk Data files hold one type
        each — and collects the candidates: subjects of a Condition mapped to ``acute-leukemia``.
     3. Pass 2 streams every file. A line is parsed only when the bytes pre-filter (``bridge.ingest.prefilter``)
@@ -21,17 +21,21 @@ How
        Encounter and MedicationAdministration never change an eligibility verdict and are not parsed. Kept
        lines, and only they, are validated with the R4B models and normalized — in the worker, by the
        per-patient ``PatientAssembler`` — with the line's position in the directory as its arrival order, so
-       that "the newest version wins" resolves exactly as in one sequential read.
+       that "the newest version wins" resolves exactly as in one sequential read. The workers write what they
+       keep (pickled per patient and chunk) and the dropped lines' digests to a shared anonymous spill file.
     4. Two guards keep the result exact where a plain Bulk Data export never goes: an acute-leukaemia
        Condition met in pass 2 in a file pass 1 did not read (a mixed-type file) adds its patient, and a
        candidate's resource dropped as irrelevant that shares type and id with a kept one (a later version
        with another code) is noticed through a 64-bit digest of its reference; either makes pass 2 run again,
        with the new candidates or keeping those resources. Not followed: a later version that moves a
        resource from a candidate to another patient (its bytes name no candidate, so it is never read).
+    5. The final phase — versions resolved, each patient assembled, then ``then`` (the pipeline: screening)
+       applied — runs in forked workers too, in batches of patients, the results coming back in id order.
 
-Memory holds the candidates' normalized resources (pickled per patient and chunk until the end, then
-assembled and screened one patient at a time), one digest per dropped candidate resource and one chunk per
-worker — never a line of a patient who is not a candidate.
+Memory: the parent holds 12 bytes per kept resource and 16 per spilled group (the resources themselves are
+in the spill file), each worker one chunk and what it keeps from it — never a line of a patient who is not a
+candidate. Workers reuse one read buffer and fix malloc's mmap threshold, so they stay flat over any number
+of chunks (``steady_malloc``).
 
 Report
     ``skipped`` lists every line the fast path parses that is not JSON or fails the R4B model, with the file,
