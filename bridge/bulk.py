@@ -695,9 +695,10 @@ class _Pool:
                 model_class(rtype)  # likewise the R4B models the workers validate with (imported lazily otherwise)
         methods = multiprocessing.get_all_start_methods()
         if self.processes <= 1 or len(tasks) <= 1 or "fork" not in methods:
-            _set_scope(self.state)  # one process, or no fork (the spill file and the state are inherited)
-            try:
-                yield from map(fn, tasks)
+            try:  # one process, or no fork (the spill file and the state are inherited)
+                for task in tasks:
+                    _set_scope(self.state)  # per task: a consumer may run another pass between two results
+                    yield fn(task)
             finally:
                 _SCOPE.clear()
                 _BUFFER.clear()  # the workers' buffers go with them; this process keeps running

@@ -175,6 +175,19 @@ def test_the_pipeline_screens_in_the_workers_and_keeps_the_order(population: Pat
     assert run.report.warnings == single.report.warnings and run.report.skipped == single.report.skipped
 
 
+def test_two_runs_consumed_in_turn_in_one_process(population: Path) -> None:
+    """The final phase is lazy: in one process, another run may go between two of its results."""
+    alone = [p.patient_id for p in population_patients(population, cmap(), processes=1)[0]]
+    samples = [p.patient_id for p in population_patients(SAMPLES / "ndjson", cmap(), processes=1)[0]]
+    one = population_patients(population, cmap(), processes=1)[0]
+    got: list[str | None] = []
+    for pf in one:
+        got.append(pf.patient_id)
+        if len(got) == 3:
+            assert [p.patient_id for p in population_patients(SAMPLES / "ndjson", cmap(), processes=1)[0]] == samples
+    assert got == alone and len(alone) > 3
+
+
 def test_memory_holds_only_candidates(population: Path) -> None:
     lazy, report = population_patients(population, cmap(), processes=1, chunk_bytes=1 << 16)
     patients = list(lazy)
