@@ -100,10 +100,10 @@ def count_newlines(buf: Bytes, lo: int = 0, hi: int | None = None) -> int:
     return sum(int(numpy.count_nonzero(view[i:i + _BLOCK] == _NEWLINE)) for i in range(0, hi - lo, _BLOCK))
 
 
-def _trie(ids: Iterable[bytes]) -> bytes:
-    """A regex alternation of ``ids`` factored as a trie (fast to match against thousands of ids)."""
+def _trie(words: Iterable[bytes]) -> bytes:
+    """A regex alternation of ``words`` factored as a trie (fast to match against thousands of them)."""
     root: dict[int | None, Any] = {}
-    for word in ids:
+    for word in words:
         node = root
         for byte in word:
             node = node.setdefault(byte, {})
@@ -137,11 +137,12 @@ def _common(a: bytes, b: bytes) -> int:
 
 
 def distinguishing_prefixes(ids: Iterable[bytes], extra: int = _EXTRA) -> set[bytes]:
-    """For each id, the shortest prefix no other id starts with, plus ``extra`` bytes (at most the whole id).
+    """For each id, its bytes up to the first one where it differs from every other id, plus ``extra`` more
+    (never more than the whole id; an id that is a prefix of another stays whole).
 
-    A pattern of these prefixes is a fraction of one of the whole ids (random ids such as UUIDs differ after a
-    few bytes) and compiles in a fraction of the time and memory; the ``extra`` bytes keep the ids of other
-    patients that merely share a prefix from matching often. Whole ids are then checked in a set.
+    A pattern of these prefixes is a fraction of the size of one of the whole ids (random ids such as UUIDs
+    differ after a few bytes) and compiles in a fraction of the time and memory; the ``extra`` bytes keep the
+    ids of other patients that merely share a prefix from matching often. Whole ids are then checked in a set.
     """
     ordered = sorted(set(ids))
     out: set[bytes] = set()
