@@ -259,11 +259,15 @@ class Packed:
     problems: Problems = ()
 
 
+_POSITIONED = hasattr(os, "pread") and hasattr(os, "pwrite")
+
+
 class Spill:
     """An anonymous temporary file (unlinked at once, so nothing is left behind even if the process is
     killed) that the workers append to and the parent reads back: the candidates' pickled resources never
     pass through the parent's memory while the directory is read. Forked workers inherit its descriptor and
-    lock; positioned writes under the lock keep the appends of several processes apart (POSIX)."""
+    lock; positioned writes under the lock keep the appends of several processes apart (POSIX; elsewhere there
+    is no fork, one process, and plain seek/write)."""
 
     def __init__(self) -> None:
         self.file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
@@ -274,6 +278,11 @@ class Spill:
     def append(self, data: bytes) -> int:
         """Writes ``data`` at the end of the file; returns where it starts."""
         with self.lock:
+            if not _POSITIONED:  # no pread/pwrite (Windows): one process only, the file object will do
+                offset = self.file.seek(0, os.SEEK_END)
+                self.file.write(data)
+                self.file.flush()
+                return offset
             offset = os.fstat(self.fd).st_size
             view, at = memoryview(data), offset
             while view:
@@ -282,6 +291,9 @@ class Spill:
         return offset
 
     def read(self, offset: int, length: int) -> bytes:
+        if not _POSITIONED:
+            self.file.seek(offset)
+            return self.file.read(length)
         return os.pread(self.fd, length, offset)
 
     def close(self) -> None:
@@ -694,8 +706,8 @@ class _Pool:
             for rtype in SCREENED_TYPES:
                 model_class(rtype)  # likewise the R4B models the workers validate with (imported lazily otherwise)
         methods = multiprocessing.get_all_start_methods()
-        if self.processes <= 1 or len(tasks) <= 1 or "fork" not in methods:
-            try:  # one process, or no fork (the spill file and the state are inherited)
+        if self.processes <= 1 or len(tasks) <= 1 or "fork" not in methods or not _POSITIONED:
+            try:  # one process, or no fork or positioned I/O (the spill file and the state are inherited)
                 for task in tasks:
                     _set_scope(self.state)  # per task: a consumer may run another pass between two results
                     yield fn(task)

@@ -175,6 +175,18 @@ def test_the_pipeline_screens_in_the_workers_and_keeps_the_order(population: Pat
     assert run.report.warnings == single.report.warnings and run.report.skipped == single.report.skipped
 
 
+def test_without_positioned_io_one_process_gives_the_same(population: Path, population_full: PrescreenRun,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where os.pread/os.pwrite are missing (Windows, which has no fork either) the spill file is written and
+    read through the file object, in one process."""
+    usual = fast(population, 2)
+    monkeypatch.setattr(bulk, "_POSITIONED", False)
+    for processes in (1, 2):  # without positioned writes the pool does not fork
+        got = fast(population, processes)
+        assert_same_verdicts(got, population_full)
+        assert got.screenings == usual.screenings and got.report.skipped == usual.report.skipped
+
+
 def test_two_runs_consumed_in_turn_in_one_process(population: Path) -> None:
     """The final phase is lazy: in one process, another run may go between two of its results."""
     alone = [p.patient_id for p in population_patients(population, cmap(), processes=1)[0]]
