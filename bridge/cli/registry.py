@@ -20,7 +20,7 @@ from bridge.registry.export import assessment_for, export, load_assessment, writ
 from bridge.registry.outbox import STATES, Outbox, OutboxRow
 from bridge.registry.package import BuildResult, Context
 from bridge.registry.pseudonym import centre_label, site_secret
-from bridge.registry.submit import EventHook, SubmitReport, enqueue_directory, submit_pending
+from bridge.registry.submit import EventHook, SubmitReport, submit_pending, sync_directory
 from bridge.registry.timepoints import KINDS
 from bridge.registry.transport import RegistryClient
 
@@ -143,7 +143,8 @@ SUBMIT_HELP = """Send the queued registry packages (and those of DIR, queued fir
 Each package is POSTed once with its idempotency key; the registry's receipt is stored in the outbox (the state
 database, db_path). A run that dies resumes where it stopped; a 409 means the registry has the package already.
 A package the registry rejects becomes 'failed' (--retry-failed queues those again); a transient or
-authorisation problem stops the run with exit 7 and leaves the package pending.
+authorisation problem stops the run with exit 7 and leaves the package pending. DIR is taken as the latest
+export: an unsent package it no longer holds (its patient withdrew consent) is withdrawn and never sent.
 
 Example:
 
@@ -191,16 +192,20 @@ def submit_command(
 ) -> None:
     settings = settings_from(config)
     centre = centre_label(settings.registry_centre)
+    withdrawn = 0
     with Outbox(settings.db_path) as outbox, RegistryClient(settings) as client:
         if directory is not None:
-            enqueue_directory(outbox, directory)
+            _, _, withdrawn = sync_directory(outbox, directory)
+        if withdrawn:
+            err_console.print(f"withdrew {withdrawn} queued package(s) that {directory} no longer holds (consent "
+                              "withdrawn, or no longer due): they will not be sent", highlight=False)
         if retry_failed:
             outbox.requeue_failed()
         use_crid = bool(settings.registry_crid_path) and not no_crid
         report = submit_pending(outbox, client, centre, use_crid=use_crid, on_event=_kill_hook())
         counts = outbox.counts()
     if fmt is Format.json:
-        print_json({**report.as_json(), "outbox": counts})
+        print_json({**report.as_json(), "withdrawn": withdrawn, "outbox": counts})
     else:
         _submit_summary(report, counts)
     if report.stopped or report.failed:
@@ -227,6 +232,7 @@ class State(StrEnum):
     sent = "sent"
     failed = "failed"
     superseded = "superseded"
+    withdrawn = "withdrawn"
 
 
 def _status_table(rows: list[OutboxRow], counts: dict[str, int]) -> None:

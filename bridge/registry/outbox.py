@@ -8,7 +8,11 @@ instant leaves each package in a state the next run knows how to continue from::
        ▲                 │ ├────transient error, auth───────► pending  (attempts, last error kept)
        │                 │ └────registry rejected (4xx)─────► failed   (``requeue_failed`` -> pending)
        │                 └─process died─► sending, lease expired or owner gone -> claimed again
-       └── a newer version of the same package id enqueued before this one was sent ──► superseded
+       ├── a newer version of the same package id enqueued before this one was sent ──► superseded
+       └── no longer in the export a submit was given (consent withdrawn, no longer due) ──► withdrawn
+
+A withdrawn package is never sent and its content is not kept (its body is emptied, as is that of superseded
+versions of it); enqueueing exactly that package again (consent given again) makes it pending once more.
 
 A package is known by its idempotency key (the SHA-256 of its content): enqueueing the same content twice
 is a no-op; a changed package (same id, new key) supersedes an unsent older version and is sent after it
@@ -23,7 +27,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -32,17 +36,18 @@ from typing import Any
 
 from bridge.errors import StoreError
 
-STATES = ("pending", "sending", "sent", "failed", "superseded")
+STATES = ("pending", "sending", "sent", "failed", "superseded", "withdrawn")
+WITHDRAWN = "no longer in the export (consent withdrawn, or no longer due)"
 DEFAULT_LEASE_SECONDS = 300.0
 
-_SCHEMA = """
+_TABLE = """
 CREATE TABLE IF NOT EXISTS registry_outbox (
     key         TEXT PRIMARY KEY,
     package_id  TEXT NOT NULL,
     timepoint   TEXT NOT NULL,
     pseudonym   TEXT NOT NULL,
     body        TEXT NOT NULL,
-    state       TEXT NOT NULL CHECK (state IN ('pending', 'sending', 'sent', 'failed', 'superseded')),
+    state       TEXT NOT NULL CHECK (state IN ('pending', 'sending', 'sent', 'failed', 'superseded', 'withdrawn')),
     attempts    INTEGER NOT NULL DEFAULT 0,
     enqueued_at TEXT NOT NULL,
     updated_at  TEXT NOT NULL,
@@ -53,6 +58,8 @@ CREATE TABLE IF NOT EXISTS registry_outbox (
     receipt     TEXT,
     sent_at     TEXT
 );
+"""
+_SCHEMA = _TABLE + """
 CREATE INDEX IF NOT EXISTS registry_outbox_state ON registry_outbox (state);
 CREATE INDEX IF NOT EXISTS registry_outbox_package ON registry_outbox (package_id);
 CREATE TABLE IF NOT EXISTS registry_crid (
@@ -61,6 +68,25 @@ CREATE TABLE IF NOT EXISTS registry_crid (
     obtained_at TEXT NOT NULL
 );
 """
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """An outbox made before the 'withdrawn' state: the table is rebuilt with the new CHECK, rows kept."""
+    found = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'registry_outbox'").fetchone()
+    if found is None or "'withdrawn'" in found[0]:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("ALTER TABLE registry_outbox RENAME TO registry_outbox_before_withdrawn")
+        db.execute(_TABLE)
+        db.execute("INSERT INTO registry_outbox SELECT * FROM registry_outbox_before_withdrawn")
+        db.execute("DROP TABLE registry_outbox_before_withdrawn")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    db.executescript(_SCHEMA)  # the indexes went with the old table
+
 
 Json = dict[str, Any]
 
@@ -139,6 +165,7 @@ class Outbox:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(_SCHEMA)
+            _migrate(db)
         except sqlite3.Error as exc:
             raise StoreError(f"state store {self.path}: {type(exc).__name__}") from None
         return db
@@ -173,15 +200,41 @@ class Outbox:
     def enqueue(self, key: str, package_id: str, timepoint: str, pseudonym: str, bundle: Json) -> bool:
         """Queue a package; False when this exact content (key) is already known. Supersedes unsent versions."""
         now = self._now()
+        body = json.dumps(bundle, ensure_ascii=False)
         with self._tx() as db:
-            if db.execute("SELECT 1 FROM registry_outbox WHERE key = ?", (key,)).fetchone():
+            known = db.execute("SELECT state FROM registry_outbox WHERE key = ?", (key,)).fetchone()
+            if known and known[0] != "withdrawn":
                 return False
             db.execute("UPDATE registry_outbox SET state = 'superseded', updated_at = ? "
                        "WHERE package_id = ? AND state IN ('pending', 'failed')", (now, package_id))
-            db.execute("INSERT INTO registry_outbox (key, package_id, timepoint, pseudonym, body, state, "
-                       "enqueued_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
-                       (key, package_id, timepoint, pseudonym, json.dumps(bundle, ensure_ascii=False), now, now))
+            if known:  # withdrawn, and now in an export again (consent given again): pending once more
+                db.execute("UPDATE registry_outbox SET state = 'pending', body = ?, last_error = NULL, "
+                           "updated_at = ? WHERE key = ?", (body, now, key))
+            else:
+                db.execute("INSERT INTO registry_outbox (key, package_id, timepoint, pseudonym, body, state, "
+                           "enqueued_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+                           (key, package_id, timepoint, pseudonym, body, now, now))
         return True
+
+    def withdraw_except(self, package_ids: Collection[str]) -> int:
+        """Every unsent package whose id is not in ``package_ids`` becomes ``withdrawn`` (never sent; its body
+        emptied; superseded versions of it emptied too). A package being sent right now by a live process is
+        left alone. Returns how many were withdrawn."""
+        now, keep = self._now(), set(package_ids)
+        withdrawn = 0
+        with self._tx() as db:
+            rows = db.execute("SELECT key, package_id, state, owner, lease_until FROM registry_outbox "
+                              "WHERE state IN ('pending', 'sending', 'failed', 'superseded')").fetchall()
+            for key, package_id, state, owner, lease_until in rows:
+                if package_id in keep or (state == "sending" and not self._claimable(state, owner, lease_until)):
+                    continue
+                if state == "superseded":
+                    db.execute("UPDATE registry_outbox SET body = '{}' WHERE key = ?", (key,))
+                    continue
+                db.execute("UPDATE registry_outbox SET state = 'withdrawn', body = '{}', owner = NULL, "
+                           "lease_until = NULL, last_error = ?, updated_at = ? WHERE key = ?", (WITHDRAWN, now, key))
+                withdrawn += 1
+        return withdrawn
 
     def claim(self) -> OutboxRow | None:
         """The next package to send (oldest first), now ``sending`` under this process's lease; None when done."""
@@ -252,4 +305,4 @@ class Outbox:
                        (pseudonym, crid, self._now()))
 
 
-__all__ = ["DEFAULT_LEASE_SECONDS", "STATES", "Outbox", "OutboxRow", "owner_gone"]
+__all__ = ["DEFAULT_LEASE_SECONDS", "STATES", "WITHDRAWN", "Outbox", "OutboxRow", "owner_gone"]

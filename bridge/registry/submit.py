@@ -1,7 +1,8 @@
 """Queue packages in the outbox and send them to the registry, each exactly once.
 
 ``enqueue_packages`` / ``enqueue_directory`` put packages in the outbox (a package already known by its
-idempotency key is not queued again). ``submit_pending`` drains the outbox oldest first: it claims a package,
+idempotency key is not queued again); ``sync_directory`` also withdraws the unsent packages an export no longer
+holds (consent withdrawn). ``submit_pending`` drains the outbox oldest first: it claims a package,
 adds the registry patient id (``registry_crid_path``; asked once per pseudonym and cached), checks the
 package again (registry profile, R4 schema, codes, no precise date), POSTs it with its idempotency key and
 stores the receipt. A package the registry rejects (4xx) becomes ``failed`` and the run goes on; a transient
@@ -93,12 +94,24 @@ def _pseudonym(bundle: Json) -> str:
     raise InputError("a registry package without a Patient pseudonym")
 
 
-def enqueue_directory(outbox: Outbox, directory: Path) -> tuple[int, int]:
-    """Queue every ``*.json`` package of ``directory`` (all are checked before any is queued)."""
+def _directory_packages(directory: Path) -> list[Package]:
     if not directory.is_dir():
         raise SourceUnreadable(f"{directory} is not a directory of registry packages")
-    packages = [read_package_file(p) for p in sorted(directory.glob("*.json"))]
-    return enqueue_packages(outbox, packages)
+    return [read_package_file(p) for p in sorted(directory.glob("*.json"))]
+
+
+def enqueue_directory(outbox: Outbox, directory: Path) -> tuple[int, int]:
+    """Queue every ``*.json`` package of ``directory`` (all are checked before any is queued)."""
+    return enqueue_packages(outbox, _directory_packages(directory))
+
+
+def sync_directory(outbox: Outbox, directory: Path) -> tuple[int, int, int]:
+    """(queued, already known, withdrawn): ``directory`` is the latest export, so its packages are queued and
+    every unsent package it no longer holds — its patient withdrew consent, or it is no longer due — is
+    withdrawn and will not be sent (``Outbox.withdraw_except``)."""
+    packages = _directory_packages(directory)
+    queued, known = enqueue_packages(outbox, packages)
+    return queued, known, outbox.withdraw_except({p.id for p in packages})
 
 
 # ---------------------------------------------------------------------------------------------- CRID
@@ -178,4 +191,4 @@ def submit_pending(outbox: Outbox, client: RegistryClient, centre: str, *, use_c
 
 
 __all__ = ["EventHook", "SubmitReport", "crid_for", "enqueue_directory", "enqueue_packages", "read_package_file",
-           "submit_pending", "with_crid"]
+           "submit_pending", "sync_directory", "with_crid"]

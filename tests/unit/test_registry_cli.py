@@ -282,7 +282,37 @@ def test_submit_stops_with_exit_7_when_the_registry_is_down(tmp_path: Path) -> N
     assert status(config)["counts"]["pending"] == 8
 
 
+def test_a_consent_withdrawn_before_sending_keeps_the_queued_packages_from_the_registry(
+        tmp_path: Path, registry: FakeRegistry) -> None:
+    bundle, doc, config = setup(tmp_path, "http://127.0.0.1:9")  # the registry is down at first
+    assert export(tmp_path, config, bundle, doc).returncode == 0
+    assert bridge("registry", "submit", str(tmp_path / "pk"), "--config", str(config)).returncode == 7
+    assert status(config)["counts"]["pending"] == 8  # both patients' packages are queued
+    source = json.loads(bundle.read_text())
+    for entry in source["entry"]:
+        if entry["resource"]["id"] == "consent-b":
+            entry["resource"]["status"] = "inactive"  # pt-b withdraws
+    bundle.write_text(json.dumps(source))
+    config.write_text(config.read_text().replace("http://127.0.0.1:9", registry.base.rstrip("/")))
+    assert export(tmp_path, config, bundle, doc).returncode == 0
+    out = bridge("registry", "submit", str(tmp_path / "pk"), "--config", str(config), "--format", "json")
+    assert out.returncode == 0, out.stderr
+    assert "withdrew 4 queued package(s)" in out.stderr and json.loads(out.stdout)["withdrawn"] == 4
+    files = {p.stem for p in (tmp_path / "pk").glob("*.json")}  # pt-zel-001's four packages
+    st = status(config)
+    assert st["counts"] == {"pending": 0, "sending": 0, "sent": 4, "failed": 0, "superseded": 0, "withdrawn": 4}
+    assert {p["package"] for p in st["packages"] if p["state"] == "sent"} == files
+    withdrawn = {p["key"] for p in st["packages"] if p["state"] == "withdrawn"}
+    assert set(registry.accepted) == {p["key"] for p in st["packages"] if p["state"] == "sent"}
+    assert not withdrawn & set(registry.accepted)  # nothing of pt-b reached the registry
+    consent_again = bundle.read_text().replace('"status": "inactive"', '"status": "active"')
+    bundle.write_text(consent_again)
+    assert export(tmp_path, config, bundle, doc).returncode == 0
+    again = bridge("registry", "submit", str(tmp_path / "pk"), "--config", str(config), "--format", "json")
+    assert again.returncode == 0 and status(config)["counts"]["sent"] == 8 and len(registry.accepted) == 8
+
+
 def test_status_of_an_empty_outbox(tmp_path: Path) -> None:
     _, _, config = setup(tmp_path)
-    assert status(config) == {"counts": {"pending": 0, "sending": 0, "sent": 0, "failed": 0, "superseded": 0},
-                              "packages": []}
+    assert status(config) == {"counts": {"pending": 0, "sending": 0, "sent": 0, "failed": 0, "superseded": 0,
+                                         "withdrawn": 0}, "packages": []}

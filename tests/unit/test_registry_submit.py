@@ -14,7 +14,7 @@ import responses
 
 from bridge.config import Settings
 from bridge.errors import ConfigError
-from bridge.registry.outbox import Outbox, owner_gone
+from bridge.registry.outbox import WITHDRAWN, Outbox, owner_gone
 from bridge.registry.package import build_packages
 from bridge.registry.resources import CRID_SYSTEM
 from bridge.registry.submit import enqueue_packages, submit_pending, with_crid
@@ -366,9 +366,69 @@ def test_status_rows_and_counts(outbox: Outbox) -> None:
     row = outbox.claim()
     assert row is not None
     outbox.mark_sent(row.key, 201, {"id": "r1"})
-    assert outbox.counts() == {"pending": 1, "sending": 0, "sent": 1, "failed": 0, "superseded": 0}
+    assert outbox.counts() == {"pending": 1, "sending": 0, "sent": 1, "failed": 0, "superseded": 0, "withdrawn": 0}
     (sent,) = outbox.rows(("sent",))
     assert sent.as_json()["receipt"] == {"id": "r1"} and sent.as_json()["state"] == "sent"
+
+
+def _bodies(outbox: Outbox) -> dict[str, str]:
+    return dict(outbox._db.execute("SELECT state || ':' || key, body FROM registry_outbox").fetchall())
+
+
+def test_withdrawn_packages_are_never_sent_nor_kept_and_come_back_with_consent(outbox: Outbox) -> None:
+    infusion, day100 = queued(outbox)
+    row = outbox.claim()
+    assert row is not None and row.package_id == infusion.id
+    outbox.mark_sent(row.key, 201, {"id": "r1"})
+    assert outbox.withdraw_except({infusion.id}) == 1  # day100 is no longer in the export
+    assert outbox.counts() == {"pending": 0, "sending": 0, "sent": 1, "failed": 0, "superseded": 0, "withdrawn": 1}
+    (gone,) = outbox.rows(("withdrawn",))
+    assert gone.package_id == day100.id and gone.last_error == WITHDRAWN
+    assert _bodies(outbox)[f"withdrawn:{day100.key}"] == "{}"  # its content is not kept
+    assert outbox.claim() is None
+    assert outbox.requeue_failed() == 0 and outbox.claim() is None
+    assert outbox.withdraw_except(set()) == 0  # a sent package is not recalled
+    assert enqueue_packages(outbox, [day100]) == (1, 0)  # consent given again: the same package
+    again = outbox.claim()
+    assert again is not None and again.key == day100.key and again.body == day100.bundle
+
+
+def test_withdrawal_spares_a_live_send_and_empties_superseded_versions(tmp_path: Any, clock: Clock) -> None:
+    with Outbox(tmp_path / "state.sqlite3", clock=clock, lease_seconds=300) as box:
+        old = queued(box)
+        newer = build_packages(assessment(patient_doc(weightKg=60.0)), records(), CONTEXT, ("infusion", "day100"))
+        enqueue_packages(box, newer.packages)
+        box.owner = f"{box.host}:1"  # pid 1 is alive
+        sending = box.claim()
+        assert sending is not None and sending.key == newer.packages[0].key
+        assert box.withdraw_except(set()) == 1  # the pending day100; the live send is left alone
+        bodies = _bodies(box)
+        assert all(bodies[f"superseded:{p.key}"] == "{}" for p in old)
+        assert f"sending:{sending.key}" in bodies and bodies[f"withdrawn:{newer.packages[1].key}"] == "{}"
+        clock.now += 301  # the sender's lease ran out: it would be claimed again, so it is withdrawn now
+        assert box.withdraw_except(set()) == 1 and box.claim() is None
+
+
+def test_an_outbox_from_before_withdrawal_is_migrated(tmp_path: Any, clock: Clock) -> None:
+    import sqlite3
+
+    from bridge.registry import outbox as module
+
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(module._SCHEMA.replace(", 'withdrawn'", ""))
+    with Outbox(":memory:", clock=clock) as scratch:
+        (package, _) = queued(scratch)
+    old.execute("INSERT INTO registry_outbox (key, package_id, timepoint, pseudonym, body, state, enqueued_at, "
+                "updated_at) VALUES (?, ?, ?, ?, '{}', 'pending', 'x', 'x')",
+                (package.key, package.id, package.timepoint, package.pseudonym))
+    old.commit()
+    old.close()
+    with Outbox(path, clock=clock) as box:
+        assert box.counts()["pending"] == 1
+        assert box.withdraw_except(set()) == 1 and box.counts()["withdrawn"] == 1
+        names = {n for (n,) in box._db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert {"registry_outbox_state", "registry_outbox_package"} <= names
 
 
 # ---------------------------------------------------------------------------------------------- helpers
