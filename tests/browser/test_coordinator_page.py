@@ -147,13 +147,22 @@ def _css(driver: Any, selector: str) -> list[Any]:
     return list(driver.find_elements(By.CSS_SELECTOR, selector))
 
 
+def _click_to(driver: Any, element: Any, url: str) -> None:
+    """Click a link or submit button and wait until the browser has navigated to ``url`` (a click returns
+    before the next page is loaded)."""
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    element.click()
+    WebDriverWait(driver, 10).until(expected_conditions.url_to_be(url))
+
+
 def _sign_in(driver: Any, base: str) -> None:
     driver.get(f"{base}/ui")
     assert driver.current_url == f"{base}/ui/login"
     (token,) = _css(driver, "#token")
     token.send_keys(TOKEN)
-    _css(driver, "#sign-in")[0].click()
-    assert driver.current_url == f"{base}/ui"
+    _click_to(driver, _css(driver, "#sign-in")[0], f"{base}/ui")
 
 
 def test_queue_patient_pages_and_sign_out(browser: Any, server: str, cohort: dict[str, Any]) -> None:
@@ -170,14 +179,14 @@ def test_queue_patient_pages_and_sign_out(browser: Any, server: str, cohort: dic
         assert shown == stored[::-1]  # newest first: later saved = later stamp
     _screenshot(browser, "coordinator-queue.png")
 
-    _css(browser, 'tr[data-patient="p01"] a.patient-link')[0].click()
-    assert browser.current_url == f"{server}/ui/patients/p01"
+    _click_to(browser, _css(browser, 'tr[data-patient="p01"] a.patient-link')[0], f"{server}/ui/patients/p01")
     _check_verdicts(browser, screenings["p01"])
     _screenshot(browser, "coordinator-patient.png")
 
     treated = next(iter(cohort["assessments"]))
     browser.get(f"{server}/ui?status={screenings[treated]['status']}")
-    _css(browser, f'tr[data-patient="{treated}"] a.patient-link')[0].click()
+    _click_to(browser, _css(browser, f'tr[data-patient="{treated}"] a.patient-link')[0],
+              f"{server}/ui/patients/{treated}")
     _check_verdicts(browser, screenings[treated])
     assessment = cohort["assessments"][treated]
     assert _css(browser, "#best-response")[0].text == assessment["bestResponse"]
@@ -186,8 +195,8 @@ def test_queue_patient_pages_and_sign_out(browser: Any, server: str, cohort: dic
     assert len(rows) == expected and rows[0].find_elements("css selector", "td")[1].text == "0"
     _screenshot(browser, "coordinator-treated-patient.png")
 
-    _css(browser, "header form button")[0].click()
-    assert browser.current_url == f"{server}/ui/login" and browser.get_cookie(COOKIE) is None
+    _click_to(browser, _css(browser, "header form button")[0], f"{server}/ui/login")
+    assert browser.get_cookie(COOKIE) is None
     browser.get(f"{server}/ui/patients/p01")
     assert browser.current_url == f"{server}/ui/login"
 
