@@ -10,13 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated, Any, cast
 
 import typer
 from rich.table import Table
 
 from bridge.cli.common import (
+    ConfigOption,
+    Format,
+    SiteMapOption,
     client_for,
     err_console,
     handles_errors,
@@ -83,11 +85,6 @@ def run_assess(source: str, options: RuleOptions, cmap: CodeMap, progress: Calla
     return AssessRun(options, patients, assess_patients(patients, options, cmap.uln, cmap.lln), report)
 
 
-class Format(StrEnum):
-    table = "table"
-    json = "json"
-
-
 class ComparatorsOpt(StrEnum):
     record = "record"
     eln = "eln"
@@ -96,6 +93,12 @@ class ComparatorsOpt(StrEnum):
 class CriReadingOpt(StrEnum):
     operational = "operational"
     literal = "literal"
+
+
+ComparatorsOption = Annotated[ComparatorsOpt, typer.Option(
+    "--comparators", help="CR counts: record (ANC > 1.0, platelets > 100; default) or eln (>=)")]
+CriReadingOption = Annotated[CriReadingOpt, typer.Option(
+    "--cri-reading", help="both lineages below: operational (MLFS; default) or literal (CRi)")]
 
 
 BEST_STYLE = {"CR": "bold green", "CRi": "green", "MLFS": "green", "PR": "yellow", "NR": "red", "NE": "dim"}
@@ -148,13 +151,9 @@ def summary(run: AssessRun) -> str:
 def command(
     source: Annotated[str, typer.Argument(help="Bundle file, '-' (stdin) or NDJSON directory")],
     as_of: Annotated[str | None, typer.Option("--as-of", help="Data cut-off date YYYY-MM-DD (default: today)")] = None,
-    site_map: Annotated[Path | None, typer.Option("--site-map", help="Site map (YAML/JSON) of local codes")] = None,
-    comparators: Annotated[ComparatorsOpt, typer.Option(
-        "--comparators", help="CR counts: record (ANC > 1.0, platelets > 100; default) or eln (>=)")]
-    = ComparatorsOpt.record,
-    cri_reading: Annotated[CriReadingOpt, typer.Option(
-        "--cri-reading", help="both lineages below: operational (MLFS; default) or literal (CRi)")]
-    = CriReadingOpt.operational,
+    site_map: SiteMapOption = None,
+    comparators: ComparatorsOption = ComparatorsOpt.record,
+    cri_reading: CriReadingOption = CriReadingOpt.operational,
     fmt_: Annotated[Format, typer.Option("--format", help="table (readable) or json (the documented contract)")]
     = Format.table,
     strict: Annotated[bool, typer.Option("--strict", help="exit 2 when any resource was skipped")] = False,
@@ -163,8 +162,7 @@ def command(
     publish: Annotated[str | None, typer.Option(
         "--publish", help="FHIR base URL to publish response Observations, AdverseEvents and subject status to")]
     = None,
-    config: Annotated[Path | None, typer.Option("--config", help="Settings file (YAML/JSON); BRIDGE_* env wins")
-                      ] = None,
+    config: ConfigOption = None,
 ) -> None:
     options = RuleOptions(as_of=parse_as_of(as_of), comparators=comparators.value, cri_reading=cri_reading.value)
     settings = settings_from(config)
@@ -196,4 +194,5 @@ def _publish(base_url: str, settings: Settings, run: AssessRun) -> None:
                       highlight=False)
 
 
-__all__ = ["HELP", "AssessRun", "command", "render_table", "run_assess", "summary"]
+__all__ = ["HELP", "AssessRun", "ComparatorsOpt", "ComparatorsOption", "CriReadingOpt", "CriReadingOption", "command",
+           "render_table", "run_assess", "summary"]

@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from bridge.cli.common import client_for, err_console, handles_errors, out_console, print_json, settings_from
+from bridge.cli.common import (
+    ConfigOption,
+    client_for,
+    err_console,
+    handles_errors,
+    out_console,
+    print_json,
+    settings_from,
+)
 from bridge.ingest.bulk_client import DEFAULT_TYPES, BulkExporter, ExportRequest, ExportResult, since_instant
 
 HELP = """Export NDJSON from a FHIR server with Bulk Data $export, into a directory `bridge prescreen` reads.
@@ -55,8 +63,7 @@ def command(
                                                     "comma-separated (default: the types the bridge reads)")] = None,
     patient_level: Annotated[bool, typer.Option("--patient-level", help="Patient/$export instead of the "
                                                 "system-level $export")] = False,
-    config: Annotated[Path | None, typer.Option("--config", help="Settings file (YAML/JSON); BRIDGE_* env wins")
-                      ] = None,
+    config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the outcome as JSON")] = False,
 ) -> None:
     request = ExportRequest("patient" if patient_level else "system", _types(types),

@@ -9,7 +9,9 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -20,6 +22,17 @@ from bridge.errors import BridgeError
 
 if TYPE_CHECKING:
     from bridge.client import FhirClient
+
+class Format(StrEnum):
+    """``--format``: a table to read, or JSON to parse."""
+
+    table = "table"
+    json = "json"
+
+
+# The options several commands share, spelled once.
+ConfigOption = Annotated[Path | None, typer.Option("--config", help="Settings file (YAML/JSON); BRIDGE_* env wins")]
+SiteMapOption = Annotated[Path | None, typer.Option("--site-map", help="Site map (YAML/JSON) of local codes")]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -93,5 +106,5 @@ def setup_logging(level: str = "WARNING") -> None:
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
-__all__ = ["client_for", "err_console", "fail", "handles_errors", "out_console", "parse_as_of", "print_json",
-           "progress", "settings_from", "setup_logging"]
+__all__ = ["ConfigOption", "Format", "SiteMapOption", "client_for", "err_console", "fail", "handles_errors",
+           "out_console", "parse_as_of", "print_json", "progress", "settings_from", "setup_logging"]

@@ -6,13 +6,15 @@ import sys
 import time
 from collections.abc import Callable
 from enum import StrEnum
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from bridge.cli.common import (
+    ConfigOption,
+    Format,
+    SiteMapOption,
     client_for,
     err_console,
     handles_errors,
@@ -44,11 +46,6 @@ Examples:
 Exit codes: 0 ok, 2 bad input (or skipped resources with --strict), 3 unreadable source, 4 invalid site map,
 5 configuration, 6 own output invalid, 7 remote server error.
 """
-
-
-class Format(StrEnum):
-    table = "table"
-    json = "json"
 
 
 class Reading(StrEnum):
@@ -125,7 +122,7 @@ def report_published(written: list[Written]) -> None:
 def command(
     source: Annotated[str, typer.Argument(help="Bundle file, '-' (stdin), NDJSON directory, or a FHIR base URL")],
     as_of: Annotated[str | None, typer.Option("--as-of", help="Evaluation date YYYY-MM-DD (default: today)")] = None,
-    site_map: Annotated[Path | None, typer.Option("--site-map", help="Site map (YAML/JSON) of local codes")] = None,
+    site_map: SiteMapOption = None,
     fmt: Annotated[Format, typer.Option("--format", help="table (readable) or json (the documented contract)")
                    ] = Format.table,
     reading: Annotated[Reading, typer.Option("--organ-function-reading",
@@ -135,8 +132,7 @@ def command(
                         ] = None,
     publish: Annotated[str | None, typer.Option("--publish", help="FHIR base URL to publish ResearchSubjects to")
                        ] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="Settings file (YAML/JSON); BRIDGE_* env wins")
-                      ] = None,
+    config: ConfigOption = None,
     strict: Annotated[bool, typer.Option("--strict", help="exit 2 when any resource was skipped")] = False,
     all_patients: Annotated[bool, typer.Option(
         "--all-patients", help="NDJSON directory: evaluate every patient, not only those with an acute-leukaemia "

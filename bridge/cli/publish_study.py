@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from bridge.cli.common import client_for, handles_errors, out_console, print_json, settings_from
+from bridge.cli.common import ConfigOption, client_for, handles_errors, out_console, print_json, settings_from
 from bridge.publish.publisher import publish_study
 
 HELP = """Create or update the ResearchStudy NCT04762485 (with its eligibility Group) on a FHIR server.
@@ -26,8 +25,7 @@ Exit codes: 0 ok, 5 configuration, 6 own output invalid (nothing sent), 7 remote
 @handles_errors
 def command(
     base_url: Annotated[str, typer.Argument(help="FHIR base URL of the EHR")],
-    config: Annotated[Path | None, typer.Option("--config", help="Settings file (YAML/JSON); BRIDGE_* env wins")
-                      ] = None,
+    config: ConfigOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the outcome as JSON")] = False,
 ) -> None:
     settings = settings_from(config)

@@ -11,7 +11,17 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from bridge.cli.common import err_console, handles_errors, out_console, parse_as_of, print_json, settings_from
+from bridge.cli.common import (
+    ConfigOption,
+    Format,
+    SiteMapOption,
+    err_console,
+    handles_errors,
+    out_console,
+    parse_as_of,
+    print_json,
+    settings_from,
+)
 from bridge.config import RuleOptions, Settings
 from bridge.errors import ConfigError, InputError
 from bridge.ingest.readers import Item, read_source
@@ -32,12 +42,6 @@ app = typer.Typer(name="registry", no_args_is_help=True, add_completion=False, p
                   help="Registry submissions (CIBMTR-style): de-identified packages per patient and time point, "
                        "only for patients with an active research Consent; export, submit, status.")
 
-ConfigOption = Annotated[Path | None, typer.Option("--config", help="Settings file (YAML/JSON); BRIDGE_* env wins")]
-
-
-class Format(StrEnum):
-    table = "table"
-    json = "json"
 
 
 class Kind(StrEnum):
@@ -112,7 +116,7 @@ def export_command(
     out: Annotated[Path, typer.Option("--out", help="Directory to write the packages to")],
     as_of: Annotated[str | None, typer.Option("--as-of", help="Assessment date YYYY-MM-DD (default: today)")
                      ] = None,
-    site_map: Annotated[Path | None, typer.Option("--site-map", help="Site map (YAML/JSON) of local codes")] = None,
+    site_map: SiteMapOption = None,
     timepoints: Annotated[list[Kind] | None, typer.Option("--timepoint", help="Only these kinds (repeatable)")
                           ] = None,
     assessment: Annotated[Path | None, typer.Option("--assessment", help="A saved 'bridge assess --format json'")

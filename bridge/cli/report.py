@@ -8,8 +8,17 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from bridge.cli.assess import ComparatorsOpt, CriReadingOpt
-from bridge.cli.common import client_for, err_console, handles_errors, parse_as_of, progress, settings_from
+from bridge.cli.assess import ComparatorsOpt, ComparatorsOption, CriReadingOpt, CriReadingOption
+from bridge.cli.common import (
+    ConfigOption,
+    SiteMapOption,
+    client_for,
+    err_console,
+    handles_errors,
+    parse_as_of,
+    progress,
+    settings_from,
+)
 from bridge.cli.prescreen import report_problems
 from bridge.config import RuleOptions, Settings
 from bridge.ingest.pull import pull
@@ -41,17 +50,12 @@ def command(
     source: Annotated[str, typer.Argument(help="Bundle file, '-' (stdin), NDJSON directory, or a FHIR base URL")],
     out: Annotated[Path, typer.Option("--out", help="HTML file to write")],
     as_of: Annotated[str | None, typer.Option("--as-of", help="Evaluation date YYYY-MM-DD (default: today)")] = None,
-    site_map: Annotated[Path | None, typer.Option("--site-map", help="Site map (YAML/JSON) of local codes")] = None,
+    site_map: SiteMapOption = None,
     patients: Annotated[list[str] | None, typer.Option("--patient", help="Patient id to pull (URL source only)")
                         ] = None,
-    comparators: Annotated[ComparatorsOpt, typer.Option(
-        "--comparators", help="CR counts: record (ANC > 1.0, platelets > 100; default) or eln (>=)")]
-    = ComparatorsOpt.record,
-    cri_reading: Annotated[CriReadingOpt, typer.Option(
-        "--cri-reading", help="both lineages below: operational (MLFS; default) or literal (CRi)")]
-    = CriReadingOpt.operational,
-    config: Annotated[Path | None, typer.Option("--config", help="Settings file (YAML/JSON); BRIDGE_* env wins")
-                      ] = None,
+    comparators: ComparatorsOption = ComparatorsOpt.record,
+    cri_reading: CriReadingOption = CriReadingOpt.operational,
+    config: ConfigOption = None,
 ) -> None:
     options = RuleOptions(as_of=parse_as_of(as_of), comparators=comparators.value, cri_reading=cri_reading.value)
     settings = settings_from(config)

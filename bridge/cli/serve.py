@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from bridge.cli.common import handles_errors, settings_from
+from bridge.cli.common import ConfigOption, handles_errors, settings_from
 
 HELP = """Run the pre-screening service: EHR notifications in, ResearchSubjects out, read-only FHIR at /fhir.
 
@@ -27,8 +26,7 @@ Exit codes: 0 stopped, 5 configuration error, 8 state store unusable.
 
 @handles_errors
 def command(
-    config: Annotated[Path | None, typer.Option("--config", help="Settings file (YAML/JSON); BRIDGE_* env wins")
-                      ] = None,
+    config: ConfigOption = None,
     host: Annotated[str | None, typer.Option("--host", help="listen address (default: listen_host, 127.0.0.1)")
                     ] = None,
     port: Annotated[int | None, typer.Option("--port", help="listen port (default: listen_port, 8080)")] = None,

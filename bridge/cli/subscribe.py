@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from bridge.cli.common import client_for, handles_errors, out_console, print_json, settings_from
+from bridge.cli.common import ConfigOption, client_for, handles_errors, out_console, print_json, settings_from
 from bridge.service.subscriptions import Outcome, Subscriber
 from bridge.store import SqliteStore
 
@@ -79,8 +78,7 @@ def _delete(subscriber: Subscriber, ids: list[str], as_json: bool) -> None:
 def command(
     base_url: Annotated[str, typer.Argument(help="FHIR base URL of the EHR")],
     endpoint: Annotated[str, typer.Option("--endpoint", help="URL where the EHR reaches the bridge's /notify")],
-    config: Annotated[Path | None, typer.Option("--config", help="Settings file (YAML/JSON); BRIDGE_* env wins")
-                      ] = None,
+    config: ConfigOption = None,
     mode: Annotated[Mode, typer.Option("--mode", help="classic, topic or both (topics only where offered)")
                     ] = Mode.both,
     topic: Annotated[list[str] | None, typer.Option("--topic", help="a topic canonical to subscribe to as well")

@@ -8,12 +8,11 @@ import socket
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from bridge.cli.common import err_console, handles_errors, settings_from
+from bridge.cli.common import ConfigOption, err_console, handles_errors, settings_from
 from bridge.service.logs import configure_logging, event
 from bridge.service.worker import Worker
 from bridge.store import InboxEvent, Store, SubscriptionState
@@ -62,8 +61,7 @@ def drain(worker: Worker, timeout: float) -> bool:
 
 @handles_errors
 def command(
-    config: Annotated[Path | None, typer.Option("--config", help="Settings file (YAML/JSON); BRIDGE_* env wins")
-                      ] = None,
+    config: ConfigOption = None,
     poll: Annotated[float | None, typer.Option("--poll", help="poll the EHR every SECONDS", min=1.0)] = None,
     once: Annotated[bool, typer.Option("--once", help="one poll (or one pass over the inbox), then exit")] = False,
     since_hours: Annotated[float, typer.Option("--since-hours", help="how far the very first poll looks back")
