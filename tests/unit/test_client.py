@@ -425,11 +425,11 @@ def test_next_link_to_another_origin_raises_foreign_host_before_any_request(
     assert "page=2" not in info.value.message
 
 
-def test_next_link_with_explicit_default_port_is_same_origin(rsps: responses.RequestsMock, client: FhirClient) -> None:
-    nxt = "https://EHR.example.org:443/fhir/Observation?_offset=1"
+def _two_pages(rsps: responses.RequestsMock, next_link: str) -> None:
+    """A search answered in two pages, the first linking to the second with ``next_link``."""
     rsps.get(
         f"{BASE}/Observation",
-        json=bundle([("match", obs("o1"))], nxt),
+        json=bundle([("match", obs("o1"))], next_link),
         headers=FHIR,
         match=[matchers.query_param_matcher({})],
     )
@@ -439,22 +439,15 @@ def test_next_link_with_explicit_default_port_is_same_origin(rsps: responses.Req
         headers=FHIR,
         match=[matchers.query_param_matcher({"_offset": "1"})],
     )
+
+
+def test_next_link_with_explicit_default_port_is_same_origin(rsps: responses.RequestsMock, client: FhirClient) -> None:
+    _two_pages(rsps, "https://EHR.example.org:443/fhir/Observation?_offset=1")
     assert [r["id"] for r in client.search("Observation")] == ["o1", "o2"]
 
 
 def test_relative_next_link_is_resolved_against_the_base(rsps: responses.RequestsMock, client: FhirClient) -> None:
-    rsps.get(
-        f"{BASE}/Observation",
-        json=bundle([("match", obs("o1"))], "Observation?_offset=1"),
-        headers=FHIR,
-        match=[matchers.query_param_matcher({})],
-    )
-    rsps.get(
-        f"{BASE}/Observation",
-        json=bundle([("match", obs("o2"))]),
-        headers=FHIR,
-        match=[matchers.query_param_matcher({"_offset": "1"})],
-    )
+    _two_pages(rsps, "Observation?_offset=1")
     assert [r["id"] for r in client.search("Observation")] == ["o1", "o2"]
 
 

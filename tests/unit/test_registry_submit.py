@@ -65,6 +65,16 @@ def queued(outbox: Outbox, kinds: tuple[str, ...] = ("infusion", "day100")) -> l
     return built.packages
 
 
+def submit_one(outbox: Outbox, clock: Clock) -> None:
+    """One infusion package sent to a registry that answers the token, the CRID and the Bundle."""
+    queued(outbox, ("infusion",))
+    responses.add(token_reply())
+    responses.add(crid_reply())
+    responses.add(created(1))
+    with client(clock) as c:
+        submit_pending(outbox, c, CENTRE)
+
+
 def token_reply(token: str = "tok-1", expires_in: int = 3600) -> responses.Response:  # noqa: S107 - fake token
     return responses.Response("POST", TOKEN_URL, json={"access_token": token, "token_type": "Bearer",
                                                        "expires_in": expires_in})
@@ -115,12 +125,7 @@ def test_success_stores_the_receipt(outbox: Outbox, clock: Clock) -> None:
 
 @responses.activate
 def test_secrets_go_only_to_their_own_origin(outbox: Outbox, clock: Clock) -> None:
-    queued(outbox, ("infusion",))
-    responses.add(token_reply())
-    responses.add(crid_reply())
-    responses.add(created(1))
-    with client(clock) as c:
-        submit_pending(outbox, c, CENTRE)
+    submit_one(outbox, clock)
     (token_call,) = posted(TOKEN_URL)
     assert token_call.request.headers["Authorization"] == "Basic " + base64.b64encode(
         b"bridge-site:client-secret-xyz").decode()
@@ -133,12 +138,7 @@ def test_secrets_go_only_to_their_own_origin(outbox: Outbox, clock: Clock) -> No
 
 @responses.activate
 def test_crid_request_is_de_identified(outbox: Outbox, clock: Clock) -> None:
-    queued(outbox, ("infusion",))
-    responses.add(token_reply())
-    responses.add(crid_reply())
-    responses.add(created(1))
-    with client(clock) as c:
-        submit_pending(outbox, c, CENTRE)
+    submit_one(outbox, clock)
     params = json.loads(posted(CRID_URL)[0].request.body)
     assert params["parameter"][1] == {"name": "ccn", "valueString": "10701"}
     patient = params["parameter"][0]["resource"]
