@@ -61,12 +61,6 @@ class FakeTime:
         self.now += seconds
 
 
-@pytest.fixture
-def rsps() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
-
 def make_client(fake: FakeTime) -> FhirClient:
     settings = Settings(ehr_token=TOKEN, retries=2, retry_total_seconds=30.0)
     return FhirClient(BASE, settings, sleep=fake.sleep, clock=fake.clock, wall_clock=lambda: NOW_EPOCH)

@@ -55,12 +55,6 @@ def cmap() -> CodeMap:
 
 
 @pytest.fixture
-def rsps() -> Iterator[responses.RequestsMock]:
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
-
-
-@pytest.fixture
 def client() -> Iterator[FhirClient]:
     with FhirClient(BASE, Settings(retries=0), sleep=lambda _s: None) as fhir:
         yield fhir
