@@ -33,24 +33,30 @@ from typing import Any, BinaryIO
 
 import orjson
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # the sample generators' shared kit
+from samplekit import (  # noqa: E402
+    BASE_URL,
+    CLIN_STATUS,
+    CLINICAL,
+    ICD10,
+    ICD10CM,
+    LAB,
+    LOINC,
+    OBS_CAT,
+    SNOMED,
+    UCUM,
+    VER_STATUS,
+    coding,
+    concept,
+    qty,
+)
+
 Json = dict[str, Any]
 
-LOINC = "http://loinc.org"
-SNOMED = "http://snomed.info/sct"
-UCUM = "http://unitsofmeasure.org"
-ICD10 = "http://hl7.org/fhir/sid/icd-10"
-ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 ICDO3 = "http://terminology.hl7.org/CodeSystem/icd-o-3"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-LAB = "http://hospital.example.org/lab"
 CARDIO = "http://hospital.example.org/cardio"
-CLINICAL = "http://hospital.example.org/clinical"
 PHARMACY = "http://hospital.example.org/pharmacy"
-BASE = "http://hospital.example.org/fhir"
-OBS_CAT = "http://terminology.hl7.org/CodeSystem/observation-category"
-CLIN = "http://terminology.hl7.org/CodeSystem/condition-clinical"
-VER = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
-ACT = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 TYPES = ("Patient", "Encounter", "Condition", "Observation", "MedicationAdministration")
 
 # (code, display, unit, low, high, reference low, reference high); None: no reference range
@@ -104,24 +110,6 @@ POS, NEG = (LOINC, "LA6576-8", "Positive"), (LOINC, "LA6577-6", "Negative")
 POS_SCT, NEG_SCT = (SNOMED, "10828004", "Positive"), (SNOMED, "260385009", "Negative")
 
 
-def coding(system: str, code: str, display: str | None = None) -> Json:
-    out = {"system": system, "code": code}
-    if display:
-        out["display"] = display
-    return out
-
-
-def concept(*codings: Json, text: str | None = None) -> Json:
-    out: Json = {"coding": list(codings)}
-    if text:
-        out["text"] = text
-    return out
-
-
-def qty(value: float, unit: str) -> Json:
-    return {"value": value, "unit": unit, "system": UCUM, "code": unit}
-
-
 @dataclass
 class Chart:
     """The resources of one synthetic patient, grouped by resource type."""
@@ -139,7 +127,7 @@ class Chart:
 
     def subject(self) -> Json:
         absolute = self.rng.random() < 0.03
-        return {"reference": f"{BASE}/Patient/{self.pid}" if absolute else f"Patient/{self.pid}"}
+        return {"reference": f"{BASE_URL}/Patient/{self.pid}" if absolute else f"Patient/{self.pid}"}
 
     def emit(self, rtype: str, resource: Json) -> None:
         line = orjson.dumps(resource)
@@ -218,8 +206,8 @@ class Generator:
                                      display))
         res: Json = {"resourceType": "Condition", "id": self.uid(), "meta": {"lastUpdated": self.when(2)}}
         if clinical:
-            res["clinicalStatus"] = concept(coding(CLIN, clinical))
-        res["verificationStatus"] = concept(coding(VER, "confirmed"))
+            res["clinicalStatus"] = concept(coding(CLIN_STATUS, clinical))
+        res["verificationStatus"] = concept(coding(VER_STATUS, "confirmed"))
         res |= {"category": [concept(coding("http://terminology.hl7.org/CodeSystem/condition-category",
                                             "encounter-diagnosis"))],
                 "code": concept(*codings), "subject": c.subject(),

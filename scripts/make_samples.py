@@ -24,47 +24,50 @@ Usage: ``python scripts/make_samples.py [--out DIR] [--schema FILE]``
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-from jsonschema import Draft6Validator
-
-from bridge.errors import InvalidResource
 from bridge.fhirmodels import parse_resource
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # samplekit.py, beside this script
+from samplekit import (  # noqa: E402
+    ACT_CODE,
+    CLIN_STATUS,
+    CLINICAL,
+    COND_CAT,
+    HTEST,
+    ICD10,
+    ICD10CM,
+    LAB,
+    LOINC,
+    OBS_CAT,
+    SNOMED,
+    TZ,
+    VER_STATUS,
+    GenerationError,
+    bundle,
+    coding,
+    concept,
+    qty,
+    schema_file,
+    validate,
+    write,
+)
 
 Json = dict[str, Any]
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "samples" / "prescreen"
-DEFAULT_SCHEMA = ROOT.parent / "shared" / "fhir-data" / "hl7-fhir-r4-schema" / "fhir.schema.json"
 AS_OF = date(2026, 6, 15)
 SEED = 20260615
-TZ = "+08:00"  # the sample hospital is in Suzhou; dates are compared as written (local)
-BASE_URL = "http://hospital.example.org/fhir"
 
-LOINC = "http://loinc.org"
-SNOMED = "http://snomed.info/sct"
-UCUM = "http://unitsofmeasure.org"
-ICD10 = "http://hl7.org/fhir/sid/icd-10"
-ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
-LAB = "http://hospital.example.org/lab"
 CARDIO = "http://hospital.example.org/cardio"
-CLINICAL = "http://hospital.example.org/clinical"
 HIS_DX = "http://hospital.example.org/diagnosis"
-OBS_CAT = "http://terminology.hl7.org/CodeSystem/observation-category"
-COND_CAT = "http://terminology.hl7.org/CodeSystem/condition-category"
-CLIN_STATUS = "http://terminology.hl7.org/CodeSystem/condition-clinical"
-VER_STATUS = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
-ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
-ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 
 INCLUSIONS = ("inc-diagnosis", "inc-age", "inc-ecog", "inc-cd7-expression", "inc-cardiac", "inc-organ-function")
 EXCLUSIONS = ("exc-pregnancy", "exc-congenital-immunodeficiency", "exc-cns-leukemia", "exc-active-infection",
@@ -81,10 +84,6 @@ IMPOSSIBLE = {
 }
 
 
-class GenerationError(Exception):
-    """A generated resource is invalid, or the hand-written intent is inconsistent."""
-
-
 # ------------------------------------------------------------------------------------------ primitives
 def day(days_ago: int) -> date:
     return AS_OF - timedelta(days=days_ago)
@@ -98,28 +97,6 @@ def when(days_ago: int, hour: int = 8) -> str:
 def birth_on_as_of(years: int, shift_days: int = 0) -> str:
     """The birth date of someone who turns ``years`` on the as-of date (shifted by ``shift_days``)."""
     return (date(AS_OF.year - years, AS_OF.month, AS_OF.day) + timedelta(days=shift_days)).isoformat()
-
-
-def coding(system: str, code: str, display: str | None = None) -> Json:
-    out = {"system": system, "code": code}
-    if display:
-        out["display"] = display
-    return out
-
-
-def concept(*codings: Json, text: str | None = None) -> Json:
-    out: Json = {"coding": list(codings)}
-    if text:
-        out["text"] = text
-    return out
-
-
-def qty(value: float, code: str, unit: str | None = None, comparator: str | None = None) -> Json:
-    out: Json = {"value": value}
-    if comparator:
-        out["comparator"] = comparator
-    out.update({"unit": unit or code, "system": UCUM, "code": code})
-    return out
 
 
 def ref_range(low: float, high: float, unit: str) -> list[Json]:
@@ -152,7 +129,7 @@ class Chart:
             meta["versionId"] = str(version)
         if updated:
             meta["lastUpdated"] = updated
-        meta["security"] = [coding(ACT_REASON, "HTEST", "test health data")]
+        meta["security"] = [HTEST]
         return meta
 
     def _subject(self) -> Json:
@@ -821,38 +798,6 @@ def build_intent(cases: list[Case]) -> Json:
 
 
 # ------------------------------------------------------------------------------------------ validation
-def schema_file(given: str | None) -> Path:
-    path = Path(given or os.environ.get("BRIDGE_FHIR_SCHEMA") or DEFAULT_SCHEMA)
-    if not path.is_file():
-        raise GenerationError(f"FHIR R4 JSON Schema not found at {path} (use --schema or BRIDGE_FHIR_SCHEMA)")
-    return path
-
-
-@cache
-def _definitions(path: str) -> Json:
-    with open(path, encoding="utf-8") as fh:
-        definitions: Json = json.load(fh)["definitions"]
-    return definitions
-
-
-@cache
-def _validator(path: str, rtype: str) -> Draft6Validator:
-    return Draft6Validator({"$ref": f"#/definitions/{rtype}", "definitions": _definitions(path)})
-
-
-def validate(resource: Json, schema: Path) -> None:
-    """R4B model and official R4 JSON Schema; raise GenerationError naming every failing element path."""
-    label = f"{resource['resourceType']}/{resource['id']}"
-    try:
-        parse_resource(resource, label)
-    except InvalidResource as exc:  # its message carries element paths only
-        raise GenerationError(f"{label} fails the R4B model: {exc}") from None
-    errors = sorted(_validator(str(schema), resource["resourceType"]).iter_errors(resource), key=str)
-    if errors:
-        paths = ["/".join(map(str, e.absolute_path)) or "(root)" for e in errors]
-        raise GenerationError(f"{label} fails the R4 JSON Schema at {paths}")
-
-
 # ------------------------------------------------------------------------------------------ output
 def charts(cases: list[Case]) -> list[Chart]:
     out = []
@@ -873,32 +818,6 @@ def check_ids(resources: list[Json]) -> None:
         seen.add(key)
 
 
-def bundle(resources: list[Json]) -> Json:
-    entries = [{"fullUrl": f"{BASE_URL}/{r['resourceType']}/{r['id']}", "resource": r} for r in resources]
-    return {"resourceType": "Bundle", "id": "prescreen-samples", "meta": {
-        "security": [coding(ACT_REASON, "HTEST", "test health data")]},
-        "type": "collection", "timestamp": f"{AS_OF.isoformat()}T07:00:00{TZ}", "entry": entries}
-
-
-def dumps(doc: Any) -> str:
-    return json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
-
-
-def write(out: Path, resources: list[Json], intent: Json) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ndjson").mkdir(exist_ok=True)
-    written = [out / "bundle.json", out / "intent.json"]
-    written[0].write_text(dumps(bundle(resources)), encoding="utf-8")
-    written[1].write_text(dumps(intent), encoding="utf-8")
-    for rtype in ("Patient", "Condition", "Observation", "Encounter"):
-        lines = [json.dumps(r, ensure_ascii=False, separators=(",", ":")) for r in resources
-                 if r["resourceType"] == rtype]
-        path = out / "ndjson" / f"{rtype}.ndjson"
-        path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        written.append(path)
-    return written
-
-
 def ordered(cases: list[Case]) -> list[Case]:
     """p01, p02, ... then the published case."""
     return sorted(cases, key=lambda cs: (not cs.pid.startswith("p"), cs.pid))
@@ -911,8 +830,9 @@ def generate(out: Path, schema: Path) -> list[Path]:
     check_ids(resources)
     for r in resources:
         validate(r, schema)
-    parse_resource(bundle(resources), "Bundle/prescreen-samples")
-    return write(out, resources, intent)
+    doc = bundle(resources, "prescreen-samples", f"{AS_OF.isoformat()}T07:00:00{TZ}")
+    parse_resource(doc, "Bundle/prescreen-samples")
+    return write(out, doc, intent, ("Patient", "Condition", "Observation", "Encounter"))
 
 
 def main(argv: list[str] | None = None) -> int:

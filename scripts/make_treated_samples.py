@@ -38,48 +38,52 @@ Usage: ``python scripts/make_treated_samples.py [--out DIR] [--schema FILE]``
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-from jsonschema import Draft6Validator
-
 from bridge.fhirmodels import parse_resource
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # samplekit.py, beside this script
+from samplekit import (  # noqa: E402
+    ACT_CODE,
+    CLIN_STATUS,
+    CLINICAL,
+    COND_CAT,
+    HTEST,
+    ICD10,
+    ICD10CM,
+    LAB,
+    LOINC,
+    OBS_CAT,
+    SNOMED,
+    TZ,
+    VER_STATUS,
+    GenerationError,
+    bundle,
+    coding,
+    concept,
+    qty,
+    schema_file,
+    validate,
+    write,
+)
 
 Json = dict[str, Any]
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "samples" / "treated"
-DEFAULT_SCHEMA = ROOT.parent / "shared" / "fhir-data" / "hl7-fhir-r4-schema" / "fhir.schema.json"
 AS_OF = date(2026, 12, 31)
-TZ = "+08:00"  # the sample hospital is in Suzhou; dates are compared as written (local)
-BASE_URL = "http://hospital.example.org/fhir"
 TYPES = ("Patient", "Condition", "Encounter", "Observation", "MedicationAdministration", "Consent")
 # research Consent withdrawn (inactive) before the registry export: shows the registry's consent gate
 WITHDRAWN = frozenset({"t07"})
 
-LOINC = "http://loinc.org"
-SNOMED = "http://snomed.info/sct"
-UCUM = "http://unitsofmeasure.org"
-ICD10 = "http://hl7.org/fhir/sid/icd-10"
-ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
-LAB = "http://hospital.example.org/lab"
-CLINICAL = "http://hospital.example.org/clinical"
 NEURO = "http://hospital.example.org/neuro"
 ICU = "http://hospital.example.org/icu"
 PHARMACY = "http://hospital.example.org/pharmacy"
-OBS_CAT = "http://terminology.hl7.org/CodeSystem/observation-category"
-COND_CAT = "http://terminology.hl7.org/CodeSystem/condition-category"
-CLIN_STATUS = "http://terminology.hl7.org/CodeSystem/condition-clinical"
-VER_STATUS = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
-ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
-ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 
 PUBLISHED = "published value (Cao X et al., Exp Hematol Oncol 2022;11:67)"
 SYNTHETIC = "synthetic value"
@@ -96,36 +100,9 @@ DOSE_RANGE = (0.5e6, 10e6)
 COURSE_DAYS = 14
 
 
-class GenerationError(Exception):
-    """A generated resource is invalid, or the hand-written intent is inconsistent."""
-
-
-# ------------------------------------------------------------------------------------------ primitives
-def coding(system: str, code: str, display: str | None = None) -> Json:
-    out = {"system": system, "code": code}
-    if display:
-        out["display"] = display
-    return out
-
-
-def concept(*codings: Json, text: str | None = None) -> Json:
-    out: Json = {"coding": list(codings)}
-    if text:
-        out["text"] = text
-    return out
-
-
-def qty(value: float, code: str, unit: str | None = None, comparator: str | None = None) -> Json:
-    out: Json = {"value": value}
-    if comparator:
-        out["comparator"] = comparator
-    out.update({"unit": unit or code, "system": UCUM, "code": code})
-    return out
-
-
+# ------------------------------------------------------------------------------------------ answer codes
 POS_LA, NEG_LA = coding(LOINC, "LA6576-8", "Positive"), coding(LOINC, "LA6577-6", "Negative")
 PRESENT, ABSENT = coding(SNOMED, "52101004", "Present"), coding(SNOMED, "2667000", "Absent")
-HTEST = coding(ACT_REASON, "HTEST", "test health data")
 
 
 # ------------------------------------------------------------------------------------------ lab catalogue
@@ -950,38 +927,6 @@ def build_intent(cases: list[Case]) -> Json:
 
 
 # ------------------------------------------------------------------------------------------ validation
-def schema_file(given: str | None) -> Path:
-    path = Path(given or os.environ.get("BRIDGE_FHIR_SCHEMA") or DEFAULT_SCHEMA)
-    if not path.is_file():
-        raise GenerationError(f"FHIR R4 JSON Schema not found at {path} (use --schema or BRIDGE_FHIR_SCHEMA)")
-    return path
-
-
-@cache
-def _definitions(path: str) -> Json:
-    with open(path, encoding="utf-8") as fh:
-        definitions: Json = json.load(fh)["definitions"]
-        return definitions
-
-
-@cache
-def _validator(path: str, rtype: str) -> Draft6Validator:
-    return Draft6Validator({"$ref": f"#/definitions/{rtype}", "definitions": _definitions(path)})
-
-
-def validate(resource: Json, schema: Path) -> None:
-    """R4B model and official R4 JSON Schema; raise GenerationError naming every failing element path."""
-    label = f"{resource['resourceType']}/{resource['id']}"
-    try:
-        parse_resource(resource, label)
-    except Exception as exc:  # InvalidResource; the message carries paths only
-        raise GenerationError(f"{label} fails the R4B model: {exc}") from None
-    errors = sorted(_validator(str(schema), resource["resourceType"]).iter_errors(resource), key=str)
-    if errors:
-        paths = ["/".join(map(str, e.absolute_path)) or "(root)" for e in errors]
-        raise GenerationError(f"{label} fails the R4 JSON Schema at {paths}")
-
-
 # ------------------------------------------------------------------------------------------ output
 def charts(cases: list[Case]) -> list[Chart]:
     out = []
@@ -1007,39 +952,15 @@ def check_resources(resources: list[Json]) -> None:
             raise GenerationError(f"{key[0]}/{key[1]} is dated after the as-of date")
 
 
-def bundle(resources: list[Json]) -> Json:
-    entries = [{"fullUrl": f"{BASE_URL}/{r['resourceType']}/{r['id']}", "resource": r} for r in resources]
-    return {"resourceType": "Bundle", "id": "treated-samples", "meta": {"security": [HTEST]},
-            "type": "collection", "timestamp": f"{AS_OF.isoformat()}T07:00:00{TZ}", "entry": entries}
-
-
-def dumps(doc: Any) -> str:
-    return json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
-
-
-def write(out: Path, resources: list[Json], intent: Json) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ndjson").mkdir(exist_ok=True)
-    written = [out / "bundle.json", out / "intent.json"]
-    written[0].write_text(dumps(bundle(resources)), encoding="utf-8")
-    written[1].write_text(dumps(intent), encoding="utf-8")
-    for rtype in TYPES:
-        lines = [json.dumps(r, ensure_ascii=False, separators=(",", ":")) for r in resources
-                 if r["resourceType"] == rtype]
-        path = out / "ndjson" / f"{rtype}.ndjson"
-        path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        written.append(path)
-    return written
-
-
 def generate(out: Path, schema: Path) -> list[Path]:
     intent = build_intent(CASES)
     resources = [r for chart in charts(CASES) for r in chart.resources]
     check_resources(resources)
     for r in resources:
         validate(r, schema)
-    parse_resource(bundle(resources), "Bundle/treated-samples")
-    return write(out, resources, intent)
+    doc = bundle(resources, "treated-samples", f"{AS_OF.isoformat()}T07:00:00{TZ}")
+    parse_resource(doc, "Bundle/treated-samples")
+    return write(out, doc, intent, TYPES)
 
 
 def main(argv: list[str] | None = None) -> int:
