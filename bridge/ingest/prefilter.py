@@ -94,10 +94,8 @@ def newline_positions(buf: Bytes, lo: int = 0, hi: int | None = None) -> numpy.n
 
 
 def count_newlines(buf: Bytes, lo: int = 0, hi: int | None = None) -> int:
-    """``buf.count(b"\\n", lo, hi)``, vectorized: about 2.5x faster than ``bytes.count`` for one byte."""
-    hi = len(buf) if hi is None else hi
-    view = numpy.frombuffer(buf, numpy.uint8, count=hi - lo, offset=lo)
-    return sum(int(numpy.count_nonzero(view[i:i + _BLOCK] == _NEWLINE)) for i in range(0, hi - lo, _BLOCK))
+    """``buf.count(b"\\n", lo, hi)`` (the line number of a skipped line in a chunk)."""
+    return int(newline_positions(buf, lo, hi).size)
 
 
 def _trie(words: Iterable[bytes]) -> bytes:
