@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import repeat
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy
 import orjson
@@ -189,11 +189,19 @@ def patient_of(resource: dict[str, Any]) -> str | None:
     return ref_id(resource.get("subject"), "Patient") or ref_id(resource.get("patient"), "Patient")
 
 
-def has_leukemia(resource: dict[str, Any], cmap: CodeMap) -> bool:
+class Codes(Protocol):
+    """What the two code checks read: a ``CodeMap``, or ``CachedCodes`` in front of one."""
+
+    def condition_concepts(self, system: str | None, code: str | None) -> frozenset[str]: ...
+
+    def observation_concept(self, system: str | None, code: str | None) -> str | None: ...
+
+
+def has_leukemia(resource: dict[str, Any], cmap: Codes) -> bool:
     return any(LEUKEMIA in cmap.condition_concepts(s, c) for s, c in codings(resource.get("code")))
 
 
-def relevant(resource: dict[str, Any], cmap: CodeMap, concepts: frozenset[str] = ELIGIBILITY_CONCEPTS) -> bool:
+def relevant(resource: dict[str, Any], cmap: Codes, concepts: frozenset[str] = ELIGIBILITY_CONCEPTS) -> bool:
     """Could this resource change an eligibility verdict? Any coding (any position, any component) counts."""
     rtype = resource.get("resourceType")
     if rtype == "Patient":
@@ -302,7 +310,8 @@ class Spill:
 
 # ------------------------------------------------------------------------------------------- the workers
 class CachedCodes:
-    """``CodeMap.condition_concepts`` remembered per (system, code): the same few codes recur on every line."""
+    """A ``CodeMap`` whose ``condition_concepts`` are remembered per (system, code): the same few codes recur on
+    every line (``observation_concept`` is a dict lookup already and is passed through)."""
 
     def __init__(self, cmap: CodeMap, limit: int = 1 << 16) -> None:
         self.cmap, self.limit = cmap, limit
@@ -317,14 +326,8 @@ class CachedCodes:
                 self._memo[key] = found
         return found
 
-    def has_leukemia(self, resource: dict[str, Any]) -> bool:
-        return any(LEUKEMIA in self.condition_concepts(s, c) for s, c in codings(resource.get("code")))
-
-    def relevant(self, resource: dict[str, Any]) -> bool:
-        """``relevant`` with remembered condition codes."""
-        if resource.get("resourceType") == "Condition":
-            return any(self.condition_concepts(s, c) & ELIGIBILITY_CONCEPTS for s, c in codings(resource.get("code")))
-        return relevant(resource, self.cmap)
+    def observation_concept(self, system: str | None, code: str | None) -> str | None:
+        return self.cmap.observation_concept(system, code)
 
 
 @dataclass(frozen=True)
@@ -414,7 +417,7 @@ def find_candidates(chunk: Chunk) -> set[str]:
             res = orjson.loads(line)
         except orjson.JSONDecodeError:
             continue  # reported by pass 2 (and the empty string after a final newline)
-        if isinstance(res, dict) and res.get("resourceType") == "Condition" and codes.has_leukemia(res):
+        if isinstance(res, dict) and res.get("resourceType") == "Condition" and has_leukemia(res, codes):
             pid = patient_of(res)
             if pid:
                 found.add(pid)
@@ -523,12 +526,12 @@ class ChunkReader:
             return
         pid = patient_of(res)
         candidate = pid is not None and pid in self.scope.candidates
-        if rtype == "Condition" and self.stray_check and not candidate and pid and self.scope.codes.has_leukemia(res):
+        if rtype == "Condition" and self.stray_check and not candidate and pid and has_leukemia(res, self.scope.codes):
             self.result.strays.add(pid)
         if not candidate or rtype not in SCREENED_TYPES:
             return
         ref = source_ref(res)
-        if ref in self.scope.keep_refs or self.scope.codes.relevant(res):
+        if ref in self.scope.keep_refs or relevant(res, self.scope.codes):
             order = (self.chunk.file_index << _FILE_SHIFT) | (self.chunk.start + start)
             for skipped in self.asm.add_at(Entry(res, _UNPLACED), order):
                 self._skip(start, lineno, skipped)
@@ -772,7 +775,7 @@ def population_map(directory: Path, cmap: CodeMap, then: Callable[[PatientFacts]
         keep |= collide
 
 
-__all__ = ["CHUNK_BYTES", "ELIGIBILITY_CONCEPTS", "CachedCodes", "Chunk", "ChunkReader", "ChunkResult",
+__all__ = ["CHUNK_BYTES", "ELIGIBILITY_CONCEPTS", "CachedCodes", "Chunk", "ChunkReader", "ChunkResult", "Codes",
            "Packed", "PositionedAssembler", "Scope", "Spill", "candidates_in", "default_processes", "digest",
            "file_type", "find_candidates", "finish_batch", "has_leukemia", "patient_of", "plan_chunks",
            "population_map", "population_patients", "read_chunk", "read_chunk_reusing", "relevant",
