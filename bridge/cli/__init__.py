@@ -8,6 +8,7 @@ prescreen DIR`` on a small directory is mostly start-up.
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -89,8 +90,6 @@ def __getattr__(name: str) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    import sys
-
     args = list(sys.argv[1:] if argv is None else argv)
     build_app(command_in(args))(args, prog_name="bridge")
 
