@@ -1,8 +1,8 @@
 """Queue packages in the outbox and send them to the registry, each exactly once.
 
-``enqueue_packages`` / ``enqueue_directory`` put packages in the outbox (a package already known by its
-idempotency key is not queued again); ``sync_directory`` also withdraws the unsent packages an export no longer
-holds (consent withdrawn). ``submit_pending`` drains the outbox oldest first: it claims a package,
+``enqueue_packages`` puts packages in the outbox (a package already known by its idempotency key is not queued
+again); ``sync_directory`` queues a directory's and withdraws the unsent packages it no longer holds (consent
+withdrawn). ``submit_pending`` drains the outbox oldest first: it claims a package,
 adds the registry patient id (``registry_crid_path``; asked once per pseudonym and cached), checks the
 package again (registry profile, R4 schema, codes, no precise date), POSTs it with its idempotency key and
 stores the receipt. A package the registry rejects (4xx) becomes ``failed`` and the run goes on; a transient
@@ -94,22 +94,13 @@ def _pseudonym(bundle: Json) -> str:
     raise InputError("a registry package without a Patient pseudonym")
 
 
-def _directory_packages(directory: Path) -> list[Package]:
+def sync_directory(outbox: Outbox, directory: Path) -> tuple[int, int, int]:
+    """(queued, already known, withdrawn): ``directory`` is the latest export, so its ``*.json`` packages are
+    queued (all are checked before any is) and every unsent package it no longer holds — its patient withdrew
+    consent, or it is no longer due — is withdrawn and will not be sent (``Outbox.withdraw_except``)."""
     if not directory.is_dir():
         raise SourceUnreadable(f"{directory} is not a directory of registry packages")
-    return [read_package_file(p) for p in sorted(directory.glob("*.json"))]
-
-
-def enqueue_directory(outbox: Outbox, directory: Path) -> tuple[int, int]:
-    """Queue every ``*.json`` package of ``directory`` (all are checked before any is queued)."""
-    return enqueue_packages(outbox, _directory_packages(directory))
-
-
-def sync_directory(outbox: Outbox, directory: Path) -> tuple[int, int, int]:
-    """(queued, already known, withdrawn): ``directory`` is the latest export, so its packages are queued and
-    every unsent package it no longer holds — its patient withdrew consent, or it is no longer due — is
-    withdrawn and will not be sent (``Outbox.withdraw_except``)."""
-    packages = _directory_packages(directory)
+    packages = [read_package_file(p) for p in sorted(directory.glob("*.json"))]
     queued, known = enqueue_packages(outbox, packages)
     return queued, known, outbox.withdraw_except({p.id for p in packages})
 
@@ -190,5 +181,5 @@ def submit_pending(outbox: Outbox, client: RegistryClient, centre: str, *, use_c
     return report
 
 
-__all__ = ["EventHook", "SubmitReport", "crid_for", "enqueue_directory", "enqueue_packages", "read_package_file",
+__all__ = ["EventHook", "SubmitReport", "crid_for", "enqueue_packages", "read_package_file",
            "submit_pending", "sync_directory", "with_crid"]
