@@ -19,11 +19,10 @@ from jsonschema import Draft6Validator
 
 from bridge.errors import InvalidResource
 from bridge.fhirmodels import parse_resource
+from bridge.publish.validate import DEFAULT_SCHEMA, SCHEMA_ENV
 
 Json = dict[str, Any]
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SCHEMA = ROOT.parent / "shared" / "fhir-data" / "hl7-fhir-r4-schema" / "fhir.schema.json"
 BASE_URL = "http://hospital.example.org/fhir"
 TZ = "+08:00"  # the sample hospital is in Suzhou; dates are compared as written (local)
 
@@ -73,9 +72,9 @@ HTEST = coding(ACT_REASON, "HTEST", "test health data")  # the security tag ever
 
 # ------------------------------------------------------------------------------------------ validation
 def schema_file(given: str | None) -> Path:
-    path = Path(given or os.environ.get("BRIDGE_FHIR_SCHEMA") or DEFAULT_SCHEMA)
+    path = Path(given or os.environ.get(SCHEMA_ENV) or DEFAULT_SCHEMA)
     if not path.is_file():
-        raise GenerationError(f"FHIR R4 JSON Schema not found at {path} (use --schema or BRIDGE_FHIR_SCHEMA)")
+        raise GenerationError(f"FHIR R4 JSON Schema not found at {path} (use --schema or {SCHEMA_ENV})")
     return path
 
 
