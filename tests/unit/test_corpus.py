@@ -14,9 +14,8 @@ from bridge.evaluate.eligibility import CRITERIA, screen
 from bridge.ingest.readers import read_source
 from bridge.normalize.mappings import load_code_map
 from bridge.normalize.patients import assemble
+from tests.shared import EXAMPLES, FHIR_DATA
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "fhir-data"
-EXAMPLES = SHARED / "hl7-fhir-r4-examples_via_fhir_models"
 TYPES = ("Patient", "Condition", "Observation", "Encounter", "MedicationAdministration")
 CMAP = load_code_map(Path("samples/site-map.yaml"))
 OPTS = RuleOptions(as_of=date(2026, 6, 15))
@@ -47,7 +46,7 @@ def test_official_example(path: Path) -> None:
         assert [v.criterion for v in screen(pf, OPTS, CMAP.uln).verdicts] == list(CRITERIA)
 
 
-@pytest.mark.parametrize("path", sorted(SHARED.glob("synthea*/*.json")), ids=lambda p: p.name[:20])
+@pytest.mark.parametrize("path", sorted(FHIR_DATA.glob("synthea*/*.json")), ids=lambda p: p.name[:20])
 def test_synthea_bundle(path: Path) -> None:
     patients, report = assemble(read_source(str(path)), CMAP)
     assert len(patients) == 1 and report.used > 50 and not report.skipped

@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 
 from bridge.errors import InputError, MappingError
 from bridge.evaluate import grading as g
+from tests.shared import TRIAL
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_CTCAE = REPO.parent / "shared" / "trial" / "ctcae-v5-lab-terms.json"
+SHARED_CTCAE = TRIAL / "ctcae-v5-lab-terms.json"
 
 LAB_TERMS = [
     "Neutrophil count decreased",

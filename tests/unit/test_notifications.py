@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,11 +13,11 @@ from bridge.normalize.mappings import CodeMap, load_code_map
 from bridge.service.channels import channel_header, channel_secret, secret_matches
 from bridge.service.notifications import parse_bundle, parse_post, parse_put
 from bridge.service.triggers import Digest, decide, digest, patient_of, version_key
+from tests.shared import EXAMPLES
 
 EHR = "http://ehr.example/fhir"
 BP = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
 ADMISSION_TOPIC = "http://sekmet.dev/fhir/SubscriptionTopic/encounter-start"
-EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "fhir-data" / "hl7-fhir-r4-examples_via_fhir_models"
 ACT = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 
 

@@ -16,9 +16,10 @@ from bridge.errors import InputError, InvalidResource, ValidationFailed
 from bridge.fhirmodels import parse_resource
 from bridge.model import Tri, Verdict
 from bridge.publish import criteria, provenance, study, subject
-from bridge.publish.validate import REPO_ROOT, validate_output
+from bridge.publish.validate import validate_output
+from tests.shared import TRIAL
 
-RECORD = REPO_ROOT.parent / "shared" / "trial" / "NCT04762485-record.txt"
+RECORD = TRIAL / "NCT04762485-record.txt"
 AS_OF = date(2026, 6, 15)
 RECORDED = datetime(2026, 6, 15, 9, 30, tzinfo=timezone(timedelta(hours=8)))
 

@@ -121,8 +121,8 @@ class Ran:
 
 
 def bridge(*args: str) -> Ran:
-    """The command in-process (no BRIDGE_* variables of the test environment leak in)."""
-    clean = {k: None for k in os.environ if k.startswith("BRIDGE_")}
+    """The command in-process (no BRIDGE_* settings of the test environment leak in; the schema's location does)."""
+    clean = {k: None for k in os.environ if k.startswith("BRIDGE_") and k != "BRIDGE_FHIR_SCHEMA"}
     result = CliRunner(env=clean).invoke(app, list(args))
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
@@ -131,7 +131,7 @@ def bridge(*args: str) -> Ran:
 
 def bridge_process(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The command as a real process (``python -m bridge``)."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_") or k == "BRIDGE_FHIR_SCHEMA"}
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "bridge", *args], capture_output=True, text=True, timeout=180,
                           check=False, env=full_env, cwd=REPO)

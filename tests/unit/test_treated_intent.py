@@ -40,11 +40,11 @@ from bridge.ingest.readers import read_bundle_file, read_ndjson_dir
 from bridge.model import Fact, PatientFacts, Quantity
 from bridge.normalize.mappings import CodeMap, load_code_map
 from bridge.normalize.patients import assemble
+from tests.shared import SCHEMA
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples" / "treated"
 SCRIPT = ROOT / "scripts" / "make_treated_samples.py"
-SCHEMA = ROOT.parent / "shared" / "fhir-data" / "hl7-fhir-r4-schema" / "fhir.schema.json"
 AS_OF = date(2026, 12, 31)
 LAB_CONCEPTS = ("anc", "platelets", "hemoglobin", "ast", "alt", "bilirubin-total", "creatinine")
 CRS = "Cytokine release syndrome"

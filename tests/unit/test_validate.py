@@ -12,8 +12,8 @@ from jsonschema import Draft6Validator
 
 from bridge.errors import ConfigError, ValidationFailed
 from bridge.publish import validate as v
+from tests.shared import EXAMPLES
 
-EXAMPLES = v.REPO_ROOT.parent / "shared" / "fhir-data" / "hl7-fhir-r4-examples_via_fhir_models"
 SECRET = "Zhang-San-13812345678"  # a stand-in for patient data that must never reach a message
 
 
