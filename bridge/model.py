@@ -52,7 +52,12 @@ class Fact:
 
     ``value`` is a converted ``Quantity`` (in the concept's canonical unit), an ``int`` (scores, classes),
     a ``bool`` (qualitative: positive/negative, finding present/absent), or ``None`` when the value could
-    not be used — then ``problem`` says why (e.g. an unconvertible unit), without the value itself.
+    not be used — then ``problem`` says why (an unconvertible unit, outside the concept's plausible range, an
+    equivocal or indeterminate qualitative result), without the value itself. A fact without a date
+    (``when`` None) is not usable either. RULES.md §3: a not-usable fact is an *unknown* value, never an
+    absent one — the rules must give ``unknown`` wherever its value could change the verdict.
+    ``ref_problem`` says why the reference range could not be used (then ``ref_high``/``ref_low`` are None
+    and the configured default limit applies, with a warning).
     """
 
     concept: str
@@ -64,6 +69,12 @@ class Fact:
     ref_high: Quantity | None = None
     problem: str | None = None
     method: str | None = None
+    ref_problem: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        """A value the rules may read: converted, plausible and dated."""
+        return self.problem is None and self.value is not None and self.when is not None
 
 
 @dataclass(frozen=True)
@@ -130,6 +141,8 @@ class PatientFacts:
     """Everything the rules may look at for one patient."""
 
     patient_id: str
+    has_patient: bool = False  # a valid Patient resource was read (RULES.md §2 "Who is screened")
+    animal: bool = False  # the Patient carries the patient-animal extension
     birth_date: PartialDate | None = None
     sex: str | None = None
     deceased: bool = False
@@ -156,6 +169,18 @@ class PatientFacts:
 
 
 @dataclass(frozen=True)
+class NotScreened:
+    """A patient the rules are not applied to (RULES.md §2 "Who is screened"); ``reason`` is one of
+    ``deceased``, ``non-human``, ``no-patient-resource``."""
+
+    patient: str
+    reason: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"patient": self.patient, "reason": self.reason}
+
+
+@dataclass(frozen=True)
 class Verdict:
     """One criterion's result with its evidence (resource refs) and a one-line reason free of names."""
 
@@ -168,4 +193,4 @@ class Verdict:
         return {"result": self.result, "evidence": list(self.evidence), "reason": self.reason}
 
 
-__all__ = ["Diagnosis", "Fact", "Infusion", "PartialDate", "PatientFacts", "Quantity", "Stay", "Tri", "Verdict"]
+__all__ = ["Diagnosis", "Fact", "Infusion", "NotScreened", "PartialDate", "PatientFacts", "Quantity", "Stay", "Tri", "Verdict"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TextIO
@@ -14,7 +14,7 @@ from bridge.bulk import population_map
 from bridge.config import RuleOptions
 from bridge.evaluate.eligibility import CRITERIA, Screening, screen
 from bridge.ingest.readers import Item, read_source
-from bridge.model import PatientFacts
+from bridge.model import NotScreened, PatientFacts
 from bridge.normalize.mappings import CodeMap
 from bridge.normalize.patients import PatientAssembler, ReadReport
 
@@ -26,6 +26,7 @@ class PrescreenRun:
     report: ReadReport
     population: bool = False  # True: a directory read in population mode (only acute-leukaemia patients)
     stream: Iterator[Screening] | None = None  # lazy=True: the screenings, computed as they are consumed
+    not_screened: list[NotScreened] = field(default_factory=list)  # RULES.md §2 "Who is screened"
 
     def as_json(self) -> dict[str, object]:
         return prescreen_json(self.screenings, self.options)

@@ -52,14 +52,20 @@ def source_ref(resource: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------- Patient
+ANIMAL_EXTENSION = "http://hl7.org/fhir/StructureDefinition/patient-animal"
+
+
 def patient(resource: dict[str, Any]) -> Normalized:
     out = Normalized(_subject(resource, None))
     deceased_dt = partial_date(resource.get("deceasedDateTime"))
+    extensions = resource.get("extension") if isinstance(resource.get("extension"), list) else []
     out.demographics = {
         "birth_date": partial_date(resource.get("birthDate")),
         "sex": resource.get("gender") if isinstance(resource.get("gender"), str) else None,
-        "deceased": bool(resource.get("deceasedBoolean")) or deceased_dt is not None,
-        "deceased_date": deceased_dt.earliest() if deceased_dt and deceased_dt.is_full else None,
+        "deceased": resource.get("deceasedBoolean") is True or deceased_dt is not None,
+        # a partial death date (year or year-month) is taken at its earliest day
+        "deceased_date": deceased_dt.earliest() if deceased_dt else None,
+        "animal": any(isinstance(e, dict) and e.get("url") == ANIMAL_EXTENSION for e in extensions),
     }
     return out
 

@@ -136,6 +136,8 @@ def _merge(pf: PatientFacts, norm: Normalized) -> None:
         pf.sex = norm.demographics["sex"]
         pf.deceased = norm.demographics["deceased"]
         pf.deceased_date = norm.demographics["deceased_date"]
+        pf.animal = norm.demographics["animal"]
+        pf.has_patient = True
     pf.facts.extend(norm.facts)
     pf.diagnoses.extend(norm.diagnoses)
     pf.infusions.extend(norm.infusions)
