@@ -193,4 +193,5 @@ class Verdict:
         return {"result": self.result, "evidence": list(self.evidence), "reason": self.reason}
 
 
-__all__ = ["Diagnosis", "Fact", "Infusion", "NotScreened", "PartialDate", "PatientFacts", "Quantity", "Stay", "Tri", "Verdict"]
+__all__ = ["Diagnosis", "Fact", "Infusion", "NotScreened", "PartialDate", "PatientFacts", "Quantity", "Stay", "Tri",
+           "Verdict"]
