@@ -7,6 +7,7 @@ with ``value=None`` and a ``problem`` naming the element path and units (never t
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import date
@@ -58,7 +59,8 @@ ANIMAL_EXTENSION = "http://hl7.org/fhir/StructureDefinition/patient-animal"
 def patient(resource: dict[str, Any]) -> Normalized:
     out = Normalized(_subject(resource, None))
     deceased_dt = partial_date(resource.get("deceasedDateTime"))
-    extensions = resource.get("extension") if isinstance(resource.get("extension"), list) else []
+    extension = resource.get("extension")
+    extensions = extension if isinstance(extension, list) else []
     out.demographics = {
         "birth_date": partial_date(resource.get("birthDate")),
         "sex": resource.get("gender") if isinstance(resource.get("gender"), str) else None,
@@ -92,56 +94,184 @@ def shown_unit(unit: str) -> str:
     return repr(text)
 
 
+_SEROLOGY = frozenset({"hbsag", "hcv-antibody", "hiv-test"})
+_INDEX_UNITS = frozenset({"", "1", "{INDEX}", "{COI}", "{S_CO_RATIO}", "{RATIO}", "{S/CO}"})
+_BARE_IU = re.compile(r"(?<![\[A-Za-z])(m?)IU(?![A-Za-z\]])")
+HCG_UNIT = "[IU]/L"
+HCG_NEGATIVE_BELOW, HCG_POSITIVE_FROM = 5.0, 25.0  # RULES.md §3: < 5 negative, >= 25 positive, between equivocal
+
+
+def _arbitrary_iu(unit: str) -> str:
+    """``IU`` and ``mIU`` written as text spell the international unit ``[IU]`` / ``m[IU]`` (RULES.md §3) where the
+    canonical unit is ``[IU]``-based; enzyme activity (AST, ALT in IU/L) keeps pint's enzyme ``IU``."""
+    return _BARE_IU.sub(lambda m: f"{m.group(1)}[IU]", unit)
+
+
+def _convert_value(cmap: CodeMap, concept: str, q: Any, path: str, site_code: str | None, target: str,
+                   molar: float | None = None) -> tuple[Quantity | None, str | None]:
+    """A FHIR Quantity converted to ``target``, checked against the concept's plausible range."""
+    if not isinstance(q, dict) or not isinstance(q.get("value"), int | float) or isinstance(q.get("value"), bool):
+        return None, f"{path}: no numeric value"
+    unit = q.get("code") or q.get("unit") or (cmap.site_units.get(site_code or "") if site_code else None)
+    if not isinstance(unit, str) or not target:
+        return None, f"{path}: no unit"
+    if "[IU]" in target:
+        unit = _arbitrary_iu(unit)
+    try:
+        value = convert(float(q["value"]), unit, target, molar)
+    except (UnitError, ArithmeticError, ValueError):
+        return None, f"{path}.code: unit {shown_unit(unit)} cannot be converted to {target!r}"
+    return _plausible(cmap, concept, Quantity(value, target, _comparator(q)), path)
+
+
+def _comparator(q: dict[str, Any]) -> str | None:
+    comparator = q.get("comparator")
+    return comparator if comparator in ("<", "<=", ">=", ">") else None
+
+
+def _plausible(cmap: CodeMap, concept: str, q: Quantity, path: str) -> tuple[Quantity | None, str | None]:
+    rng = cmap.plausible.get(concept)
+    if not math.isfinite(q.value) or (rng is not None and not rng.holds(q.value)):
+        shown = f" ({rng.describe()} {q.unit})" if rng is not None else ""
+        return None, f"{path}.value: outside the plausible range of {concept}{shown}"
+    return q, None
+
+
 def _quantity(cmap: CodeMap, concept: str, q: Any, path: str,
               site_code: str | None) -> tuple[Quantity | None, str | None]:
     info = cmap.concepts[concept]
-    if not isinstance(q, dict) or not isinstance(q.get("value"), int | float):
-        return None, f"{path}: no numeric value"
-    unit = q.get("code") or q.get("unit") or (cmap.site_units.get(site_code or "") if site_code else None)
-    if not isinstance(unit, str) or not info.unit:
-        return None, f"{path}: no unit"
-    try:
-        value = convert(float(q["value"]), unit, info.unit, info.molar)
-    except UnitError:
-        return None, f"{path}.code: unit {shown_unit(unit)} cannot be converted to {info.unit!r}"
-    return Quantity(value, info.unit, q.get("comparator")), None
+    return _convert_value(cmap, concept, q, path, site_code, info.unit or "", info.molar)
 
 
-def _qualitative(cmap: CodeMap, resource: dict[str, Any]) -> bool | None:
-    if isinstance(resource.get("valueBoolean"), bool):
-        return bool(resource["valueBoolean"])
-    for system, code in codings(resource.get("valueCodeableConcept")):
+def _interpretation(cmap: CodeMap, node: dict[str, Any]) -> tuple[bool, bool | None]:
+    """(found, reading) from ``Observation.interpretation``: the first code the table knows."""
+    interps = node.get("interpretation")
+    for interp in interps if isinstance(interps, list) else []:
+        for system, code in codings(interp):
+            known, reading = cmap.interpretation(system, code)
+            if known:
+                return True, reading
+    return False, None
+
+
+def _answer(cmap: CodeMap, node: dict[str, Any]) -> bool | None:
+    """A coded or written answer: valueBoolean, a known valueCodeableConcept code, or its text."""
+    if isinstance(node.get("valueBoolean"), bool):
+        return bool(node["valueBoolean"])
+    for system, code in codings(node.get("valueCodeableConcept")):
         answer = cmap.answer(system, code)
         if answer is not None:
             return answer
-    text = resource.get("valueString") or (resource.get("valueCodeableConcept") or {}).get("text")
+    cc = node.get("valueCodeableConcept")
+    text = node.get("valueString") or (cc.get("text") if isinstance(cc, dict) else None)
     if isinstance(text, str) and text.strip().lower() in _POSITIVE | _NEGATIVE:
         return text.strip().lower() in _POSITIVE
-    q = resource.get("valueQuantity")
-    if isinstance(q, dict) and isinstance(q.get("value"), int | float):
-        return q.get("comparator") not in ("<", "<=") and q["value"] > 0
-    for interp in resource.get("interpretation") or []:
-        for system, code in codings(interp):
-            answer = cmap.answer(system, code)
-            if answer is not None:
-                return answer
     return None
 
 
-def _score(cmap: CodeMap, concept: str, resource: dict[str, Any]) -> int | None:
-    if isinstance(resource.get("valueInteger"), int):
+def _index_reading(cmap: CodeMap, concept: str, q: dict[str, Any], path: str) -> tuple[bool | None, str | None]:
+    """Serology as a signal-to-cut-off index: < 1.0 negative, >= 1.0 positive (RULES.md §3)."""
+    unit = str(q.get("code") or q.get("unit") or "").strip().upper()
+    if unit not in _INDEX_UNITS:
+        return None, f"{path}.code: unit {shown_unit(unit)} is not a signal-to-cut-off index"
+    value, problem = _plausible(cmap, concept, Quantity(float(q["value"]), "{index}", _comparator(q)), path)
+    if value is None:
+        return None, problem
+    return _side(value, 1.0, 1.0, path)
+
+
+def _side(q: Quantity, negative_below: float, positive_from: float, path: str) -> tuple[bool | None, str | None]:
+    """Negative below one cut-off, positive from the other; a reported bound that straddles them is unknown."""
+    low = q.value if q.comparator in (None, ">", ">=") else -math.inf
+    high = q.value if q.comparator in (None, "<", "<=") else math.inf
+    strict_high = q.comparator == "<"
+    if high < negative_below or (strict_high and high <= negative_below):
+        return False, None
+    if low >= positive_from:
+        return True, None
+    return None, f"{path}.value: equivocal against the cut-offs ({negative_below:g} / {positive_from:g})"
+
+
+def _number_reading(cmap: CodeMap, concept: str, node: dict[str, Any], path: str) -> tuple[bool | None, str | None]:
+    q = node.get("valueQuantity")
+    if concept in _SEROLOGY and isinstance(q, dict):
+        return _index_reading(cmap, concept, q, path)
+    if concept == "pregnancy-test":
+        hcg, problem = _convert_value(cmap, concept, q, path, None, HCG_UNIT)
+        return (None, problem) if hcg is None else _side(hcg, HCG_NEGATIVE_BELOW, HCG_POSITIVE_FROM, path)
+    return None, f"{path}: a number is not read as a {concept} result"
+
+
+def _qualitative(cmap: CodeMap, concept: str, node: dict[str, Any], path: str) -> tuple[bool | None, str | None]:
+    """RULES.md §3 "Qualitative tests": (1) interpretation, (2) a coded answer, (3) a number against its cut-off."""
+    found, reading = _interpretation(cmap, node)
+    if found:
+        return reading, None if reading is not None else f"{path}.interpretation: indeterminate or equivocal"
+    answer = _answer(cmap, node)
+    if answer is not None:
+        return answer, None
+    q = node.get("valueQuantity")
+    if isinstance(q, dict) and isinstance(q.get("value"), int | float) and not isinstance(q.get("value"), bool):
+        return _number_reading(cmap, concept, node, f"{path}.valueQuantity")
+    return None, f"{path}.value[x]: no usable result"
+
+
+def _finding(cmap: CodeMap, node: dict[str, Any], path: str) -> tuple[bool | None, str | None]:
+    """A finding: recorded without a value is present; else interpretation, then a coded answer."""
+    if not any(k.startswith("value") for k in node):
+        found, reading = _interpretation(cmap, node)
+        return (reading if found else True), None if not found or reading is not None else \
+            f"{path}.interpretation: indeterminate"
+    found, reading = _interpretation(cmap, node)
+    if found:
+        return reading, None if reading is not None else f"{path}.interpretation: indeterminate or equivocal"
+    answer = _answer(cmap, node)
+    return answer, None if answer is not None else f"{path}.value[x]: no usable result"
+
+
+def _viral_load(cmap: CodeMap, concept: str, node: dict[str, Any], path: str,
+                site: str | None) -> tuple[Quantity | None, str | None]:
+    """HBV DNA: a number in [IU]/mL; *not detected* is below any threshold (0), *detected* alone is known only to
+    be above 0 (unknown against a threshold); ``copies/mL`` is assay-dependent and not usable (RULES.md §3)."""
+    unit = cmap.concepts[concept].unit or ""
+    found, reading = _interpretation(cmap, node)
+    answer = reading if found else _answer(cmap, node)
+    if answer is False:
+        return Quantity(0.0, unit), None
+    if isinstance(node.get("valueQuantity"), dict):
+        return _quantity(cmap, concept, node["valueQuantity"], f"{path}.valueQuantity", site)
+    if answer is True:
+        return Quantity(0.0, unit, ">"), None
+    if found:
+        return None, f"{path}.interpretation: indeterminate or equivocal"
+    return None, f"{path}.value[x]: no usable result"
+
+
+def _score(cmap: CodeMap, concept: str, resource: dict[str, Any]) -> int | float | None:
+    if isinstance(resource.get("valueInteger"), int) and not isinstance(resource.get("valueInteger"), bool):
         return int(resource["valueInteger"])
     q = resource.get("valueQuantity")
-    if isinstance(q, dict) and isinstance(q.get("value"), int | float) and float(q["value"]).is_integer():
-        return int(q["value"])
+    if isinstance(q, dict) and isinstance(q.get("value"), int | float) and not isinstance(q.get("value"), bool):
+        value = float(q["value"])
+        return int(value) if value.is_integer() else value
     for system, code in codings(resource.get("valueCodeableConcept")):
         hit = cmap.score(system, code)
         if hit and hit[0] == concept:
             return hit[1]
-    text = resource.get("valueString") or (resource.get("valueCodeableConcept") or {}).get("text")
+    cc = resource.get("valueCodeableConcept")
+    text = resource.get("valueString") or (cc.get("text") if isinstance(cc, dict) else None)
     return _score_text(text)
 
 
+def _score_value(cmap: CodeMap, concept: str, node: dict[str, Any], path: str) -> tuple[int | None, str | None]:
+    score = _score(cmap, concept, node)
+    if score is None:
+        return None, f"{path}.value[x]: no usable score"
+    rng = cmap.plausible.get(concept)
+    if isinstance(score, float) or (rng is not None and not rng.holds(score)):
+        shown = f" ({rng.describe()})" if rng is not None else ""
+        return None, f"{path}.value[x]: outside the plausible range of {concept}{shown}"
+    return score, None
 def _score_text(text: Any) -> int | None:
     if not isinstance(text, str):
         return None
@@ -152,24 +282,40 @@ def _score_text(text: Any) -> int | None:
     return int(token) if token.isdigit() else _ROMAN[token]
 
 
-def _ref_quantity(cmap: CodeMap, concept: str, rng: Any, bound: str) -> Quantity | None:
-    if not isinstance(rng, dict) or not isinstance(rng.get(bound), dict):
-        return None
-    q, _ = _quantity(cmap, concept, rng[bound], bound, None)
-    return q
+_DEFAULT_LIMIT = "the configured default limit applies"
+
+
+def _ref_limit(cmap: CodeMap, concept: str, rng: Any, bound: str, path: str) -> tuple[Quantity | None, str | None]:
+    """A reference range bound in the canonical unit; one that is not usable (unconvertible, negative, or a
+    ``high`` of zero or below) is None with why (the configured default limit then applies)."""
+    if not isinstance(rng, dict) or bound not in rng:
+        return None, None
+    info = cmap.concepts[concept]
+    q = rng[bound]
+    if not isinstance(q, dict) or not isinstance(q.get("value"), int | float) or isinstance(q.get("value"), bool):
+        return None, f"{path}.{bound}: no numeric value; {_DEFAULT_LIMIT}"
+    unit = str(q.get("code") or q.get("unit") or info.unit)
+    try:
+        value = convert(float(q["value"]), _arbitrary_iu(unit) if "[IU]" in (info.unit or "") else unit,
+                        info.unit or "", info.molar)
+    except (UnitError, ArithmeticError, ValueError):
+        return None, f"{path}.{bound}.code: unit {shown_unit(str(unit))} cannot be converted; {_DEFAULT_LIMIT}"
+    if not math.isfinite(value) or value < 0 or (bound == "high" and value <= 0):
+        return None, f"{path}.{bound}: {'zero or negative' if bound == 'high' else 'negative'}; {_DEFAULT_LIMIT}"
+    return Quantity(value, info.unit or ""), None
 
 
 def _value(cmap: CodeMap, concept: str, node: dict[str, Any], path: str, site: str | None) -> tuple[Any, str | None]:
     kind = cmap.concepts[concept].kind
+    if concept == "hbv-dna":
+        return _viral_load(cmap, concept, node, path, site)
     if kind == "quantity":
         return _quantity(cmap, concept, node.get("valueQuantity"), f"{path}.valueQuantity", site)
     if kind == "score":
-        score = _score(cmap, concept, node)
-        return score, None if score is not None else f"{path}.value[x]: no usable score"
-    value = _qualitative(cmap, node)
-    if value is None and kind == "finding" and not any(k.startswith("value") for k in node):
-        value = True  # a finding recorded without a value is a finding present
-    return value, None if value is not None else f"{path}.value[x]: no usable result"
+        return _score_value(cmap, concept, node, path)
+    if kind == "finding":
+        return _finding(cmap, node, path)
+    return _qualitative(cmap, concept, node, path)
 
 
 def _observation_fact(cmap: CodeMap, node: dict[str, Any], parent: dict[str, Any], path: str) -> Fact | None:
@@ -177,12 +323,19 @@ def _observation_fact(cmap: CodeMap, node: dict[str, Any], parent: dict[str, Any
     if concept is None:
         return None
     value, problem = _value(cmap, concept, node, path, site)
-    rng = next(iter(node.get("referenceRange") or parent.get("referenceRange") or []), None)
+    ranges = node.get("referenceRange") or parent.get("referenceRange")
+    rng = next(iter(ranges), None) if isinstance(ranges, list) else None
+    rpath = "Observation.referenceRange[0]"
+    low, low_problem = _ref_limit(cmap, concept, rng, "low", rpath)
+    high, high_problem = _ref_limit(cmap, concept, rng, "high", rpath)
     when = effective(parent, "effectiveDateTime", "effectivePeriod", "effectiveInstant") or local_date(
         parent.get("issued"))
+    if when is None and problem is None:
+        problem = "Observation.effective[x]: no date (effective[x] and issued absent)"
+    if problem is not None:
+        value = None
     return Fact(concept, value, when, source_ref(parent), status=str(parent.get("status") or "unknown"),
-                ref_low=_ref_quantity(cmap, concept, rng, "low"), ref_high=_ref_quantity(cmap, concept, rng, "high"),
-                problem=problem)
+                ref_low=low, ref_high=high, problem=problem, ref_problem=high_problem or low_problem)
 
 
 def observation(resource: dict[str, Any], cmap: CodeMap, aliases: dict[str, str] | None = None) -> Normalized:
@@ -199,6 +352,7 @@ def observation(resource: dict[str, Any], cmap: CodeMap, aliases: dict[str, str]
             if fact:
                 out.facts.append(fact)
     out.problems = [f"{f.source} {f.problem}" for f in out.facts if f.problem]
+    out.problems += [f"{f.source} {f.ref_problem}" for f in out.facts if f.ref_problem]
     return out
 
 
@@ -283,8 +437,13 @@ def medication_administration(resource: dict[str, Any], cmap: CodeMap,
         unit = dose.get("code") or dose.get("unit") or "{cells}"
         try:
             cells = convert(float(dose["value"]), str(unit), "{cells}")
-        except UnitError:
+        except (UnitError, ArithmeticError, ValueError):
             problem = f"MedicationAdministration.dosage.dose.code: unit {shown_unit(str(unit))} is not a cell count"
+        rng = cmap.plausible.get(concept)
+        if cells is not None and (not math.isfinite(cells) or (rng is not None and not rng.holds(cells))):
+            cells = None
+            problem = f"MedicationAdministration.dosage.dose.value: outside the plausible range of infused cells " \
+                      f"({rng.describe() if rng else 'finite'})"
     else:
         problem = "MedicationAdministration.dosage.dose: no cell count"
     out.infusions.append(Infusion(concept, when, str(resource.get("status") or "unknown"), cells,

@@ -3,7 +3,9 @@
 Every table is checked at load time and every error is reported at once (``MappingError`` with one issue per
 problem, each with its path). ``CodeMap`` is the loaded, indexed result that the normalizer uses:
 observation codes -> concept, condition codes -> concepts (prefix match with exceptions), qualitative
-answers -> positive/negative, score answers -> integers, and the concept catalogue (kind, canonical unit).
+answers -> positive/negative, interpretation codes -> positive/negative/unknown, score answers -> integers,
+the concept catalogue (kind, canonical unit) and the plausible range of each concept (RULES.md §3), which a
+site map may narrow but never widen.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ OBSERVATION_TABLES = ("loinc.yaml",)
 CONDITION_TABLES = ("icd10.yaml", "snomed.yaml", "icd-o-3.yaml")
 ICD_SYSTEMS = frozenset({"http://hl7.org/fhir/sid/icd-10", "http://hl7.org/fhir/sid/icd-10-cm"})
 ICD10_CM = "http://hl7.org/fhir/sid/icd-10-cm"
+INTERPRETATION_SYSTEMS = frozenset({"http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+                                    "http://hl7.org/fhir/v3/ObservationInterpretation"})
 
 
 def mappings_dir() -> Path:
@@ -54,6 +58,35 @@ class ConceptInfo:
 
 
 @dataclass(frozen=True)
+class Plausible:
+    """A concept's plausible range in its canonical unit (``mappings/plausible.yaml``)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_exclusive: bool = False
+    integer: bool = False
+
+    def holds(self, value: float) -> bool:
+        if self.integer and not float(value).is_integer():
+            return False
+        if self.low is not None and (value < self.low or (self.low_exclusive and value == self.low)):
+            return False
+        return self.high is None or value <= self.high
+
+    def describe(self) -> str:
+        low = "" if self.low is None else f"{'>' if self.low_exclusive else ''}{self.low:g}"
+        span = f"{low}-{self.high:g}" if self.high is not None else (f">= {low}" if not self.low_exclusive else low)
+        return ("integer " if self.integer else "") + span
+
+    def within(self, wider: Plausible) -> bool:
+        """Is this range no wider than ``wider`` (a site map may only narrow the default)?"""
+        low_ok = wider.low is None or (self.low is not None and (self.low > wider.low or (
+            self.low == wider.low and (self.low_exclusive or not wider.low_exclusive))))
+        high_ok = wider.high is None or (self.high is not None and self.high <= wider.high)
+        return low_ok and high_ok and (self.integer or not wider.integer)
+
+
+@dataclass(frozen=True)
 class PrefixRule:
     prefix: str
     excepts: tuple[str, ...]
@@ -72,6 +105,8 @@ class CodeMap:
     exact_conditions: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
     icd_rules: list[PrefixRule] = field(default_factory=list)
     answers: dict[tuple[str, str], bool] = field(default_factory=dict)
+    interpretations: dict[str, bool | None] = field(default_factory=dict)
+    plausible: dict[str, Plausible] = field(default_factory=dict)
     scores: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
     site_units: dict[str, str] = field(default_factory=dict)
     uln: dict[str, float] = field(default_factory=dict)
@@ -103,6 +138,14 @@ class CodeMap:
         if not system or not code:
             return None
         return self.answers.get((system.strip(), norm_code(code)))
+
+    def interpretation(self, system: str | None, code: str | None) -> tuple[bool, bool | None]:
+        """(known, reading) of a v3 ObservationInterpretation code: reading True positive, False negative,
+        None indeterminate (RULES.md §3 "Qualitative tests"); known False when the code is not in the table."""
+        if not code or (system and system.strip() not in INTERPRETATION_SYSTEMS):
+            return False, None
+        key = norm_code(code)
+        return (key in self.interpretations), self.interpretations.get(key)
 
     def score(self, system: str | None, code: str | None) -> tuple[str, int] | None:
         if not system or not code:
@@ -210,10 +253,44 @@ def _load_answers(cmap: CodeMap, directory: Path) -> list[Issue]:
     _check(data, "answers.schema.json", "answers.yaml")
     for e in data["entries"]:
         cmap.answers[(e["system"], norm_code(e["code"]))] = bool(e["positive"])
+    for e in data.get("interpretations") or []:
+        cmap.interpretations[norm_code(e["code"])] = {"positive": True, "negative": False}.get(e["reading"])
     refs = [(f"answers.yaml:$.scores[{i}].concept", e["concept"]) for i, e in enumerate(data["scores"])]
     for e in data["scores"]:
         cmap.scores[(e["system"], norm_code(e["code"]))] = (e["concept"], int(e["score"]))
     return _unknown_concepts(refs, cmap.concepts)
+
+
+def _range(spec: dict[str, Any]) -> Plausible:
+    return Plausible(spec.get("low"), spec.get("high"), bool(spec.get("low_exclusive")), bool(spec.get("integer")))
+
+
+def _load_plausible(cmap: CodeMap, directory: Path) -> list[Issue]:
+    data = _read(directory / "plausible.yaml")
+    _check(data, "plausible.schema.json", "plausible.yaml")
+    refs = [(f"plausible.yaml:$.ranges.{k}", k) for k in data["ranges"]]
+    cmap.plausible.update({k: _range(v) for k, v in data["ranges"].items()})
+    return _unknown_concepts(refs, cmap.concepts) + _inverted(data["ranges"], "plausible.yaml:$.ranges")
+
+
+def _inverted(ranges: dict[str, dict[str, Any]], where: str) -> list[Issue]:
+    return [Issue("invalid", "low is above high", (f"{where}.{k}",)) for k, v in ranges.items()
+            if v.get("low") is not None and v.get("high") is not None and v["low"] > v["high"]]
+
+
+def _narrowing_issues(cmap: CodeMap, ranges: dict[str, dict[str, Any]], label: str) -> list[Issue]:
+    """A site map's plausible ranges: known concepts, low <= high, and never wider than the default."""
+    where = f"{label}:$.plausible"
+    issues = _inverted(ranges, where)
+    for key, spec in ranges.items():
+        default = cmap.plausible.get(key)
+        if key in cmap.concepts and default is not None and not _range(spec).within(default):
+            issues.append(Issue("invalid", f"wider than the default plausible range {default.describe()} "
+                                "(a site map may only narrow it)", (f"{where}.{key}",)))
+        elif key in cmap.concepts and default is None:
+            issues.append(Issue("invalid", "no default plausible range to narrow for this concept",
+                                (f"{where}.{key}",)))
+    return issues
 
 
 @lru_cache(maxsize=4)
@@ -226,6 +303,7 @@ def _default_map(directory: str) -> CodeMap:
     for name in CONDITION_TABLES:
         issues += _load_condition_table(cmap, path, name)
     issues += _load_answers(cmap, path)
+    issues += _load_plausible(cmap, path)
     if issues:
         raise MappingError(f"mapping tables: {len(issues)} error(s), first at {issues[0].expression[0]}", issues)
     return cmap
@@ -237,7 +315,8 @@ def load_code_map(site_map: str | Path | None = None, directory: Path | None = N
     cmap = CodeMap(
         concepts=dict(base.concepts), observations=dict(base.observations),
         exact_conditions=dict(base.exact_conditions), icd_rules=list(base.icd_rules),
-        answers=dict(base.answers), scores=dict(base.scores),
+        answers=dict(base.answers), scores=dict(base.scores), interpretations=dict(base.interpretations),
+        plausible=dict(base.plausible),
     )
     if site_map is not None:
         apply_site_map(cmap, Path(site_map))
@@ -254,9 +333,11 @@ def apply_site_map(cmap: CodeMap, path: Path) -> None:
     if isinstance(data, dict) and isinstance(data.get("concepts"), dict):
         refs = [(f"{label}:$.concepts.{k}", k) for k in data["concepts"]]
         issues += _unknown_concepts(refs, cmap.concepts)
-        for section in ("uln", "lln"):
+        for section in ("uln", "lln", "plausible"):
             refs = [(f"{label}:$.{section}.{k}", k) for k in (data.get(section) or {})]
             issues += _unknown_concepts(refs, cmap.concepts)
+        if isinstance(data.get("plausible"), dict) and all(isinstance(v, dict) for v in data["plausible"].values()):
+            issues += _narrowing_issues(cmap, data["plausible"], label)
     if issues:
         raise MappingError(f"site map {label}: {len(issues)} error(s), first at {issues[0].expression[0]}", issues)
     for concept, entries in data["concepts"].items():
@@ -266,7 +347,8 @@ def apply_site_map(cmap: CodeMap, path: Path) -> None:
                 cmap.site_units[f"{e['system'].strip()}|{norm_code(e['code'])}"] = e["unit"]
     cmap.uln.update(data.get("uln") or {})
     cmap.lln.update(data.get("lln") or {})
+    cmap.plausible.update({k: _range(v) for k, v in (data.get("plausible") or {}).items()})
 
 
-__all__ = ["CodeMap", "ConceptInfo", "apply_site_map", "icd_key", "load_code_map", "mappings_dir", "norm_code",
-           "profiles_dir", "schema_issues"]
+__all__ = ["CodeMap", "ConceptInfo", "Plausible", "apply_site_map", "icd_key", "load_code_map", "mappings_dir",
+           "norm_code", "profiles_dir", "schema_issues"]
