@@ -47,6 +47,18 @@ class PartialDate:
 
 
 @dataclass(frozen=True)
+class Span:
+    """Where a not-usable value may really lie: a quantity between ``low`` and ``high`` (in ``unit``), an integer
+    score between them, or (``kind`` bool) positive or negative. Evaluate tries these to decide whether the
+    unknown value could change a verdict."""
+
+    kind: Literal["quantity", "score", "bool"]
+    low: float = 0.0
+    high: float = 0.0
+    unit: str = ""
+
+
+@dataclass(frozen=True)
 class Fact:
     """One observed thing about the patient, mapped to a concept.
 
@@ -70,6 +82,7 @@ class Fact:
     problem: str | None = None
     method: str | None = None
     ref_problem: str | None = None
+    span: Span | None = None  # for a not-usable value: where it may lie (set by normalize)
 
     @property
     def usable(self) -> bool:
@@ -193,5 +206,5 @@ class Verdict:
         return {"result": self.result, "evidence": list(self.evidence), "reason": self.reason}
 
 
-__all__ = ["Diagnosis", "Fact", "Infusion", "NotScreened", "PartialDate", "PatientFacts", "Quantity", "Stay", "Tri",
-           "Verdict"]
+__all__ = ["Diagnosis", "Fact", "Infusion", "NotScreened", "PartialDate", "PatientFacts", "Quantity", "Span", "Stay",
+           "Tri", "Verdict"]

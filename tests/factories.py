@@ -53,7 +53,7 @@ DEFAULT_BIRTH = PartialDate(1990, 1, 1)
 
 def patient(*items: Fact | Diagnosis, born: PartialDate | None = DEFAULT_BIRTH,
             sex: str | None = "female") -> PatientFacts:
-    pf = PatientFacts("p1", birth_date=born, sex=sex)
+    pf = PatientFacts("p1", has_patient=True, birth_date=born, sex=sex)
     for it in items:
         (pf.facts if isinstance(it, Fact) else pf.diagnoses).append(it)  # type: ignore[arg-type]
     return pf

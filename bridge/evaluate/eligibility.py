@@ -12,7 +12,8 @@ from datetime import date, timedelta
 
 from bridge.config import RuleOptions
 from bridge.evaluate.logic import compare, fmt, in_window, latest, show, tri_and, tri_or
-from bridge.model import Diagnosis, Fact, PatientFacts, Tri, Verdict
+from bridge.evaluate.unknowns import decide
+from bridge.model import Diagnosis, Fact, PatientFacts, Quantity, Tri, Verdict
 
 INCLUSIONS = ("inc-diagnosis", "inc-age", "inc-ecog", "inc-cd7-expression", "inc-cardiac", "inc-organ-function")
 EXCLUSIONS = ("exc-pregnancy", "exc-congenital-immunodeficiency", "exc-cns-leukemia", "exc-active-infection",
@@ -122,9 +123,10 @@ def inc_cardiac(pf: PatientFacts, o: RuleOptions) -> Verdict:
 def _uln(pf: PatientFacts, o: RuleOptions, fact: Fact, concept: str, site_uln: dict[str, float]) -> tuple[float, str]:
     if fact.ref_high is not None:
         return fact.ref_high.value, "ULN from the reference range"
+    unusable = " (its reference range is not usable)" if fact.ref_problem else ""
     if concept in site_uln:
-        return site_uln[concept], "ULN from the site default"
-    return o.default_uln[concept], "ULN from the configured default"
+        return site_uln[concept], f"ULN from the site default{unusable}"
+    return o.default_uln[concept], f"ULN from the configured default{unusable}"
 
 
 def _liver(pf: PatientFacts, o: RuleOptions, concept: str, label: str, site_uln: dict[str, float]
@@ -261,7 +263,8 @@ def exc_infection(pf: PatientFacts, o: RuleOptions) -> Verdict:
 
 
 def _test(pf: PatientFacts, concept: str, as_of: date) -> Fact | None:
-    return latest([f for f in pf.of(concept) if f.value is not None], as_of)
+    """The latest usable result of a test (not-usable ones are weighed by ``decide``)."""
+    return latest([f for f in pf.of(concept) if f.usable], as_of)
 
 
 def exc_hepatitis(pf: PatientFacts, o: RuleOptions) -> Verdict:
@@ -273,14 +276,17 @@ def exc_hepatitis(pf: PatientFacts, o: RuleOptions) -> Verdict:
         return _dx_or_none(cid, active, "active viral hepatitis")
     if hbsag and hbsag.value is True:
         return _v(cid, "met", f"HBsAg positive on {hbsag.when}", hbsag.source)
-    if hbv_dna and not isinstance(hbv_dna.value, bool | int) and hbv_dna.value is not None and \
-            compare(hbv_dna.value, ">", o.hbv_dna_threshold_iu_ml) == "met":
-        return _v(cid, "met", f"HBV DNA {show(hbv_dna.value)} above {fmt(o.hbv_dna_threshold_iu_ml)} IU/mL",
-                  hbv_dna.source)
+    threshold = o.hbv_dna_threshold_iu_ml
+    dna = compare(hbv_dna.value, ">", threshold) if hbv_dna and isinstance(hbv_dna.value, Quantity) else None
+    if hbv_dna and isinstance(hbv_dna.value, Quantity) and dna == "met":
+        return _v(cid, "met", f"HBV DNA {show(hbv_dna.value)} above {fmt(threshold)} IU/mL", hbv_dna.source)
     if hcv_rna and hcv_rna.value is True:
         return _v(cid, "met", f"HCV RNA detectable on {hcv_rna.when}", hcv_rna.source)
     if hcv_ab and hcv_ab.value is True and hcv_rna is None:
         return _v(cid, "unknown", f"HCV antibody positive on {hcv_ab.when}, no HCV RNA result", hcv_ab.source)
+    if hbv_dna and dna == "unknown":
+        return _v(cid, "unknown", f"HBV DNA on {hbv_dna.when} detected but not quantified against "
+                  f"{fmt(threshold)} IU/mL", hbv_dna.source)
     hbv_ok = hbsag is not None and hbsag.value is False and in_window(hbsag.when, o.as_of, days)
     hcv_ok = hcv_ab is not None and in_window(hcv_ab.when, o.as_of, days) and (
         hcv_ab.value is False or (hcv_rna is not None and hcv_rna.value is False))
@@ -352,16 +358,28 @@ def overall_status(verdicts: tuple[Verdict, ...]) -> str:
     return "potential-candidate"
 
 
+#: The fact concepts each rule reads: ``decide`` weighs their not-usable values (RULES.md §3).
+RULE_CONCEPTS: dict[str, tuple[str, ...]] = {
+    "inc-diagnosis": ("refractory-disease",), "inc-ecog": ("ecog",), "inc-cd7-expression": ("cd7-blast-percent",),
+    "inc-cardiac": ("lvef", "nyha-class"), "inc-organ-function": ("ast", "alt", "bilirubin-total"),
+    "exc-pregnancy": ("pregnancy-test", "pregnancy-status", "lactation-status"),
+    "exc-cns-leukemia": ("cns-involvement",), "exc-active-infection": ("body-temperature",),
+    "exc-hepatitis": ("hbsag", "hbv-dna", "hcv-antibody", "hcv-rna"), "exc-hiv": ("hiv-test",),
+}
+
+
+def _bound(cid: str, options: RuleOptions, site_uln: dict[str, float] | None) -> Callable[[PatientFacts], Verdict]:
+    if cid == "inc-organ-function":
+        return lambda pf: inc_organ_function(pf, options, site_uln)
+    rule = RULES[cid]
+    return lambda pf: rule(pf, options)
+
+
 def screen(pf: PatientFacts, options: RuleOptions, site_uln: dict[str, float] | None = None) -> Screening:
-    verdicts = []
-    for cid in CRITERIA:
-        if cid == "inc-organ-function":
-            verdicts.append(inc_organ_function(pf, options, site_uln))
-        else:
-            verdicts.append(RULES[cid](pf, options))
-    vs = tuple(verdicts)
+    vs = tuple(decide(_bound(cid, options, site_uln), pf, RULE_CONCEPTS.get(cid, ()), options.as_of)
+               for cid in CRITERIA)
     return Screening(pf.ref, overall_status(vs), vs)
 
 
-__all__ = ["ADVISORY", "CRITERIA", "EXCLUSIONS", "INCLUSIONS", "RULES", "Screening", "completed_years",
-           "overall_status", "screen"]
+__all__ = ["ADVISORY", "CRITERIA", "EXCLUSIONS", "INCLUSIONS", "RULES", "RULE_CONCEPTS", "Screening",
+           "completed_years", "overall_status", "screen"]

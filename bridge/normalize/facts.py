@@ -14,7 +14,7 @@ from datetime import date
 from typing import Any
 
 from bridge.errors import UnitError
-from bridge.model import Diagnosis, Fact, Infusion, PartialDate, Quantity, Stay
+from bridge.model import Diagnosis, Fact, Infusion, PartialDate, Quantity, Span, Stay
 from bridge.normalize.fhirpath import codings, effective, local_date, partial_date, ref_id, status_code
 from bridge.normalize.mappings import ICD10_CM, CodeMap, icd_key
 from bridge.normalize.units import convert
@@ -96,7 +96,7 @@ def shown_unit(unit: str) -> str:
 
 _SEROLOGY = frozenset({"hbsag", "hcv-antibody", "hiv-test"})
 _INDEX_UNITS = frozenset({"", "1", "{INDEX}", "{COI}", "{S_CO_RATIO}", "{RATIO}", "{S/CO}"})
-_BARE_IU = re.compile(r"(?<![\[A-Za-z])(m?)IU(?![A-Za-z\]])")
+_BARE_IU = re.compile(r"(?<![\[A-Za-z])([munk]?)IU(?![A-Za-z\]])")
 HCG_UNIT = "[IU]/L"
 HCG_NEGATIVE_BELOW, HCG_POSITIVE_FROM = 5.0, 25.0  # RULES.md §3: < 5 negative, >= 25 positive, between equivocal
 
@@ -335,7 +335,23 @@ def _observation_fact(cmap: CodeMap, node: dict[str, Any], parent: dict[str, Any
     if problem is not None:
         value = None
     return Fact(concept, value, when, source_ref(parent), status=str(parent.get("status") or "unknown"),
-                ref_low=low, ref_high=high, problem=problem, ref_problem=high_problem or low_problem)
+                ref_low=low, ref_high=high, problem=problem, ref_problem=high_problem or low_problem,
+                span=None if problem is None else span_of(cmap, concept))
+
+
+_UNBOUNDED = 1e12  # stands for "no upper bound" when a not-usable quantity's concept has none
+
+
+def span_of(cmap: CodeMap, concept: str) -> Span:
+    """Where a not-usable value of ``concept`` may lie: its plausible range (RULES.md §3)."""
+    info, rng = cmap.concepts[concept], cmap.plausible.get(concept)
+    low = rng.low if rng is not None and rng.low is not None else 0.0
+    high = rng.high if rng is not None and rng.high is not None else _UNBOUNDED
+    if info.kind == "score":
+        return Span("score", low, high if high < _UNBOUNDED else 10)
+    if info.kind == "quantity":
+        return Span("quantity", low, high, info.unit or "")
+    return Span("bool")
 
 
 def observation(resource: dict[str, Any], cmap: CodeMap, aliases: dict[str, str] | None = None) -> Normalized:
