@@ -14,6 +14,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,6 @@ import yaml
 from bridge import yamlload
 from bridge.errors import Issue, MappingError, SourceUnreadable
 
-ROOT = Path(__file__).resolve().parents[2]
 OBSERVATION_TABLES = ("loinc.yaml",)
 CONDITION_TABLES = ("icd10.yaml", "snomed.yaml", "icd-o-3.yaml")
 ICD_SYSTEMS = frozenset({"http://hl7.org/fhir/sid/icd-10", "http://hl7.org/fhir/sid/icd-10-cm"})
@@ -33,11 +33,13 @@ INTERPRETATION_SYSTEMS = frozenset({"http://terminology.hl7.org/CodeSystem/v3-Ob
 
 
 def mappings_dir() -> Path:
-    return ROOT / "mappings"
+    """The packaged code tables (``mappings/`` in the source tree, ``bridge.mappings`` when installed)."""
+    return Path(str(resources.files("bridge.mappings")))
 
 
 def profiles_dir() -> Path:
-    return ROOT / "profiles"
+    """The packaged schemas (``profiles/`` in the source tree, ``bridge.profiles`` when installed)."""
+    return Path(str(resources.files("bridge.profiles")))
 
 
 def norm_code(code: str) -> str:

@@ -34,11 +34,12 @@ from jsonschema import Draft6Validator, validators
 from jsonschema.exceptions import ValidationError as SchemaError
 
 from bridge.errors import ConfigError, Issue, ValidationFailed
+from bridge.normalize.mappings import profiles_dir
 
 SCHEMA_ENV = "BRIDGE_FHIR_SCHEMA"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SCHEMA = REPO_ROOT.parent / "shared" / "fhir-data" / "hl7-fhir-r4-schema" / "fhir.schema.json"
-CODES_FILE = REPO_ROOT / "profiles" / "bridge-codes.json"
+CODES_FILE = profiles_dir() / "bridge-codes.json"
 
 Json = dict[str, Any]
 

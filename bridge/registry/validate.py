@@ -21,10 +21,11 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError as SchemaError
 
 from bridge.errors import ConfigError, Issue
-from bridge.publish.validate import REPO_ROOT, code_issues, element_path, schema_issues
+from bridge.normalize.mappings import profiles_dir
+from bridge.publish.validate import code_issues, element_path, schema_issues
 from bridge.registry.deid import leak_issues
 
-PROFILE = REPO_ROOT / "profiles" / "registry-package.schema.json"
+PROFILE = profiles_dir() / "registry-package.schema.json"
 
 Json = dict[str, Any]
 
