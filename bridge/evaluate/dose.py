@@ -5,16 +5,30 @@ Decisions, in the order they are applied (every infusion not counted is listed i
 - Only infusions of ``cd7-car-t-product`` with a date on or before the as-of date are looked at.
 - **Day 0** is the date of the first infusion with status ``completed`` (RULES.md §4 says "the first completed
   infusion"). No completed infusion → no day 0 → the patient is not assessed (``course`` returns None).
-- **Counted statuses.** ``completed`` counts. ``stopped`` (given in part) counts only with a recorded cell
-  count, and then only as recorded; without one it is ignored. ``entered-in-error``, ``not-done``,
-  ``in-progress`` (the dose is not final yet), ``on-hold`` and ``unknown`` are ignored.
+- **Counted statuses.** Only ``completed`` counts. ``entered-in-error`` and ``not-done`` (nothing was given) are
+  ignored. ``stopped``, ``on-hold``, ``in-progress`` and ``unknown`` are *incomplete*: some of the product may
+  have been given, but the delivered dose is not known. One dated in the course window is left out of the sum,
+  listed in ``ignored`` ("stopped: the delivered dose is not known"), flags ``incomplete-infusion`` and makes
+  ``doseWithinProtocol`` None (RULES.md §4 names stopped and on-hold; in-progress and unknown are the same
+  case). ``cellsPerKg`` stays the completed infusions' dose (RULES.md: "left out of the sum"), a lower bound of
+  what was given. An incomplete infusion outside the window is ignored like any other.
 - **The course** is every counted infusion dated day 0 to day 0 + ``course_days`` (14), both ends included: an
-  infusion on day 14 belongs to the split dose, one on day 15 does not. A stopped infusion dated before day 0
-  is not part of the course (day 0 is the first completed infusion).
-- **Cells per kg** = the course's summed cells ÷ the latest usable body weight dated on or before day 0 (a
-  weight taken on the morning of the infusion is the dosing weight). A completed infusion without a usable cell
-  count makes the total unknown: ``cellsPerKg`` and ``doseWithinProtocol`` are None and ``missing-cell-count``
-  is flagged; no usable weight flags ``missing-weight`` the same way.
+  infusion on day 14 belongs to the split dose, one on day 15 does not. An infusion dated before day 0 is not
+  part of the course (day 0 is the first completed infusion).
+- **Undated infusions** of the product (completed or incomplete) cannot be placed against the course window: the
+  course total is unknown, ``undated-infusion`` is flagged and ``doseWithinProtocol`` is None (RULES.md §3: a
+  not-usable value is unknown, never absent).
+- **Cells**: a completed infusion without a usable cell count — none recorded, an unconvertible unit, or zero,
+  negative or not finite (RULES.md §3: infused cells > 0) — makes the total unknown: ``cellsPerKg`` and
+  ``doseWithinProtocol`` are None and ``missing-cell-count`` is flagged; its ``cells`` is written as null.
+- **Dosing weight**: the latest ``body-weight`` dated on or before day 0 (a weight taken on the morning of the
+  infusion is the dosing weight). When a result on that latest date is not usable (implausible, outside
+  0.3–700 kg; unconvertible; a bound such as ``>50 kg``), the dosing weight is unknown: ``weightKg``,
+  ``cellsPerKg`` and ``doseWithinProtocol`` are None, ``unusable-weight`` is flagged and the result is named in
+  the evidence — an older weight is never used instead. No weight at all flags ``missing-weight``. Undated
+  weights are not placed (they cannot be the latest on or before day 0).
+- **Cells per kg** = the course's summed cells ÷ the dosing weight (never a division by a weight that is not a
+  finite number > 0).
 - **Protocol range** ``dose_range_cells_per_kg`` (0.5–10 ×10⁶ cells/kg), both ends included, compared with a
   relative tolerance of 1e-9 so float noise at a bound does not flip the answer; outside it flags
   ``out-of-range``.
@@ -27,22 +41,22 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 
 from bridge.config import RuleOptions
-from bridge.evaluate.logic import latest
+from bridge.evaluate.logic import dated
 from bridge.model import Fact, Infusion, PatientFacts, Quantity
 
 PRODUCT = "cd7-car-t-product"
 _IGNORED = {
     "entered-in-error": "entered in error",
     "not-done": "not done",
-    "in-progress": "still in progress (dose not final)",
-    "on-hold": "on hold",
 }
+INCOMPLETE = frozenset({"stopped", "on-hold", "in-progress", "unknown"})
+_DROPPED_WEIGHT = frozenset({"entered-in-error", "cancelled"})
 _TOL = 1e-9
 
 
 @dataclass(frozen=True)
 class CountedInfusion:
-    """One infusion of the course."""
+    """One infusion of the course (``cells`` None: no usable cell count)."""
 
     when: date
     cells: float | None
@@ -80,43 +94,44 @@ def _number(x: float | None) -> float | int | None:
     return int(x) if math.isfinite(x) and x.is_integer() else x
 
 
-def _why_ignored(inf: Infusion) -> str | None:
-    if inf.status in _IGNORED:
-        return _IGNORED[inf.status]
-    if inf.status == "stopped":
-        return None if inf.cells is not None else "stopped without a recorded cell count"
-    return None if inf.status == "completed" else f"status {inf.status} is not counted"
+def usable_cells(inf: Infusion) -> float | None:
+    """The infusion's cell count when it is usable: recorded, finite and > 0 (RULES.md §3), else None."""
+    cells = inf.cells
+    if inf.problem is not None or cells is None or not math.isfinite(cells) or cells <= 0:
+        return None
+    return cells
 
 
-def _candidates(pf: PatientFacts, as_of: date) -> tuple[list[Infusion], list[tuple[str, str]]]:
-    """Counted infusions of the product up to ``as_of`` (date order), and the ignored ones with a reason."""
-    counted: list[Infusion] = []
-    ignored: list[tuple[str, str]] = []
-    for inf in pf.infusions:
-        if inf.concept != PRODUCT:
-            continue
-        if inf.when is None:
-            ignored.append((inf.source, "no administration date"))
-        elif inf.when <= as_of:
-            why = _why_ignored(inf)
-            if why is None:
-                counted.append(inf)
-            else:
-                ignored.append((inf.source, why))
-    return sorted(counted, key=lambda i: (i.when or date.min, i.source)), ignored
+def _product(pf: PatientFacts) -> list[Infusion]:
+    return [i for i in pf.infusions if i.concept == PRODUCT and i.status not in _IGNORED]
 
 
 def day_zero(pf: PatientFacts, options: RuleOptions) -> date | None:
     """The date of the first completed infusion of the product on or before the as-of date."""
-    counted, _ = _candidates(pf, options.as_of)
-    return next((i.when for i in counted if i.status == "completed"), None)
+    return min((i.when for i in _product(pf) if i.status == "completed" and i.when is not None
+                and i.when <= options.as_of), default=None)
 
 
 def dosing_weight(pf: PatientFacts, day0: date) -> Fact | None:
-    """The latest usable body weight (kg, no comparator, > 0) dated on or before day 0."""
-    usable = [f for f in pf.of("body-weight") if isinstance(f.value, Quantity) and f.value.comparator is None
-              and f.value.unit == "kg" and f.value.value > 0]
-    return latest(usable, day0)
+    """The body weight of the latest date on or before day 0 (None: no weight dated then).
+
+    The returned fact is not usable (``usable_weight`` None) when any result of that date is not a usable weight:
+    a not-usable weight is unknown, so an older one is never taken instead.
+    """
+    found = [f for f in dated(pf.of("body-weight"), day0) if f.status not in _DROPPED_WEIGHT]
+    if not found:
+        return None
+    same_day = [f for f in found if f.when == found[0].when]
+    return next((f for f in same_day if usable_weight(f) is None), found[0])
+
+
+def usable_weight(f: Fact | None) -> float | None:
+    """The weight in kg when the fact is a usable, exact weight (no comparator, finite, > 0), else None."""
+    if f is None or not f.usable or not isinstance(f.value, Quantity):
+        return None
+    q = f.value
+    ok = q.comparator is None and q.unit == "kg" and math.isfinite(q.value) and q.value > 0
+    return q.value if ok else None
 
 
 def in_range(value: float, low: float, high: float) -> bool:
@@ -125,38 +140,68 @@ def in_range(value: float, low: float, high: float) -> bool:
     return near or low <= value <= high
 
 
-def _split(counted: list[Infusion], day0: date, course_days: int) -> tuple[list[Infusion], list[tuple[str, str]]]:
-    last = day0 + timedelta(days=course_days)
-    inside = [i for i in counted if i.when is not None and day0 <= i.when <= last]
-    outside = [(i.source, "before day 0" if i.when and i.when < day0 else f"after day {course_days} (not this course)")
-               for i in counted if i not in inside]
-    return inside, outside
+@dataclass
+class _Sorted:
+    course: list[Infusion]
+    incomplete: list[Infusion]
+    undated: list[Infusion]
+    ignored: list[tuple[str, str]]
 
 
-def _total(course: list[Infusion]) -> float | None:
-    if any(i.cells is None for i in course):
-        return None
-    return sum(i.cells or 0.0 for i in course)
+def _sort(pf: PatientFacts, day0: date, options: RuleOptions) -> _Sorted:
+    """The product's infusions up to as-of: the course, the incomplete ones in its window, the undated ones, and
+    the ignored ones with why (in date order, then by source)."""
+    last = day0 + timedelta(days=options.course_days)
+    out = _Sorted([], [], [], [])
+    infusions = [i for i in pf.infusions if i.concept == PRODUCT]
+    for inf in sorted(infusions, key=lambda i: (i.when or date.min, i.source)):
+        if inf.status in _IGNORED:
+            out.ignored.append((inf.source, _IGNORED[inf.status]))
+        elif inf.status != "completed" and inf.status not in INCOMPLETE:
+            out.ignored.append((inf.source, f"status {inf.status} is not counted"))
+        elif inf.when is None:
+            out.undated.append(inf)
+            out.ignored.append((inf.source, "no administration date: the course total is not known"))
+        elif inf.when > options.as_of:
+            continue
+        elif inf.when < day0:
+            out.ignored.append((inf.source, "before day 0"))
+        elif inf.when > last:
+            out.ignored.append((inf.source, f"after day {options.course_days} (not this course)"))
+        elif inf.status == "completed":
+            out.course.append(inf)
+        else:
+            out.incomplete.append(inf)
+            out.ignored.append((inf.source, f"{inf.status}: the delivered dose is not known"))
+    return out
 
 
 def course(pf: PatientFacts, options: RuleOptions) -> Dose | None:
     """Day 0, the split-dose course and cells per kg; None when there is no completed infusion."""
-    counted, ignored = _candidates(pf, options.as_of)
-    day0 = next((i.when for i in counted if i.status == "completed"), None)
+    day0 = day_zero(pf, options)
     if day0 is None:
         return None
-    inside, outside = _split(counted, day0, options.course_days)
-    total = _total(inside)
+    parts = _sort(pf, day0, options)
+    cells = [usable_cells(i) for i in parts.course]
+    total = None if any(c is None for c in cells) else sum(c or 0.0 for c in cells)
     weight = dosing_weight(pf, day0)
-    kg = weight.value.value if weight is not None and isinstance(weight.value, Quantity) else None
-    flags = (["missing-cell-count"] if total is None else []) + (["missing-weight"] if kg is None else [])
+    kg = usable_weight(weight)
+    flags = (["missing-cell-count"] if total is None else []) + (
+        [] if kg is not None else ["missing-weight"] if weight is None else ["unusable-weight"])
     per_kg = total / kg if total is not None and kg is not None else None
-    within = None if per_kg is None else in_range(per_kg, *options.dose_range_cells_per_kg)
+    if parts.incomplete:
+        flags.append("incomplete-infusion")
+    if parts.undated:
+        flags.append("undated-infusion")
+    decidable = per_kg is not None and not parts.incomplete and not parts.undated
+    within = in_range(per_kg, *options.dose_range_cells_per_kg) if decidable and per_kg is not None else None
     if within is False:
         flags.append("out-of-range")
-    infusions = tuple(CountedInfusion(i.when or day0, i.cells, i.source, i.status) for i in inside)
+    infusions = tuple(CountedInfusion(i.when or day0, c, i.source, i.status) for i, c in zip(parts.course, cells,
+                                                                                            strict=True))
     return Dose(day0, infusions, total, kg, weight.source if weight else None, per_kg, within, tuple(flags),
-                tuple(ignored + outside))
+                tuple(parts.ignored))
 
 
-__all__ = ["PRODUCT", "CountedInfusion", "Dose", "course", "day_zero", "dosing_weight", "in_range"]
+__all__ = ["INCOMPLETE", "PRODUCT", "CountedInfusion", "Dose", "course", "day_zero", "dosing_weight", "in_range",
+           "usable_cells", "usable_weight"]
