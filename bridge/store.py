@@ -22,6 +22,10 @@ Tables::
     published      what the bridge wrote to the EHR: key, fingerprint, version, the body as published (served
                    read-only at /fhir), plus study / patient / status columns for search.
     screenings     the latest pre-screen per patient (status, verdicts, as-of) for the coordinator page.
+    not_screened   patients the latest pre-screen did not screen (RULES.md §2 "Who is screened": deceased,
+                   non-human, no valid Patient resource) with the reason and as-of. A patient is in at most one
+                   of ``screenings`` and ``not_screened``: recording one removes the other in the same
+                   transaction, so a patient known to be not screened is never listed as screened.
 
 Times are epoch seconds (floats) passed in by the caller — the store never reads a clock. Every SQLite
 failure becomes ``StoreError`` whose message names the operation, never a row's content.
@@ -36,10 +40,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from bridge.errors import StoreError
+
+if TYPE_CHECKING:
+    from bridge.evaluate.eligibility import Screening
+    from bridge.model import NotScreened
 
 EventKind = Literal["resource", "query", "catch-up"]
 Json = dict[str, Any]
@@ -176,6 +185,17 @@ class ScreeningRecord:
     patient_id: str
     status: str
     verdicts: list[Json]
+    as_of: str
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class NotScreenedRecord:
+    """A patient the pre-screen did not screen (RULES.md §2), with the reason
+    (``deceased`` / ``non-human`` / ``no-patient-resource``) and the as-of date it was decided on."""
+
+    patient_id: str
+    reason: str
     as_of: str
     updated_at: float
 
@@ -333,13 +353,30 @@ class Store(ABC):
         """Published resources of a type, filtered (``study`` / ``patient`` as ``Type/id``)."""
 
     @abstractmethod
-    def save_screening(self, record: ScreeningRecord) -> None: ...
+    def save_screening(self, record: ScreeningRecord) -> None:
+        """Record the patient's latest screening (and forget that it was not screened, if it was)."""
 
     @abstractmethod
     def screening(self, patient_id: str) -> ScreeningRecord | None: ...
 
     @abstractmethod
     def screenings(self) -> list[ScreeningRecord]: ...
+
+    @abstractmethod
+    def mark_not_screened(self, record: NotScreenedRecord) -> bool:
+        """Record that the patient is not screened and delete its saved screening, if any (True when one was
+        deleted): the coordinator page no longer lists it."""
+
+    @abstractmethod
+    def not_screened(self) -> list[NotScreenedRecord]: ...
+
+    def record_prescreen(self, screenings: Iterable[ScreeningRecord],
+                         not_screened: Iterable[NotScreenedRecord] = ()) -> None:
+        """Record a pre-screen run's results (an implementation may do it in one transaction)."""
+        for record in screenings:
+            self.save_screening(record)
+        for ns in not_screened:
+            self.mark_not_screened(ns)
 
     # housekeeping -----------------------------------------------------------------------------------
     @abstractmethod
@@ -437,6 +474,12 @@ CREATE TABLE IF NOT EXISTS screenings(
     as_of TEXT NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS not_screened(
+    patient_id TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    as_of TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
 """
 
 _INSERT_EVENT = """
@@ -518,6 +561,12 @@ ON CONFLICT(patient_id) DO UPDATE SET status = excluded.status, verdicts = exclu
     as_of = excluded.as_of, updated_at = excluded.updated_at
 """
 
+_MARK_NOT_SCREENED = """
+INSERT INTO not_screened(patient_id, reason, as_of, updated_at) VALUES (?, ?, ?, ?)
+ON CONFLICT(patient_id) DO UPDATE SET reason = excluded.reason, as_of = excluded.as_of,
+    updated_at = excluded.updated_at
+"""
+
 
 def _dumps(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
@@ -557,6 +606,10 @@ def _published(row: sqlite3.Row) -> PublishedRecord:
 def _screening(row: sqlite3.Row) -> ScreeningRecord:
     return ScreeningRecord(row["patient_id"], row["status"], _loads(row["verdicts"]), row["as_of"],
                            row["updated_at"])
+
+
+def _not_screened(row: sqlite3.Row) -> NotScreenedRecord:
+    return NotScreenedRecord(row["patient_id"], row["reason"], row["as_of"], row["updated_at"])
 
 
 class SqliteStore(Store):
@@ -931,10 +984,36 @@ class SqliteStore(Store):
         with self._read("search published resources") as db:
             return [_published(r) for r in db.execute(sql + " ORDER BY key", args).fetchall()]
 
+    @staticmethod
+    def _save_screening(db: sqlite3.Connection, record: ScreeningRecord) -> None:
+        db.execute(_SAVE_SCREENING, (record.patient_id, record.status, _dumps(record.verdicts), record.as_of,
+                                     record.updated_at))
+        db.execute("DELETE FROM not_screened WHERE patient_id = ?", (record.patient_id,))
+
+    @staticmethod
+    def _mark_not_screened(db: sqlite3.Connection, record: NotScreenedRecord) -> bool:
+        db.execute(_MARK_NOT_SCREENED, (record.patient_id, record.reason, record.as_of, record.updated_at))
+        return db.execute("DELETE FROM screenings WHERE patient_id = ?", (record.patient_id,)).rowcount > 0
+
     def save_screening(self, record: ScreeningRecord) -> None:
         with self._write("save screening") as db:
-            db.execute(_SAVE_SCREENING, (record.patient_id, record.status, _dumps(record.verdicts), record.as_of,
-                                         record.updated_at))
+            self._save_screening(db, record)
+
+    def mark_not_screened(self, record: NotScreenedRecord) -> bool:
+        with self._write("record not screened") as db:
+            return self._mark_not_screened(db, record)
+
+    def not_screened(self) -> list[NotScreenedRecord]:
+        with self._read("list not screened") as db:
+            return [_not_screened(r) for r in db.execute("SELECT * FROM not_screened ORDER BY patient_id")]
+
+    def record_prescreen(self, screenings: Iterable[ScreeningRecord],
+                         not_screened: Iterable[NotScreenedRecord] = ()) -> None:
+        with self._write("record pre-screen") as db:
+            for record in screenings:
+                self._save_screening(db, record)
+            for ns in not_screened:
+                self._mark_not_screened(db, ns)
 
     def screening(self, patient_id: str) -> ScreeningRecord | None:
         with self._read("read screening") as db:
@@ -961,6 +1040,34 @@ class SqliteStore(Store):
         return n
 
 
+# ---------------------------------------------------------------------------------------------- pre-screen runs
+
+
+def screening_record(screening: Screening, as_of: date | str, now: float) -> ScreeningRecord:
+    """The stored form of one screening (bare patient id, verdicts as ``{criterion, result, evidence, reason}``)."""
+    verdicts = [{"criterion": v.criterion, **v.as_json()} for v in screening.verdicts]
+    return ScreeningRecord(screening.patient.removeprefix("Patient/"), screening.status, verdicts, _iso(as_of), now)
+
+
+def not_screened_record(ns: NotScreened, as_of: date | str, now: float) -> NotScreenedRecord:
+    return NotScreenedRecord(ns.patient.removeprefix("Patient/"), ns.reason, _iso(as_of), now)
+
+
+def _iso(as_of: date | str) -> str:
+    return as_of.isoformat() if isinstance(as_of, date) else as_of
+
+
+def save_prescreen(store: Store, screenings: Iterable[Screening], not_screened: Iterable[NotScreened],
+                   as_of: date | str, now: float) -> tuple[int, int]:
+    """Record a pre-screen run for the coordinator page — what ``bridge prescreen --save`` and the service both
+    call: each screening replaces the patient's older one, and each not-screened patient (RULES.md §2) is marked
+    so, its older screening deleted, so the page never lists it. Returns (screenings saved, not screened)."""
+    records = [screening_record(s, as_of, now) for s in screenings]
+    excluded = [not_screened_record(ns, as_of, now) for ns in not_screened]
+    store.record_prescreen(records, excluded)
+    return len(records), len(excluded)
+
+
 __all__ = [
     "AcceptResult",
     "CatchUp",
@@ -968,6 +1075,7 @@ __all__ = [
     "EventKind",
     "InboxEntry",
     "InboxEvent",
+    "NotScreenedRecord",
     "PublishedRecord",
     "RescreenTask",
     "Resolution",
@@ -977,4 +1085,7 @@ __all__ = [
     "StoreStats",
     "SubscriptionState",
     "find_holes",
+    "not_screened_record",
+    "save_prescreen",
+    "screening_record",
 ]

@@ -9,13 +9,17 @@
   lifecycle status is kept and only the verdicts are refreshed.
 - Every written resource is accompanied by a Provenance naming the bridge version and the rule set.
 - Nothing is sent that fails the official R4 JSON Schema or our own code checks.
+- Who gets a ResearchSubject at all is the one publication policy of ``bridge.publish.policy``, applied by
+  ``publish_screenings`` / ``publish_prescreen`` (the CLI's ``--publish``) exactly as by the service:
+  screened patients whose ``inc-diagnosis`` is not ``not-met``, or who already have a ResearchSubject; never a
+  patient who is not screened. ``publish_subject`` itself is the plain write, for callers that applied it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -23,6 +27,8 @@ from bridge.client import FhirClient, FhirResult
 from bridge.config import RuleOptions
 from bridge.errors import RemoteError, ServerRejected
 from bridge.evaluate.eligibility import Screening
+from bridge.model import NotScreened
+from bridge.publish.policy import select
 from bridge.publish.provenance import provenance
 from bridge.publish.study import STUDY_LOGICAL_ID, research_study
 from bridge.publish.subject import identifier_query, research_subject, subject_fingerprint, subject_identifier
@@ -188,13 +194,36 @@ def set_lifecycle_status(client: FhirClient, patient_id: str, status: str,
     return Written(ref, "updated", result.version_id)
 
 
+@dataclass(frozen=True)
+class Publication:
+    """What a pre-screen publication did: the subjects written, and how many were withheld per reason
+    (``bridge.publish.policy``: ``diagnosis-not-met`` or a not-screened reason)."""
+
+    written: list[Written]
+    withheld: Mapping[str, int] = field(default_factory=dict)
+
+
+def publish_prescreen(client: FhirClient, screenings: Iterable[Screening], options: RuleOptions,
+                      not_screened: Iterable[NotScreened] = (), clock: Callable[[], datetime] = _now) -> Publication:
+    """Publish the ResearchSubjects the publication policy allows (``bridge.publish.policy.select``): a patient
+    without the study's diagnosis is published only when the EHR already holds its ResearchSubject (looked up
+    by identifier), and a patient of ``not_screened`` never."""
+    selection = select(screenings, lambda pid: find_subject(client, pid) is not None, not_screened)
+    if selection.withheld:
+        log.info("ResearchSubjects withheld by the publication policy: %s", selection.withheld_text())
+    return Publication([publish_subject(client, s, options, clock) for s in selection.publish],
+                       dict(selection.withheld))
+
+
 def publish_screenings(client: FhirClient, screenings: Iterable[Screening], options: RuleOptions,
-                       clock: Callable[[], datetime] = _now) -> list[Written]:
-    return [publish_subject(client, s, options, clock) for s in screenings]
+                       clock: Callable[[], datetime] = _now, not_screened: Iterable[NotScreened] = ()) -> list[Written]:
+    """``publish_prescreen``'s written subjects (the publication policy applies)."""
+    return publish_prescreen(client, screenings, options, not_screened, clock).written
 
 
-__all__ = ["PRESCREEN_STATUSES", "Written", "find_by_identifier", "find_subject", "publish_screenings", "publish_study",
-           "publish_assessment", "publish_subject", "set_lifecycle_status", "upsert"]
+__all__ = ["PRESCREEN_STATUSES", "Publication", "Written", "find_by_identifier", "find_subject", "publish_assessment",
+           "publish_prescreen", "publish_screenings", "publish_study", "publish_subject", "set_lifecycle_status",
+           "upsert"]
 
 
 def publish_assessment(client: FhirClient, doc: Json, as_of: date, comparators: str, cri_reading: str,

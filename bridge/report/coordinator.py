@@ -4,7 +4,13 @@ The page (``bridge.service.ui``) reads screenings through the small ``Coordinato
 
 - ``list_screenings()`` → every patient's latest screening;
 - ``get_screening(patient_id)`` → one, or None;
-- ``get_assessment(patient_id)`` → the patient's entry of the ``bridge assess`` document, or None (untreated).
+- ``get_assessment(patient_id)`` → the patient's entry of the ``bridge assess`` document, or None (untreated);
+- ``list_not_screened()`` (optional) → ``[{"patient", "reason", "asOf"}]``, the patients the latest pre-screen
+  did not screen (RULES.md §2: ``deceased``, ``non-human``, ``no-patient-resource``).
+
+A patient who is not screened is never in the queue and has no patient page: ``screened_only`` drops any
+screening of a patient listed as not screened (the store keeps the two apart already; a pre-screen document's
+``notScreened`` array is honoured the same way), and the queue shows only how many there are, by reason.
 
 A screening is a plain dict ``{"patient", "status", "criteria": {id: {result, evidence, reason}}, "asOf",
 "updatedAt", "ruleset"}`` where ``patient`` is the bare resource id (``p01``) and ``updatedAt`` epoch seconds.
@@ -43,6 +49,33 @@ class CoordinatorData(Protocol):
     def get_assessment(self, patient_id: str) -> Json | None: ...
 
 
+NOT_SCREENED_LABELS = {"deceased": "deceased", "non-human": "non-human",
+                       "no-patient-resource": "no valid Patient resource"}
+
+
+def not_screened_of(data: Any) -> list[Json]:
+    """``data.list_not_screened()`` when the data source offers it, else nothing."""
+    method = getattr(data, "list_not_screened", None)
+    return list(method()) if callable(method) else []
+
+
+def screened_only(screenings: Iterable[Json], not_screened: Iterable[Json]) -> list[Json]:
+    """The screenings of patients not listed as not screened."""
+    excluded = {bare_id(str(n.get("patient", ""))) for n in not_screened}
+    return [s for s in screenings if bare_id(str(s.get("patient", ""))) not in excluded]
+
+
+def not_screened_summary(not_screened: Iterable[Json]) -> list[Json]:
+    """``[{"reason", "label", "count"}]`` in RULES order: how many patients were not screened, and why."""
+    counts: dict[str, int] = {}
+    for n in not_screened:
+        reason = str(n.get("reason"))
+        counts[reason] = counts.get(reason, 0) + 1
+    order = list(NOT_SCREENED_LABELS)
+    return [{"reason": r, "label": NOT_SCREENED_LABELS.get(r, r), "count": counts[r]}
+            for r in sorted(counts, key=lambda r: (order.index(r) if r in order else len(order), r))]
+
+
 def bare_id(patient: str) -> str:
     """``Patient/p01`` → ``p01``; a bare id is returned unchanged."""
     return patient.split("/", 1)[1] if patient.startswith("Patient/") else patient
@@ -74,8 +107,10 @@ def screening_view(patient: str, status: str, verdicts: Any, as_of: str | None, 
 class MemoryData:
     """Screenings and assessments held in memory."""
 
-    def __init__(self, screenings: Iterable[Json] = (), assessments: Mapping[str, Json] | None = None) -> None:
-        self._screenings = {s["patient"]: s for s in screenings}
+    def __init__(self, screenings: Iterable[Json] = (), assessments: Mapping[str, Json] | None = None,
+                 not_screened: Iterable[Json] = ()) -> None:
+        self._not_screened = [{**n, "patient": bare_id(str(n["patient"]))} for n in not_screened]
+        self._screenings = {s["patient"]: s for s in screened_only(screenings, self._not_screened)}
         self._assessments = {bare_id(k): dict(v) for k, v in (assessments or {}).items()}
 
     @classmethod
@@ -86,7 +121,9 @@ class MemoryData:
         views = [screening_view(r["patient"], r["status"], r.get("criteria"), prescreen.get("asOf"), stamp(i), ruleset)
                  for i, r in enumerate(prescreen.get("results") or [])]
         treated = {p["patient"]: p for p in (assessment or {}).get("patients") or []}
-        return cls(views, treated)
+        excluded = [{"patient": n["patient"], "reason": n.get("reason"), "asOf": prescreen.get("asOf")}
+                    for n in prescreen.get("notScreened") or []]
+        return cls(views, treated, excluded)
 
     def list_screenings(self) -> list[Json]:
         return list(self._screenings.values())
@@ -96,6 +133,9 @@ class MemoryData:
 
     def get_assessment(self, patient_id: str) -> Json | None:
         return self._assessments.get(patient_id)
+
+    def list_not_screened(self) -> list[Json]:
+        return list(self._not_screened)
 
 
 class StoreData:
@@ -111,14 +151,21 @@ class StoreData:
                               getattr(record, "ruleset", None))
 
     def list_screenings(self) -> list[Json]:
-        return [self._view(r) for r in self._store.screenings()]
+        return screened_only([self._view(r) for r in self._store.screenings()], self.list_not_screened())
 
     def get_screening(self, patient_id: str) -> Json | None:
         record = self._store.screening(patient_id) or self._store.screening(f"Patient/{patient_id}")
-        return self._view(record) if record is not None else None
+        if record is None or not screened_only([self._view(record)], self.list_not_screened()):
+            return None
+        return self._view(record)
 
     def get_assessment(self, patient_id: str) -> Json | None:
         return self._assessments(patient_id) if self._assessments else None
+
+    def list_not_screened(self) -> list[Json]:
+        method = getattr(self._store, "not_screened", None)
+        records = method() if callable(method) else []
+        return [{"patient": bare_id(r.patient_id), "reason": r.reason, "asOf": r.as_of} for r in records]
 
 
 def as_data(store: Any) -> CoordinatorData:
@@ -226,6 +273,6 @@ def updated_text(epoch: float | None) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-__all__ = ["STATUS_ORDER", "CoordinatorData", "MemoryData", "StoreData", "as_data", "bare_id", "blocking",
-           "criteria_map", "criterion_rows", "evidence_link", "is_resource_id", "queue", "screening_view",
-           "timeline", "updated_text"]
+__all__ = ["NOT_SCREENED_LABELS", "STATUS_ORDER", "CoordinatorData", "MemoryData", "StoreData", "as_data", "bare_id",
+           "blocking", "criteria_map", "criterion_rows", "evidence_link", "is_resource_id", "not_screened_of",
+           "not_screened_summary", "queue", "screened_only", "screening_view", "timeline", "updated_text"]

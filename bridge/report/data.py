@@ -3,11 +3,18 @@
 The report renderer (``bridge.report.render``) reads only this document, never the engine, so it can be
 built and tested from fixture JSON. This module is the one adapter between the two::
 
-    source ──► load_patients ──┬─► prescreen_json            "prescreen"   (the ``bridge prescreen`` document)
+    source ──► load_patients ──┬─► prescreen_json            "prescreen"   (the ``bridge prescreen`` document,
+                               │                                           with its ``notScreened`` array)
                                ├─► assessment_json           "assessment"  (the ``bridge assess`` document)
                                ├─► follow-up per patient     "followUp"    {patient: {lastFollowUpDay, deathDay}}
                                ├─► Aalen–Johansen step curve "cir"         {horizonDays, subjects, curve}
                                └─► kinetic points per day    "kineticSeries" {patient: {concept: [[day, value, cmp]]}}
+
+Who is screened (RULES.md §2): ``bridge.evaluate.screened.not_screened`` is applied to every loaded patient
+on the report's as-of date. A patient who is not screened is never a result of the pre-screen part: it is
+listed in ``prescreen.notScreened`` (``{patient, reason}``) and the funnel counts it as "not screened". The
+assessment part keeps a deceased infused patient (a death ends follow-up: swimmer, CIR competing event), but
+never lists a patient without a valid Patient resource or a non-human one (``assessable``).
 
 Conventions: days are calendar days from the patient's day 0 (RULES.md §4); kinetic values are in the
 concept's canonical unit and a ``<`` / ``<=`` result (below detection) is written as value 0 with its
@@ -32,9 +39,10 @@ from bridge.evaluate.assessment import (
     cir_subject,
     death_date,
 )
+from bridge.evaluate.screened import not_screened
 from bridge.evaluate.stats import DAYS_PER_MONTH, CirSubject, aalen_johansen, cif_at
 from bridge.ingest.readers import Item
-from bridge.model import PatientFacts, Quantity
+from bridge.model import NotScreened, PatientFacts, Quantity
 from bridge.normalize.mappings import CodeMap
 from bridge.pipeline import load_patients, prescreen_json, prescreen_patients
 
@@ -52,16 +60,26 @@ def gather(items: Iterable[Item], options: RuleOptions, cmap: CodeMap, source_na
 def gather_patients(patients: Sequence[PatientFacts], options: RuleOptions, cmap: CodeMap,
                     source_name: str = "") -> Json:
     """The report document from already normalized patients."""
-    assessed = assess_patients(patients, options, cmap.uln, cmap.lln)
-    facts = {p.ref: p for p in patients}
+    excluded = {p.ref: ns for p in patients if (ns := not_screened(p, options.as_of)) is not None}
+    screened = [p for p in patients if p.ref not in excluded]
+    kept = [p for p in patients if assessable(excluded.get(p.ref))]
+    assessed = assess_patients(kept, options, cmap.uln, cmap.lln)
+    facts = {p.ref: p for p in kept}
     return {
         "study": STUDY_ID, "asOf": options.as_of.isoformat(), "ruleset": RULESET_VERSION, "source": source_name,
-        "prescreen": prescreen_json(prescreen_patients(patients, options, cmap), options),
-        "assessment": assessment_json(assessed, patients, options),
+        "prescreen": {**prescreen_json(prescreen_patients(screened, options, cmap), options),
+                      "notScreened": [ns.as_json() for ns in excluded.values()]},
+        "assessment": assessment_json(assessed, kept, options),
         "followUp": {pa.patient: follow_up(pa, facts[pa.patient], options.as_of) for pa in assessed},
         "cir": cir_curve(_subjects(assessed, facts, options)),
         "kineticSeries": {pa.patient: kinetic_series(facts[pa.patient], pa.day0, options.as_of) for pa in assessed},
     }
+
+
+def assessable(reason: NotScreened | None) -> bool:
+    """Whether a patient may be assessed: screened, or not screened only because deceased on the as-of date
+    (a death ends follow-up; it does not undo an infusion)."""
+    return reason is None or reason.reason == "deceased"
 
 
 def _subjects(assessed: Iterable[PatientAssessment], facts: dict[str, PatientFacts],
@@ -119,4 +137,4 @@ def cir_curve(subjects: Sequence[tuple[str, CirSubject]], months: int = CIR_MONT
             "subjects": [{"patient": p, "days": (s.exit - s.origin).days, "event": s.event} for p, s in subjects]}
 
 
-__all__ = ["CIR_MONTHS", "cir_curve", "follow_up", "gather", "gather_patients", "kinetic_series"]
+__all__ = ["CIR_MONTHS", "assessable", "cir_curve", "follow_up", "gather", "gather_patients", "kinetic_series"]

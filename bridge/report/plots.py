@@ -35,7 +35,8 @@ RESPONSE_STYLE: dict[str, tuple[str, str]] = {
 }
 STATUS_ORDER = ("candidate", "potential-candidate", "ineligible")
 STATUS_COLOURS = {"screened": "#4D4D4D", "candidate": "#009E73", "potential-candidate": "#E69F00",
-                  "ineligible": "#D55E00"}
+                  "ineligible": "#D55E00", "not-screened": "#BBBBBB"}
+NOT_SCREENED_REASONS = ("deceased", "non-human", "no-patient-resource")  # RULES.md §2 "Who is screened"
 KINETIC_AXES = {"car-t-copies": "CAR transgene (copies/µg genomic DNA)", "car-t-percent": "CAR+ T cells (% of CD3+)"}
 KINETIC_TITLES = {"car-t-copies": "CAR-T expansion by qPCR", "car-t-percent": "CAR-T expansion by flow"}
 PROTOCOL_RANGE = (0.5, 10.0)  # ×10⁶ cells/kg (RULES.md §4)
@@ -65,30 +66,44 @@ def short(patient: str) -> str:
 
 # ------------------------------------------------------------------ pre-screen
 def status_counts(prescreen: Json) -> dict[str, int]:
+    """``screened`` (the results), each status, and ``not-screened`` (the ``notScreened`` array, RULES §2)."""
     results = prescreen.get("results") or []
     counts = {"screened": len(results)}
     counts.update({s: sum(1 for r in results if r.get("status") == s) for s in STATUS_ORDER})
+    counts["not-screened"] = len(prescreen.get("notScreened") or [])
     return counts
 
 
+def not_screened_counts(prescreen: Json) -> dict[str, int]:
+    """Patients not screened per reason (RULES order; every reason present, zero or not)."""
+    reasons = [n.get("reason") for n in prescreen.get("notScreened") or [] if isinstance(n, Mapping)]
+    return {r: reasons.count(r) for r in NOT_SCREENED_REASONS}
+
+
 def funnel_png(prescreen: Json) -> bytes | None:
-    """Screened → candidate / potential candidate / ineligible, as horizontal bars with counts."""
+    """Screened → candidate / potential candidate / ineligible, as horizontal bars with counts, and a separate
+    hatched bar for the patients who are not screened (deceased, non-human, no valid Patient resource)."""
     counts = status_counts(prescreen)
-    if not counts["screened"]:
+    if not counts["screened"] and not counts["not-screened"]:
         return None
-    labels = list(counts)
-    with figure(6.5, 2.4) as (fig, (ax,)):
+    labels = [k for k in counts if k != "not-screened" or counts[k]]
+    total = counts["screened"] + counts["not-screened"]
+    with figure(6.5, 2.4 + (0.3 if counts["not-screened"] else 0.0)) as (fig, (ax,)):
         bars = ax.barh(range(len(labels)), [counts[k] for k in labels], color=[STATUS_COLOURS[k] for k in labels],
                        hatch=None, edgecolor="black", linewidth=0.5)
         for bar, key in zip(bars, labels, strict=True):
-            share = counts[key] / counts["screened"]
-            ax.text(bar.get_width() + 0.2, bar.get_y() + bar.get_height() / 2, f"{counts[key]} ({share:.0%})",
-                    va="center")
+            if key == "not-screened":
+                bar.set_hatch("xx")
+                text = f"{counts[key]} ({counts[key] / total:.0%} of all patients)"
+            else:
+                share = counts[key] / counts["screened"] if counts["screened"] else 0.0
+                text = f"{counts[key]} ({share:.0%})"
+            ax.text(bar.get_width() + 0.2, bar.get_y() + bar.get_height() / 2, text, va="center")
         ax.set_yticks(range(len(labels)), [k.replace("-", " ") for k in labels])
         ax.invert_yaxis()
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("patients (n)")
-        ax.set_xlim(0, counts["screened"] * 1.25)
+        ax.set_xlim(0, max(counts["screened"], counts["not-screened"]) * (1.45 if counts["not-screened"] else 1.25))
         ax.set_title(f"Pre-screen funnel as of {prescreen.get('asOf', '?')}", loc="left")
         return png(fig)
 

@@ -30,6 +30,8 @@ from bridge.report import plots
 Json = Mapping[str, Any]
 CRS, ICANS = CRS_TERM, ICANS_TERM
 GRADE_KEYS = ("1", "2", "3", "4", "5", "unknown")
+NOT_SCREENED_LABELS = {"deceased": "deceased on the as-of date", "non-human": "non-human (patient-animal)",
+                       "no-patient-resource": "no valid Patient resource"}
 SECTIONS = ("summary", "prescreen", "criteria", "dose", "swimmer", "safety", "response", "cir", "kinetics")
 
 
@@ -128,7 +130,8 @@ def context(doc: Json) -> dict[str, Any]:
         "kinetics": plots.kinetics_png(doc.get("kineticSeries") or {}, patients),
     }
     return {"doc": doc, "pre": pre, "ass": ass, "patients": patients, "cohort": cohort,
-            "counts": plots.status_counts(pre), "blockers": block, "ae_rows": ae_rows(cohort),
+            "counts": plots.status_counts(pre), "not_screened": plots.not_screened_counts(pre),
+            "not_screened_labels": NOT_SCREENED_LABELS, "blockers": block, "ae_rows": ae_rows(cohort),
             "grade_keys": GRADE_KEYS, "syndromes": syndrome_rows(patients), "kinetic_rows": kinetic_rows(patients),
             "follow_up": doc.get("followUp") or {}, "images": {k: data_uri(v) for k, v in images.items()},
             "kinetic_units": plots.KINETIC_AXES, "version": __version__, "sections": SECTIONS}
@@ -156,5 +159,6 @@ def write_report(doc: Json, out: str | Path) -> Path:
     return path
 
 
-__all__ = ["CRS", "ICANS", "SECTIONS", "ae_rows", "blockers", "context", "data_uri", "environment", "interval",
-           "jsonvalue", "kinetic_rows", "num", "pct", "render_report", "syndrome_rows", "write_report"]
+__all__ = ["CRS", "ICANS", "NOT_SCREENED_LABELS", "SECTIONS", "ae_rows", "blockers", "context", "data_uri",
+           "environment", "interval", "jsonvalue", "kinetic_rows", "num", "pct", "render_report", "syndrome_rows",
+           "write_report"]

@@ -4,12 +4,19 @@ Exactly what ``bridge prescreen`` does for one patient, with the EHR as the sour
 pulled with the bridge's own credentials (``bridge.ingest.pull.fetch_patient``), normalized, screened as of
 today (``today`` is injected), and the ResearchSubject is published idempotently
 (``bridge.publish.publisher.publish_subject``: conditional update on its identifier, skipped when unchanged).
-Only patients the study concerns get a ResearchSubject: the diagnosis criterion (``inc-diagnosis``) is not
-``not-met``, or the patient already has one (which is then updated). Every other admitted patient is screened
-and left alone — no trial membership is written into the record of a patient without an acute leukaemia;
-``rescreen`` returns ``not-published`` for them. The ResearchStudy is published once per process before
-the first subject. The store records the screening (coordinator page) and what was published (served
-read-only at ``/fhir``).
+
+Who is screened (RULES.md §2): a patient without a valid Patient resource (absent, or rejected by validation),
+a non-human patient or one deceased on the as-of date is **not screened**: nothing is published, nothing is
+saved as a screening, and the patient's earlier screening, if the store holds one, is deleted and the patient
+recorded as not screened (``Store.mark_not_screened``) — the coordinator page no longer lists it.
+``rescreen`` returns ``not-screened`` (the reason stays in the store, not in the worker's log).
+
+Who gets a ResearchSubject is the one publication policy of ``bridge.publish.policy``, the same as the CLI's
+``--publish``: the diagnosis criterion (``inc-diagnosis``) is not ``not-met``, or the patient already has a
+ResearchSubject (which is then updated). Every other admitted patient is screened and left alone — no trial
+membership is written into the record of a patient without an acute leukaemia; ``rescreen`` returns
+``not-published`` for them. The ResearchStudy is published once per process before the first subject. The
+store records the screening (coordinator page) and what was published (served read-only at ``/fhir``).
 """
 
 from __future__ import annotations
@@ -21,17 +28,20 @@ from datetime import date
 
 from bridge.client import FhirClient
 from bridge.config import OrganReading, RuleOptions
-from bridge.errors import InputError
 from bridge.evaluate.eligibility import Screening, screen
+from bridge.evaluate.screened import not_screened
 from bridge.ingest.pull import fetch_patient
+from bridge.model import NotScreened, PatientFacts
 from bridge.normalize.mappings import CodeMap
 from bridge.pipeline import load_patients
+from bridge.publish.policy import publishable
 from bridge.publish.publisher import Written, find_subject, publish_study, publish_subject
 from bridge.publish.subject import subject_fingerprint, subject_identifier
-from bridge.store import PublishedRecord, ScreeningRecord, Store
+from bridge.store import PublishedRecord, Store, save_prescreen
 
 STUDY_KEY = "ResearchStudy|nct04762485"
 NOT_PUBLISHED = "not-published"  # the status returned for an admitted patient without the study's diagnosis
+NOT_SCREENED = "not-screened"  # the status returned for a patient RULES.md §2 does not screen
 
 
 class PublishingRescreen:
@@ -47,31 +57,37 @@ class PublishingRescreen:
 
     def __call__(self, patient_id: str) -> str:
         options = RuleOptions(as_of=self.today(), organ_function_reading=self.organ_reading)
-        screening = self.screen(patient_id, options)
-        if not self._concerns_the_study(patient_id, screening):
+        result = self.screen(patient_id, options)
+        if isinstance(result, NotScreened):
+            save_prescreen(self.store, (), [result], options.as_of, self.clock())
+            return NOT_SCREENED
+        if not publishable(result, self._has_subject):
             return NOT_PUBLISHED
         self._ensure_study()
-        written = publish_subject(self.client, screening, options)
-        self._record(patient_id, screening, options, written)
-        return screening.status
+        written = publish_subject(self.client, result, options)
+        self._record(patient_id, result, options, written)
+        return result.status
 
-    def _concerns_the_study(self, patient_id: str, screening: Screening) -> bool:
-        """Publish for a patient whose diagnosis criterion is not ruled out, or who already has a subject
-        (so it is updated, e.g. to ineligible); every other admitted patient is left alone."""
-        if screening.verdict("inc-diagnosis").result != "not-met":
-            return True
+    def _has_subject(self, patient_id: str) -> bool:
+        """The patient already has a ResearchSubject: recorded here, or found on the EHR by identifier."""
         system, value = subject_identifier(patient_id)
         if self.store.get_published(f"ResearchSubject|{system}|{value}") is not None:
             return True
         return find_subject(self.client, patient_id) is not None
 
-    def screen(self, patient_id: str, options: RuleOptions) -> Screening:
+    def facts(self, patient_id: str, options: RuleOptions) -> PatientFacts | None:
+        """The patient's facts as pulled from the EHR; None when nothing usable came back for it."""
         items = fetch_patient(self.client, patient_id, self.cmap, options.as_of)
         patients, _report = load_patients(items, self.cmap)
-        facts = next((p for p in patients if p.patient_id == patient_id), None)
+        return next((p for p in patients if p.patient_id == patient_id), None)
+
+    def screen(self, patient_id: str, options: RuleOptions) -> Screening | NotScreened:
+        """The patient's screening, or why it is not screened (RULES.md §2; a Patient resource that failed
+        validation, with nothing else of the patient, leaves no facts at all: no Patient resource)."""
+        facts = self.facts(patient_id, options)
         if facts is None:
-            raise InputError(f"Patient/{patient_id}: the EHR returned no usable Patient resource")
-        return screen(facts, options, self.cmap.uln)
+            return NotScreened(f"Patient/{patient_id}", "no-patient-resource")
+        return not_screened(facts, options.as_of) or screen(facts, options, self.cmap.uln)
 
     def _ensure_study(self) -> None:
         with self._study_lock:
@@ -93,11 +109,9 @@ class PublishingRescreen:
                                                  self.clock()))
 
     def _record(self, patient_id: str, screening: Screening, options: RuleOptions, written: Written) -> None:
-        verdicts = [{"criterion": v.criterion, **v.as_json()} for v in screening.verdicts]
-        self.store.save_screening(ScreeningRecord(patient_id, screening.status, verdicts,
-                                                  options.as_of.isoformat(), self.clock()))
+        save_prescreen(self.store, [screening], (), options.as_of, self.clock())
         system, value = subject_identifier(patient_id)
         self._remember(f"ResearchSubject|{system}|{value}", written)
 
 
-__all__ = ["NOT_PUBLISHED", "STUDY_KEY", "PublishingRescreen"]
+__all__ = ["NOT_PUBLISHED", "NOT_SCREENED", "STUDY_KEY", "PublishingRescreen"]

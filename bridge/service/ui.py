@@ -15,6 +15,9 @@ Authentication (the service's bearer token, ``Settings.api_token``):
 Every answer carries ``Cache-Control: no-store``, ``Referrer-Policy: no-referrer`` and a CSP that allows only
 the page's own stylesheet (by hash), ``data:`` images and form posts to itself. The only patient data in a URL
 is a patient's resource id (``/ui/patients/{id}``); the status filter is ``?status=<code>``.
+
+Patients the latest pre-screen did not screen (RULES.md §2: deceased, non-human, no valid Patient resource) are
+never listed: the queue says only how many there are, by reason, and their page is a 404 "Not screened".
 """
 
 from __future__ import annotations
@@ -156,15 +159,22 @@ class _Pages:
             return denied
         wanted = request.query_params.get("status")
         selected = wanted if wanted in view.STATUS_ORDER else None
-        screenings = self.data.list_screenings()
+        excluded = view.not_screened_of(self.data)
+        screenings = view.screened_only(self.data.list_screenings(), excluded)
         return _page("ui_queue.html.j2", signed_in=True, groups=view.queue(screenings, selected),
-                     statuses=view.STATUS_ORDER[:3], selected=selected, total=len(screenings))
+                     statuses=view.STATUS_ORDER[:3], selected=selected, total=len(screenings),
+                     not_screened=view.not_screened_summary(excluded), not_screened_total=len(excluded))
 
     def patient(self, request: Request, patient_id: str) -> Response:
         denied = self.gate(request)
         if denied:
             return denied
         screening = self.data.get_screening(patient_id) if view.is_resource_id(patient_id) else None
+        excluded = next((n for n in view.not_screened_of(self.data) if n.get("patient") == patient_id), None)
+        if excluded is not None:
+            label = view.NOT_SCREENED_LABELS.get(str(excluded.get("reason")), str(excluded.get("reason")))
+            return _page("ui_message.html.j2", 404, signed_in=True, heading="Not screened",
+                         message=f"This patient is not pre-screened ({label}, RULES.md §2 \"Who is screened\").")
         if screening is None:
             return _page("ui_message.html.j2", 404, signed_in=True, heading="Not found",
                          message="No screening is stored for that patient id.")

@@ -253,6 +253,10 @@ def _resolve(key: str, assess: dict[str, Any], prescreen: dict[str, Any]) -> Any
         return assess["asOf"]
     if key == "prescreen.screened":
         return len(results)
+    if key == "prescreen.notScreened":
+        return len(prescreen["notScreened"])
+    if key.startswith("prescreen.notScreened."):
+        return sum(1 for n in prescreen["notScreened"] if n["reason"] == key.removeprefix("prescreen.notScreened."))
     if key.startswith("prescreen.status."):
         return sum(1 for r in results if r["status"] == key.removeprefix("prescreen.status."))
     if key.startswith("criteria."):
@@ -284,7 +288,7 @@ def _expected_keys(assess: dict[str, Any]) -> set[str]:
     cohort = assess["cohort"]
     keys = {"cohort.infused", "cohort.orr.rate", "cohort.orr.ci95", "cohort.orr.responders", "cohort.orr.n",
             "cohort.adverseEvents.events", "cohort.adverseEvents.patients", "prescreen.screened",
-            "cohort.cir.12months.estimate", "cohort.cir.12months.ci95", "cohort.cir.24months.estimate"}
+            "prescreen.notScreened", "cohort.cir.12months.estimate", "cohort.cir.12months.ci95", "cohort.cir.24months.estimate"}
     keys |= {f"cohort.bestResponse.{k}" for k in cohort["bestResponse"]}
     by_term = cohort["adverseEvents"]["byTermAndGrade"]
     keys |= {f"cohort.adverseEvents.byTermAndGrade.{t}.{g}" for t, gs in by_term.items() for g in gs}

@@ -9,13 +9,12 @@ from typing import Any
 
 import pytest
 
-from bridge.errors import InputError
 from bridge.ingest.readers import Entry
 from bridge.normalize.mappings import load_code_map
 from bridge.publish.publisher import Written
 from bridge.publish.subject import research_subject
 from bridge.service import rescreen as module
-from bridge.service.rescreen import NOT_PUBLISHED, STUDY_KEY, PublishingRescreen
+from bridge.service.rescreen import NOT_PUBLISHED, NOT_SCREENED, STUDY_KEY, PublishingRescreen
 from bridge.service.triggers import patient_of
 from bridge.store import SqliteStore
 
@@ -96,7 +95,10 @@ def test_but_an_existing_subject_is_kept_up_to_date(env: Any, monkeypatch: pytes
     assert calls["published"] == [("Patient/p08", "ineligible", AS_OF)]
 
 
-def test_an_unknown_patient_is_an_input_error(env: Any) -> None:
-    rescreen, _store, _calls = env
-    with pytest.raises(InputError, match="Patient/nobody"):
-        rescreen("nobody")
+def test_a_patient_with_nothing_usable_is_not_screened(env: Any) -> None:
+    """No Patient resource came back (absent, or rejected by validation): RULES.md §2 "no-patient-resource"."""
+    rescreen, store, calls = env
+    assert rescreen("nobody") == NOT_SCREENED
+    assert calls["published"] == [] and calls["study"] == [] and calls["found"] == []
+    assert store.screening("nobody") is None
+    assert [(n.patient_id, n.reason) for n in store.not_screened()] == [("nobody", "no-patient-resource")]
