@@ -28,9 +28,12 @@ How
        candidate's resource dropped as irrelevant that shares type and id with a kept one (a later version
        with another code) is noticed through a 64-bit digest of its reference; either makes pass 2 run again,
        with the new candidates or keeping those resources. Not followed: a later version that moves a
-       resource from a candidate to another patient (its bytes name no candidate, so it is never read).
+       resource from a candidate to another patient, or drops its subject (its bytes name no candidate, so it
+       is never read).
     5. The final phase — versions resolved, each patient assembled, then ``then`` (the pipeline: screening)
-       applied — runs in forked workers too, in batches of patients, the results coming back in id order.
+       applied — runs in forked workers too, in batches of patients, the results coming back in id order. An
+       exception raised by ``then`` for one patient (a bug) does not lose the batch: that patient's result is
+       a ``Failed`` naming it and the exception's type, and every other patient is still evaluated.
 
 Memory: the parent holds 12 bytes per kept resource and 16 per spilled group (the resources themselves are
 in the spill file), each worker one chunk and what it keeps from it — never a line of a patient who is not a
@@ -43,7 +46,9 @@ Report
     canonical JSON object is parsed; a framed line that references no candidate is not (a defect inside it
     goes unreported). ``warnings`` come from the reported patients' resources; ``read`` counts non-blank
     lines, ``used`` the resources kept, ``ignored_types`` the lines of types the bridge does not read;
-    ``no_patient`` stays 0 (lines naming no candidate are not parsed).
+    ``no_patient`` stays 0 (lines naming no candidate are not parsed). Identity conflicts (versions of one
+    resource naming different patients, Patients sharing an id) are warned about, in reference order among
+    the other warnings, as the per-patient path does — among the candidates' resources.
 """
 
 from __future__ import annotations
@@ -81,7 +86,7 @@ from bridge.model import PatientFacts
 from bridge.normalize.facts import READ_TYPES, Normalized, source_ref
 from bridge.normalize.fhirpath import codings, ref_id
 from bridge.normalize.mappings import CodeMap
-from bridge.normalize.patients import PatientAssembler, ReadReport
+from bridge.normalize.patients import PatientAssembler, ReadReport, VersionKey, conflict_warning, describe_exception
 
 CHUNK_BYTES = 8 << 20
 LEUKEMIA = "acute-leukemia"
@@ -247,12 +252,12 @@ class PositionedAssembler(PatientAssembler):
                  tuple((ref, version, tuple(norm.problems)) for ref, version, norm in items if norm.problems))
                 for pid, items in groups.items()]
 
-    def keep(self, ref: str, version: tuple[int, str, int], norm: Normalized) -> None:
-        self._keep(ref, version, norm)
+    def keep(self, ref: str, version: VersionKey, norm: Normalized) -> None:
+        self._keep(ref, version, norm, used=norm.patient_id is not None)
 
 
-Group = list[tuple[str, tuple[int, str, int], Normalized]]
-Problems = tuple[tuple[str, tuple[int, str, int], tuple[str, ...]], ...]
+Group = list[tuple[str, VersionKey, Normalized]]
+Problems = tuple[tuple[str, VersionKey, tuple[str, ...]], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,6 +367,7 @@ class ChunkResult:
     skipped: list[tuple[int, Skipped]] = field(default_factory=list)
     dropped: tuple[int, int] = (0, 0)  # offset, length of the dropped digests in the spill file
     strays: set[str] = field(default_factory=set)
+    conflicts: set[str] = field(default_factory=set)  # identity conflicts among this chunk's versions
 
 
 _SCOPE: list[Any] = []  # the worker's state: a Scope (passes 1 and 2) or a _Final (the final phase)
@@ -443,6 +449,7 @@ class ChunkReader:
     def run(self) -> ChunkResult:
         self.result.lines = self._range(0, len(self.buf), 1)
         self.result.used = self.asm.report.used
+        self.result.conflicts = self.asm.conflicts
         self._spill()
         return self.result
 
@@ -578,10 +585,11 @@ class _Merge:
         self.spans = array("q")  # offset, length of each group in the spill file
         self.blobs: dict[str, array[int]] = {}  # patient -> its groups
         self.dropped = array("q")  # offset, length of each chunk's dropped digests in the spill file
-        self.problems: list[tuple[str, tuple[int, str, int], tuple[str, ...]]] = []
-        self.newest: dict[str, tuple[int, str, int]] = {}  # refs kept in several versions -> the winner's key
+        self.problems: list[tuple[str, VersionKey, tuple[str, ...]]] = []
+        self.newest: dict[str, VersionKey] = {}  # refs kept in several versions -> the winner's key
         self.report = ReadReport()
         self.strays: set[str] = set()
+        self.conflicts: set[str] = set()
 
     def add(self, result: ChunkResult) -> None:
         fi = result.chunk.file_index
@@ -597,6 +605,7 @@ class _Merge:
         self.report.used += result.used
         self.report.ignored_types += result.ignored_types
         self.strays |= result.strays
+        self.conflicts |= result.conflicts
 
     def _keep(self, packed: Packed) -> None:
         group = len(self.spans) // 2
@@ -611,7 +620,7 @@ class _Merge:
         blob = self.spill.read(self.spans[2 * group], self.spans[2 * group + 1])
         return pickle.loads(blob)  # noqa: S301 - pickled by our own workers
 
-    def _holding(self, digests: set[int]) -> Iterator[tuple[str, tuple[int, str, int], Normalized]]:
+    def _holding(self, digests: set[int]) -> Iterator[tuple[str, VersionKey, Normalized]]:
         """The kept resources whose reference has one of ``digests`` (read back from the spill file)."""
         groups = sorted({self.owner[i] for i, key in enumerate(self.keys) if key in digests})
         for group in groups:
@@ -636,14 +645,21 @@ class _Merge:
 
     def _resolve_versions(self) -> None:
         """``newest``: for every reference whose digest was kept more than once, the version key that wins —
-        the assembler's rule (``version >= current``), over exact references and keys."""
+        the assembler's rule (``version >= current``), over exact references and keys; and the identity
+        conflicts between chunks (a chunk's own are in ``conflicts`` already)."""
         kept = numpy.sort(numpy.frombuffer(self.keys, numpy.int64))
         repeated = set(kept[1:][kept[1:] == kept[:-1]].tolist())
-        for ref, version, _ in self._holding(repeated) if repeated else ():
+        subjects: dict[str, set[str]] = {}
+        for ref, version, norm in self._holding(repeated) if repeated else ():
+            if ref in self.newest and ref.startswith("Patient/"):
+                self.conflicts.add(ref)
             if ref not in self.newest or version >= self.newest[ref]:
                 self.newest[ref] = version
+            if norm.patient_id is not None:
+                subjects.setdefault(ref, set()).add(norm.patient_id)
+        self.conflicts.update(ref for ref, named in subjects.items() if len(named) > 1)
 
-    def _wins(self, ref: str, version: tuple[int, str, int]) -> bool:
+    def _wins(self, ref: str, version: VersionKey) -> bool:
         best = self.newest.get(ref)
         return best is None or best == version
 
@@ -653,8 +669,9 @@ class _Merge:
         (warnings in ref order). With several processes, batches of patients are assembled (and ``then``
         applied) in a pool of forked workers that read the spill file themselves; results come back in order."""
         self._resolve_versions()
-        found = sorted(self.problems, key=lambda item: item[0])
-        self.report.warnings = [w for ref, version, ws in found if self._wins(ref, version) for w in ws]
+        found = sorted([(ref, 1, ws) for ref, version, ws in self.problems if self._wins(ref, version)]
+                       + [(ref, 0, (conflict_warning(ref),)) for ref in self.conflicts], key=lambda item: item[:2])
+        self.report.warnings = [w for _, _, ws in found for w in ws]
         self.problems.clear()
         return self._results(then, processes), self.report
 
@@ -690,11 +707,32 @@ class _Final:
 
 
 def finish_batch(pids: list[str]) -> list[Any]:
-    """The final phase for some patients (worker entry point): assembled, then ``then`` applied."""
+    """The final phase for some patients (worker entry point): assembled, then ``then`` applied — guarded, so
+    that one patient's exception leaves a ``Failed`` in its place and the batch goes on."""
     state = _SCOPE[0]
     assert isinstance(state, _Final)
     facts = [pf for pid in pids for pf in state.merge.assemble(pid)]
-    return facts if state.then is None else [state.then(pf) for pf in facts]
+    return facts if state.then is None else [guarded(state.then, pf) for pf in facts]
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A patient whose evaluation raised an unexpected exception (a bug): ``error`` is the exception's type
+    and where it was raised — never its message, which may quote a value."""
+
+    patient: str
+    error: str
+
+    def line(self) -> str:
+        return f"{self.patient}: evaluation failed ({self.error}); left out of the results — a bug, please report it"
+
+
+def guarded(then: Callable[[PatientFacts], Any], pf: PatientFacts) -> Any:
+    """``then(pf)``, or a ``Failed`` naming the patient when it raises: one patient never stops the others."""
+    try:
+        return then(pf)
+    except Exception as exc:  # noqa: BLE001 - reported as Failed (exit 1 in the CLI), the others go on
+        return Failed(pf.ref, describe_exception(exc))
 
 
 class _Pool:
@@ -776,7 +814,7 @@ def population_map(directory: Path, cmap: CodeMap, then: Callable[[PatientFacts]
 
 
 __all__ = ["CHUNK_BYTES", "ELIGIBILITY_CONCEPTS", "CachedCodes", "Chunk", "ChunkReader", "ChunkResult", "Codes",
-           "Packed", "PositionedAssembler", "Scope", "Spill", "candidates_in", "default_processes", "digest",
-           "file_type", "find_candidates", "finish_batch", "has_leukemia", "patient_of", "plan_chunks",
+           "Failed", "Packed", "PositionedAssembler", "Scope", "Spill", "candidates_in", "default_processes", "digest",
+           "file_type", "find_candidates", "finish_batch", "guarded", "has_leukemia", "patient_of", "plan_chunks",
            "population_map", "population_patients", "read_chunk", "read_chunk_reusing", "relevant",
            "screen_chunk", "steady_malloc"]

@@ -25,6 +25,7 @@ from bridge.cli.common import (
 )
 from bridge.config import RuleOptions, Settings
 from bridge.evaluate.eligibility import ADVISORY, Screening
+from bridge.model import NotScreened
 from bridge.normalize.mappings import CodeMap, load_code_map
 from bridge.normalize.patients import ReadReport
 from bridge.pipeline import PrescreenRun, is_url, prescreen, prescreen_items, write_prescreen_json
@@ -43,8 +44,12 @@ Examples:
     bridge prescreen samples/prescreen/bundle.json --as-of 2026-06-15 --site-map samples/site-map.yaml
     bridge prescreen https://ehr.example/fhir --patient 123 --publish https://ehr.example/fhir
 
-Exit codes: 0 ok, 2 bad input (or skipped resources with --strict), 3 unreadable source, 4 invalid site map,
-5 configuration, 6 own output invalid, 7 remote server error.
+Patients without a valid Patient resource, non-human or deceased are not screened: the JSON lists them in
+"notScreened", the table counts them.
+
+Exit codes: 0 ok, 1 a patient's evaluation failed (a bug; the others are printed), 2 bad input (or skipped
+resources with --strict), 3 unreadable source, 4 invalid site map, 5 configuration, 6 own output invalid,
+7 remote server error.
 """
 
 
@@ -79,9 +84,18 @@ def render_table(screenings: list[Screening], options: RuleOptions) -> Table:
     return table
 
 
-def summary(screenings: list[Screening]) -> str:
+NOT_SCREENED_REASONS = ("deceased", "non-human", "no-patient-resource")
+
+
+def summary(screenings: list[Screening], not_screened: list[NotScreened] | None = None) -> str:
+    """``N patients: a candidate, b potential-candidate, c ineligible`` and, when some were not screened,
+    ``; M not screened (deceased 1, non-human 1, no-patient-resource 1)``."""
     counts = {k: sum(1 for s in screenings if s.status == k) for k in STATUS_STYLE}
-    return f"{len(screenings)} patients: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+    line = f"{len(screenings)} patients: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+    if not_screened:
+        reasons = {k: sum(1 for n in not_screened if n.reason == k) for k in NOT_SCREENED_REASONS}
+        line += f"; {len(not_screened)} not screened (" + ", ".join(f"{k} {v}" for k, v in reasons.items() if v) + ")"
+    return line
 
 
 def report_problems(report: ReadReport) -> None:
@@ -110,6 +124,21 @@ def save_screenings(settings: Settings, run: PrescreenRun) -> None:
     finally:
         store.close()
     err_console.print(f"saved {len(run.screenings)} screenings to {settings.db_path}", highlight=False)
+
+
+def report_no_patient_data(source: str, report: ReadReport) -> None:
+    """One line when the source held nothing a patient's data could be in (RULES.md §2)."""
+    if report.no_patient_data:
+        err_console.print(f"{source}: no patient data (0 Patient, Observation, Condition, Encounter, "
+                          "MedicationAdministration resources)", highlight=False, soft_wrap=True)
+
+
+def report_failed(run: PrescreenRun) -> None:
+    """The patients whose evaluation raised (a bug): reference and exception type, never data."""
+    if run.failed:
+        err_console.print(f"{len(run.failed)} patient(s) could not be evaluated:", highlight=False)
+        for failed in run.failed:
+            err_console.print(f"  {failed.line()}", highlight=False, soft_wrap=True)
 
 
 def report_published(written: list[Written]) -> None:
@@ -148,22 +177,27 @@ def command(
         lazy = fmt is Format.json and not save and not publish
         run = _run(source, options, cmap, settings, patients, tick, all_patients, lazy)
     if fmt is Format.json:
-        reported = write_prescreen_json(sys.stdout, run.stream or run.screenings, options)
+        reported = write_prescreen_json(sys.stdout, run.stream or run.screenings, options, run.not_screened)
     else:
         reported = len(run.screenings)
         out_console.print(render_table(run.screenings, options))
-        out_console.print(summary(run.screenings), highlight=False)
+        out_console.print(summary(run.screenings, run.not_screened), highlight=False)
     report_problems(run.report)
+    report_no_patient_data(source, run.report)
     if run.population:
+        reported += len(run.not_screened) + len(run.failed)
         err_console.print(f"population mode: the {reported} patients with an acute-leukaemia Condition "
                           "are reported; --all-patients evaluates every patient", highlight=False)
+    report_failed(run)
     if save:
-        save_screenings(settings, run)
+        save_screenings(settings, run)  # the screened patients only: never those not screened or failed
     if publish:
         from bridge.publish.publisher import publish_screenings
 
         with client_for(publish, settings) as client:
             report_published(publish_screenings(client, run.screenings, options))
+    if run.failed:
+        raise typer.Exit(1)
     if strict and run.report.skipped:
         raise typer.Exit(2)
 
@@ -180,4 +214,5 @@ def _run(source: str, options: RuleOptions, cmap: CodeMap, settings: Settings, p
     return prescreen(source, options, cmap, tick, all_patients=all_patients, lazy=lazy)
 
 
-__all__ = ["HELP", "command", "render_table", "report_problems", "report_published", "save_screenings", "summary"]
+__all__ = ["HELP", "NOT_SCREENED_REASONS", "command", "render_table", "report_failed", "report_no_patient_data",
+           "report_problems", "report_published", "save_screenings", "summary"]

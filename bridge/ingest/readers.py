@@ -6,7 +6,9 @@
 
 Every item is an ``Entry(resource, where)``; ``where`` names the file and the entry index or line number,
 never content. A problem with one entry is reported as a ``Skipped`` item (and the reader goes on); a
-problem with the whole source raises ``SourceUnreadable``.
+problem with the whole source raises ``SourceUnreadable``. A Bundle entry holding only a ``request`` or a
+``response`` (a batch or transaction, their responses, a history's deletes) carries no clinical data: it is
+neither an item nor a skip (RULES.md §2).
 """
 
 from __future__ import annotations
@@ -58,14 +60,19 @@ def _bundle_items(doc: Any, label: str) -> Iterator[Item]:
     if not isinstance(entries, list):
         raise SourceUnreadable(f"{label}: Bundle.entry must be an array")
     for i, entry in enumerate(entries):
-        yield _bundle_entry(entry, f"{label} entry {i}", i)
+        item = _bundle_entry(entry, f"{label} entry {i}", i)
+        if item is not None:
+            yield item
 
 
-def _bundle_entry(entry: Any, where: str, index: int) -> Item:
+def _bundle_entry(entry: Any, where: str, index: int) -> Item | None:
+    """The entry's resource, a ``Skipped``, or None for an entry that is only a request or a response."""
     if not isinstance(entry, dict):
         return Skipped(where, "entry is not an object", f"Bundle.entry[{index}]")
     resource = entry.get("resource")
-    if resource is None:  # a delete in a transaction or a history entry: nothing to read
+    if resource is None:
+        if isinstance(entry.get("request"), dict) or isinstance(entry.get("response"), dict):
+            return None  # a request (a search, a delete) or a response: not clinical data, not a skip
         return Skipped(where, "entry has no resource", f"Bundle.entry[{index}].resource")
     if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
         return Skipped(where, "entry resource has no resourceType", f"Bundle.entry[{index}].resource.resourceType")

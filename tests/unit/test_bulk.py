@@ -41,7 +41,7 @@ from bridge.ingest.readers import read_source
 from bridge.normalize.facts import normalize
 from bridge.normalize.mappings import load_code_map
 from bridge.normalize.patients import assemble
-from bridge.pipeline import PrescreenRun, prescreen, prescreen_json
+from bridge.pipeline import PrescreenRun, evaluate_patient, prescreen, prescreen_json
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE_MAP = ROOT / "samples" / "site-map.yaml"
@@ -71,7 +71,9 @@ def full(directory: Path) -> PrescreenRun:
 
 def fast(directory: Path, processes: int = 1, chunk_bytes: int = 1 << 16) -> PrescreenRun:
     patients, report = population_patients(directory, cmap(), processes=processes, chunk_bytes=chunk_bytes)
-    return PrescreenRun(OPTIONS, [eligibility.screen(p, OPTIONS, cmap().uln) for p in patients], report)
+    run = PrescreenRun(OPTIONS, [], report)
+    run.screenings = list(run.take(evaluate_patient(p, OPTIONS, cmap().uln) for p in patients))
+    return run
 
 
 def assert_same_verdicts(got: PrescreenRun, reference: PrescreenRun) -> None:
@@ -79,6 +81,7 @@ def assert_same_verdicts(got: PrescreenRun, reference: PrescreenRun) -> None:
     assert got.screenings, "nothing reported: the comparison would be vacuous"
     for s in got.screenings:
         assert s == want[s.patient], s.patient
+    assert set(got.not_screened) <= set(reference.not_screened)  # who is screened: the same decision
 
 
 def leukemia_patients(directory: Path) -> set[str]:
@@ -215,11 +218,12 @@ def test_samples_give_the_golden_verdicts_of_their_leukemia_patients() -> None:
     source = SAMPLES / "ndjson"
     got = prescreen(str(source), OPTIONS, cmap())
     expected = json.loads((SAMPLES / "expected.json").read_text(encoding="utf-8"))
+    expected.setdefault("notScreened", [])  # RULES.md §2: every sample patient is screened
     reported = {s.patient for s in got.screenings}
     assert reported == leukemia_patients(source)
     # every sample patient has a leukaemia-coded Condition — p08's is entered-in-error (inc-diagnosis not-met) —
     # so the population output is the whole golden document
-    assert json.loads(json.dumps(prescreen_json(got.screenings, OPTIONS))) == expected
+    assert json.loads(json.dumps(prescreen_json(got.screenings, OPTIONS, got.not_screened))) == expected
     assert got.screenings[[s.patient for s in got.screenings].index("Patient/p08")].status == "ineligible"
     assert_same_verdicts(got, full(source))
     assert not got.report.skipped
@@ -234,6 +238,7 @@ def test_all_patients_is_the_per_patient_path() -> None:
 
 # ------------------------------------------------------------------------------------ adversarial lines
 CAND, OTHER = "cand-1", "other-2"
+PATIENT = {"resourceType": "Patient", "id": CAND, "gender": "female", "birthDate": "1990-01-02"}
 
 
 def obs(oid: str, codings: list[dict[str, str]], value: dict[str, Any], subject: str = f"Patient/{CAND}",
@@ -335,6 +340,8 @@ def test_a_leukemia_condition_in_a_mixed_file_is_found(tmp_path: Path) -> None:
     ecog = obs("ecog-3", [{"system": LOINC, "code": "89247-1"}], {"valueInteger": 0}, subject="Patient/third")
     with (d / "Observation.ndjson").open("ab") as handle:  # the file starts with Observations: pass 1 skips it
         handle.write(dumps(ecog) + b"\n" + dumps(third) + b"\n")
+    with (d / "Patient.ndjson").open("ab") as handle:
+        handle.write(b"\n" + dumps({"resourceType": "Patient", "id": "third", "birthDate": "1980"}) + b"\n")
     assert file_type(d / "Observation.ndjson") == "Observation"
     got = fast(d, 2, 512)
     assert "Patient/third" in {s.patient for s in got.screenings}
@@ -347,6 +354,7 @@ def _versions_dir(tmp_path: Path, later: dict[str, Any], later_file: str = "Obse
     dx = {"resourceType": "Condition", "id": "dx", "code": {"coding": [{"system": ICD10CM, "code": "C92.02"}]},
           "subject": {"reference": f"Patient/{CAND}"}}
     (d / "Condition.ndjson").write_bytes(dumps(dx) + b"\n")
+    (d / "Patient.ndjson").write_bytes(dumps(PATIENT) + b"\n")
     first = obs("ast", [{"system": LOINC, "code": "1920-8"}], q(30, "U/L"), meta={"versionId": "1"})
     (d / "Observation.ndjson").write_bytes(dumps(first) + b"\n")
     with (d / later_file).open("ab") as handle:
@@ -641,6 +649,7 @@ def test_last_updated_decides_between_versions_as_in_the_per_patient_path(tmp_pa
     dx = {"resourceType": "Condition", "id": "dx", "code": {"coding": [{"system": ICD10CM, "code": "C92.02"}]},
           "subject": {"reference": f"Patient/{CAND}"}}
     (d / "Condition.ndjson").write_bytes(dumps(dx) + b"\n")
+    (d / "Patient.ndjson").write_bytes(dumps(PATIENT) + b"\n")
     one = obs("ast", [{"system": LOINC, "code": "1920-8"}], q(30, "U/L"), meta={"lastUpdated": stamps[0]})
     two = {**one, **q(500, "U/L"), "meta": {"lastUpdated": stamps[1]}}
     (d / "Observation.ndjson").write_bytes(dumps(one) + b"\n")
