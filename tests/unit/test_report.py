@@ -288,7 +288,8 @@ def _expected_keys(assess: dict[str, Any]) -> set[str]:
     cohort = assess["cohort"]
     keys = {"cohort.infused", "cohort.orr.rate", "cohort.orr.ci95", "cohort.orr.responders", "cohort.orr.n",
             "cohort.adverseEvents.events", "cohort.adverseEvents.patients", "prescreen.screened",
-            "prescreen.notScreened", "cohort.cir.12months.estimate", "cohort.cir.12months.ci95", "cohort.cir.24months.estimate"}
+            "prescreen.notScreened", "cohort.cir.12months.estimate", "cohort.cir.12months.ci95",
+            "cohort.cir.24months.estimate"}
     keys |= {f"cohort.bestResponse.{k}" for k in cohort["bestResponse"]}
     by_term = cohort["adverseEvents"]["byTermAndGrade"]
     keys |= {f"cohort.adverseEvents.byTermAndGrade.{t}.{g}" for t, gs in by_term.items() for g in gs}
