@@ -13,6 +13,10 @@ grade, arms ``value <op> limit x reference``; the grade is the highest whose arm
 - Baseline-aware terms (AST, ALT, bilirubin): the baseline is normal when it is <= ULN or unknown (then the
   x ULN arms apply), abnormal when > ULN (then only the x baseline arms). Creatinine's x baseline arms are
   an "or" beside the x ULN arms; without a baseline they simply do not apply.
+- A baseline that exists but is not usable (RULES.md §3: unknown, never absent; ``baseline_unknown=True``) is
+  neither "normal" nor "missing": the grade is the one every possible baseline gives, else ``None``. AST 30
+  against ULN 40 is grade 0 whatever the baseline; AST 160 is ``None`` (grade 2 over a normal baseline, 0-1
+  over an abnormal one).
 - Missing limits: when an arm needs an LLN or ULN that is ``None`` and that arm could give a higher grade
   than the arms that can be decided, the grade is ``None`` (ungradable), never a guess. ANC 1.2 without an
   LLN is grade 2; ANC 2.0 without an LLN is ``None``; creatinine or AST without a ULN is always ``None``.
@@ -273,13 +277,40 @@ def _outcomes(term: LabTerm, value: float, limits: _Limits) -> Iterator[tuple[in
 
 
 def grade_lab(
-    term_or_concept: str, value: float | None, lln: float | None, uln: float | None, baseline: float | None
+    term_or_concept: str, value: float | None, lln: float | None, uln: float | None, baseline: float | None,
+    *, baseline_unknown: bool = False,
 ) -> int | None:
-    """The CTCAE v5.0 grade (0 = not an AE) of one lab value, or None when it cannot be decided."""
+    """The CTCAE v5.0 grade (0 = not an AE) of one lab value, or None when it cannot be decided.
+
+    ``baseline_unknown``: a baseline exists but its value is not usable (RULES.md §3: unknown, never absent); the
+    grade is the one every possible baseline gives, else None (``baseline`` is then ignored).
+    """
     term = lab_term(term_or_concept)
     if value is None or not math.isfinite(value):
         return None
-    limits = _Limits(_usable(lln), _usable(uln), _usable(baseline))
+    if baseline_unknown:
+        return _whatever_baseline(term, value, lln, uln)
+    return _grade(term, value, _Limits(_usable(lln), _usable(uln), _usable(baseline)))
+
+
+def _whatever_baseline(term: LabTerm, value: float, lln: float | None, uln: float | None) -> int | None:
+    """The grade when the baseline could be any positive number: the grade is a step function of the baseline
+    whose steps lie at value / limit (the x baseline arms) and at the ULN (normal / abnormal), so trying each
+    step, a point between each two and one beyond each end reaches every grade it can give."""
+    steps = {value / arm.limit for rule in term.grades for arm in rule.arms
+             if arm.of == "baseline" and arm.limit > 0 and value > 0}
+    if not steps and not any(arm.baseline for rule in term.grades for arm in rule.arms):
+        return _grade(term, value, _Limits(_usable(lln), _usable(uln), None))
+    if _usable(uln) is not None:
+        steps.add(float(uln or 0.0))
+    points = sorted(x for x in steps if math.isfinite(x) and x > 0) or [1.0]
+    tries = [points[0] / 2, *points, points[-1] * 2]
+    tries += [(a + b) / 2 for a, b in zip(points, points[1:], strict=False)]
+    grades = {_grade(term, value, _Limits(_usable(lln), _usable(uln), b)) for b in tries}
+    return grades.pop() if len(grades) == 1 else None
+
+
+def _grade(term: LabTerm, value: float, limits: _Limits) -> int | None:
     decided = undecided = 0
     for grade, holds in _outcomes(term, value, limits):
         if holds is None:

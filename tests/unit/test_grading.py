@@ -330,6 +330,43 @@ def test_grade_lab_is_monotone_away_from_normal(
         assert grade_low <= grade_high
 
 
+@pytest.mark.parametrize(
+    ("term", "value", "uln", "expected"),
+    [
+        ("ast", 30.0, 40.0, 0),  # <= ULN: grade 0 over any baseline
+        ("ast", 40.0, 40.0, 0),
+        ("ast", 50.0, 40.0, None),  # G1 over a normal baseline, G0 over an abnormal one
+        ("ast", 160.0, 40.0, None),
+        ("ast", 2000.0, 40.0, None),  # G4 over a normal baseline, 1-4 over an abnormal one
+        ("bilirubin-total", 1.0, 1.2, 0),
+        ("bilirubin-total", 2.0, 1.2, None),
+        ("creatinine", 1.0, 1.1, None),  # the x baseline arms could hold for a small enough baseline
+        ("anc", 0.4, None, 4),  # not baseline-aware: graded as ever
+        ("platelets", 60.0, None, 2),
+        ("ast", 160.0, None, None),  # and no ULN: ungradable anyway
+    ],
+)
+def test_grade_lab_with_a_baseline_that_is_not_usable(term: str, value: float, uln: float | None,
+                                                      expected: int | None) -> None:
+    assert g.grade_lab(term, value, 1.0, uln, None, baseline_unknown=True) == expected
+    assert g.grade_lab(term, value, 1.0, uln, 12345.0, baseline_unknown=True) == expected  # the value is ignored
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    term=st.sampled_from(LAB_TERMS),
+    value=st.floats(0.0, 30000.0),
+    uln=_limit,
+    baseline=_limit,
+)
+def test_an_unknown_baseline_grades_only_what_every_baseline_grades(term: str, value: float, uln: float,
+                                                                    baseline: float) -> None:
+    unknown = g.grade_lab(term, value, 1.8, uln, None, baseline_unknown=True)
+    if unknown is not None:  # decided: then any actual baseline gives the same grade
+        assert g.grade_lab(term, value, 1.8, uln, baseline) == unknown
+        assert g.grade_lab(term, value, 1.8, uln, None) == unknown
+
+
 # ------------------------------------------------------------------------------------------- CRS
 
 
