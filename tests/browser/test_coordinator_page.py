@@ -33,7 +33,7 @@ from bridge.report.coordinator import StoreData, bare_id
 from bridge.report.data import gather
 from bridge.report.render import write_report
 from bridge.service.ui import COOKIE, ui_router
-from bridge.store import ScreeningRecord, SqliteStore
+from bridge.store import NotScreenedRecord, ScreeningRecord, SqliteStore
 
 pytestmark = pytest.mark.browser
 
@@ -66,14 +66,21 @@ def _documents(source: tuple[Path, date]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def cohort() -> dict[str, Any]:
-    """The report documents of both samples and the screenings as stored (treated screened last)."""
+    """The report documents of both samples and the screenings as stored (treated screened last), and the
+    patients not screened (RULES.md §2: e.g. the treated sample's patients who died before its as-of date)."""
     pre, treated = _documents(PRESCREEN), _documents(TREATED)
     screenings: dict[str, dict[str, Any]] = {}
+    excluded: dict[str, NotScreenedRecord] = {}
     for doc in (pre, treated):
+        as_of = doc["prescreen"]["asOf"]
         for r in doc["prescreen"]["results"]:
-            screenings[bare_id(r["patient"])] = {**r, "asOf": doc["prescreen"]["asOf"]}
+            screenings[bare_id(r["patient"])] = {**r, "asOf": as_of}
+            excluded.pop(bare_id(r["patient"]), None)
+        for n in doc["prescreen"].get("notScreened") or []:
+            excluded[bare_id(n["patient"])] = NotScreenedRecord(bare_id(n["patient"]), n["reason"], as_of, STARTED)
+            screenings.pop(bare_id(n["patient"]), None)
     assessments = {bare_id(p["patient"]): p for p in treated["assessment"]["patients"]}
-    return {"screenings": screenings, "assessments": assessments, "treated": treated}
+    return {"screenings": screenings, "assessments": assessments, "treated": treated, "not_screened": excluded}
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +89,8 @@ def store(cohort: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> I
     for i, (pid, s) in enumerate(cohort["screenings"].items()):
         verdicts = [{"criterion": c, **v} for c, v in s["criteria"].items()]
         db.save_screening(ScreeningRecord(pid, s["status"], verdicts, s["asOf"], STARTED + i))
+    for record in cohort["not_screened"].values():
+        db.mark_not_screened(record)
     yield db
     db.close()
 
@@ -177,13 +186,21 @@ def test_queue_patient_pages_and_sign_out(browser: Any, server: str, cohort: dic
         shown = [r.get_attribute("data-patient") for r in _css(browser, f"#status-{status} tr[data-patient]")]
         stored = [pid for pid, s in screenings.items() if s["status"] == status]
         assert shown == stored[::-1]  # newest first: later saved = later stamp
+    excluded = cohort["not_screened"]
+    assert excluded, "the treated sample has patients who died before its as-of date"
+    (note,) = _css(browser, "p.not-screened")
+    assert note.get_attribute("data-not-screened") == str(len(excluded))
+    assert not set(excluded) & {r.get_attribute("data-patient") for r in _css(browser, "tr[data-patient]")}
     _screenshot(browser, "coordinator-queue.png")
+    browser.get(f"{server}/ui/patients/{next(iter(excluded))}")
+    assert _css(browser, "h1")[0].text == "Not screened"
+    browser.get(f"{server}/ui")
 
     _click_to(browser, _css(browser, 'tr[data-patient="p01"] a.patient-link')[0], f"{server}/ui/patients/p01")
     _check_verdicts(browser, screenings["p01"])
     _screenshot(browser, "coordinator-patient.png")
 
-    treated = next(iter(cohort["assessments"]))
+    treated = next(p for p in cohort["assessments"] if p in screenings)
     browser.get(f"{server}/ui?status={screenings[treated]['status']}")
     _click_to(browser, _css(browser, f'tr[data-patient="{treated}"] a.patient-link')[0],
               f"{server}/ui/patients/{treated}")
