@@ -111,19 +111,19 @@ def report_problems(report: ReadReport) -> None:
 
 
 def save_screenings(settings: Settings, run: PrescreenRun) -> None:
-    """Record every screening in the state store (SQLite at ``db_path``), newest replacing older."""
-    from bridge.store import ScreeningRecord, SqliteStore
+    """Record the run in the state store (SQLite at ``db_path``), as the service does (``save_prescreen``): each
+    screening replaces the patient's older one; a patient not screened (RULES.md §2) is marked so and its older
+    screening deleted, so the coordinator page never lists it. A patient whose evaluation failed is left as
+    it was."""
+    from bridge.store import SqliteStore, save_prescreen
 
     store = SqliteStore(settings.db_path)
     try:
-        now = time.time()
-        for s in run.screenings:
-            verdicts = [{"criterion": v.criterion, **v.as_json()} for v in s.verdicts]
-            store.save_screening(ScreeningRecord(s.patient.removeprefix("Patient/"), s.status, verdicts,
-                                                 run.options.as_of.isoformat(), now))
+        saved, excluded = save_prescreen(store, run.screenings, run.not_screened, run.options.as_of, time.time())
     finally:
         store.close()
-    err_console.print(f"saved {len(run.screenings)} screenings to {settings.db_path}", highlight=False)
+    extra = f" ({excluded} not screened)" if excluded else ""
+    err_console.print(f"saved {saved} screenings to {settings.db_path}{extra}", highlight=False)
 
 
 def report_no_patient_data(source: str, report: ReadReport) -> None:
@@ -195,7 +195,7 @@ def command(
         from bridge.publish.publisher import publish_screenings
 
         with client_for(publish, settings) as client:
-            report_published(publish_screenings(client, run.screenings, options))
+            report_published(publish_screenings(client, run.screenings, options, not_screened=run.not_screened))
     if run.failed:
         raise typer.Exit(1)
     if strict and run.report.skipped:
