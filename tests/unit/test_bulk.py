@@ -660,3 +660,77 @@ def test_last_updated_decides_between_versions_as_in_the_per_patient_path(tmp_pa
     assert f"AST {newest} U/L" in reference.screenings[0].verdict("inc-organ-function").reason
     assert_same_verdicts(fast(d, 1), reference)
     assert_same_verdicts(fast(d, 2, 64), reference)
+
+
+# ------------------------------------------------------------------------------------ versions (RULES.md §2)
+def _two_versions(tmp_path: Path, first: dict[str, Any], later: dict[str, Any], later_file: str) -> Path:
+    d = tmp_path / "two"
+    d.mkdir()
+    dx = {"resourceType": "Condition", "id": "dx", "code": {"coding": [{"system": ICD10CM, "code": "C92.02"}]},
+          "subject": {"reference": f"Patient/{CAND}"}}
+    other_dx = {**dx, "id": "dx-2", "subject": {"reference": f"Patient/{OTHER}"}}
+    (d / "Condition.ndjson").write_bytes(dumps(dx) + b"\n" + dumps(other_dx) + b"\n")
+    (d / "Patient.ndjson").write_bytes(dumps(PATIENT) + b"\n" + dumps({**PATIENT, "id": OTHER}) + b"\n")
+    filler = b"".join(dumps(obs(f"f{i}", [{"system": LOINC, "code": "8310-5"}], q(36.5, "Cel"))) + b"\n"
+                      for i in range(6))  # lines between the two versions: several chunks apart with small chunks
+    (d / "Observation.ndjson").write_bytes(dumps(first) + b"\n" + filler)
+    with (d / later_file).open("ab") as handle:
+        handle.write(dumps(later) + b"\n")
+    return d
+
+
+AST = [{"system": LOINC, "code": "1920-8"}]
+
+
+@pytest.mark.parametrize(("first", "later", "newest"), [
+    # same id, no meta: the amended version wins although the preliminary one comes later
+    (obs("ast", AST, q(500, "U/L"), status="amended"), obs("ast", AST, q(30, "U/L"), status="preliminary"), 500),
+    (obs("ast", AST, q(500, "U/L"), status="preliminary"), obs("ast", AST, q(30, "U/L"), status="corrected"), 30),
+    # lastUpdated in different offsets: 18:00+08:00 is 10:00Z, before 11:00Z
+    (obs("ast", AST, q(500, "U/L"), meta={"lastUpdated": "2026-06-01T11:00:00Z"}),
+     obs("ast", AST, q(30, "U/L"), meta={"lastUpdated": "2026-06-01T18:00:00+08:00"}), 500),
+    (obs("ast", AST, q(500, "U/L"), meta={"lastUpdated": "2026-06-01T18:00:00+08:00"}),
+     obs("ast", AST, q(30, "U/L"), meta={"lastUpdated": "2026-06-01T11:00:00Z"}), 30),
+    # numeric version ids: 10 after 9
+    (obs("ast", AST, q(500, "U/L"), meta={"versionId": "10"}), obs("ast", AST, q(30, "U/L"), meta={"versionId": "9"}),
+     500),
+    # the newest version fails the R4B model: it is skipped and still supersedes (no AST is left)
+    (obs("ast", AST, q(500, "U/L"), meta={"versionId": "1"}),
+     obs("ast", AST, q(30, "U/L"), meta={"versionId": "2"}, effectiveDateTime="2026-13-45"), None),
+    # the versions name two candidates: the newest wins, a warning names the identity
+    (obs("ast", AST, q(500, "U/L"), meta={"versionId": "2"}),
+     obs("ast", AST, q(30, "U/L"), meta={"versionId": "1"}, subject=f"Patient/{OTHER}"), 500),
+])
+@pytest.mark.parametrize("later_file", ["Observation.ndjson", "Observation.0.ndjson", "Observation.2.ndjson"])
+def test_versions_resolve_as_in_the_per_patient_path(tmp_path: Path, first: dict[str, Any], later: dict[str, Any],
+                                                     newest: int | None, later_file: str) -> None:
+    d = _two_versions(tmp_path, first, later, later_file)
+    reference = full(d)
+    reason = reference.screenings[0].verdict("inc-organ-function").reason
+    assert (f"AST {newest} U/L" in reason) if newest else ("AST 30" not in reason and "AST 500" not in reason)
+    moved = later["subject"] != first["subject"]
+    assert reference.report.warnings == (["Observation/ast: its versions name different patients; the newest is used"]
+                                         if moved else [])
+    for processes, chunk in ((1, 1 << 16), (2, 64), (2, 300)):
+        got = fast(d, processes, chunk)
+        assert_same_verdicts(got, reference)
+        assert got.report.warnings == reference.report.warnings
+        assert [(s.where, s.reason) for s in got.report.skipped] == \
+            [(s.where, s.reason) for s in reference.report.skipped]
+
+
+def test_patients_sharing_an_id_warn_as_in_the_per_patient_path(tmp_path: Path) -> None:
+    d = _two_versions(tmp_path, obs("ast", AST, q(30, "U/L")), obs("ast-2", AST, q(31, "U/L")), "Observation.ndjson")
+    with (d / "Patient.2.ndjson").open("wb") as handle:
+        handle.write(dumps({**PATIENT, "deceasedDateTime": "2026-05-01",
+                            "meta": {"lastUpdated": "2026-05-02T00:00:00+08:00"}}) + b"\n")
+    reference = full(d)
+    assert reference.report.warnings == [f"Patient/{CAND}: several Patient resources share this id; the newest is used"]
+    assert [n.as_json() for n in reference.not_screened] == [{"patient": f"Patient/{CAND}", "reason": "deceased"}]
+    for processes, chunk in ((1, 1 << 16), (2, 64)):
+        got = fast(d, processes, chunk)
+        assert got.report.warnings == reference.report.warnings
+        assert got.not_screened == reference.not_screened
+        run = prescreen(str(d), OPTIONS, cmap())
+        assert run.not_screened == reference.not_screened and f"Patient/{CAND}" not in {
+            s.patient for s in run.screenings}
