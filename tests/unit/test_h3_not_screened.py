@@ -306,3 +306,24 @@ def test_a_deceased_infused_patient_is_still_assessed_but_not_pre_screened() -> 
     follow = doc["followUp"]
     assert isinstance(follow, dict) and follow["Patient/t03"]["deathDay"] is not None  # death ends follow-up
 
+
+
+def test_cli_save_removes_the_old_screening_of_a_patient_now_not_screened(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    db_path = tmp_path / "state.sqlite3"
+    monkeypatch.delenv("BRIDGE_CONFIG", raising=False)
+    monkeypatch.setenv("BRIDGE_DB_PATH", str(db_path))
+    old = SqliteStore(db_path)
+    old.save_screening(ScreeningRecord("d01", "candidate", [], "2026-04-01", T0))  # screened while alive
+    old.close()
+    source = write_bundle(tmp_path / "mixed.json", mixed_records())
+    result = CliRunner().invoke(cli_app, ["prescreen", str(source), "--as-of", AS_OF.isoformat(), "--site-map",
+                                          str(SITE_MAP), "--save"])
+    assert result.exit_code == 0, result.output
+    db = SqliteStore(db_path)
+    try:
+        assert [r.patient_id for r in db.screenings()] == ["p01", "p08"]
+        assert [(n.patient_id, n.reason) for n in db.not_screened()] == [
+            ("a01", "non-human"), ("d01", "deceased"), ("x01", "no-patient-resource")]
+    finally:
+        db.close()
