@@ -7,8 +7,8 @@
 Every item is an ``Entry(resource, where)``; ``where`` names the file and the entry index or line number,
 never content. A problem with one entry is reported as a ``Skipped`` item (and the reader goes on); a
 problem with the whole source raises ``SourceUnreadable``. A Bundle entry holding only a ``request`` or a
-``response`` (a batch or transaction, their responses, a history's deletes) carries no clinical data: it is
-neither an item nor a skip (RULES.md §2).
+``response`` (a batch or transaction, their responses, a history's deletes) carries no clinical data: it is a
+``NonClinical`` item, counted as read, never a skip (RULES.md §2).
 """
 
 from __future__ import annotations
@@ -38,7 +38,14 @@ class Skipped:
     expression: str | None = None
 
 
-Item = Entry | Skipped
+@dataclass(frozen=True)
+class NonClinical:
+    """A Bundle entry that is only a ``request`` or a ``response``: read, not clinical data, not a skip."""
+
+    where: str
+
+
+Item = Entry | Skipped | NonClinical
 
 
 def _load_json(data: bytes, label: str) -> Any:
@@ -60,19 +67,16 @@ def _bundle_items(doc: Any, label: str) -> Iterator[Item]:
     if not isinstance(entries, list):
         raise SourceUnreadable(f"{label}: Bundle.entry must be an array")
     for i, entry in enumerate(entries):
-        item = _bundle_entry(entry, f"{label} entry {i}", i)
-        if item is not None:
-            yield item
+        yield _bundle_entry(entry, f"{label} entry {i}", i)
 
 
-def _bundle_entry(entry: Any, where: str, index: int) -> Item | None:
-    """The entry's resource, a ``Skipped``, or None for an entry that is only a request or a response."""
+def _bundle_entry(entry: Any, where: str, index: int) -> Item:
     if not isinstance(entry, dict):
         return Skipped(where, "entry is not an object", f"Bundle.entry[{index}]")
     resource = entry.get("resource")
     if resource is None:
         if isinstance(entry.get("request"), dict) or isinstance(entry.get("response"), dict):
-            return None  # a request (a search, a delete) or a response: not clinical data, not a skip
+            return NonClinical(where)  # a request (a search, a delete) or a response: not a skip
         return Skipped(where, "entry has no resource", f"Bundle.entry[{index}].resource")
     if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
         return Skipped(where, "entry resource has no resourceType", f"Bundle.entry[{index}].resource.resourceType")
@@ -117,7 +121,7 @@ def read_ndjson_file(path: Path) -> Iterator[Item]:
             yield _ndjson_line(line, f"{path.name} line {lineno}")
 
 
-def _ndjson_line(line: bytes | bytearray, where: str) -> Item:
+def _ndjson_line(line: bytes | bytearray, where: str) -> Entry | Skipped:
     try:
         resource = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
@@ -146,5 +150,5 @@ def read_source(source: str) -> Iterator[Item]:
     return read_bundle_file(path)
 
 
-__all__ = ["Entry", "Item", "Skipped", "ndjson_files", "read_bundle_bytes", "read_bundle_file", "read_ndjson_dir",
-           "read_ndjson_file", "read_source", "read_stdin"]
+__all__ = ["Entry", "Item", "NonClinical", "Skipped", "ndjson_files", "read_bundle_bytes", "read_bundle_file",
+           "read_ndjson_dir", "read_ndjson_file", "read_source", "read_stdin"]

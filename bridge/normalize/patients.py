@@ -27,7 +27,7 @@ from typing import Any
 
 from bridge.errors import InvalidResource
 from bridge.fhirmodels import parse_resource
-from bridge.ingest.readers import Entry, Item, Skipped
+from bridge.ingest.readers import Entry, Item, NonClinical, Skipped
 from bridge.model import PatientFacts
 from bridge.normalize.facts import READ_TYPES, Normalized, normalize, source_ref
 from bridge.normalize.mappings import CodeMap
@@ -43,6 +43,7 @@ class ReadReport:
     skipped: list[Skipped] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     no_patient: int = 0
+    non_clinical: int = 0  # Bundle entries holding only a request or a response (counted in ``read``)
 
     def lines(self) -> list[str]:
         out = [f"skipped {s.where}: {s.reason}" + (f" at {s.expression}" if s.expression else "")
@@ -53,7 +54,7 @@ class ReadReport:
     def no_patient_data(self) -> bool:
         """Nothing was read that could be a patient's data: every resource was of a type the bridge does not
         read (a ResearchStudy, a Subscription, a Bundle of requests only), and nothing was skipped."""
-        return not self.skipped and self.read == self.ignored_types
+        return not self.skipped and self.read == self.ignored_types + self.non_clinical
 
 
 # ------------------------------------------------------------------------------------------- versions
@@ -139,6 +140,10 @@ class PatientAssembler:
             if isinstance(item, Skipped):
                 self.report.read += 1
                 self.report.skipped.append(item)
+                continue
+            if isinstance(item, NonClinical):
+                self.report.read += 1
+                self.report.non_clinical += 1
                 continue
             self._alias(item)
             if item.full_url and item.full_url.startswith("urn:"):

@@ -29,6 +29,7 @@ from bridge.evaluate.eligibility import Screening
 from bridge.ingest.readers import read_source
 from bridge.model import NotScreened, PatientFacts
 from bridge.normalize.mappings import load_code_map
+from bridge.normalize.patients import assemble
 from bridge.pipeline import prescreen, prescreen_items, prescreen_json, write_prescreen_json
 from bridge.store import SqliteStore
 from tests.shared import EXAMPLES
@@ -211,13 +212,18 @@ def test_official_transaction_passes_strict() -> None:
     assert "skipped" not in result.stderr and "no patient data" not in result.stderr
 
 
-def test_request_and_response_entries_are_not_items_but_an_empty_entry_is_skipped(tmp_path: Path) -> None:
+def test_request_and_response_entries_are_read_not_skipped_but_an_empty_entry_is_skipped(tmp_path: Path) -> None:
     extra = [{"request": {"method": "DELETE", "url": "Observation/x"}},
              {"response": {"status": "201 Created", "location": "Patient/alive/_history/1"}},
              {"fullUrl": "urn:uuid:0b6b1f3e-0000-4000-8000-000000000003"}]
     items = list(read_source(str(write_bundle(tmp_path / "b.json", [patient("alive")], "batch", extra))))
-    assert [type(i).__name__ for i in items] == ["Entry", "Skipped"]
-    assert items[1].where.endswith("entry 3")  # type: ignore[union-attr]
+    assert [type(i).__name__ for i in items] == ["Entry", "NonClinical", "NonClinical", "Skipped"]
+    assert items[3].where.endswith("entry 3")
+    found, report = assemble(iter(items), CMAP)
+    assert [p.patient_id for p in found] == ["alive"]
+    assert (report.read, report.non_clinical, len(report.skipped)) == (4, 2, 1) and not report.no_patient_data
+    _, only_requests = assemble(iter(items[1:3]), CMAP)
+    assert only_requests.read == 2 and only_requests.no_patient_data
 
 
 def test_a_source_with_data_says_nothing_of_the_sort(tmp_path: Path) -> None:
