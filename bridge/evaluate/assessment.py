@@ -4,15 +4,21 @@ Pure: ``PatientFacts`` + ``RuleOptions`` in, ``PatientAssessment`` / JSON-ready 
 all data (each part only looks at what is dated on or before it).
 
 - ``assess_patient`` is None when the patient has no completed infusion of the product on or before the as-of
-  date; such patients are left out of the document and of the cohort.
+  date; such patients are left out of the document and of the cohort. Every patient with one is assessed,
+  deceased ones included (a death ends follow-up in the CIR; RULES.md §2 "Who is screened" applies to the
+  pre-screen, not here). ``assess_patients(..., failures=[])`` keeps going when one patient's assessment raises
+  (a bug): that patient is recorded with the exception type and left out, the others are assessed.
 - **Kinetics** for ``car-t-copies`` and ``car-t-percent`` (``kinetics.kinetics``), from results dated day 0 to
   the as-of date; a concept without any such result is left out.
 - **CIR subject** (``cir_subject``): origin = remission date; exit and event = the relapse date (event
   ``relapse``), else a death on or before the as-of date (``death``; ``deceasedBoolean`` true without a date =
   death at last follow-up), else last follow-up (``censored``; ``pf.last_activity(as_of)``, never before the
-  origin). With ``relapse_after_transplant_counts`` False, an HSCT (``hsct`` Condition dated after day 0) cuts
-  follow-up: an event dated after the transplant is censored at the transplant date (at the origin if the
-  transplant came first). The per-patient ``relapseDate`` is reported as observed either way.
+  origin). When the relapse is undecidable (``ResponseResult.relapse_unknown_from``: a not-usable result after
+  the remission that may have been the relapse), follow-up is censored on that date (unless death came first):
+  relapse-free follow-up is known only up to it. With ``relapse_after_transplant_counts`` False, an HSCT
+  (``hsct`` Condition dated after day 0) cuts follow-up: an event dated after the transplant is censored at the
+  transplant date (at the origin if the transplant came first). The per-patient ``relapseDate`` is reported as
+  observed either way.
 - **Cohort**: ``infused`` = patients assessed; ORR = best response in {CR, CRi, MLFS, PR} over infused, with the
   exact Clopper–Pearson interval; best-response counts; AEs (events, patients with at least one,
   ``byTermAndGrade`` with grade keys "1".."5", and "unknown" for a coded syndrome without a grade); CIR at 12 and
@@ -116,12 +122,36 @@ def assess_patient(pf: PatientFacts, options: RuleOptions, site_uln: Mapping[str
         patient_kinetics(pf, day0, options.as_of), transplant_date(pf, day0, options.as_of))
 
 
+@dataclass(frozen=True)
+class AssessFailure:
+    """A patient whose assessment raised an unexpected exception (a bug): the reference and the exception type
+    only — never a message, which could carry a value."""
+
+    patient: str
+    error: str
+
+
 def assess_patients(patients: Iterable[PatientFacts], options: RuleOptions,
                     site_uln: Mapping[str, float] | None = None,
-                    site_lln: Mapping[str, float] | None = None) -> list[PatientAssessment]:
-    """The assessments of every infused patient, in input order."""
-    found = (assess_patient(p, options, site_uln, site_lln) for p in patients)
-    return [a for a in found if a is not None]
+                    site_lln: Mapping[str, float] | None = None,
+                    failures: list[AssessFailure] | None = None) -> list[PatientAssessment]:
+    """The assessments of every infused patient, in input order.
+
+    With ``failures`` given, a patient whose assessment raises is recorded there (reference and exception type)
+    and the others are still assessed; without it the exception propagates.
+    """
+    out: list[PatientAssessment] = []
+    for p in patients:
+        try:
+            found = assess_patient(p, options, site_uln, site_lln)
+        except Exception as exc:  # one patient's bug must not lose the others (issue #12)
+            if failures is None:
+                raise
+            failures.append(AssessFailure(p.ref, type(exc).__name__))
+            continue
+        if found is not None:
+            out.append(found)
+    return out
 
 
 # ------------------------------------------------------------------ CIR
@@ -134,8 +164,11 @@ def death_date(pf: PatientFacts, as_of: date) -> date | None:
 
 def _first_exit(pa: PatientAssessment, pf: PatientFacts, origin: date, as_of: date) -> tuple[date, Event]:
     relapse, death = pa.response.relapse_date, death_date(pf, as_of)
+    unknown = pa.response.relapse_unknown_from
     if relapse is not None and (death is None or relapse <= death):
         return relapse, "relapse"
+    if unknown is not None and (death is None or unknown <= death):
+        return max(unknown, origin), "censored"  # relapse-free follow-up is known only up to then
     if death is not None:
         return max(death, origin), "death"
     return max(pf.last_activity(as_of) or origin, origin), "censored"
@@ -197,6 +230,6 @@ def assessment_json(assessments: Sequence[PatientAssessment], patients: Iterable
     return dict(rounded(doc))
 
 
-__all__ = ["KINETIC_CONCEPTS", "PatientAssessment", "assess_patient", "assess_patients",
+__all__ = ["KINETIC_CONCEPTS", "AssessFailure", "PatientAssessment", "assess_patient", "assess_patients",
            "assessment_json", "cir_subject", "cohort", "death_date", "patient_kinetics", "rounded",
            "transplant_date"]

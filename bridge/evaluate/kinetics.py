@@ -5,8 +5,12 @@ calendar days from day 0 (the first completed infusion, RULES.md §4); the calle
 
 Rules, in the order they are applied:
 
-1. **Usable points.** Only ``day >= 0`` (pre-infusion baselines are ignored) and ``value is not None``
-   (a value the normalizer could not use). A negative, NaN or infinite value is an ``InputError``.
+1. **Usable points.** Only ``day >= 0`` (pre-infusion baselines are ignored). A point whose value is ``None``
+   (the normalizer could not use it: unconvertible, implausible) or is negative, NaN or infinite is *not
+   usable*: an unknown value, never an absent one (RULES.md §3). It is listed in ``notUsable`` (a key present
+   only when there is one) and makes every metric it could change None: Cmax and Tmax always (it could be the
+   peak); the AUC when it lies in [0, 28] or between day 28 and the point the AUC is interpolated to;
+   lastDetectedDay when it lies after the last detected day (or nothing was detected).
 2. **Comparators.** ``<`` or ``<=`` means below the limit of detection: the point counts as 0 (not
    detected). ``>`` or ``>=`` (above the upper limit of quantification) uses the reported bound as is,
    so Cmax and AUC are then lower bounds.
@@ -26,7 +30,7 @@ Rules, in the order they are applied:
 6. **lastDetectedDay** = the latest profile day with a value > 0, or None when never detected.
 
 With no usable point every metric is None. ``evidence`` lists the sources of every usable point, in day
-order then input order, without duplicates.
+order then input order, without duplicates. Nothing here raises on a value: a malformed one is not usable.
 """
 
 from __future__ import annotations
@@ -34,8 +38,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
-
-from bridge.errors import InputError
 
 AUC_END_DAY = 28
 _NOT_DETECTED = frozenset({"<", "<="})
@@ -53,18 +55,19 @@ class KineticPoint(NamedTuple):
 PointLike = KineticPoint | tuple[int, float | None, str] | tuple[int, float | None, str, str | None]
 
 
-def _usable(points: Iterable[PointLike]) -> list[KineticPoint]:
-    """Post-infusion points with a value, ``<`` values set to 0, sorted by day (stable)."""
-    out = []
-    for index, raw in enumerate(points):
+def _usable(points: Iterable[PointLike]) -> tuple[list[KineticPoint], list[KineticPoint]]:
+    """(usable, not usable) post-infusion points, ``<`` values set to 0, each sorted by day (stable)."""
+    out, unknown = [], []
+    for raw in points:
         p = KineticPoint(*raw)
-        if p.day < 0 or p.value is None:
+        if p.day < 0:
             continue
-        if not math.isfinite(p.value) or p.value < 0:
-            raise InputError(f"kinetics point {index}: value must be a finite number >= 0")
+        if p.value is None or not math.isfinite(p.value) or p.value < 0:
+            unknown.append(p._replace(value=None))
+            continue
         value = 0.0 if p.comparator in _NOT_DETECTED else float(p.value)
         out.append(p._replace(value=value))
-    return sorted(out, key=lambda p: p.day)
+    return sorted(out, key=lambda p: p.day), sorted(unknown, key=lambda p: p.day)
 
 
 def _profile(points: Sequence[KineticPoint]) -> list[tuple[int, float]]:
@@ -113,19 +116,38 @@ def _evidence(points: Sequence[KineticPoint]) -> list[str]:
     return list(dict.fromkeys(p.source for p in points))
 
 
+def _auc_unknown(profile: Sequence[tuple[int, float]], unknown_days: Sequence[int], end: int = AUC_END_DAY) -> bool:
+    """Could a not-usable point change the AUC over [0, end]? Inside it, or where the interpolation to ``end``
+    runs (after ``end``, before the first measured point after it, when none is on ``end``)."""
+    if any(d <= end for d in unknown_days):
+        return True
+    after = [d for d, _ in profile if d > end]
+    if any(d == end for d, _ in profile) or not after:
+        return False
+    return any(end < d < after[0] for d in unknown_days)
+
+
 def kinetics(points: Iterable[PointLike]) -> dict[str, object]:
-    """Cmax, tmaxDay, auc0to28 (with aucThroughDay), lastDetectedDay and evidence for one concept."""
-    usable = _usable(points)
+    """Cmax, tmaxDay, auc0to28 (with aucThroughDay), lastDetectedDay and evidence for one concept (and
+    ``notUsable``, the sources of points that are not usable, when there are any)."""
+    usable, unknown = _usable(points)
     result: dict[str, object] = dict.fromkeys(
         ("cmax", "tmaxDay", "auc0to28", "aucThroughDay", "lastDetectedDay")
     )
     result["evidence"] = _evidence(usable)
+    if unknown:
+        result["notUsable"] = _evidence(unknown)
     if not usable:
         return result
     profile = _profile(usable)
-    result["cmax"], result["tmaxDay"] = _peak(profile)
-    result["auc0to28"], result["aucThroughDay"] = _auc(profile)
-    result["lastDetectedDay"] = max((d for d, v in profile if v > 0), default=None)
+    unknown_days = [p.day for p in unknown]
+    if not unknown:
+        result["cmax"], result["tmaxDay"] = _peak(profile)
+    if not _auc_unknown(profile, unknown_days):
+        result["auc0to28"], result["aucThroughDay"] = _auc(profile)
+    last = max((d for d, v in profile if v > 0), default=None)
+    if not any(last is None or d > last for d in unknown_days):
+        result["lastDetectedDay"] = last
     return result
 
 

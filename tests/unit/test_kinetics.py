@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.errors import InputError
 from bridge.evaluate.kinetics import KineticPoint, kinetics
 
 TYPICAL = [
@@ -62,7 +61,7 @@ def test_only_pre_infusion_or_unusable_values_give_all_none() -> None:
     assert result["cmax"] is None
     assert result["auc0to28"] is None
     assert result["lastDetectedDay"] is None
-    assert result["evidence"] == []
+    assert result["evidence"] == [] and result["notUsable"] == ["Observation/bad-unit"]
 
 
 def test_missing_day_zero_is_taken_as_zero() -> None:
@@ -175,12 +174,27 @@ def test_zero_value_not_detected() -> None:
     assert result["lastDetectedDay"] == 7
 
 
-@pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf])
-def test_impossible_values_are_rejected_without_the_value(bad: float) -> None:
-    with pytest.raises(InputError) as caught:
-        kinetics([(1, 5.0, "Observation/a"), (3, bad, "Observation/b")])
-    assert "point 1" in str(caught.value)
-    assert str(bad) not in str(caught.value)
+@pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf, None])
+def test_impossible_values_are_not_usable_and_make_the_metrics_they_could_change_unknown(bad: float | None) -> None:
+    result = kinetics([(1, 5.0, "Observation/a"), (3, bad, "Observation/b"), (40, 2.0, "Observation/c")])
+    assert result["notUsable"] == ["Observation/b"] and result["evidence"] == ["Observation/a", "Observation/c"]
+    assert (result["cmax"], result["tmaxDay"], result["auc0to28"], result["aucThroughDay"]) == (None,) * 4
+    assert result["lastDetectedDay"] == 40  # a point before the last detected one cannot change it
+
+
+def test_a_not_usable_point_only_hides_what_it_could_change() -> None:
+    points = [(0, 0.0, "Observation/a"), (7, 50.0, "Observation/b"), (28, 10.0, "Observation/c")]
+    late = kinetics([*points, (60, None, "Observation/x")])
+    assert late["auc0to28"] == pytest.approx(kinetics(points)["auc0to28"]) and late["aucThroughDay"] == 28
+    assert late["cmax"] is None and late["lastDetectedDay"] is None  # day 60 could be the peak, or detected
+    gap = kinetics([(0, 0.0, "Observation/a"), (7, 50.0, "Observation/b"), (35, None, "Observation/x"),
+                    (42, 10.0, "Observation/c")])
+    assert gap["auc0to28"] is None  # it lies where the AUC is interpolated to day 28
+    assert gap["lastDetectedDay"] == 42
+
+
+def test_no_not_usable_key_without_one() -> None:
+    assert "notUsable" not in kinetics(TYPICAL)
 
 
 points_strategy = st.lists(
@@ -197,13 +211,19 @@ points_strategy = st.lists(
 def test_properties(points: list[tuple[int, float | None, str]]) -> None:
     result = kinetics(points)
     usable = [(d, v) for d, v, _ in points if d >= 0 and v is not None]
+    unknown = [d for d, v, _ in points if d >= 0 and v is None]
+    clean = kinetics([p for p in points if p[1] is not None])
+    for key in ("cmax", "tmaxDay", "auc0to28", "aucThroughDay", "lastDetectedDay"):
+        # a not-usable point keeps a metric or makes it unknown, never another value
+        assert result[key] is None or result[key] == clean[key]
     if not usable:
         assert result["cmax"] is None
         return
-    cmax = result["cmax"]
+    cmax = clean["cmax"]
     assert isinstance(cmax, float)
-    assert 0.0 <= cmax <= max(v for _, v in usable)
-    auc = result["auc0to28"]
+    assert (result["cmax"] is None) is bool(unknown)
+    assert 0.0 <= cmax <= max(v for _, v in usable) * (1 + 1e-12)  # a mean of equal replicates may round up
+    auc = clean["auc0to28"]
     if any(d <= 28 for d, _ in usable):
         assert isinstance(auc, float)
         assert 0.0 <= auc <= cmax * 28 * (1 + 1e-9)

@@ -356,3 +356,173 @@ def test_nearest_prefers_the_stronger_status_on_the_same_day() -> None:
     pre = obs("anc", 0.5, 10, status="preliminary")
     amended = obs("anc", 1.5, 10, status="amended")
     assert nearest([pre, amended], day(12), 7, D0, AS_OF) is amended
+
+
+# ------------------------------------------------------------------ not-usable values (RULES.md §3, issue #12)
+def nu(concept: str, n: int | None, why: str = "outside the plausible range") -> Fact:
+    return Fact(concept, None, None if n is None else day(n), ref(), problem=f"Observation.valueQuantity.value: {why}")
+
+
+def _counts(n: int, anc: float = 2.0, plt: float = 150.0, blasts: float = 0.0) -> list[Fact]:
+    return [obs("anc", anc, n), obs("platelets", plt, n), obs("blood-blasts-percent", blasts, n)]
+
+
+def test_an_implausible_marrow_result_is_ne_naming_the_resource() -> None:
+    bad = nu("marrow-blasts-percent", 30)
+    [a] = assess_response(patient(bad, *_counts(30)), D0, OPTS).assessments
+    assert a.response == "NE" and bad.source in a.reason and a.evidence == (bad.source,)
+
+
+def test_a_not_usable_baseline_makes_the_pr_decrease_undecidable() -> None:
+    bad = nu("marrow-blasts-percent", -3)
+    r = assess_response(patient(obs("marrow-blasts-percent", 40.0, -20), bad, obs("marrow-blasts-percent", 10.0, 28),
+                                *_counts(28)), D0, OPTS)
+    [a] = r.assessments
+    assert a.response == "NE" and bad.source in a.reason and bad.source in a.evidence
+    assert r.baseline_marrow_blasts is None and r.baseline is bad  # never the older 40 %
+    # the same with a usable baseline is PR; and a CR does not need the baseline at all
+    r = assess_response(patient(obs("marrow-blasts-percent", 40.0, -3), obs("marrow-blasts-percent", 10.0, 28),
+                                *_counts(28)), D0, OPTS)
+    assert r.assessments[0].response == "PR"
+    r = assess_response(patient(bad, obs("marrow-blasts-percent", 1.0, 28), *_counts(28)), D0, OPTS)
+    assert r.assessments[0].response == "CR" and bad.source not in r.assessments[0].reason
+    # a not-usable baseline on the same day as a usable one is unknown too
+    r = assess_response(patient(obs("marrow-blasts-percent", 40.0, -3), nu("marrow-blasts-percent", -3),
+                                obs("marrow-blasts-percent", 10.0, 28), *_counts(28)), D0, OPTS)
+    assert r.assessments[0].response == "NE"
+
+
+@pytest.mark.parametrize("concept", ["anc", "platelets", "blood-blasts-percent", "blood-blasts-count"])
+def test_a_not_usable_nearest_count_makes_cr_undecidable(concept: str) -> None:
+    bad = nu(concept, 29)
+    usable = [f for f in _counts(25) if f.concept != concept or concept == "blood-blasts-count"]
+    r = assess_response(patient(obs("marrow-blasts-percent", 40.0, -3), obs("marrow-blasts-percent", 2.0, 30),
+                                *usable, bad), D0, OPTS)
+    [a] = r.assessments
+    assert a.response == "MLFS" and "CR/CRi/PR undecidable" in a.reason
+    assert bad.source in a.reason and bad.source in a.evidence
+    # PR is undecidable too: NE
+    r = assess_response(patient(obs("marrow-blasts-percent", 40.0, -3), obs("marrow-blasts-percent", 10.0, 30),
+                                *usable, bad), D0, OPTS)
+    assert r.assessments[0].response == "NE"
+    # no count could make 40 % a response
+    r = assess_response(patient(obs("marrow-blasts-percent", 40.0, 30), *usable, bad), D0, OPTS)
+    assert r.assessments[0].response == "NR"
+
+
+def test_an_equally_near_not_usable_count_makes_it_unknown_a_farther_one_does_not() -> None:
+    marrow = obs("marrow-blasts-percent", 2.0, 30)
+    tied = patient(marrow, obs("anc", 3.0, 27), nu("anc", 33), obs("platelets", 150.0, 30),
+                   obs("blood-blasts-percent", 0.0, 30))
+    assert assess_response(tied, D0, OPTS).assessments[0].response == "MLFS"
+    farther = patient(marrow, obs("anc", 3.0, 28), nu("anc", 33), obs("platelets", 150.0, 30),
+                      obs("blood-blasts-percent", 0.0, 30))
+    assert assess_response(farther, D0, OPTS).assessments[0].response == "CR"
+
+
+def test_an_implausible_count_never_makes_cr() -> None:
+    only_bad = patient(obs("marrow-blasts-percent", 2.0, 30), nu("anc", 30), nu("platelets", 30),
+                       obs("blood-blasts-percent", 0.0, 30))
+    assert assess_response(only_bad, D0, OPTS).assessments[0].response == "MLFS"
+
+
+def test_a_not_usable_finding_leaves_auer_rods_or_emd_unknown() -> None:
+    for concept in ("auer-rods", "extramedullary-disease"):
+        bad = Fact(concept, None, day(30), ref(), problem="Observation.interpretation: indeterminate or equivocal")
+        [a] = assess_response(patient(obs("marrow-blasts-percent", 2.0, 30), *_counts(30), bad), D0, OPTS).assessments
+        assert a.response == "NE" and bad.source in a.reason and bad.source in a.evidence
+        [a] = assess_response(patient(obs("marrow-blasts-percent", 40.0, 30), *_counts(30), bad), D0,
+                              OPTS).assessments
+        assert a.response == "NR"
+
+
+def test_a_not_usable_mrd_is_no_mrd() -> None:
+    [a] = assess_response(patient(obs("marrow-blasts-percent", 2.0, 30), *_counts(30), nu("mrd-percent", 30)), D0,
+                          OPTS).assessments
+    assert a.response == "CR" and a.mrd is None
+
+
+def test_undated_results_are_left_out() -> None:
+    r = assess_response(patient(obs("marrow-blasts-percent", 2.0, 30), *_counts(30), nu("marrow-blasts-percent", None),
+                                nu("anc", None)), D0, OPTS)
+    assert [a.response for a in r.assessments] == ["CR"]
+
+
+def test_no_relapse_from_a_not_usable_marrow_and_no_evidence_of_remission_either() -> None:
+    bad = nu("marrow-blasts-percent", 60)
+    r = assess_response(patient(*_cr(28), bad, *_cr(90)), D0, OPTS)
+    assert [a.response for a in r.assessments] == ["CR", "NE", "CR"]
+    assert r.relapse_date is None and r.relapse_unknown_from == day(60)
+    assert "relapse undecidable after CR" in r.assessments[1].reason and bad.source in r.assessments[1].reason
+
+
+def test_a_relapse_after_a_not_usable_marrow_has_an_unknown_date() -> None:
+    bad, late = nu("marrow-blasts-percent", 60), obs("marrow-blasts-percent", 30.0, 90)
+    r = assess_response(patient(*_cr(28), bad, late), D0, OPTS)
+    assert [(a.response, a.category) for a in r.assessments] == [("CR", "CR"), ("NE", "NE"), ("NE", "NR")]
+    assert r.relapse_date is None and r.relapse_unknown_from == day(60) and r.best_response == "CR"
+    assert "relapse by this date at the latest" in r.assessments[2].reason
+    # a not-usable marrow after the relapse changes nothing
+    r = assess_response(patient(*_cr(28), late, nu("marrow-blasts-percent", 120)), D0, OPTS)
+    assert r.relapse_date == day(90) and r.relapse_unknown_from is None
+
+
+def test_no_relapse_from_a_not_usable_blood_result() -> None:
+    bad = nu("blood-blasts-percent", 60)
+    r = assess_response(patient(*_cr(28), bad), D0, OPTS)
+    assert (r.relapse_date, r.relapse_unknown_from) == (None, day(60))
+    assert [(a.day, a.response, a.category) for a in r.assessments] == [(28, "CR", "CR"), (60, "NE", None)]
+
+
+def test_blasts_after_a_not_usable_result_while_absent_may_have_reappeared_earlier() -> None:
+    r = assess_response(patient(*_cr(28), nu("blood-blasts-percent", 50), obs("blood-blasts-percent", 2.0, 60)),
+                        D0, OPTS)
+    assert r.relapse_date is None and r.relapse_unknown_from == day(50)
+    assert [(a.day, a.response) for a in r.assessments] == [(28, "CR"), (50, "NE"), (60, "NE")]
+
+
+def test_blasts_after_a_not_usable_result_while_present_may_be_a_reappearance() -> None:
+    mlfs = [obs("marrow-blasts-percent", 2.0, 20), obs("blood-blasts-percent", 3.0, 20)]
+    # present -> not usable (no event: it cannot be a reappearance) -> 4 % may be one (if the unknown was 0)
+    r = assess_response(patient(*mlfs, nu("blood-blasts-percent", 30), obs("blood-blasts-percent", 4.0, 40)), D0,
+                        OPTS)
+    assert (r.best_response, r.relapse_date, r.relapse_unknown_from) == ("MLFS", None, day(40))
+    assert [(a.day, a.response) for a in r.assessments] == [(20, "MLFS"), (40, "NE")]
+
+
+def test_a_not_usable_blood_result_at_remission_leaves_a_later_reappearance_undecidable() -> None:
+    remission = [obs("marrow-blasts-percent", 2.0, 28), nu("blood-blasts-percent", 28)]
+    r = assess_response(patient(*remission, obs("blood-blasts-percent", 2.0, 60)), D0, OPTS)
+    assert [(a.day, a.response) for a in r.assessments] == [(28, "MLFS"), (60, "NE")]
+    assert (r.relapse_date, r.relapse_unknown_from) == (None, day(60))
+    # a usable 0 then > 0 is a reappearance again
+    r = assess_response(patient(*remission, obs("blood-blasts-percent", 2.0, 60), obs("blood-blasts-percent", 0.0, 70),
+                                obs("blood-blasts-percent", 1.0, 80)), D0, OPTS)
+    assert r.relapse_date is None and r.relapse_unknown_from == day(60)  # the first may-be decides the date
+
+
+def test_a_relapse_before_any_not_usable_result_stands() -> None:
+    late = obs("marrow-blasts-percent", 30.0, 60)
+    r = assess_response(patient(*_cr(28), late, nu("marrow-blasts-percent", 90), nu("blood-blasts-percent", 95)),
+                        D0, OPTS)
+    assert (r.relapse_date, r.relapse_unknown_from) == (day(60), None)
+    assert [a.response for a in r.assessments] == ["CR", "relapse", "NE"]
+
+
+def test_a_possible_remission_before_the_remission_makes_a_relapse_result_in_between_undecidable() -> None:
+    # day 14 could have been a remission (marrow not usable): the 30 % of day 21 could then be a relapse
+    r = assess_response(patient(nu("marrow-blasts-percent", 14), obs("marrow-blasts-percent", 30.0, 21),
+                                *_counts(21), *_cr(28)), D0, OPTS)
+    assert [(a.day, a.response, a.category) for a in r.assessments] == [(14, "NE", "NE"), (21, "NE", "NR"),
+                                                                         (28, "CR", "CR")]
+    assert r.remission_date == day(28) and r.relapse_date is None and r.best_response == "CR"
+    # without the result in between nothing is undecidable
+    r = assess_response(patient(nu("marrow-blasts-percent", 14), *_cr(28), obs("marrow-blasts-percent", 8.0, 60)),
+                        D0, OPTS)
+    assert r.relapse_date == day(60)
+
+
+def test_a_positive_finding_rules_out_a_possible_remission() -> None:
+    r = assess_response(patient(nu("marrow-blasts-percent", 14), finding("extramedullary-disease", True, 14),
+                                obs("marrow-blasts-percent", 30.0, 21), *_counts(21)), D0, OPTS)
+    assert [a.response for a in r.assessments] == ["NE", "NR"]
