@@ -102,8 +102,9 @@ def report_problems(report: ReadReport) -> None:
     lines = report.lines()
     if not lines:
         return
-    err_console.print(f"{len(report.skipped)} resource(s) skipped, {len(report.warnings)} value(s) not usable:",
-                      highlight=False)
+    conflicts = report.conflicts
+    err_console.print(f"{len(report.skipped)} resource(s) skipped, {len(report.warnings) - conflicts} value(s) not "
+                      "usable" + (f", {conflicts} identity conflict(s)" if conflicts else "") + ":", highlight=False)
     for line in lines[:50]:
         err_console.print(f"  {line}", highlight=False, soft_wrap=True)
     if len(lines) > 50:

@@ -51,6 +51,11 @@ class ReadReport:
         return out + [f"warning {w}" for w in self.warnings]
 
     @property
+    def conflicts(self) -> int:
+        """How many warnings are identity conflicts (the others are values not usable)."""
+        return sum(1 for w in self.warnings if w.endswith(CONFLICT_SUFFIX))
+
+    @property
     def no_patient_data(self) -> bool:
         """Nothing was read that could be a patient's data: every resource was of a type the bridge does not
         read (a ResearchStudy, a Subscription, a Bundle of requests only), and nothing was skipped."""
@@ -108,11 +113,14 @@ def version_key(resource: dict[str, Any], order: int) -> VersionKey:
     return (vid, stamp, STATUS_RANK.get(status, 0) if isinstance(status, str) else 0, order)
 
 
+CONFLICT_SUFFIX = "; the newest is used"
+
+
 def conflict_warning(ref: str) -> str:
     """The warning for an identity conflict: it names the identity, never a value."""
     if ref.startswith("Patient/"):
-        return f"{ref}: several Patient resources share this id; the newest is used"
-    return f"{ref}: its versions name different patients; the newest is used"
+        return f"{ref}: several Patient resources share this id{CONFLICT_SUFFIX}"
+    return f"{ref}: its versions name different patients{CONFLICT_SUFFIX}"
 
 
 @dataclass
@@ -272,5 +280,5 @@ def assemble(items: Iterable[Item], cmap: CodeMap, validate: bool = True) -> tup
     return asm.patients(), asm.report
 
 
-__all__ = ["STATUS_RANK", "PatientAssembler", "ReadReport", "VersionKey", "assemble", "conflict_warning",
-           "describe_exception", "instant_ns", "version_key"]
+__all__ = ["CONFLICT_SUFFIX", "STATUS_RANK", "PatientAssembler", "ReadReport", "VersionKey", "assemble",
+           "conflict_warning", "describe_exception", "instant_ns", "version_key"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -254,3 +255,21 @@ def test_positioned_entries_keep_the_rule() -> None:
     asm.add_at(Entry(obs("o1", 500, status="preliminary"), "x"), order=200)
     (pf,) = asm.patients()
     assert ast_values(pf) == [50]
+
+
+def test_the_cli_prints_conflicts_by_identity(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from bridge.cli import app
+
+    doc = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in (
+        patient("p1", name=[{"family": "Zeta-Surname"}]), patient("p1"), patient("p2"),
+        obs("o1", 123.25, pid="p1", meta={"versionId": "1"}), obs("o1", 45.5, pid="p2", meta={"versionId": "2"}))]}
+    source = tmp_path / "b.json"
+    source.write_text(json.dumps(doc))
+    result = CliRunner().invoke(app, ["prescreen", str(source), "--as-of", "2026-06-15", "--strict"])
+    assert result.exit_code == 0, result.output  # a warning, not a skip
+    assert "0 resource(s) skipped, 0 value(s) not usable, 2 identity conflict(s):" in result.stderr
+    assert "warning Observation/o1: its versions name different patients; the newest is used" in result.stderr
+    assert "warning Patient/p1: several Patient resources share this id; the newest is used" in result.stderr
+    assert "Zeta" not in result.output and "123.25" not in result.output and "45.5" not in result.stderr
