@@ -1,14 +1,20 @@
 """``bridge assess``: post-infusion assessment (dose, response, AEs, kinetics) and the cohort summary.
 
 ``run_assess`` is the wiring (source -> normalize -> evaluate) shared with whatever else needs an assessment run
-(e.g. a later ``--publish``): it returns an ``AssessRun`` holding the patients' facts, their assessments and the
-read report.
+(e.g. a later ``--publish``): it returns an ``AssessRun`` holding the patients' facts, their assessments, the
+patients whose assessment failed, and the read report.
+
+Nothing about one patient stops the others (issue #12): a patient whose assessment raises an unexpected exception
+(a bug) is left out, every other patient is assessed, printed (and published with ``--publish``), that patient
+is named on stderr with the exception type only (never a message, which could carry a value), and the command
+exits 1. Every patient with a completed infusion is assessed, deceased ones included: a death ends follow-up
+(CIR) as before; RULES.md §2 "Who is screened" governs the pre-screen.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Annotated, Any, cast
 
@@ -30,7 +36,14 @@ from bridge.cli.common import (
 )
 from bridge.cli.prescreen import report_problems
 from bridge.config import RuleOptions, Settings
-from bridge.evaluate.assessment import PatientAssessment, assess_patients, assessment_json, cohort
+from bridge.evaluate.assessment import (
+    AssessFailure,
+    PatientAssessment,
+    assess_patients,
+    assessment_json,
+    cir_subject,
+    cohort,
+)
 from bridge.evaluate.grading import CRS_TERM, ICANS_TERM
 from bridge.evaluate.logic import fmt
 from bridge.ingest.pull import pull
@@ -53,19 +66,22 @@ Examples:
     bridge assess samples/treated/bundle.json --as-of 2026-12-31 --site-map samples/site-map.yaml --format json
     bridge assess https://ehr.example/fhir --site-map site.yaml --publish https://ehr.example/fhir
 
-Exit codes: 0 ok, 2 bad input (or skipped resources with --strict), 3 unreadable source, 4 invalid site map,
-5 configuration, 6 own output invalid, 7 remote server error.
+Exit codes: 0 ok, 1 a patient's assessment failed (a bug; the others are still printed), 2 bad input (or skipped
+resources with --strict), 3 unreadable source, 4 invalid site map, 5 configuration, 6 own output invalid, 7 remote
+server error.
 """
 
 
 @dataclass
 class AssessRun:
-    """One assessment run: the options, every patient read, the infused patients' assessments, the read report."""
+    """One assessment run: the options, every patient read, the infused patients' assessments, the read report,
+    and the patients whose assessment raised (left out of everything else)."""
 
     options: RuleOptions
     patients: list[PatientFacts]
     assessments: list[PatientAssessment]
     report: ReadReport
+    failures: list[AssessFailure] = field(default_factory=list)
 
     def as_json(self) -> dict[str, object]:
         return assessment_json(self.assessments, self.patients, self.options)
@@ -82,7 +98,28 @@ def run_assess(source: str, options: RuleOptions, cmap: CodeMap, progress: Calla
         if patient_ids:
             raise typer.BadParameter("--patient needs a FHIR base URL as SOURCE", param_hint="--patient")
         patients, report = load_patients(read_source(source), cmap, progress)
-    return AssessRun(options, patients, assess_patients(patients, options, cmap.uln, cmap.lln), report)
+    failures: list[AssessFailure] = []
+    assessed = _renderable(assess_patients(patients, options, cmap.uln, cmap.lln, failures=failures), patients,
+                           options, failures)
+    failed = {f.patient for f in failures}
+    return AssessRun(options, [p for p in patients if p.ref not in failed], assessed, report, failures)
+
+
+def _renderable(assessed: list[PatientAssessment], patients: list[PatientFacts], options: RuleOptions,
+                failures: list[AssessFailure]) -> list[PatientAssessment]:
+    """The assessments whose JSON and CIR entry can be built; one that raises joins ``failures``."""
+    facts = {p.ref: p for p in patients}
+    out = []
+    for pa in assessed:
+        try:
+            pa.as_json()
+            if pa.patient in facts:
+                cir_subject(pa, facts[pa.patient], options)
+        except Exception as exc:  # a bug in one patient's output must not lose the others
+            failures.append(AssessFailure(pa.patient, type(exc).__name__))
+            continue
+        out.append(pa)
+    return out
 
 
 class ComparatorsOpt(StrEnum):
@@ -177,8 +214,19 @@ def command(
     report_problems(run.report)
     if publish:
         _publish(publish, settings, run)
+    if run.failures:
+        report_failures(run.failures)
+        raise typer.Exit(1)
     if strict and run.report.skipped:
         raise typer.Exit(2)
+
+
+def report_failures(failures: list[AssessFailure]) -> None:
+    """Name each patient whose assessment failed (reference and exception type only): a bug to report."""
+    err_console.print(f"{len(failures)} patient(s) could not be assessed (a bug: please report it); the others "
+                      "were assessed:", highlight=False)
+    for f in failures:
+        err_console.print(f"  {f.patient}: {f.error}", highlight=False)
 
 
 def _publish(base_url: str, settings: Settings, run: AssessRun) -> None:
@@ -195,4 +243,4 @@ def _publish(base_url: str, settings: Settings, run: AssessRun) -> None:
 
 
 __all__ = ["HELP", "AssessRun", "ComparatorsOpt", "ComparatorsOption", "CriReadingOpt", "CriReadingOption", "command",
-           "render_table", "run_assess", "summary"]
+           "render_table", "report_failures", "run_assess", "summary"]
