@@ -52,12 +52,16 @@ decisions the record leaves open, made here:
   relapse after an earlier assessment that may have been a remission (``possible_remission``: MLFS undecidable,
   or a not-usable marrow without a positive finding). If the first such result is certain, it is the relapse.
   If the first one only *may* be, the relapse is undecidable from its date: that assessment (one is added
-  when there is none that day) becomes ``NE`` with the reason, the first certain relapse result after it is
-  ``NE`` too ("relapse by this date at the latest, but it may have begun on …"), ``relapseDate`` is null and
+  when there is none that day) becomes ``NE`` with the reason, so does every later one that may be the first
+  relapse, up to and including the first certain relapse result ("relapse by this date at the latest, but it
+  may have begun on …"), ``relapseDate`` is null and
   ``ResponseResult.relapse_unknown_from`` holds the date (the CIR censors there).
 - **Best response** ranks CR > CRi > MLFS > PR > NR > NE over the categories of the marrow assessments (the
   category a relapse or relapse-undecidable assessment had before tagging still counts, but a relapse is never
-  better than the remission it follows); no post-infusion marrow → NE with no assessments.
+  better than the remission it follows); no post-infusion marrow → NE with no assessments. An NE assessment (an
+  unknown) never lowers it but may hide a better category: with not-usable values the best response is the best
+  *decided* one, a lower bound — the same reading as RULES.md's MLFS fallback, and NE counting as no response
+  in the ORR, as usual. Adding not-usable values never improves it (tests/unit/test_h2_properties.py).
 """
 
 from __future__ import annotations
@@ -486,8 +490,11 @@ def _results(pf: PatientFacts, marrows: Sequence[Fact], anchor: Assessment, end:
 @dataclass(frozen=True)
 class _Relapse:
     event: _Event | None  # the relapse (the first result after the remission, certainly one)
-    unknown: _Event | None  # else the first result that may be one: the relapse is undecidable from its date
-    first_hit: _Event | None = None  # ... and the first certain one after it (a relapse by then)
+    undecided: tuple[_Event, ...] = ()  # else the results that may be the first relapse, up to the first certain one
+
+    @property
+    def unknown(self) -> _Event | None:
+        return self.undecided[0] if self.undecided else None
 
 
 def _relapse(pf: PatientFacts, marrows: Sequence[Fact], assessments: Sequence[Assessment],
@@ -504,10 +511,11 @@ def _relapse(pf: PatientFacts, marrows: Sequence[Fact], assessments: Sequence[As
         events += _results(pf, marrows, remission, as_of)
     events.sort(key=lambda e: (e.when, not e.hit, e.source))
     if not events:
-        return _Relapse(None, None)
+        return _Relapse(None)
     if events[0].hit:
-        return _Relapse(events[0], None)
-    return _Relapse(None, events[0], next((e for e in events if e.hit), None))
+        return _Relapse(events[0])
+    first_hit = next((i for i, e in enumerate(events) if e.hit), len(events) - 1)
+    return _Relapse(None, tuple(events[:first_hit + 1]))
 
 
 def _tag(assessments: list[Assessment], event: _Event, response: str, note: str, day0: date) -> list[Assessment]:
@@ -532,18 +540,24 @@ def _apply(assessments: list[Assessment], rel: _Relapse, remission: Assessment |
     if rel.event is not None and remission is not None:
         note = f"; relapse{_after(remission)}: {rel.event.why} on {rel.event.when}"
         return _tag(assessments, rel.event, RELAPSE, note, day0)
-    if rel.unknown is None:
-        return assessments
     u = rel.unknown
+    if u is None:
+        return assessments
     anchor = _after(remission) if remission is not None and u.when > remission.when else \
         " after a possible remission (undecidable)"
-    note = f"; relapse undecidable{anchor}: {u.why} on {u.when}"
-    assessments = _tag(assessments, u, "NE", note, day0)
-    if rel.first_hit is not None and rel.first_hit.when != u.when:
-        hit = rel.first_hit
-        note = (f"; {hit.why} on {hit.when}: relapse by this date at the latest, but it may have begun on {u.when} "
-                f"({u.why}): relapse date unknown")
-        assessments = _tag(assessments, hit, "NE", note, day0)
+    tagged: set[date] = set()
+    for e in rel.undecided:
+        if e.when in tagged:
+            continue
+        tagged.add(e.when)
+        if e is u:
+            note = f"; relapse undecidable{anchor}: {e.why} on {e.when}"
+        elif e.hit:
+            note = (f"; {e.why} on {e.when}: relapse by this date at the latest, but it may have begun on {u.when} "
+                    f"({u.why}): relapse date unknown")
+        else:
+            note = f"; relapse undecidable: {e.why} on {e.when}, after {u.why} on {u.when}"
+        assessments = _tag(assessments, e, "NE", note, day0)
     return assessments
 
 
