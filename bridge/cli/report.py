@@ -40,7 +40,8 @@ Example:
 \b
     bridge report samples/treated/bundle.json --out report.html --as-of 2026-12-31 --site-map samples/site-map.yaml
 
-Exit codes: 0 ok, 2 bad input (or --out not writable), 3 unreadable source, 4 invalid site map,
+Exit codes: 0 ok, 1 a patient's evaluation failed (a bug; the report holds the others), 2 bad input (or --out
+not writable), 3 unreadable source, 4 invalid site map,
 5 configuration, 7 remote server error.
 """
 
@@ -68,6 +69,12 @@ def command(
 
     written = write_report(doc, out)
     err_console.print(f"report written to {written}", highlight=False)
+    failed = doc.get("failed")
+    if isinstance(failed, list) and failed:  # one patient's bug left it out; the others are in the report
+        err_console.print(f"{len(failed)} patient(s) could not be evaluated:", highlight=False)
+        for line in failed:
+            err_console.print(f"  {line}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def _gather(source: str, options: RuleOptions, cmap: CodeMap, settings: Settings, patients: list[str] | None) -> Json:

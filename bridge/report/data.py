@@ -33,6 +33,7 @@ from bridge import RULESET_VERSION, STUDY_ID
 from bridge.config import RuleOptions
 from bridge.evaluate.assessment import (
     KINETIC_CONCEPTS,
+    AssessFailure,
     PatientAssessment,
     assess_patients,
     assessment_json,
@@ -44,7 +45,7 @@ from bridge.evaluate.stats import DAYS_PER_MONTH, CirSubject, aalen_johansen, ci
 from bridge.ingest.readers import Item
 from bridge.model import NotScreened, PatientFacts, Quantity
 from bridge.normalize.mappings import CodeMap
-from bridge.pipeline import load_patients, prescreen_json, prescreen_patients
+from bridge.pipeline import load_patients, prescreen_json, screen_run
 
 Json = dict[str, object]
 CIR_MONTHS = 24
@@ -63,12 +64,18 @@ def gather_patients(patients: Sequence[PatientFacts], options: RuleOptions, cmap
     excluded = {p.ref: ns for p in patients if (ns := not_screened(p, options.as_of)) is not None}
     screened = [p for p in patients if p.ref not in excluded]
     kept = [p for p in patients if assessable(excluded.get(p.ref))]
-    assessed = assess_patients(kept, options, cmap.uln, cmap.lln)
+    failures: list[AssessFailure] = []
+    assessed = assess_patients(kept, options, cmap.uln, cmap.lln, failures=failures)
+    run = screen_run(screened, options, cmap)
     facts = {p.ref: p for p in kept}
     return {
         "study": STUDY_ID, "asOf": options.as_of.isoformat(), "ruleset": RULESET_VERSION, "source": source_name,
-        "prescreen": {**prescreen_json(prescreen_patients(screened, options, cmap), options),
+        "prescreen": {**prescreen_json(run.screenings, options),
                       "notScreened": [ns.as_json() for ns in excluded.values()]},
+        # patients whose evaluation raised (a bug): left out of the report, named by `bridge report` (exit 1)
+        "failed": [f.line() for f in run.failed] + [
+            f"{f.patient}: assessment failed ({f.error}); left out of the report — a bug, please report it"
+            for f in failures],
         "assessment": assessment_json(assessed, kept, options),
         "followUp": {pa.patient: follow_up(pa, facts[pa.patient], options.as_of) for pa in assessed},
         "cir": cir_curve(_subjects(assessed, facts, options)),
