@@ -6,6 +6,7 @@ and never creates or re-grades an adverse event."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -72,7 +73,7 @@ class _Seen:
     category: str | None
 
 
-def _by_key(pf: PatientFacts) -> tuple[dict[tuple[object, ...], _Seen], str, object]:
+def _by_key(pf: PatientFacts) -> tuple[dict[tuple[date, str], _Seen], str, date | None]:
     r = assess_response(pf, D0, OPTS)
     seen = {(a.when, a.evidence[0]): _Seen(a.response, a.category) for a in r.assessments}
     return seen, r.best_response, r.relapse_date
@@ -91,8 +92,9 @@ def test_not_usable_values_never_decide_a_response_differently(pf: PatientFacts,
     for key, seen in before.items():
         if key in after:
             assert _allowed(seen.response, after[key].response), (key, seen, after[key])
-            if seen.category is not None and after[key].category is not None:
-                assert _allowed(seen.category, after[key].category)
+            category = after[key].category
+            if seen.category is not None and category is not None:
+                assert _allowed(seen.category, category)
         else:  # an added relapse assessment may be gone (relapse now undecidable, tagged on another one)
             assert seen.category is None
     for key, seen in after.items():
