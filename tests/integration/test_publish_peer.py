@@ -30,6 +30,7 @@ from bridge.evaluate.eligibility import Screening
 from bridge.ingest.readers import Entry
 from bridge.normalize.mappings import CodeMap, load_code_map
 from bridge.pipeline import PrescreenRun, prescreen, prescreen_items
+from bridge.publish.policy import concerns_the_study
 from bridge.publish.publisher import Written, publish_screenings, publish_study
 from bridge.publish.study import STUDY_LOGICAL_ID, research_study
 from bridge.publish.subject import (
@@ -48,7 +49,8 @@ pytestmark = pytest.mark.peer
 BUNDLE = REPO_ROOT / "samples" / "prescreen" / "bundle.json"
 SITE_MAP = REPO_ROOT / "samples" / "site-map.yaml"
 OPTIONS = RuleOptions(as_of=date(2026, 6, 15))
-N = sum(1 for r in sample_resources(BUNDLE) if r["resourceType"] == "Patient")
+# the publication policy (bridge.publish.policy): only patients the study concerns (inc-diagnosis not not-met)
+N = sum(1 for s in prescreen(str(BUNDLE), OPTIONS, load_code_map(SITE_MAP)).screenings if concerns_the_study(s))
 LATER = RuleOptions(as_of=date(2026, 6, 16))
 RECORDED = datetime(2026, 6, 15, 9, 30, tzinfo=timezone(timedelta(hours=8)))
 STUDY_REF = f"ResearchStudy/{STUDY_LOGICAL_ID}"
@@ -138,14 +140,15 @@ def test_the_subjects_are_created_once_then_left_alone(runs: Runs) -> None:
 
 def test_one_research_subject_per_patient(client: FhirClient, runs: Runs, from_disk: PrescreenRun) -> None:
     held = on_server(client)
-    assert sorted(held) == sorted(s.patient.removeprefix("Patient/") for s in from_disk.screenings)
+    assert sorted(held) == sorted(s.patient.removeprefix("Patient/") for s in from_disk.screenings
+                                  if concerns_the_study(s))
     assert len(all_resources(client, "ResearchSubject")) == N
 
 
 def test_every_subject_reads_back_as_the_builder_made_it(client: FhirClient, runs: Runs,
                                                          from_disk: PrescreenRun) -> None:
     held = on_server(client)
-    for s in from_disk.screenings:
+    for s in filter(concerns_the_study, from_disk.screenings):
         subject = held[s.patient.removeprefix("Patient/")]
         assert content(subject) == built(s, OPTIONS), s.patient
         assert verdicts_from_subject(subject) == (OPTIONS.as_of, "organ-function", list(s.verdicts))
@@ -227,7 +230,8 @@ def test_a_later_as_of_rewrites_exactly_the_subjects_whose_content_changed(clien
     before = on_server(client)
     later = prescreen(str(BUNDLE), LATER, cmap)
     expected = {p for p, s in ((s.patient.removeprefix("Patient/"), s) for s in later.screenings)
-                if subject_fingerprint(before[p]) != subject_fingerprint(built(s, LATER, kept(before[p], s)))}
+                if p in before
+                and subject_fingerprint(before[p]) != subject_fingerprint(built(s, LATER, kept(before[p], s)))}
     provenance_before = sum(provenance_targets(client).values())
 
     written = publish_screenings(client, later.screenings, LATER, clock)
