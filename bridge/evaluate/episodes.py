@@ -5,7 +5,9 @@ Pure. Points are merged per term in a fixed order (date, source reference, grade
 always gives the same episodes. A point with grade 0 ends the open episode; its date becomes the episode's
 ``resolved`` date. With ``max_gap_days`` set, a graded point more than that many days after the previous
 graded point of the episode starts a new one (default None: only a grade-0 result ends an episode).
-Points with grade ``None`` (ungradable, e.g. no reference limit) neither extend nor end an episode.
+Points with grade ``None`` (ungradable, e.g. no reference limit, or a baseline that is not usable) neither
+extend nor end an episode. Values that are not usable (RULES.md §3) are never points at all: the caller
+(``bridge.evaluate.safety``) leaves them out, so they cannot start, extend, end or split an episode.
 
 The caller grades post-infusion results only (RULES.md §5) and keeps episodes whose onset lies in the
 12-month window with ``within_window``.
