@@ -10,7 +10,7 @@ grade, arms ``value <op> limit x reference``; the grade is the highest whose arm
 - CTCAE ranges read "<LLN - 1.5" as below the LLN down to 1.5 inclusive, ">ULN - 3.0 x ULN" as above the
   ULN up to 3 x ULN inclusive. The absolute arms of the falling counts apply whatever the LLN (CTCAE words
   them without it): ANC 1.2 is grade 2 even where a laboratory's LLN is 1.0.
-- Baseline-aware terms (AST, ALT, bilirubin): the baseline is normal when it is <= ULN or unknown (then the
+- Baseline-aware terms (AST, ALT, bilirubin): the baseline is normal when it is <= ULN or absent (then the
   x ULN arms apply), abnormal when > ULN (then only the x baseline arms). Creatinine's x baseline arms are
   an "or" beside the x ULN arms; without a baseline they simply do not apply.
 - A baseline that exists but is not usable (RULES.md §3: unknown, never absent; ``baseline_unknown=True``) is
