@@ -46,6 +46,7 @@ from bridge.evaluate.assessment import (
 )
 from bridge.evaluate.grading import CRS_TERM, ICANS_TERM
 from bridge.evaluate.logic import fmt
+from bridge.evaluate.screened import assessable
 from bridge.ingest.pull import pull
 from bridge.ingest.readers import read_source
 from bridge.model import PatientFacts
@@ -98,6 +99,7 @@ def run_assess(source: str, options: RuleOptions, cmap: CodeMap, progress: Calla
         if patient_ids:
             raise typer.BadParameter("--patient needs a FHIR base URL as SOURCE", param_hint="--patient")
         patients, report = load_patients(read_source(source), cmap, progress)
+    patients = [p for p in patients if assessable(p, options.as_of)]  # RULES §2: deceased ones still assessed
     failures: list[AssessFailure] = []
     assessed = _renderable(assess_patients(patients, options, cmap.uln, cmap.lln, failures=failures), patients,
                            options, failures)

@@ -23,4 +23,11 @@ def not_screened(pf: PatientFacts, as_of: date) -> NotScreened | None:
     return None
 
 
-__all__ = ["not_screened"]
+def assessable(pf: PatientFacts, as_of: date) -> bool:
+    """Whether the post-infusion assessment applies: a screened patient, or one not screened only because
+    deceased on the as-of date (a death ends follow-up; it does not undo an infusion)."""
+    reason = not_screened(pf, as_of)
+    return reason is None or reason.reason == "deceased"
+
+
+__all__ = ["assessable", "not_screened"]

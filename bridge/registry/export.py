@@ -12,6 +12,7 @@ or the state store.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Collection, Iterable
@@ -26,6 +27,8 @@ from bridge.registry.package import BuildResult, Context, Package, build_package
 from bridge.registry.sources import collect_records
 from bridge.registry.timepoints import KINDS
 
+log = logging.getLogger(__name__)
+
 PACKAGE_FILE = re.compile(r"^[0-9a-f]{32}-[a-z0-9-]+\.json$")
 
 Json = dict[str, Any]
@@ -33,11 +36,16 @@ Json = dict[str, Any]
 
 def assessment_for(items: list[Item], options: RuleOptions, cmap: CodeMap) -> Json:
     """The assessment document of every infused patient of ``items`` (the assessment engine)."""
-    from bridge.evaluate.assessment import assess_patients, assessment_json  # the engine is optional here
+    from bridge.evaluate.assessment import AssessFailure, assess_patients, assessment_json  # loaded when used
+    from bridge.evaluate.screened import assessable
     from bridge.pipeline import load_patients
 
     patients, _report = load_patients(items, cmap)
-    assessed = assess_patients(patients, options, cmap.uln, cmap.lln)
+    patients = [p for p in patients if assessable(p, options.as_of)]  # RULES §2: deceased ones still assessed
+    failures: list[AssessFailure] = []
+    assessed = assess_patients(patients, options, cmap.uln, cmap.lln, failures=failures)
+    for failure in failures:  # one patient's bug leaves that patient out, never the export
+        log.error("assessment failed", extra={"patient": failure.patient, "error": failure.error})
     return dict(assessment_json(assessed, patients, options))
 
 

@@ -40,10 +40,10 @@ from bridge.evaluate.assessment import (
     cir_subject,
     death_date,
 )
-from bridge.evaluate.screened import not_screened
+from bridge.evaluate.screened import assessable, not_screened
 from bridge.evaluate.stats import DAYS_PER_MONTH, CirSubject, aalen_johansen, cif_at
 from bridge.ingest.readers import Item
-from bridge.model import NotScreened, PatientFacts, Quantity
+from bridge.model import PatientFacts, Quantity
 from bridge.normalize.mappings import CodeMap
 from bridge.pipeline import load_patients, prescreen_json, screen_run
 
@@ -63,7 +63,7 @@ def gather_patients(patients: Sequence[PatientFacts], options: RuleOptions, cmap
     """The report document from already normalized patients."""
     excluded = {p.ref: ns for p in patients if (ns := not_screened(p, options.as_of)) is not None}
     screened = [p for p in patients if p.ref not in excluded]
-    kept = [p for p in patients if assessable(excluded.get(p.ref))]
+    kept = [p for p in patients if assessable(p, options.as_of)]
     failures: list[AssessFailure] = []
     assessed = assess_patients(kept, options, cmap.uln, cmap.lln, failures=failures)
     run = screen_run(screened, options, cmap)
@@ -81,12 +81,6 @@ def gather_patients(patients: Sequence[PatientFacts], options: RuleOptions, cmap
         "cir": cir_curve(_subjects(assessed, facts, options)),
         "kineticSeries": {pa.patient: kinetic_series(facts[pa.patient], pa.day0, options.as_of) for pa in assessed},
     }
-
-
-def assessable(reason: NotScreened | None) -> bool:
-    """Whether a patient may be assessed: screened, or not screened only because deceased on the as-of date
-    (a death ends follow-up; it does not undo an infusion)."""
-    return reason is None or reason.reason == "deceased"
 
 
 def _subjects(assessed: Iterable[PatientAssessment], facts: dict[str, PatientFacts],
