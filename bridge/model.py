@@ -2,15 +2,46 @@
 
 Normalize builds these from FHIR JSON; evaluate reads only these. Every fact names the resource it came
 from (``source``, e.g. ``"Observation/abc"``) so verdicts can cite evidence.
+
+The source items (``Entry``, ``Skipped``, ``NonClinical``: what a reader yields and normalize consumes) live
+here too, so normalize depends on the model and not on ingest; ``bridge.ingest.readers`` re-exports them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Literal
+from typing import Any, Literal
 
 Tri = Literal["met", "not-met", "unknown"]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One FHIR resource (plain JSON) read from a source; ``where`` names the file and entry, never content."""
+
+    resource: dict[str, Any]
+    where: str
+    full_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A source entry that could not be read as a resource: where, why, and the element path when known."""
+
+    where: str
+    reason: str
+    expression: str | None = None
+
+
+@dataclass(frozen=True)
+class NonClinical:
+    """A Bundle entry that is only a ``request`` or a ``response``: read, not clinical data, not a skip."""
+
+    where: str
+
+
+Item = Entry | Skipped | NonClinical
 
 
 @dataclass(frozen=True)
@@ -206,5 +237,5 @@ class Verdict:
         return {"result": self.result, "evidence": list(self.evidence), "reason": self.reason}
 
 
-__all__ = ["Diagnosis", "Fact", "Infusion", "NotScreened", "PartialDate", "PatientFacts", "Quantity", "Span", "Stay",
-           "Tri", "Verdict"]
+__all__ = ["Diagnosis", "Entry", "Fact", "Infusion", "Item", "NonClinical", "NotScreened", "PartialDate",
+           "PatientFacts", "Quantity", "Skipped", "Span", "Stay", "Tri", "Verdict"]

@@ -15,37 +15,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
 
 from bridge.errors import SourceUnreadable
-
-
-@dataclass(frozen=True)
-class Entry:
-    resource: dict[str, Any]
-    where: str
-    full_url: str | None = None
-
-
-@dataclass(frozen=True)
-class Skipped:
-    where: str
-    reason: str
-    expression: str | None = None
-
-
-@dataclass(frozen=True)
-class NonClinical:
-    """A Bundle entry that is only a ``request`` or a ``response``: read, not clinical data, not a skip."""
-
-    where: str
-
-
-Item = Entry | Skipped | NonClinical
+from bridge.model import Entry, Item, NonClinical, Skipped  # the item types live in the model; re-exported here
 
 
 def _load_json(data: bytes, label: str) -> Any:

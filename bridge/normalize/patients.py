@@ -27,8 +27,7 @@ from typing import Any
 
 from bridge.errors import InvalidResource
 from bridge.fhirmodels import parse_resource
-from bridge.ingest.readers import Entry, Item, NonClinical, Skipped
-from bridge.model import PatientFacts
+from bridge.model import Entry, Item, NonClinical, PatientFacts, Skipped
 from bridge.normalize.facts import READ_TYPES, Normalized, normalize, source_ref
 from bridge.normalize.mappings import CodeMap
 

@@ -139,3 +139,17 @@ def test_coding_selected_by_system_not_position() -> None:
     o["code"]["coding"].insert(0, {"system": "http://hospital.example.org/lab", "code": "TBIL"})
     patients, _ = assemble(read_bundle_bytes(json.dumps(bundle(o)).encode(), "x"), CMAP)
     assert [f.concept for f in patients[0].facts] == ["bilirubin-total"]
+
+
+def test_the_item_types_are_the_models_and_normalize_does_not_import_ingest() -> None:
+    """Layers: the reader items are domain types (``bridge.model``), so normalize never depends on ingest."""
+    import ast
+
+    import bridge.ingest.readers as readers
+    import bridge.model as model
+
+    assert (readers.Entry, readers.Skipped, readers.NonClinical) == (model.Entry, model.Skipped, model.NonClinical)
+    normalize = Path(model.__file__).parent / "normalize"
+    imported = {node.module for path in normalize.glob("*.py") for node in ast.walk(ast.parse(path.read_text()))
+                if isinstance(node, ast.ImportFrom) and node.module}
+    assert imported and not {m for m in imported if m.startswith("bridge.ingest")}
