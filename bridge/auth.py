@@ -1,13 +1,24 @@
-"""Authentication for the FHIR client: none, a static bearer token, or SMART Backend Services.
+"""Token sources for ``bridge.http.Transport``: none, a static bearer token, SMART Backend Services (the EHR)
+and OAuth2 client credentials or password (the registry) — one ``TokenSource`` protocol, one token cache.
 
 SMART Backend Services (https://hl7.org/fhir/smart-app-launch/backend-services.html): the client signs a
 short-lived JWT (RS384 or ES384; ``iss`` = ``sub`` = client id, ``aud`` = token URL, ``exp`` at most five
 minutes ahead, a fresh ``jti`` each time) and trades it at the token endpoint for an access token with the
 ``client_credentials`` grant. The token URL is configured or discovered from
-``{base}/.well-known/smart-configuration``; the access token is cached until shortly before it expires.
+``{base}/.well-known/smart-configuration``. The token request is never resent once the server may have seen
+it: its ``jti`` must not be replayed.
 
-Keys and tokens come only from files or the environment through ``bridge.config.Settings``. Neither a key,
-a token nor a token-endpoint answer ever appears in a log line or an exception message.
+OAuth2 (``OAuth2Auth``): the ``client_credentials`` grant with the client authenticated by HTTP Basic, or, when
+a username is set, the ``password`` grant (Basic when the client has a secret, else ``client_id`` in the form).
+Its token request may be resent like any idempotent request.
+
+Both keep their access token in a ``TokenCache`` (memory only) until ``refresh_margin`` seconds — at most half
+its lifetime — before it expires, and forget it when the transport reports a 401 (``invalidate``); the
+transport then asks once more. Token requests go through a ``Requester`` (``Transport.plain``): same timeouts
+and retries, never a bearer token, credentials only to the token URL itself.
+
+Keys, tokens and secrets come only from files or the environment through ``bridge.config.Settings``. Neither a
+key, a token, a secret nor a token-endpoint answer ever appears in a log line, a repr or an exception message.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from bridge.config import Settings
 from bridge.errors import AuthError, ConfigError
+from bridge.http import TokenSource
 
 log = logging.getLogger("bridge.auth")
 
@@ -38,6 +50,8 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 SUPPORTED_ALGS = ("RS384", "ES384")
 MAX_ASSERTION_SECONDS = 300
 DEFAULT_EXPIRES_IN = 300
+REFRESH_MARGIN = 60.0
+MAX_TOKEN_ANSWER_BYTES = 1_000_000
 _OAUTH_ERROR = re.compile(r"^[a-z_]{1,40}$")
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -46,21 +60,71 @@ _JWK_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 
 
 class Requester(Protocol):
-    """Sends one unauthenticated request (timeouts and retries are the caller's business)."""
+    """Sends one request without a bearer token (``bridge.http.Transport.plain``: timeouts and retries included);
+    ``basic`` is the client's HTTP Basic credentials for a token endpoint."""
 
     def __call__(
-        self, method: str, url: str, *, data: Mapping[str, str] | None = None, idempotent: bool = True
+        self,
+        method: str,
+        url: str,
+        *,
+        data: Mapping[str, str] | None = None,
+        idempotent: bool = True,
+        basic: tuple[str, str] | None = None,
     ) -> requests.Response: ...
 
 
-class Auth(Protocol):
-    """What the FHIR client asks of an authentication scheme."""
+Auth = TokenSource  # the name the FHIR client has always used
 
-    refreshable: bool
 
-    def headers(self) -> dict[str, str]: ...
+@dataclass
+class TokenCache:
+    """One access token in memory, fetched again ``margin`` seconds (at most half its lifetime) before it
+    expires, or at once after ``clear``."""
 
-    def invalidate(self) -> None: ...
+    margin: float = REFRESH_MARGIN
+    _token: str | None = field(default=None, init=False, repr=False)
+    _refresh_at: float = field(default=0.0, init=False)
+
+    def get(self, clock: Callable[[], float], fetch: Callable[[], tuple[str, int]]) -> str:
+        """The cached token, or the one ``fetch`` returns (with its lifetime in seconds) when none is fresh."""
+        if self._token is not None and clock() < self._refresh_at:
+            return self._token
+        started = clock()
+        token, expires_in = fetch()
+        self._token = token
+        self._refresh_at = started + expires_in - min(self.margin, expires_in / 2)
+        return token
+
+    def clear(self) -> None:
+        self._token = None
+
+
+class CachedTokenSource:
+    """A ``TokenSource`` whose bearer token comes from a token endpoint through a ``TokenCache``; subclasses
+    say how to fetch one (``_fetch``: the token and its lifetime)."""
+
+    refreshable: bool = True
+    clock: Callable[[], float]
+    _cache: TokenCache
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token()}"}
+
+    def invalidate(self) -> None:
+        """Forget the cached token (the server said 401)."""
+        self._cache.clear()
+
+    def access_token(self) -> str:
+        """The cached access token, fetched anew when missing or about to expire."""
+        return self._cache.get(self.clock, self._fetch)
+
+    def token(self) -> str:
+        """Same as ``access_token`` (the registry client's name for it)."""
+        return self.access_token()
+
+    def _fetch(self) -> tuple[str, int]:
+        raise NotImplementedError
 
 
 class NoAuth:
@@ -93,7 +157,7 @@ class BearerAuth:
 
 
 @dataclass(repr=False)
-class SmartBackendAuth:
+class SmartBackendAuth(CachedTokenSource):
     """SMART Backend Services: a signed client assertion traded for a cached access token."""
 
     client_id: str
@@ -106,33 +170,19 @@ class SmartBackendAuth:
     token_url: str | None = None
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time
-    refresh_margin: float = 60.0
+    refresh_margin: float = REFRESH_MARGIN
     assertion_seconds: int = MAX_ASSERTION_SECONDS
     refreshable: bool = True
-    _token: str | None = field(default=None, init=False)
-    _refresh_at: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:
         check_key_matches_alg(self.private_key, self.alg)
         if not 0 < self.assertion_seconds <= MAX_ASSERTION_SECONDS:
             raise ConfigError(f"a SMART client assertion may live at most {MAX_ASSERTION_SECONDS} s")
         self.kid = self.kid or jwk_thumbprint(self.private_key)
+        self._cache = TokenCache(self.refresh_margin)
 
     def __repr__(self) -> str:
         return f"SmartBackendAuth(client_id={self.client_id!r}, alg={self.alg!r}, kid={self.kid!r})"
-
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.access_token()}"}
-
-    def invalidate(self) -> None:
-        """Forget the cached token (the FHIR server said 401)."""
-        self._token = None
-
-    def access_token(self) -> str:
-        """The cached access token, fetched anew when missing or about to expire."""
-        if self._token is None or self.clock() >= self._refresh_at:
-            return self._fetch_token()
-        return self._token
 
     def client_assertion(self, audience: str) -> str:
         """A freshly signed client assertion JWT for ``audience`` (the token URL)."""
@@ -154,7 +204,7 @@ class SmartBackendAuth:
             self.token_url = discover_token_url(self.base_url, self.request)
         return self.token_url
 
-    def _fetch_token(self) -> str:
+    def _fetch(self) -> tuple[str, int]:
         url = self.token_endpoint()
         form = {
             "grant_type": "client_credentials",
@@ -162,14 +212,64 @@ class SmartBackendAuth:
             "client_assertion_type": ASSERTION_TYPE,
             "client_assertion": self.client_assertion(url),
         }
-        started = self.clock()
         # not idempotent: resent only when the server cannot have seen it, since its jti must not be replayed
         resp = self.request("POST", url, data=form, idempotent=False)
         token, expires_in = parse_token_response(resp)
-        self._token = token
-        self._refresh_at = started + expires_in - min(self.refresh_margin, expires_in / 2)
         log.info("SMART access token obtained, valid %d s", expires_in)
-        return token
+        return token, expires_in
+
+
+@dataclass(repr=False)
+class OAuth2Auth(CachedTokenSource):
+    """OAuth2 access tokens from ``token_url``: client credentials (HTTP Basic), or the password grant when
+    ``username`` is set. ``name`` says whose token endpoint it is in messages (``registry``)."""
+
+    token_url: str
+    request: Requester
+    client_id: str | None = None
+    client_secret: str | None = None
+    username: str | None = None
+    password: str | None = None
+    scope: str | None = None
+    name: str = "OAuth2"
+    clock: Callable[[], float] = time.monotonic
+    refresh_margin: float = REFRESH_MARGIN
+    refreshable: bool = True
+
+    def __post_init__(self) -> None:
+        if self.username and not self.password:
+            raise ConfigError(f"{self.name}: a username is set but no password")
+        if not self.username and not (self.client_id and self.client_secret):
+            raise ConfigError(f"{self.name}: the client credentials grant needs a client id and secret")
+        self._cache = TokenCache(self.refresh_margin)
+
+    def __repr__(self) -> str:
+        return f"OAuth2Auth(url={self.token_url!r}, grant={self.grant!r})"
+
+    @property
+    def grant(self) -> str:
+        return "password" if self.username else "client_credentials"
+
+    def form(self) -> tuple[dict[str, str], tuple[str, str] | None]:
+        """The token request's form and the HTTP Basic client credentials (None: the client id is in the form)."""
+        form = {"grant_type": self.grant}
+        if self.username:
+            form.update(username=self.username, password=self.password or "")
+        if self.scope:
+            form["scope"] = self.scope
+        if self.client_id and self.client_secret:
+            return form, (self.client_id, self.client_secret)
+        if self.client_id:
+            form["client_id"] = self.client_id
+        return form, None
+
+    def _fetch(self) -> tuple[str, int]:
+        form, basic = self.form()
+        # idempotent: a client-credentials or password grant has no nonce, asking twice only gives two tokens
+        resp = self.request("POST", self.token_url, data=form, idempotent=True, basic=basic)
+        token, expires_in = parse_token_response(resp, f"{self.name} token endpoint", "refused us")
+        log.info("%s access token obtained (%s grant), valid %d s", self.name, self.grant, expires_in)
+        return token, expires_in
 
 
 def discover_token_url(base_url: str, request: Requester) -> str:
@@ -185,24 +285,29 @@ def discover_token_url(base_url: str, request: Requester) -> str:
     return url
 
 
-def parse_token_response(resp: requests.Response) -> tuple[str, int]:
-    """(access token, lifetime in seconds) from a token endpoint answer, or AuthError."""
+def parse_token_response(
+    resp: requests.Response, endpoint: str = "SMART token endpoint", refusal: str = "refused the client"
+) -> tuple[str, int]:
+    """(access token, lifetime in seconds) from a token endpoint answer, or AuthError naming ``endpoint``
+    (with the OAuth2 error code when it is one, never its description)."""
     body = _json_object(resp)
     if resp.status_code != 200:
         code = body.get("error")
         detail = f" ({code})" if isinstance(code, str) and _OAUTH_ERROR.match(code) else ""
-        raise AuthError(f"SMART token endpoint refused the client: {resp.status_code}{detail}", status=resp.status_code)
+        raise AuthError(f"{endpoint} {refusal}: {resp.status_code}{detail}", status=resp.status_code)
     token = body.get("access_token")
     scheme = str(body.get("token_type", "bearer")).lower()
     if not isinstance(token, str) or not token or scheme != "bearer":
-        raise AuthError("SMART token endpoint answer has no bearer access_token", status=resp.status_code)
+        raise AuthError(f"{endpoint} answer has no bearer access_token", status=resp.status_code)
     expires_in = body.get("expires_in", DEFAULT_EXPIRES_IN)
-    if not isinstance(expires_in, int | float) or expires_in <= 0:
+    if not isinstance(expires_in, int | float) or isinstance(expires_in, bool) or expires_in <= 0:
         expires_in = DEFAULT_EXPIRES_IN
     return token, int(expires_in)
 
 
 def _json_object(resp: requests.Response) -> dict[str, Any]:
+    if len(resp.content) > MAX_TOKEN_ANSWER_BYTES:
+        return {}
     try:
         body = resp.json()
     except ValueError:
@@ -284,12 +389,17 @@ def auth_from_settings(
 
 __all__ = [
     "ASSERTION_TYPE",
+    "REFRESH_MARGIN",
     "SUPPORTED_ALGS",
     "Auth",
     "BearerAuth",
+    "CachedTokenSource",
     "NoAuth",
+    "OAuth2Auth",
     "Requester",
     "SmartBackendAuth",
+    "TokenCache",
+    "TokenSource",
     "auth_from_settings",
     "check_key_matches_alg",
     "discover_token_url",

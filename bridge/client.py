@@ -1,16 +1,17 @@
-"""The FHIR R4 REST client: one ``requests`` session, one request function, every safeguard in one place.
+"""The FHIR R4 REST client: FHIR interactions over the one HTTP transport (``bridge.http.Transport``).
 
-* Every request has a connect and a read timeout (``Settings.timeout_connect`` / ``timeout_read``).
-* Connection errors, 429 and 502/503/504 are retried with exponential backoff, honouring ``Retry-After``
-  (seconds or an HTTP date), at most ``Settings.retries`` times and within ``Settings.retry_total_seconds``.
-  A request that is not idempotent (a plain POST create, a transaction with unconditional creates) is
-  resent only when the server cannot have acted on it: the connection was never made, or 429/503.
-* Requests go only to the origin (scheme, host, port) of the configured base URL; anything else —
-  a paging ``next`` link above all — raises ``ForeignHost`` before a byte is sent, so the bearer token
-  never leaves that origin. Redirects are not followed.
+The transport holds every safeguard — connect and read timeouts, retries honouring ``Retry-After`` within a time
+budget, the idempotency rule, the origin guard, one re-authentication on 401 — so this module is only FHIR:
+
+* URLs are built from checked resource types and ids; search follows ``next`` links, each checked to be on the
+  base URL's origin (``ForeignHost`` otherwise, before a byte is sent) and never visited twice.
+* Writes say whether they may be resent: a plain POST create is not idempotent, a conditional create carries
+  ``If-None-Exist`` and is; a transaction is only when every entry is (PUT, DELETE, GET, conditional POST).
+* Authentication is the ``bridge.auth`` token source the settings describe (none, a static bearer token, SMART
+  Backend Services), its discovery and token requests sent through the same transport without a token.
 * Answers become ``FhirResult`` or an error of ``bridge.errors``: an OperationOutcome becomes
-  ``ServerRejected`` / ``AuthError`` (401, 403) / ``Conflict`` (409, 412) with its issues; anything that is
-  not FHIR JSON becomes ``NotFHIR`` carrying only the status and content type.
+  ``ServerRejected`` / ``AuthError`` (401, 403) / ``Conflict`` (409, 412) with its issues; a redirect is not
+  followed; anything that is not FHIR JSON becomes ``NotFHIR`` carrying only the status and content type.
 * Logs (``bridge.client``) and messages name the method, the resource path and the status — never a body
   and never a query string, which may hold an identifier.
 """
@@ -18,7 +19,6 @@
 from __future__ import annotations
 
 import copy
-import email.utils
 import json
 import logging
 import re
@@ -29,7 +29,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
-from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 from bridge.auth import Auth, auth_from_settings
 from bridge.config import Settings
@@ -37,33 +36,26 @@ from bridge.errors import (
     AuthError,
     ConfigError,
     Conflict,
-    ForeignHost,
     InputError,
     Issue,
     NotFHIR,
     RemoteError,
     ServerRejected,
-    TransportError,
 )
+from bridge.http import IDEMPOTENT_METHODS, Limits, Transport, origin_of, retry_after_seconds, retry_delay
 
 log = logging.getLogger("bridge.client")
 
 FHIR_JSON = "application/fhir+json"
 FHIR_JSON_UTF8 = f"{FHIR_JSON}; charset=utf-8"
 JSON_MEDIA_TYPES = frozenset({"application/fhir+json", "application/json", "application/json+fhir"})
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
-UNPROCESSED_STATUSES = frozenset({429, 503})  # the server did not act: safe to resend even a plain POST
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE"})
-BACKOFF_FIRST = 0.5
-BACKOFF_CAP = 30.0
 _RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _ETAG = re.compile(r'^(?:W/)?"?([^"]*)"?$')
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+_SCHEMES = ("http", "https")
 
 QueryParams = Mapping[str, Any] | Sequence[tuple[str, Any]]
 Criteria = str | Mapping[str, str] | Sequence[tuple[str, str]]
-Outcome = requests.Response | requests.RequestException
 
 
 @dataclass(frozen=True)
@@ -116,43 +108,6 @@ def location_id(location: str | None) -> str | None:
     return parts[-1] if len(parts) >= 2 else None
 
 
-def retry_after_seconds(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date); None when absent or bad."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - now)
-
-
-def retry_delay(outcome: requests.Response | requests.RequestException, attempt: int, now: float) -> float:
-    """How long to wait before retry ``attempt`` (0-based): the server's ``Retry-After`` when it gave one,
-    else exponential backoff from ``BACKOFF_FIRST`` capped at ``BACKOFF_CAP`` seconds."""
-    if isinstance(outcome, requests.Response):
-        asked = retry_after_seconds(outcome.headers.get("Retry-After"), now)
-        if asked is not None:
-            return asked
-    return float(min(BACKOFF_CAP, BACKOFF_FIRST * 2**attempt))
-
-
-def origin_of(url: str) -> tuple[str, str, int | None]:
-    """(scheme, host, port) with the scheme's default port filled in; host lower-cased."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    try:
-        port = parts.port or _DEFAULT_PORTS.get(scheme)
-    except ValueError:
-        port = -1  # an unparsable port never equals the base's
-    return scheme, (parts.hostname or "").lower(), port
-
-
 def outcome_issues(body: Any) -> list[Issue] | None:
     """The issues of an OperationOutcome as ``Issue``; None when ``body`` is not an OperationOutcome."""
     if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
@@ -170,14 +125,6 @@ def _issue(raw: dict[str, Any]) -> Issue:
         expression=tuple(str(p) for p in paths if isinstance(p, str)),
         severity=str(raw.get("severity") or "error"),
     )
-
-
-def _never_sent(exc: requests.RequestException) -> bool:
-    """True when the connection was never established, so the server cannot have seen the request."""
-    if isinstance(exc, requests.ConnectTimeout):
-        return True
-    reason = exc.args[0] if exc.args else None
-    return isinstance(reason, MaxRetryError) and isinstance(reason.reason, NewConnectionError)
 
 
 def _transaction_is_idempotent(bundle: Mapping[str, Any]) -> bool:
@@ -211,8 +158,9 @@ def _media_type(resp: requests.Response) -> str:
 class FhirClient:
     """A synchronous FHIR R4 client bound to one base URL.
 
-    ``FhirClient(base_url, settings, session, sleep, clock)``; ``auth`` overrides the scheme the settings
-    describe, ``wall_clock`` (epoch seconds) is used for JWT claims and HTTP-date Retry-After values.
+    ``FhirClient(base_url, settings, session, sleep, clock)``; ``auth`` overrides the token source the settings
+    describe, ``wall_clock`` (epoch seconds) is used for JWT claims and HTTP-date Retry-After values. Every
+    request goes through ``transport`` (``bridge.http.Transport``).
     """
 
     base_url: str
@@ -225,12 +173,25 @@ class FhirClient:
 
     def __post_init__(self) -> None:
         self.base_url = self._checked_base(self.base_url)
-        self._origin = origin_of(self.base_url)
-        self._base_path = urlsplit(self.base_url).path.rstrip("/")
-        self._own_session = self.session is None
-        self.http: requests.Session = self.session or requests.Session()
+        self.transport = Transport(
+            self.base_url,
+            Limits.from_settings(self.settings),
+            session=self.session,
+            sleep=self.sleep,
+            clock=self.clock,
+            wall_clock=self.wall_clock,
+            logger=log,
+            server="the configured FHIR server",
+        )
         if self.auth is None:
-            self.auth = auth_from_settings(self.settings, self.base_url, self._plain, self.clock, self.wall_clock)
+            plain = self.transport.plain
+            self.auth = auth_from_settings(self.settings, self.base_url, plain, self.clock, self.wall_clock)
+        self.transport.tokens = self.auth
+
+    @property
+    def http(self) -> requests.Session:
+        """The ``requests`` session under the transport."""
+        return self.transport.session
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> FhirClient:
@@ -242,13 +203,12 @@ class FhirClient:
     @staticmethod
     def _checked_base(url: str) -> str:
         parts = urlsplit(url)
-        if parts.scheme not in _DEFAULT_PORTS or not parts.hostname or parts.query or parts.fragment:
+        if parts.scheme not in _SCHEMES or not parts.hostname or parts.query or parts.fragment:
             raise ConfigError("the FHIR base URL must be an http(s) URL without query or fragment")
         return url.rstrip("/")
 
     def close(self) -> None:
-        if self._own_session:
-            self.http.close()
+        self.transport.close()
 
     def __enter__(self) -> FhirClient:
         return self
@@ -276,7 +236,7 @@ class FhirClient:
         """POST a resource; with ``if_none_exist`` a conditional create (200 + the match when one exists)."""
         headers = {"If-None-Exist": _query_string(if_none_exist)} if if_none_exist else {}
         url = self._url(self._type_of(resource))
-        return self._write("POST", url, resource, headers, idempotent=bool(if_none_exist))
+        return self._write("POST", url, resource, headers)  # resent after a failure only with If-None-Exist
 
     def update(self, resource: Mapping[str, Any], *, if_match: str | None = None) -> FhirResult:
         """PUT a resource by its id; ``if_match`` (a version id or ETag) makes it a version-aware update."""
@@ -368,7 +328,7 @@ class FhirClient:
         resource: Mapping[str, Any],
         headers: dict[str, str],
         *,
-        idempotent: bool = True,
+        idempotent: bool | None = None,
         params: QueryParams | None = None,
     ) -> FhirResult:
         body = json.dumps(resource, ensure_ascii=False).encode("utf-8")
@@ -397,121 +357,32 @@ class FhirClient:
             raise InputError(f"{self._type_of(resource)}: an update needs the resource id")
         return rid
 
-    # ------------------------------------------------------------------ the one request path
+    # ------------------------------------------------------------------ through the transport
 
     def _request(
         self,
         method: str,
         url: str,
         *,
-        idempotent: bool = True,
+        idempotent: bool | None = None,
         headers: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> requests.Response:
-        """One authenticated FHIR request to the base origin, with retries and one SMART re-login on 401."""
-        self._check_origin(url, "a request")
-        kwargs["headers"] = {"Accept": FHIR_JSON, **(headers or {})}
-        resp = self._send(method, url, authenticated=True, idempotent=idempotent, kwargs=kwargs)
-        if resp.status_code == 401 and self.auth is not None and self.auth.refreshable:
-            log.info("%s %s: 401, fetching a new access token and retrying once", method, self._label(url))
-            self.auth.invalidate()
-            resp = self._send(method, url, authenticated=True, idempotent=idempotent, kwargs=kwargs)
-        return resp
-
-    def _plain(
-        self, method: str, url: str, *, data: Mapping[str, str] | None = None, idempotent: bool = True
-    ) -> requests.Response:
-        """An unauthenticated request (SMART discovery, token endpoint) with the same timeouts and retries."""
-        kwargs: dict[str, Any] = {"data": data, "headers": {"Accept": "application/json"}}
-        return self._send(method, url, authenticated=False, idempotent=idempotent, kwargs=kwargs)
-
-    def _send(
-        self, method: str, url: str, *, authenticated: bool, idempotent: bool, kwargs: dict[str, Any]
-    ) -> requests.Response:
-        started, attempt = self.clock(), 0
-        while True:
-            outcome = self._attempt(method, url, authenticated, kwargs)
-            if not self._retryable(outcome, idempotent):
-                return self._response_or_raise(outcome, method, url)
-            delay = self._delay(outcome, attempt)
-            spent = self.clock() - started
-            if attempt >= self.settings.retries or spent + delay > self.settings.retry_total_seconds:
-                raise self._exhausted(outcome, method, url, attempt + 1)
-            log.warning(
-                "%s %s: %s, retry %d in %.1f s",
-                method,
-                self._label(url),
-                self._what(outcome),
-                attempt + 1,
-                delay,
-            )
-            self.sleep(delay)
-            attempt += 1
-
-    def _attempt(self, method: str, url: str, authenticated: bool, kwargs: dict[str, Any]) -> Outcome:
-        headers: dict[str, str | None] = {**(kwargs.get("headers") or {}), "Authorization": None}  # None: strip
-        if authenticated and self.auth is not None and origin_of(url) == self._origin:
-            headers.update(self.auth.headers())
-        timeout = (self.settings.timeout_connect, self.settings.timeout_read)
-        started = self.clock()
-        try:
-            resp = self.http.request(
-                method, url, **{**kwargs, "headers": headers}, timeout=timeout, allow_redirects=False
-            )
-        except requests.RequestException as exc:
-            log.warning("%s %s: %s", method, self._label(url), type(exc).__name__)
-            return exc
-        elapsed_ms = (self.clock() - started) * 1000
-        log.info("%s %s -> %d in %.0f ms", method, self._label(url), resp.status_code, elapsed_ms)
-        return resp
-
-    @staticmethod
-    def _retryable(outcome: Outcome, idempotent: bool) -> bool:
-        if isinstance(outcome, requests.Response):
-            return outcome.status_code in (RETRY_STATUSES if idempotent else UNPROCESSED_STATUSES)
-        if not isinstance(outcome, requests.ConnectionError | requests.Timeout):
-            return False
-        return idempotent or _never_sent(outcome)
-
-    def _delay(self, outcome: Outcome, attempt: int) -> float:
-        return retry_delay(outcome, attempt, self.wall_clock())
-
-    def _response_or_raise(self, outcome: Outcome, method: str, url: str) -> requests.Response:
-        if isinstance(outcome, requests.Response):
-            return outcome
-        raise TransportError(f"{method} {self._label(url)}: {type(outcome).__name__}")
-
-    def _exhausted(self, outcome: Outcome, method: str, url: str, attempts: int) -> TransportError:
-        status = outcome.status_code if isinstance(outcome, requests.Response) else None
-        return TransportError(
-            f"{method} {self._label(url)}: {self._what(outcome)} after {attempts} attempt(s), giving up",
-            status=status,
-        )
-
-    @staticmethod
-    def _what(outcome: Outcome) -> str:
-        return str(outcome.status_code) if isinstance(outcome, requests.Response) else type(outcome).__name__
-
-    # ------------------------------------------------------------------ origins and labels
+        """One authenticated FHIR request to the base origin (the transport's rules; FHIR JSON accepted)."""
+        headers = {"Accept": FHIR_JSON, **(headers or {})}
+        return self.transport.request(method, url, idempotent=idempotent, headers=headers, **kwargs)
 
     def _check_origin(self, url: str, what: str) -> None:
-        """Raise ForeignHost unless ``url`` is on the base URL's scheme, host and port."""
-        if origin_of(url) != self._origin:
-            scheme, host, port = origin_of(url)
-            raise ForeignHost(f"{what} points to {scheme}://{host}:{port}, not to the configured FHIR server")
+        self.transport.check_origin(url, what)
 
     def _label(self, url: str) -> str:
-        """The path of ``url`` relative to the base (for logs and messages): no query, no host."""
-        path = urlsplit(url).path
-        if origin_of(url) == self._origin and path.startswith(self._base_path):
-            path = path[len(self._base_path) :]
-        return path.strip("/") or "[base]"
+        return self.transport.label(url)
 
     # ------------------------------------------------------------------ answers
 
     def _result(self, resp: requests.Response, method: str, url: str) -> FhirResult:
         if resp.status_code >= 300:
-            raise self._error(resp, method, url)
+            raise self.error(resp, method, url)
         body = self._body(resp, method, url)
         return FhirResult(body, resp.status_code, resp.headers.get("ETag"), resp.headers.get("Location"))
 
@@ -533,7 +404,8 @@ class FhirClient:
         except ValueError:
             return None
 
-    def _error(self, resp: requests.Response, method: str, url: str) -> RemoteError:
+    def error(self, resp: requests.Response, method: str, url: str) -> RemoteError:
+        """The bridge error for an answer that is not a success (3xx-5xx), by status and OperationOutcome."""
         status = resp.status_code
         issues = outcome_issues(self._json(resp))
         where = f"{method} {self._label(url)}: {status}"
@@ -559,7 +431,7 @@ class FhirClient:
             raise NotFHIR(f"{method} {self._label(url)}: expected a {resource_type}", status=result.status)
 
 
-__all__ = [
+__all__ = [  # origin_of, retry_after_seconds and retry_delay live in bridge.http; re-exported for callers
     "FHIR_JSON",
     "FhirClient",
     "FhirResult",

@@ -11,12 +11,13 @@
    restarted when it answers 200. Completed files are skipped on a rerun. OperationOutcome files listed in
    ``error[]`` go to ``<DIR>/errors/``; only their issue counts are reported, never their text.
 
-Every request goes through the one ``bridge.client.FhirClient``: timeouts, retries honouring ``Retry-After``,
-and the bearer token only ever sent to the configured origin. The status URL must be on that origin
-(``ForeignHost`` otherwise). Output files may live elsewhere (a storage bucket): when the manifest says
-``requiresAccessToken: true`` a file is fetched with the token only from the configured origin and a file on
-another host is refused with ``ForeignHost``; with ``requiresAccessToken: false`` files are fetched without
-the token, wherever they are.
+Every request goes through the FHIR client's one transport (``bridge.http.Transport``): timeouts, retries
+honouring ``Retry-After``, and the bearer token only ever sent to the configured origin. The status URL must be
+on that origin (``ForeignHost`` otherwise). Output files may live elsewhere (a storage bucket): when the
+manifest says ``requiresAccessToken: true`` a file is fetched with the token only from the configured origin
+and a file on another host is refused with ``ForeignHost``; with ``requiresAccessToken: false`` files are
+fetched without any credentials (``Transport.send``), wherever they are. Polling a 202 is not a retry: it
+waits as the server asks for as long as ``max_wait_seconds`` allows.
 
 A small state file, ``<DIR>/.bulk-export.json`` (mode 0600: the manifest's URLs may carry signatures), keeps
 the request, the status URL, the manifest and which files are complete, so a rerun resumes polling or
@@ -39,8 +40,9 @@ from urllib.parse import urljoin
 
 import requests
 
-from bridge.client import FhirClient, origin_of, retry_after_seconds
+from bridge.client import FhirClient
 from bridge.errors import ConfigError, ForeignHost, NotFHIR, RemoteError, TransportError
+from bridge.http import retry_after_seconds
 
 log = logging.getLogger("bridge.bulk")
 
@@ -182,35 +184,13 @@ class ExportResult:
         return sum(f.bytes for f in self.files)
 
 
-class _Transport:
-    """The requests the exporter makes, all through the one FhirClient (timeouts, retries, token rules)."""
-
-    def __init__(self, client: FhirClient) -> None:
-        self.client = client
-
-    def with_token(self, method: str, url: str, headers: dict[str, str], **kwargs: Any) -> requests.Response:
-        """To the configured origin only (``ForeignHost`` otherwise), with the client's authentication."""
-        return self.client._request(method, url, headers=headers, **kwargs)
-
-    def without_token(self, url: str, headers: dict[str, str], **kwargs: Any) -> requests.Response:
-        """A GET anywhere, never carrying an Authorization header (timeouts and retries as the client)."""
-        return self.client._send("GET", url, authenticated=False, idempotent=True,
-                                 kwargs={"headers": headers, **kwargs})
-
-    def error(self, resp: requests.Response, method: str, url: str) -> RemoteError:
-        return self.client._error(resp, method, url)
-
-    def same_origin(self, url: str) -> bool:
-        return origin_of(url) == origin_of(self.client.base_url)
-
-
 class BulkExporter:
     """Runs one export into ``out``: ``BulkExporter(client, out, request).run()``."""
 
     def __init__(self, client: FhirClient, out: Path, request: ExportRequest | None = None,
                  progress: Progress | None = None, max_wait_seconds: float | None = None) -> None:
         self.client, self.out, self.request = client, out, request or ExportRequest()
-        self.http = _Transport(client)
+        self.http = client.transport
         self.progress = progress
         self.max_wait = max_wait_seconds
         self.state_path = out / STATE_FILE
@@ -246,9 +226,9 @@ class BulkExporter:
         """Start the export; returns the absolute status URL (on the configured origin)."""
         url = self.request.url(self.client.base_url)
         headers = {"Accept": "application/fhir+json", "Prefer": "respond-async"}
-        resp = self.http.with_token("GET", url, headers, params=self.request.params())
+        resp = self.http.request("GET", url, headers=headers, params=self.request.params())
         if resp.status_code >= 400:
-            raise self.http.error(resp, "GET", url)
+            raise self.client.error(resp, "GET", url)
         location = resp.headers.get("Content-Location")
         if resp.status_code != 202 or not location:
             raise RemoteError(f"$export kick-off: expected 202 with Content-Location, got {resp.status_code}",
@@ -262,20 +242,20 @@ class BulkExporter:
         """Wait for the export to complete; the manifest, or the server's error."""
         delay, waited = POLL_FIRST, 0.0
         while True:
-            resp = self.http.with_token("GET", status_url, {"Accept": "application/json"})
+            resp = self.http.request("GET", status_url, headers={"Accept": "application/json"})
             if resp.status_code == 200:
                 return Manifest.from_json(_json(resp, "export status"))
             if resp.status_code >= 400:
-                raise self.http.error(resp, "GET", status_url)
+                raise self.client.error(resp, "GET", status_url)
             if resp.status_code != 202:
                 raise RemoteError(f"export status: unexpected {resp.status_code}", status=resp.status_code)
             self._report(resp.headers.get("X-Progress"))
-            asked = retry_after_seconds(resp.headers.get("Retry-After"), self.client.wall_clock())
+            asked = retry_after_seconds(resp.headers.get("Retry-After"), self.http.wall_clock())
             wait = asked if asked is not None else delay
             if self.max_wait is not None and waited + wait > self.max_wait:
                 raise TransportError(f"export status: not complete after {waited:.0f} s, giving up (the export "
                                      "keeps running; rerun to resume polling)")
-            self.client.sleep(wait)
+            self.http.sleep(wait)
             waited += wait
             if asked is None:  # the server gave no hint: back off further next time
                 delay = min(POLL_CAP, delay * POLL_GROWTH)
@@ -292,7 +272,7 @@ class BulkExporter:
         if not state.status_url:
             return
         try:
-            resp = self.http.with_token("DELETE", state.status_url, {"Accept": "application/fhir+json"})
+            resp = self.http.request("DELETE", state.status_url, headers={"Accept": "application/fhir+json"})
             log.info("export cancelled: DELETE status -> %d", resp.status_code)
         except (RemoteError, requests.RequestException) as exc:
             log.warning("export cancel: DELETE status failed (%s)", type(exc).__name__)
@@ -330,7 +310,7 @@ class BulkExporter:
             return self.download(url, final, requires_token)
         if resp.status_code not in (200, 206) or start != (offset if resp.status_code == 206 else 0):
             resp.close()
-            raise self.http.error(resp, "GET", url) if resp.status_code >= 300 else \
+            raise self.client.error(resp, "GET", url) if resp.status_code >= 300 else \
                 RemoteError(f"download of {final.name}: unexpected {resp.status_code}", status=resp.status_code)
         resumed = resp.status_code == 206 and offset > 0
         self._stream(resp, part, "ab" if resumed else "wb", final.name)
@@ -339,11 +319,11 @@ class BulkExporter:
 
     def _get_file(self, url: str, headers: dict[str, str], requires_token: bool) -> requests.Response:
         if not requires_token:
-            return self.http.without_token(url, headers, stream=True)
+            return self.http.send("GET", url, headers=headers, stream=True)
         if not self.http.same_origin(url):
             raise ForeignHost("export file: on another host, and the manifest requires the access token; "
                               "the token is only ever sent to the configured FHIR server")
-        return self.http.with_token("GET", url, headers, stream=True)
+        return self.http.request("GET", url, headers=headers, stream=True)
 
     @staticmethod
     def _stream(resp: requests.Response, part: Path, mode: str, name: str) -> None:
