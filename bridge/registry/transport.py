@@ -1,21 +1,23 @@
-"""HTTP to the registry: OAuth2 token, package submission with an idempotency key, CRID assignment.
+"""The registry endpoint over the one HTTP transport: package submission with an idempotency key, CRID assignment.
 
-* **Token** (``TokenSource``): OAuth2 client-credentials grant (``registry_client_id`` +
-  ``registry_client_secret``, HTTP Basic) or, when ``registry_username`` is set, the resource-owner password
-  grant (client authenticated the same way when it has a secret, else ``client_id`` in the form). The access
-  token is kept in memory and fetched again ``REFRESH_MARGIN`` seconds (at most half its lifetime) before it
-  expires, and at once after a 401. It is never written anywhere.
-* **Origins**: the bearer token is attached only to requests whose scheme, host and port are those of
-  ``registry_url``; the client secret and password go only to ``registry_token_url``. Both URLs must be https
-  (plain http is accepted for a loopback host only). Redirects are not followed.
-* **Retries**: connection errors, 429, 502, 503 and 504 are retried with exponential backoff (0.5 s, doubling,
-  at most 30 s), honouring ``Retry-After``, at most ``Settings.retries`` times and within
-  ``Settings.retry_total_seconds``; the ``sleep`` and clocks are injected. A package POST may be retried safely
-  because it carries an ``Idempotency-Key`` header (its content hash) the registry de-duplicates on.
+Timeouts, retries honouring ``Retry-After`` within ``Settings.retry_total_seconds``, the origin guard and the
+one re-authentication after a 401 are ``bridge.http.Transport``'s; the token is ``bridge.auth.OAuth2Auth``'s.
+What is the registry's own:
+
+* **Token**: OAuth2 client-credentials grant (``registry_client_id`` + ``registry_client_secret``, HTTP Basic)
+  or, when ``registry_username`` is set, the resource-owner password grant (client authenticated the same way
+  when it has a secret, else ``client_id`` in the form). Kept in memory only, fetched again 60 s (at most half
+  its lifetime) before it expires and once after a 401.
+* **Origins**: the bearer token goes only to the scheme, host and port of ``registry_url``; the client secret
+  and password only to ``registry_token_url``. Both URLs must be https (plain http for a loopback host only);
+  paths are checked to stay on the registry origin. Redirects are not followed.
+* **Resending**: a package POST carries ``Idempotency-Key`` (its content hash), which the registry
+  de-duplicates on, so the transport may resend it; the CRID assignment is resent as well (it looks up or
+  assigns the id of one de-identified patient, and the bridge keeps whichever answer arrives).
 * **Answers**: 200/201/202 -> a ``Receipt``; 409 -> a ``Receipt`` with ``duplicate`` (already received);
-  401 -> one new token and one retry, then ``AuthError``; 403 -> ``AuthError``; other 4xx -> ``ServerRejected``
-  (the package is at fault: permanent); 5xx and exhausted retries -> ``RemoteError`` / ``TransportError``
-  (transient). Messages carry the method, path and status — never a body, a token or a secret.
+  a second 401 or a 403 -> ``AuthError``; other 4xx -> ``ServerRejected`` (the package is at fault:
+  permanent); 5xx and exhausted retries -> ``RemoteError`` / ``TransportError`` (transient). Logs
+  (``bridge.registry``) and messages carry the method, path and status — never a body, a token or a secret.
 """
 
 from __future__ import annotations
@@ -25,31 +27,28 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 
-from bridge.client import origin_of, outcome_issues, retry_delay
+from bridge.auth import OAuth2Auth, Requester
+from bridge.client import outcome_issues
 from bridge.config import Settings
-from bridge.errors import AuthError, ConfigError, NotFHIR, RemoteError, ServerRejected, TransportError
+from bridge.errors import AuthError, ConfigError, NotFHIR, RemoteError, ServerRejected
+from bridge.http import Limits, Transport, origin_of, path_label
 from bridge.registry.resources import PSEUDONYM_SYSTEM
 
 log = logging.getLogger("bridge.registry")
 
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
-REFRESH_MARGIN = 60.0
-DEFAULT_EXPIRES_IN = 300
 MAX_RECEIPT_BYTES = 1_000_000
 FHIR_JSON = "application/fhir+json"
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-_OAUTH_ERROR = re.compile(r"^[a-z_]{1,40}$")
 _LOOPBACK_NAMES = frozenset({"localhost"})
 
 Json = dict[str, Any]
-Outcome = requests.Response | requests.RequestException
 
 
 @dataclass(frozen=True)
@@ -103,149 +102,21 @@ def _now_iso(wall_clock: Callable[[], float]) -> str:
     return datetime.fromtimestamp(wall_clock(), UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-# ---------------------------------------------------------------------------------------------- sending
-
-
-@dataclass
-class Sender:
-    """One request with timeouts, retries, backoff and Retry-After; redirects never followed."""
-
-    settings: Settings
-    session: requests.Session
-    sleep: Callable[[float], None] = time.sleep
-    clock: Callable[[], float] = time.monotonic
-    wall_clock: Callable[[], float] = time.time
-
-    def send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
-        started, attempt = self.clock(), 0
-        while True:
-            outcome = self._attempt(method, url, kwargs)
-            if not self._retryable(outcome):
-                return self._response(outcome, method, url)
-            delay = self._delay(outcome, attempt)
-            if attempt >= self.settings.retries or self.clock() - started + delay > self.settings.retry_total_seconds:
-                raise self._exhausted(outcome, method, url, attempt + 1)
-            log.warning("%s %s: %s, retry %d in %.1f s", method, _path(url), _what(outcome), attempt + 1, delay)
-            self.sleep(delay)
-            attempt += 1
-
-    def _attempt(self, method: str, url: str, kwargs: Mapping[str, Any]) -> Outcome:
-        timeout = (self.settings.timeout_connect, self.settings.timeout_read)
-        try:
-            resp = self.session.request(method, url, **kwargs, timeout=timeout, allow_redirects=False)
-        except requests.RequestException as exc:
-            log.warning("%s %s: %s", method, _path(url), type(exc).__name__)
-            return exc
-        log.info("%s %s -> %d", method, _path(url), resp.status_code)
-        return resp
-
-    @staticmethod
-    def _retryable(outcome: Outcome) -> bool:
-        if isinstance(outcome, requests.Response):
-            return outcome.status_code in RETRY_STATUSES
-        return isinstance(outcome, requests.ConnectionError | requests.Timeout)
-
-    def _delay(self, outcome: Outcome, attempt: int) -> float:
-        return retry_delay(outcome, attempt, self.wall_clock())
-
-    @staticmethod
-    def _response(outcome: Outcome, method: str, url: str) -> requests.Response:
-        if isinstance(outcome, requests.Response):
-            return outcome
-        raise TransportError(f"{method} {_path(url)}: {type(outcome).__name__}")
-
-    @staticmethod
-    def _exhausted(outcome: Outcome, method: str, url: str, attempts: int) -> TransportError:
-        status = outcome.status_code if isinstance(outcome, requests.Response) else None
-        return TransportError(f"{method} {_path(url)}: {_what(outcome)} after {attempts} attempt(s), giving up",
-                              status=status)
-
-
-def _what(outcome: Outcome) -> str:
-    return str(outcome.status_code) if isinstance(outcome, requests.Response) else type(outcome).__name__
-
-
-def _path(url: str) -> str:
-    return urlsplit(url).path or "/"
-
-
 # ---------------------------------------------------------------------------------------------- token
 
 
-@dataclass(repr=False)
-class TokenSource:
-    """OAuth2 access tokens for the registry (client credentials or password grant), cached in memory."""
-
-    settings: Settings
-    sender: Sender
-    clock: Callable[[], float] = time.monotonic
-    _token: str | None = field(default=None, init=False)
-    _refresh_at: float = field(default=0.0, init=False)
-
-    def __post_init__(self) -> None:
-        self.url = checked_url(self.settings.registry_token_url, "registry_token_url")
-        s = self.settings
-        if s.registry_username and not s.registry_password:
-            raise ConfigError("registry_username is set but registry_password is not")
-        if not s.registry_username and not (s.registry_client_id and s.registry_client_secret):
-            raise ConfigError("registry_client_id and registry_client_secret are needed (or registry_username "
-                              "and registry_password for the password grant)")
-
-    def __repr__(self) -> str:
-        return f"TokenSource(url={self.url!r}, grant={self.grant!r})"
-
-    @property
-    def grant(self) -> str:
-        return "password" if self.settings.registry_username else "client_credentials"
-
-    def token(self) -> str:
-        """The cached access token, fetched again when missing or about to expire."""
-        if self._token is None or self.clock() >= self._refresh_at:
-            return self._fetch()
-        return self._token
-
-    def invalidate(self) -> None:
-        self._token = None
-
-    def _form(self) -> tuple[dict[str, str], tuple[str, str] | None]:
-        s = self.settings
-        form = {"grant_type": self.grant}
-        if s.registry_username:
-            form.update(username=s.registry_username, password=s.registry_password or "")
-        if s.registry_scope:
-            form["scope"] = s.registry_scope
-        if s.registry_client_id and s.registry_client_secret:
-            return form, (s.registry_client_id, s.registry_client_secret)
-        if s.registry_client_id:
-            form["client_id"] = s.registry_client_id
-        return form, None
-
-    def _fetch(self) -> str:
-        form, basic = self._form()
-        started = self.clock()
-        resp = self.sender.send("POST", self.url, data=form, auth=basic, headers={"Accept": "application/json"})
-        token, expires_in = parse_token(resp)
-        self._token = token
-        self._refresh_at = started + expires_in - min(REFRESH_MARGIN, expires_in / 2)
-        log.info("registry access token obtained (%s grant), valid %d s", self.grant, expires_in)
-        return token
-
-
-def parse_token(resp: requests.Response) -> tuple[str, int]:
-    """(access token, lifetime in seconds) from a token endpoint answer, or ``AuthError``."""
-    body = _json(resp)
-    body = body if isinstance(body, dict) else {}
-    if resp.status_code != 200:
-        code = body.get("error")
-        detail = f" ({code})" if isinstance(code, str) and _OAUTH_ERROR.match(code) else ""
-        raise AuthError(f"registry token endpoint refused us: {resp.status_code}{detail}", status=resp.status_code)
-    token = body.get("access_token")
-    if not isinstance(token, str) or not token or str(body.get("token_type", "bearer")).lower() != "bearer":
-        raise AuthError("registry token endpoint answer has no bearer access_token", status=resp.status_code)
-    expires_in = body.get("expires_in", DEFAULT_EXPIRES_IN)
-    if not isinstance(expires_in, int | float) or isinstance(expires_in, bool) or expires_in <= 0:
-        expires_in = DEFAULT_EXPIRES_IN
-    return token, int(expires_in)
+def registry_tokens(settings: Settings, request: Requester, clock: Callable[[], float] = time.monotonic) -> OAuth2Auth:
+    """The registry's token source from the ``registry_*`` settings; ``ConfigError`` naming what is missing."""
+    url = checked_url(settings.registry_token_url, "registry_token_url")
+    s = settings
+    if s.registry_username and not s.registry_password:
+        raise ConfigError("registry_username is set but registry_password is not")
+    if not s.registry_username and not (s.registry_client_id and s.registry_client_secret):
+        raise ConfigError("registry_client_id and registry_client_secret are needed (or registry_username "
+                          "and registry_password for the password grant)")
+    return OAuth2Auth(url, request, client_id=s.registry_client_id, client_secret=s.registry_client_secret,
+                      username=s.registry_username, password=s.registry_password, scope=s.registry_scope,
+                      name="registry", clock=clock)
 
 
 # ---------------------------------------------------------------------------------------------- client
@@ -260,14 +131,15 @@ class RegistryClient:
         self.base = checked_url(settings.registry_url, "registry_url")
         self.origin = origin_of(self.base)
         self.settings = settings
-        self._own_session = session is None
-        self.sender = Sender(settings, session or requests.Session(), sleep, clock, wall_clock)
-        self.tokens = TokenSource(settings, self.sender, clock)
+        self.transport = Transport(self.base, Limits.from_settings(settings), session=session, sleep=sleep,
+                                   clock=clock, wall_clock=wall_clock, logger=log, label=path_label,
+                                   server="the origin of registry_url")
+        self.tokens = registry_tokens(settings, self.transport.plain, clock)
+        self.transport.tokens = self.tokens
         self.wall_clock = wall_clock
 
     def close(self) -> None:
-        if self._own_session:
-            self.sender.session.close()
+        self.transport.close()
 
     def __enter__(self) -> RegistryClient:
         return self
@@ -285,21 +157,11 @@ class RegistryClient:
             raise ConfigError("registry paths must stay on the origin of registry_url")
         return url
 
-    def _post(self, url: str, body: Json, headers: Mapping[str, str]) -> requests.Response:
-        """POST with the bearer token (registry origin only); one new token and one retry after a 401."""
-        if origin_of(url) != self.origin:
-            raise ConfigError("the bearer token is only ever sent to the origin of registry_url")
-        resp = self._send_authorised(url, body, headers)
-        if resp.status_code == 401:
-            log.info("POST %s: 401, fetching a new registry token and retrying once", _path(url))
-            self.tokens.invalidate()
-            resp = self._send_authorised(url, body, headers)
-        return resp
-
-    def _send_authorised(self, url: str, body: Json, headers: Mapping[str, str]) -> requests.Response:
-        all_headers = {"Content-Type": f"{FHIR_JSON}; charset=utf-8", "Accept": FHIR_JSON, **headers,
-                       "Authorization": f"Bearer {self.tokens.token()}"}
-        return self.sender.send("POST", url, json=body, headers=all_headers)
+    def _post(self, url: str, body: Json, headers: Mapping[str, str], *,
+              idempotent: bool | None = None) -> requests.Response:
+        """POST JSON with the registry token (the transport: registry origin only, one new token after a 401)."""
+        all_headers = {"Content-Type": f"{FHIR_JSON}; charset=utf-8", "Accept": FHIR_JSON, **headers}
+        return self.transport.request("POST", url, json=body, headers=all_headers, idempotent=idempotent)
 
     def submit(self, bundle: Json, key: str) -> Receipt:
         """POST a package to ``registry_url/Bundle`` with ``Idempotency-Key: key``; its receipt, or an error."""
@@ -320,7 +182,7 @@ class RegistryClient:
 
     def _error(self, resp: requests.Response, url: str) -> RemoteError:
         status = resp.status_code
-        where = f"POST {_path(url)}: {status}"
+        where = f"POST {path_label(url)}: {status}"
         issues = outcome_issues(_json(resp)) or []
         if status in (401, 403):
             return AuthError(f"{where} not authorised", issues=issues, status=status)
@@ -335,12 +197,12 @@ class RegistryClient:
         url = self.url(self.settings.registry_crid_path)
         params = {"resourceType": "Parameters", "parameter": [{"name": "patient", "resource": patient},
                                                                {"name": "ccn", "valueString": ccn}]}
-        resp = self._post(url, params, {})
+        resp = self._post(url, params, {}, idempotent=True)  # resendable: see the module docstring
         if resp.status_code != 200:
             raise self._error(resp, url)
         crid = crid_from(_json(resp))
         if crid is None:
-            raise NotFHIR(f"POST {_path(url)}: the answer holds no registry patient id", status=resp.status_code)
+            raise NotFHIR(f"POST {path_label(url)}: the answer holds no registry patient id", status=resp.status_code)
         return crid
 
 
@@ -367,5 +229,4 @@ def crid_from(body: Any) -> str | None:
     return next((str(v) for v in found if isinstance(v, str | int) and _ID.match(str(v))), None)
 
 
-__all__ = ["RETRY_STATUSES", "Receipt", "RegistryClient", "Sender", "TokenSource", "checked_url", "crid_from",
-           "parse_token"]
+__all__ = ["Receipt", "RegistryClient", "checked_url", "crid_from", "registry_tokens"]
