@@ -1,4 +1,4 @@
-"""The population fast path (``bridge.bulk`` + ``bridge.ingest.prefilter``) against the per-patient path.
+"""The population fast path (``bridge.population``) against the per-patient path.
 
 For every patient it reports, the fast path must give the verdicts of ``prescreen(..., all_patients=True)``;
 it must report exactly the patients with an acute-leukaemia Condition; its bytes pre-filter must never drop a
@@ -22,31 +22,36 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import bridge.bulk as bulk
-from bridge.bulk import (
-    ELIGIBILITY_CONCEPTS,
-    PositionedAssembler,
-    digest,
-    file_type,
-    patient_of,
-    plan_chunks,
-    population_patients,
-    read_chunk,
-    relevant,
-)
 from bridge.config import RuleOptions
 from bridge.evaluate import eligibility
-from bridge.ingest.prefilter import PatientFilter, canonical_lines, count_newlines, is_canonical_line, line_type
 from bridge.ingest.readers import read_source
 from bridge.normalize.facts import normalize
 from bridge.normalize.mappings import load_code_map
 from bridge.normalize.patients import assemble
 from bridge.pipeline import PrescreenRun, evaluate_patient, prescreen, prescreen_json
+from bridge.population import Concepts, default_trial, population_patients, spill
+from bridge.population.assembler import PositionedAssembler
+from bridge.population.chunks import (
+    canonical_lines,
+    count_newlines,
+    file_type,
+    is_canonical_line,
+    line_type,
+    newline_positions,
+    plan_chunks,
+    read_chunk,
+    read_chunk_reusing,
+    release_buffer,
+)
+from bridge.population.prefilter import PatientFilter, distinguishing_prefixes
+from bridge.population.relevance import patient_of, relevant
+from bridge.population.spill import digest
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE_MAP = ROOT / "samples" / "site-map.yaml"
 SAMPLES = ROOT / "samples" / "prescreen"
 OPTIONS = RuleOptions(as_of=date(2026, 6, 15))
+CONCEPTS = Concepts.of(default_trial())
 LOINC, ICD10CM = "http://loinc.org", "http://hl7.org/fhir/sid/icd-10-cm"
 
 
@@ -183,7 +188,7 @@ def test_without_positioned_io_one_process_gives_the_same(population: Path, popu
     """Where os.pread/os.pwrite are missing (Windows, which has no fork either) the spill file is written and
     read through the file object, in one process."""
     usual = fast(population, 2)
-    monkeypatch.setattr(bulk, "_POSITIONED", False)
+    monkeypatch.setattr(spill, "POSITIONED", False)
     for processes in (1, 2):  # without positioned writes the pool does not fork
         got = fast(population, processes)
         assert_same_verdicts(got, population_full)
@@ -201,6 +206,38 @@ def test_two_runs_consumed_in_turn_in_one_process(population: Path) -> None:
         if len(got) == 3:
             assert [p.patient_id for p in population_patients(SAMPLES / "ndjson", cmap(), processes=1)[0]] == samples
     assert got == alone and len(alone) > 3
+
+
+class _Trial:
+    """A trial as the population path reads it (``bridge.population.TrialConcepts``)."""
+
+    def __init__(self, facts: frozenset[str], conditions: frozenset[str], gate: frozenset[str]) -> None:
+        self.facts, self.conditions, self.gate = facts, conditions, gate
+
+    def fact_concepts(self) -> frozenset[str]:
+        return self.facts
+
+    def condition_concepts(self) -> frozenset[str]:
+        return self.conditions
+
+    def gate_concepts(self) -> frozenset[str]:
+        return self.gate
+
+
+def test_the_concepts_come_from_the_trial(population: Path) -> None:
+    """Who is a candidate and which resources are kept follow the trial's gate, fact and condition concepts."""
+    def facts_and_diagnoses(trial: _Trial) -> tuple[set[str], set[str], set[str]]:
+        patients = list(population_patients(population, cmap(), processes=2, chunk_bytes=1 << 15, trial=trial)[0])
+        return ({p.ref for p in patients}, {f.concept for p in patients for f in p.facts},
+                {c for p in patients for d in p.diagnoses for c in d.concepts})
+
+    default, default_facts, _ = facts_and_diagnoses(_Trial(CONCEPTS.facts, CONCEPTS.conditions, CONCEPTS.gate))
+    assert default == leukemia_patients(population) and "ecog" in default_facts
+    mi = frozenset({"myocardial-infarction"})
+    who, facts, diagnoses = facts_and_diagnoses(_Trial(frozenset({"alt"}), mi, mi))
+    assert who and who != default
+    assert facts == {"alt"}
+    assert diagnoses == {"myocardial-infarction"}  # the leukaemia Conditions are not read for this trial
 
 
 def test_memory_holds_only_candidates(population: Path) -> None:
@@ -454,8 +491,6 @@ def test_distinguishing_prefixes_are_short_for_random_ids_and_whole_for_nested_o
     import random
     import uuid
 
-    from bridge.ingest.prefilter import distinguishing_prefixes
-
     rng = random.Random(7)
     ids = [str(uuid.UUID(int=rng.getrandbits(128))).encode() for _ in range(3000)]
     assert max(len(p) for p in distinguishing_prefixes(ids)) < 12
@@ -519,8 +554,6 @@ def test_canonical_lines_agrees_with_a_line_by_line_check(lines: list[bytes], te
 
 @pytest.mark.parametrize("size", [0, 1, 1000, (1 << 18) - 1, 1 << 18, (1 << 18) + 1, 700_001])
 def test_newline_positions_match_a_scan(size: int) -> None:
-    from bridge.ingest.prefilter import newline_positions
-
     buf = bytes((i * 7919) % 11 + 5 for i in range(size))
     want = [i for i, b in enumerate(buf) if b == 10]
     assert newline_positions(buf).tolist() == want
@@ -554,17 +587,14 @@ def test_chunks_cover_the_file_and_end_at_line_ends(tmp_path_factory: pytest.Tem
     assert b"".join(read_chunk(c) for c in plan) == data
     assert all(read_chunk(c).endswith(b"\n") for c in plan[:-1])
     assert [c.index for c in plan] == list(range(len(plan)))
-    from bridge.bulk import read_chunk_reusing
-
     try:  # the reused buffer: growing, shrinking in place, or a small chunk read the plain way
         assert b"".join(bytes(read_chunk_reusing(c)) for c in [*plan, *reversed(plan)]) == data + b"".join(
             read_chunk(c) for c in reversed(plan))
     finally:
-        bulk._BUFFER.clear()
+        release_buffer()
 
 
 def test_a_file_that_shrinks_while_read_is_an_error_not_a_short_chunk(tmp_path: Path) -> None:
-    from bridge.bulk import read_chunk_reusing
     from bridge.errors import SourceUnreadable
 
     path = tmp_path / "Observation.ndjson"
@@ -575,20 +605,22 @@ def test_a_file_that_shrinks_while_read_is_an_error_not_a_short_chunk(tmp_path: 
         with pytest.raises(SourceUnreadable, match="changed while it was read"):
             read_chunk_reusing(chunk)
     finally:
-        bulk._BUFFER.clear()
+        release_buffer()
 
 
 # ------------------------------------------------------------------------------------ pieces
 def test_relevance_reads_every_coding_and_component() -> None:
     local = {"system": "http://hospital.example.org/lab", "code": "X"}
-    assert relevant(obs("a", [local, {"system": LOINC, "code": "1920-8"}], {}), cmap())
+    assert relevant(obs("a", [local, {"system": LOINC, "code": "1920-8"}], {}), cmap(), CONCEPTS)
     assert relevant(obs("a", [local], {}, component=[{"code": {"coding": [
-        {"system": "http://hospital.example.org/lab", "code": "fc-cd7"}]}}]), cmap())
-    assert not relevant(obs("a", [{"system": LOINC, "code": "751-8"}], {}), cmap())  # ANC: no eligibility rule
-    assert not relevant({"resourceType": "Encounter", "id": "e"}, cmap())
-    assert relevant({"resourceType": "Condition", "code": {"coding": [{"system": ICD10CM, "code": "I82.40"}]}}, cmap())
+        {"system": "http://hospital.example.org/lab", "code": "fc-cd7"}]}}]), cmap(), CONCEPTS)
+    anc = obs("a", [{"system": LOINC, "code": "751-8"}], {})
+    assert not relevant(anc, cmap(), CONCEPTS)  # ANC: no eligibility rule
+    assert not relevant({"resourceType": "Encounter", "id": "e"}, cmap(), CONCEPTS)
+    assert relevant({"resourceType": "Condition", "code": {"coding": [{"system": ICD10CM, "code": "I82.40"}]}}, cmap(),
+                    CONCEPTS)
     assert not relevant({"resourceType": "Condition", "code": {"coding": [{"system": ICD10CM, "code": "I10"}]}},
-                        cmap())
+                        cmap(), CONCEPTS)
 
 
 @pytest.mark.parametrize("ref", ["Patient/p", "http://x/Patient/p", "Patient/p/_history/1", "urn:uuid:p",
@@ -598,12 +630,16 @@ def test_patient_of_agrees_with_the_normalizer(ref: str) -> None:
     assert patient_of(res) == normalize(res, cmap()).patient_id  # type: ignore[union-attr]
 
 
-def test_eligibility_concepts_cover_every_concept_the_rules_name() -> None:
+def test_the_default_trials_concepts_cover_every_concept_the_rules_name() -> None:
+    """TODO(issue #13): goes with the hand lists of ``bridge.population.relevance.default_trial`` once the trial
+    file (``bridge.trial``) defines the concepts."""
     source = Path(eligibility.__file__).read_text(encoding="utf-8")
     names = {n.value for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
     named = names & set(cmap().concepts)
-    assert named <= ELIGIBILITY_CONCEPTS, named - ELIGIBILITY_CONCEPTS
-    assert ELIGIBILITY_CONCEPTS.issubset(cmap().concepts)
+    read = CONCEPTS.facts | CONCEPTS.conditions
+    assert named <= read, named - read
+    assert read.issubset(cmap().concepts)
+    assert CONCEPTS.gate == {"acute-leukemia"}
 
 
 def test_digest_is_stable_and_signed_64_bit() -> None:
@@ -628,9 +664,7 @@ def test_every_digest_colliding_changes_nothing(population: Path, population_ful
     """The parent keeps 64-bit digests, not references: with every reference colliding into a few digests,
     every kept resource goes through the exact comparison of references and versions, and every dropped
     resource looks like a kept one (pass 2 runs again keeping them) — the verdicts must not change."""
-    import bridge.bulk
-
-    monkeypatch.setattr(bridge.bulk, "digest", lambda ref: len(ref) % 3)
+    monkeypatch.setattr(spill, "digest", lambda ref: len(ref) % 3)
     got = fast(population, processes, 1 << 15)
     assert_same_verdicts(got, population_full)
     assert {s.patient for s in got.screenings} == {s.patient for s in fast(population).screenings}

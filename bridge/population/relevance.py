@@ -1,0 +1,132 @@
+"""Which resources the population path keeps: the trial's concepts, taken as data.
+
+A patient is a *candidate* when one of their Conditions is coded with a gate concept of the trial (a condition
+without which every patient is ineligible: acute leukaemia for NCT04762485). Of a candidate's resources, the
+Patient is kept, and an Observation or a Condition when any of its codings (any position, any component) maps to
+a concept some criterion reads. The sets come from the trial (``TrialConcepts``), never from this package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Set
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from bridge.normalize.fhirpath import codings, ref_id
+from bridge.normalize.mappings import CodeMap
+
+
+class TrialConcepts(Protocol):
+    """What the population path reads of a trial (``bridge.trial.Trial``)."""
+
+    def fact_concepts(self) -> Set[str]: ...
+
+    def condition_concepts(self) -> Set[str]: ...
+
+    def gate_concepts(self) -> Set[str]: ...
+
+
+@dataclass(frozen=True)
+class Concepts:
+    """The trial's concept sets as the workers use them (built once in the parent, inherited on fork)."""
+
+    facts: frozenset[str]  # observation concepts some criterion reads
+    conditions: frozenset[str]  # condition concepts some criterion reads, the gate ones included
+    gate: frozenset[str]  # a Condition with one of these makes its patient a candidate
+
+    @classmethod
+    def of(cls, trial: TrialConcepts) -> Concepts:
+        gate = frozenset(trial.gate_concepts())
+        return cls(frozenset(trial.fact_concepts()), frozenset(trial.condition_concepts()) | gate, gate)
+
+
+class _CurrentTrial:
+    """TODO(issue #13): remove once ``bridge/trial.py`` lands; ``default_trial`` then returns
+    ``bridge.trial.load_trial()``, whose ``Trial.fact_concepts()``, ``Trial.condition_concepts()`` and
+    ``Trial.gate_concepts()`` replace these hand lists (and tests/unit/test_bulk.py's check of them against
+    the source of ``bridge/evaluate/eligibility.py``). Until then: every concept a criterion of
+    ``bridge.evaluate.eligibility`` reads, facts and diagnoses alike, as the population path used before."""
+
+    _READ = frozenset({
+        "acute-leukemia", "refractory-disease", "ecog", "cd7-blast-percent", "lvef", "nyha-class", "ast", "alt",
+        "bilirubin-total", "pregnancy", "lactation", "pregnancy-status", "lactation-status", "pregnancy-test",
+        "primary-immunodeficiency", "immunodeficiency-review", "cns-involvement", "sepsis", "infection",
+        "neutropenia", "fever", "body-temperature", "hepatitis-active", "hbsag", "hbv-dna", "hcv-antibody",
+        "hcv-rna", "hiv-infection", "hiv-test", "thrombosis", "myocardial-infarction", "old-myocardial-infarction",
+        "severe-arrhythmia",
+    })
+
+    def fact_concepts(self) -> frozenset[str]:
+        return self._READ
+
+    def condition_concepts(self) -> frozenset[str]:
+        return self._READ
+
+    def gate_concepts(self) -> frozenset[str]:
+        return frozenset({"acute-leukemia"})
+
+
+def default_trial() -> TrialConcepts:
+    """The trial screened when none is given (TODO(issue #13): ``bridge.trial.load_trial()``)."""
+    return _CurrentTrial()
+
+
+class Codes(Protocol):
+    """What the two code checks read: a ``CodeMap``, or ``CachedCodes`` in front of one."""
+
+    def condition_concepts(self, system: str | None, code: str | None) -> frozenset[str]: ...
+
+    def observation_concept(self, system: str | None, code: str | None) -> str | None: ...
+
+
+class CachedCodes:
+    """A ``CodeMap`` whose ``condition_concepts`` are remembered per (system, code): the same few codes recur on
+    every line (``observation_concept`` is a dict lookup already and is passed through)."""
+
+    def __init__(self, cmap: CodeMap, limit: int = 1 << 16) -> None:
+        self.cmap, self.limit = cmap, limit
+        self._memo: dict[tuple[str | None, str | None], frozenset[str]] = {}
+
+    def condition_concepts(self, system: str | None, code: str | None) -> frozenset[str]:
+        key = (system, code)
+        found = self._memo.get(key)
+        if found is None:
+            found = self.cmap.condition_concepts(system, code)
+            if len(self._memo) < self.limit:
+                self._memo[key] = found
+        return found
+
+    def observation_concept(self, system: str | None, code: str | None) -> str | None:
+        return self.cmap.observation_concept(system, code)
+
+
+def patient_of(resource: dict[str, Any]) -> str | None:
+    """The patient a resource belongs to, as the normalizer reads it (``facts._subject`` without aliases)."""
+    if resource.get("resourceType") == "Patient":
+        rid = resource.get("id")
+        return rid if isinstance(rid, str) else None
+    return ref_id(resource.get("subject"), "Patient") or ref_id(resource.get("patient"), "Patient")
+
+
+def is_gate_condition(resource: dict[str, Any], cmap: Codes, concepts: Concepts) -> bool:
+    """Is this Condition coded (any coding) with a gate concept: does it make its subject a candidate?"""
+    return any(cmap.condition_concepts(s, c) & concepts.gate for s, c in codings(resource.get("code")))
+
+
+def relevant(resource: dict[str, Any], cmap: Codes, concepts: Concepts) -> bool:
+    """Could this resource change an eligibility verdict? Any coding (any position, any component) counts."""
+    rtype = resource.get("resourceType")
+    if rtype == "Patient":
+        return True
+    if rtype == "Condition":
+        return any(cmap.condition_concepts(s, c) & concepts.conditions for s, c in codings(resource.get("code")))
+    if rtype != "Observation":
+        return False
+    components = resource.get("component")
+    nodes = [resource, *(c for c in components if isinstance(c, dict))] if isinstance(components, list) \
+        else [resource]
+    return any(cmap.observation_concept(s, c) in concepts.facts for n in nodes for s, c in codings(n.get("code")))
+
+
+__all__ = ["CachedCodes", "Codes", "Concepts", "TrialConcepts", "default_trial", "is_gate_condition", "patient_of",
+           "relevant"]
