@@ -1,29 +1,45 @@
 """Wiring shared by the CLI and the service: sources -> normalize -> evaluate, as one call each.
 
+Every command opens its SOURCE with ``bridge.ingest.sources.open_source``; the pre-screen is ``prescreen`` (or
+``prescreen_items`` / ``screen_run`` over items or patients already read, ``screen_one`` for the service's one
+patient), the post-infusion assessment is ``assess`` (or ``assess_loaded`` over patients already read — what
+``bridge assess``, ``bridge report`` and ``bridge registry export`` all use, so they assess the same patients
+the same way).
+
 Who is screened (RULES.md §2): a patient for whom ``not_screened`` gives a reason (no valid Patient resource,
 non-human, deceased on the as-of date) is listed in ``PrescreenRun.not_screened`` and never screened. An
 unexpected exception while evaluating one patient (a bug) leaves that patient out, named in
 ``PrescreenRun.failed`` (reference and exception type, never data), and every other patient is evaluated.
+
+Who is assessed (RULES.md §2, issue #12): every patient ``assessable`` (a valid, human Patient; deceased ones
+included: a death ends follow-up) with a completed infusion. A patient whose assessment — or its JSON or CIR
+entry — raises is left out of everything, named in ``AssessRun.failures`` (reference and exception type), and
+every other patient is assessed. The assessment engine is imported only when an assessment runs, so
+``bridge prescreen`` starts without it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from bridge import STUDY_ID
 from bridge.bulk import Failed, guarded, population_map
 from bridge.config import RuleOptions
 from bridge.evaluate.eligibility import CRITERIA, Screening, screen
-from bridge.evaluate.screened import not_screened
-from bridge.ingest.readers import Item, read_source
-from bridge.model import NotScreened, PatientFacts
+from bridge.evaluate.screened import assessable, not_screened
+from bridge.ingest.sources import check_source, is_url, open_source
+from bridge.model import Item, NotScreened, PatientFacts
 from bridge.normalize.mappings import CodeMap
 from bridge.normalize.patients import PatientAssembler, ReadReport
+
+if TYPE_CHECKING:  # the assessment engine loads only when an assessment runs
+    from bridge.config import Settings
+    from bridge.evaluate.assessment import AssessFailure, PatientAssessment
 
 
 @dataclass
@@ -97,20 +113,30 @@ def screen_run(patients: Iterable[PatientFacts], options: RuleOptions, cmap: Cod
     return run
 
 
-def is_url(source: str) -> bool:
-    return source.startswith(("http://", "https://"))
-
-
 def prescreen_items(items: Iterable[Item], options: RuleOptions, cmap: CodeMap,
                     progress: Callable[[int], None] | None = None) -> PrescreenRun:
     patients, report = load_patients(items, cmap, progress)
     return screen_run(patients, options, cmap, report)
 
 
+def screen_one(items: Iterable[Item], patient_id: str, options: RuleOptions, cmap: CodeMap
+               ) -> Screening | NotScreened:
+    """One patient's pre-screen from the items pulled for it (the service's re-screen), or why it is not
+    screened: nothing usable came back for it (absent, or a Patient rejected by validation, with nothing else)
+    is ``no-patient-resource``. Unguarded: an exception reaches the caller (the worker retries it)."""
+    patients, _report = load_patients(items, cmap)
+    facts = next((p for p in patients if p.patient_id == patient_id), None)
+    if facts is None:
+        return NotScreened(f"Patient/{patient_id}", "no-patient-resource")
+    return evaluate_patient(facts, options, cmap.uln)
+
+
 def prescreen(source: str, options: RuleOptions, cmap: CodeMap,
               progress: Callable[[int], None] | None = None, *, all_patients: bool = False,
-              lazy: bool = False) -> PrescreenRun:
-    """Pre-screen a file, stdin or NDJSON directory (for a FHIR server use ``prescreen_items`` with ``pull``).
+              lazy: bool = False, settings: Settings | None = None,
+              patients: Sequence[str] | None = None) -> PrescreenRun:
+    """Pre-screen any source ``open_source`` opens: a file, stdin, an NDJSON directory, or a FHIR base URL
+    (pulled with ``settings``: the admitted patients, or ``patients``).
 
     A directory goes through the population fast path (``bridge.bulk``): only patients with an acute-leukaemia
     Condition are reported, each with the verdicts the per-patient path gives; ``all_patients`` evaluates
@@ -118,7 +144,8 @@ def prescreen(source: str, options: RuleOptions, cmap: CodeMap,
     ``PrescreenRun.stream``, computed one patient at a time as it is consumed (``screenings`` stays empty), so
     a JSON writer holds one patient's verdicts at a time.
     """
-    if not all_patients and source != "-" and Path(source).is_dir():
+    check_source(source, patients)
+    if not all_patients and not is_url(source) and source != "-" and Path(source).is_dir():
         outcomes, report = population_map(Path(source), cmap, partial(evaluate_patient, options=options,
                                                                       site_uln=cmap.uln), progress)
         # the patients are assembled and evaluated in the workers, in patient order
@@ -128,7 +155,70 @@ def prescreen(source: str, options: RuleOptions, cmap: CodeMap,
         else:
             run.screenings = list(run.take(outcomes))
         return run
-    return prescreen_items(read_source(source), options, cmap, progress)
+    return prescreen_items(open_source(source, cmap, options.as_of, settings, patients), options, cmap, progress)
+
+
+# ---------------------------------------------------------------------------------------------- assessment
+
+
+@dataclass
+class AssessRun:
+    """One assessment run: the options, the patients assessed for (``assessable``, less those whose assessment
+    failed), the infused patients' assessments, the read report, and the patients whose assessment raised."""
+
+    options: RuleOptions
+    patients: list[PatientFacts]
+    assessments: list[PatientAssessment]
+    report: ReadReport
+    failures: list[AssessFailure] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, object]:
+        """The ``bridge assess --format json`` document (issue #5 contract)."""
+        from bridge.evaluate.assessment import assessment_json
+
+        return dict(assessment_json(self.assessments, self.patients, self.options))
+
+
+def assess_loaded(patients: Iterable[PatientFacts], options: RuleOptions, cmap: CodeMap,
+                  report: ReadReport | None = None) -> AssessRun:
+    """Assess every assessable patient (RULES.md §2: deceased ones too, never non-human or Patient-less ones);
+    a patient whose assessment, JSON or CIR entry raises is left out and named in ``failures``."""
+    from bridge.evaluate.assessment import assess_patients
+
+    kept = [p for p in patients if assessable(p, options.as_of)]
+    failures: list[AssessFailure] = []
+    assessed = _renderable(assess_patients(kept, options, cmap.uln, cmap.lln, failures=failures), kept, options,
+                           failures)
+    failed = {f.patient for f in failures}
+    return AssessRun(options, [p for p in kept if p.ref not in failed], assessed, report or ReadReport(), failures)
+
+
+def _renderable(assessed: list[PatientAssessment], patients: list[PatientFacts], options: RuleOptions,
+                failures: list[AssessFailure]) -> list[PatientAssessment]:
+    """The assessments whose JSON and CIR entry can be built; one that raises joins ``failures``."""
+    from bridge.evaluate.assessment import AssessFailure, cir_subject
+
+    facts = {p.ref: p for p in patients}
+    out = []
+    for pa in assessed:
+        try:
+            pa.as_json()
+            if pa.patient in facts:
+                cir_subject(pa, facts[pa.patient], options)
+        except Exception as exc:  # a bug in one patient's output must not lose the others
+            failures.append(AssessFailure(pa.patient, type(exc).__name__))
+            continue
+        out.append(pa)
+    return out
+
+
+def assess(source: str, options: RuleOptions, cmap: CodeMap, progress: Callable[[int], None] | None = None, *,
+           settings: Settings | None = None, patients: Sequence[str] | None = None) -> AssessRun:
+    """Open ``source`` (pulling the infused patients, or ``patients``, with their infusions from a server),
+    normalize it and assess it (``assess_loaded``)."""
+    items = open_source(source, cmap, options.as_of, settings, patients, medications=True)
+    loaded, report = load_patients(items, cmap, progress)
+    return assess_loaded(loaded, options, cmap, report)
 
 
 def screening_json(s: Screening) -> dict[str, object]:
@@ -168,6 +258,6 @@ def prescreen_json(screenings: Iterable[Screening], options: RuleOptions,
             "notScreened": _not_screened_json(not_screened)}
 
 
-__all__ = ["CRITERIA", "Failed", "PrescreenRun", "evaluate_patient", "is_url", "load_patients", "prescreen",
-           "prescreen_items", "prescreen_json", "prescreen_patients", "screen_each", "screen_run", "screening_json",
-           "write_prescreen_json"]
+__all__ = ["CRITERIA", "AssessRun", "Failed", "PrescreenRun", "assess", "assess_loaded", "evaluate_patient", "is_url",
+           "load_patients", "open_source", "prescreen", "prescreen_items", "prescreen_json", "prescreen_patients",
+           "screen_each", "screen_one", "screen_run", "screening_json", "write_prescreen_json"]

@@ -1,7 +1,7 @@
 """``bridge assess``: post-infusion assessment (dose, response, AEs, kinetics) and the cohort summary.
 
-``run_assess`` is the wiring (source -> normalize -> evaluate) shared with whatever else needs an assessment run
-(e.g. a later ``--publish``): it returns an ``AssessRun`` holding the patients' facts, their assessments, the
+The wiring (source -> normalize -> evaluate) is ``bridge.pipeline.assess``, shared with ``bridge report`` and
+``bridge registry export``: it returns an ``AssessRun`` holding the patients' facts, their assessments, the
 patients whose assessment failed, and the read report.
 
 Nothing about one patient stops the others (issue #12): a patient whose assessment raises an unexpected exception
@@ -13,8 +13,6 @@ exits 1. Every patient with a completed infusion is assessed, deceased ones incl
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Annotated, Any, cast
 
@@ -24,7 +22,9 @@ from rich.table import Table
 from bridge.cli.common import (
     ConfigOption,
     Format,
+    PatientOption,
     SiteMapOption,
+    check_patients,
     client_for,
     err_console,
     handles_errors,
@@ -36,23 +36,11 @@ from bridge.cli.common import (
 )
 from bridge.cli.prescreen import report_problems
 from bridge.config import RuleOptions, Settings
-from bridge.evaluate.assessment import (
-    AssessFailure,
-    PatientAssessment,
-    assess_patients,
-    assessment_json,
-    cir_subject,
-    cohort,
-)
+from bridge.evaluate.assessment import AssessFailure, PatientAssessment, cohort
 from bridge.evaluate.grading import CRS_TERM, ICANS_TERM
 from bridge.evaluate.logic import fmt
-from bridge.evaluate.screened import assessable
-from bridge.ingest.pull import pull
-from bridge.ingest.readers import read_source
-from bridge.model import PatientFacts
-from bridge.normalize.mappings import CodeMap, load_code_map
-from bridge.normalize.patients import ReadReport
-from bridge.pipeline import is_url, load_patients
+from bridge.normalize.mappings import load_code_map
+from bridge.pipeline import AssessRun, assess
 from bridge.publish.publisher import Written, publish_assessment
 
 HELP = """Assess infused patients of NCT04762485: day 0, dose per kg, response, adverse events, CAR-T kinetics.
@@ -71,57 +59,6 @@ Exit codes: 0 ok, 1 a patient's assessment failed (a bug; the others are still p
 resources with --strict), 3 unreadable source, 4 invalid site map, 5 configuration, 6 own output invalid, 7 remote
 server error.
 """
-
-
-@dataclass
-class AssessRun:
-    """One assessment run: the options, every patient read, the infused patients' assessments, the read report,
-    and the patients whose assessment raised (left out of everything else)."""
-
-    options: RuleOptions
-    patients: list[PatientFacts]
-    assessments: list[PatientAssessment]
-    report: ReadReport
-    failures: list[AssessFailure] = field(default_factory=list)
-
-    def as_json(self) -> dict[str, object]:
-        return assessment_json(self.assessments, self.patients, self.options)
-
-
-def run_assess(source: str, options: RuleOptions, cmap: CodeMap, progress: Callable[[int], None] | None = None,
-               settings: Settings | None = None, patient_ids: list[str] | None = None) -> AssessRun:
-    """Read a source (file, stdin, NDJSON directory or FHIR base URL), normalize it, assess every infused patient."""
-    if is_url(source):
-        with client_for(source, settings or Settings()) as client:
-            items = pull(client, cmap, options.as_of, patient_ids, medications=True)
-            patients, report = load_patients(items, cmap, progress)
-    else:
-        if patient_ids:
-            raise typer.BadParameter("--patient needs a FHIR base URL as SOURCE", param_hint="--patient")
-        patients, report = load_patients(read_source(source), cmap, progress)
-    patients = [p for p in patients if assessable(p, options.as_of)]  # RULES §2: deceased ones still assessed
-    failures: list[AssessFailure] = []
-    assessed = _renderable(assess_patients(patients, options, cmap.uln, cmap.lln, failures=failures), patients,
-                           options, failures)
-    failed = {f.patient for f in failures}
-    return AssessRun(options, [p for p in patients if p.ref not in failed], assessed, report, failures)
-
-
-def _renderable(assessed: list[PatientAssessment], patients: list[PatientFacts], options: RuleOptions,
-                failures: list[AssessFailure]) -> list[PatientAssessment]:
-    """The assessments whose JSON and CIR entry can be built; one that raises joins ``failures``."""
-    facts = {p.ref: p for p in patients}
-    out = []
-    for pa in assessed:
-        try:
-            pa.as_json()
-            if pa.patient in facts:
-                cir_subject(pa, facts[pa.patient], options)
-        except Exception as exc:  # a bug in one patient's output must not lose the others
-            failures.append(AssessFailure(pa.patient, type(exc).__name__))
-            continue
-        out.append(pa)
-    return out
 
 
 class ComparatorsOpt(StrEnum):
@@ -188,7 +125,7 @@ def summary(run: AssessRun) -> str:
 
 @handles_errors
 def command(
-    source: Annotated[str, typer.Argument(help="Bundle file, '-' (stdin) or NDJSON directory")],
+    source: Annotated[str, typer.Argument(help="Bundle file, '-' (stdin), NDJSON directory, or a FHIR base URL")],
     as_of: Annotated[str | None, typer.Option("--as-of", help="Data cut-off date YYYY-MM-DD (default: today)")] = None,
     site_map: SiteMapOption = None,
     comparators: ComparatorsOption = ComparatorsOpt.record,
@@ -196,8 +133,7 @@ def command(
     fmt_: Annotated[Format, typer.Option("--format", help="table (readable) or json (the documented contract)")]
     = Format.table,
     strict: Annotated[bool, typer.Option("--strict", help="exit 2 when any resource was skipped")] = False,
-    patients: Annotated[list[str] | None, typer.Option("--patient", help="Patient id to pull (URL source only)")
-                        ] = None,
+    patients: PatientOption = None,
     publish: Annotated[str | None, typer.Option(
         "--publish", help="FHIR base URL to publish response Observations, AdverseEvents and subject status to")]
     = None,
@@ -206,8 +142,9 @@ def command(
     options = RuleOptions(as_of=parse_as_of(as_of), comparators=comparators.value, cri_reading=cri_reading.value)
     settings = settings_from(config)
     cmap = load_code_map(site_map or settings.site_map)
+    check_patients(source, patients)
     with progress("reading and assessing") as tick:
-        run = run_assess(source, options, cmap, tick, settings, patients)
+        run = assess(source, options, cmap, tick, settings=settings, patients=patients)
     if fmt_ is Format.json:
         print_json(run.as_json())
     else:
@@ -245,4 +182,4 @@ def _publish(base_url: str, settings: Settings, run: AssessRun) -> None:
 
 
 __all__ = ["HELP", "AssessRun", "ComparatorsOpt", "ComparatorsOption", "CriReadingOpt", "CriReadingOption", "command",
-           "render_table", "report_failures", "run_assess", "summary"]
+           "render_table", "report_failures", "summary"]

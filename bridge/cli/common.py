@@ -33,6 +33,7 @@ class Format(StrEnum):
 # The options several commands share, spelled once.
 ConfigOption = Annotated[Path | None, typer.Option("--config", help="Settings file (YAML/JSON); BRIDGE_* env wins")]
 SiteMapOption = Annotated[Path | None, typer.Option("--site-map", help="Site map (YAML/JSON) of local codes")]
+PatientOption = Annotated[list[str] | None, typer.Option("--patient", help="Patient id to pull (URL source only)")]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -71,6 +72,14 @@ def parse_as_of(value: str | None) -> date:
         raise typer.BadParameter("use YYYY-MM-DD, e.g. 2026-06-15", param_hint="--as-of") from None
 
 
+def check_patients(source: str, patients: list[str] | None) -> None:
+    """``--patient`` names patients to pull: only a FHIR base URL as SOURCE is pulled (checked before reading)."""
+    from bridge.ingest.sources import is_url
+
+    if patients and not is_url(source):
+        raise typer.BadParameter("--patient needs a FHIR base URL as SOURCE", param_hint="--patient")
+
+
 def print_json(doc: Any) -> None:
     sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
 
@@ -106,5 +115,6 @@ def setup_logging(level: str = "WARNING") -> None:
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
-__all__ = ["ConfigOption", "Format", "SiteMapOption", "client_for", "err_console", "fail", "handles_errors",
-           "out_console", "parse_as_of", "print_json", "progress", "settings_from", "setup_logging"]
+__all__ = ["ConfigOption", "Format", "PatientOption", "SiteMapOption", "check_patients", "client_for", "err_console",
+           "fail", "handles_errors", "out_console", "parse_as_of", "print_json", "progress", "settings_from",
+           "setup_logging"]

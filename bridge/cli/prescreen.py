@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated
 
@@ -14,7 +13,9 @@ from rich.table import Table
 from bridge.cli.common import (
     ConfigOption,
     Format,
+    PatientOption,
     SiteMapOption,
+    check_patients,
     client_for,
     err_console,
     handles_errors,
@@ -26,9 +27,9 @@ from bridge.cli.common import (
 from bridge.config import RuleOptions, Settings
 from bridge.evaluate.eligibility import ADVISORY, Screening
 from bridge.model import NotScreened
-from bridge.normalize.mappings import CodeMap, load_code_map
+from bridge.normalize.mappings import load_code_map
 from bridge.normalize.patients import ReadReport
-from bridge.pipeline import PrescreenRun, is_url, prescreen, prescreen_items, write_prescreen_json
+from bridge.pipeline import PrescreenRun, prescreen, write_prescreen_json
 
 if TYPE_CHECKING:  # HTTP, publishing and the store load only when --publish, a URL or --save asks for them
     from bridge.publish.publisher import Written
@@ -158,8 +159,7 @@ def command(
     reading: Annotated[Reading, typer.Option("--organ-function-reading",
                                              help="inclusion 6: organ-function (default) or literal record text")]
     = Reading.organ_function,
-    patients: Annotated[list[str] | None, typer.Option("--patient", help="Patient id to pull (URL source only)")
-                        ] = None,
+    patients: PatientOption = None,
     publish: Annotated[str | None, typer.Option("--publish", help="FHIR base URL to publish ResearchSubjects to")
                        ] = None,
     config: ConfigOption = None,
@@ -174,9 +174,11 @@ def command(
     options = RuleOptions(as_of=parse_as_of(as_of), organ_function_reading=reading.value)
     settings = settings_from(config)
     cmap = load_code_map(site_map or settings.site_map)
+    check_patients(source, patients)
     with progress("reading and screening") as tick:
         lazy = fmt is Format.json and not save and not publish
-        run = _run(source, options, cmap, settings, patients, tick, all_patients, lazy)
+        run = prescreen(source, options, cmap, tick, all_patients=all_patients, lazy=lazy, settings=settings,
+                        patients=patients)
     if fmt is Format.json:
         reported = write_prescreen_json(sys.stdout, run.stream or run.screenings, options, run.not_screened)
     else:
@@ -201,18 +203,6 @@ def command(
         raise typer.Exit(1)
     if strict and run.report.skipped:
         raise typer.Exit(2)
-
-
-def _run(source: str, options: RuleOptions, cmap: CodeMap, settings: Settings, patients: list[str] | None,
-         tick: Callable[[int], None] | None, all_patients: bool = False, lazy: bool = False) -> PrescreenRun:
-    if is_url(source):
-        from bridge.ingest.pull import pull
-
-        with client_for(source, settings) as client:
-            return prescreen_items(pull(client, cmap, options.as_of, patients), options, cmap, tick)
-    if patients:
-        raise typer.BadParameter("--patient needs a FHIR base URL as SOURCE", param_hint="--patient")
-    return prescreen(source, options, cmap, tick, all_patients=all_patients, lazy=lazy)
 
 
 __all__ = ["HELP", "NOT_SCREENED_REASONS", "command", "render_table", "report_failed", "report_no_patient_data",

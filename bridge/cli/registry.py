@@ -24,8 +24,9 @@ from bridge.cli.common import (
 )
 from bridge.config import RuleOptions, Settings
 from bridge.errors import ConfigError, InputError
-from bridge.ingest.readers import Item, read_source
-from bridge.normalize.mappings import load_code_map
+from bridge.ingest.sources import is_url, open_source
+from bridge.model import Item
+from bridge.normalize.mappings import CodeMap, load_code_map
 from bridge.registry.export import assessment_for, export, load_assessment, write_packages
 from bridge.registry.outbox import STATES, Outbox, OutboxRow
 from bridge.registry.package import BuildResult, Context
@@ -78,16 +79,15 @@ def _context(settings: Settings) -> Context:
     return Context(site_secret(settings), centre_label(settings.registry_centre))
 
 
-def _assessment(items: list[Item], assessment: Path | None, as_of: str | None, site_map: Path | None,
-                settings: Settings) -> dict[str, Any]:
+def _assessment(items: list[Item], assessment: Path | None, as_of: str | None, options: RuleOptions,
+                cmap: CodeMap) -> dict[str, Any]:
     if assessment is not None:
         doc = load_assessment(assessment)
         if as_of is not None and doc.get("asOf") != as_of:
             raise InputError(f"--as-of {as_of} differs from the asOf of {assessment.name}")
         return doc
-    options = RuleOptions(as_of=parse_as_of(as_of))
     try:
-        return assessment_for(items, options, load_code_map(site_map or settings.site_map))
+        return assessment_for(items, options, cmap)
     except ImportError:
         raise ConfigError("the assessment engine is not available here; pass --assessment FILE.json") from None
 
@@ -126,8 +126,13 @@ def export_command(
 ) -> None:
     settings = settings_from(config)
     context = _context(settings)
-    items = list(read_source(source))
-    doc = _assessment(items, assessment, as_of, site_map, settings)
+    if is_url(source):  # a pull fetches no Consent: every patient would be skipped
+        raise typer.BadParameter("registry export reads a Bundle file, '-' or an NDJSON directory (a pull does not "
+                                 "fetch the Consent resources it needs)", param_hint="SOURCE")
+    options = RuleOptions(as_of=parse_as_of(as_of))
+    cmap = load_code_map(site_map or settings.site_map)
+    items = list(open_source(source, cmap, options.as_of, settings))
+    doc = _assessment(items, assessment, as_of, options, cmap)
     kinds = [k.value for k in timepoints] if timepoints else list(KINDS)
     result = export(items, doc, context, kinds)
     write_packages(out, result.packages)

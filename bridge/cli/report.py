@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -11,8 +10,9 @@ import typer
 from bridge.cli.assess import ComparatorsOpt, ComparatorsOption, CriReadingOpt, CriReadingOption
 from bridge.cli.common import (
     ConfigOption,
+    PatientOption,
     SiteMapOption,
-    client_for,
+    check_patients,
     err_console,
     handles_errors,
     parse_as_of,
@@ -21,10 +21,9 @@ from bridge.cli.common import (
 )
 from bridge.cli.prescreen import report_problems
 from bridge.config import RuleOptions, Settings
-from bridge.ingest.pull import pull
-from bridge.ingest.readers import Item, read_source
+from bridge.ingest.sources import is_url, open_source
 from bridge.normalize.mappings import CodeMap, load_code_map
-from bridge.pipeline import is_url, load_patients
+from bridge.pipeline import load_patients
 
 if TYPE_CHECKING:
     from bridge.report.data import Json
@@ -52,8 +51,7 @@ def command(
     out: Annotated[Path, typer.Option("--out", help="HTML file to write")],
     as_of: Annotated[str | None, typer.Option("--as-of", help="Evaluation date YYYY-MM-DD (default: today)")] = None,
     site_map: SiteMapOption = None,
-    patients: Annotated[list[str] | None, typer.Option("--patient", help="Patient id to pull (URL source only)")
-                        ] = None,
+    patients: PatientOption = None,
     comparators: ComparatorsOption = ComparatorsOpt.record,
     cri_reading: CriReadingOption = CriReadingOpt.operational,
     config: ConfigOption = None,
@@ -61,8 +59,7 @@ def command(
     options = RuleOptions(as_of=parse_as_of(as_of), comparators=comparators.value, cri_reading=cri_reading.value)
     settings = settings_from(config)
     cmap = load_code_map(site_map or settings.site_map)
-    if patients and not is_url(source):
-        raise typer.BadParameter("--patient needs a FHIR base URL as SOURCE", param_hint="--patient")
+    check_patients(source, patients)
     with progress("reading and assessing"):
         doc = _gather(source, options, cmap, settings, patients)
     from bridge.report.render import write_report  # matplotlib loads only when a report is written
@@ -78,19 +75,13 @@ def command(
 
 
 def _gather(source: str, options: RuleOptions, cmap: CodeMap, settings: Settings, patients: list[str] | None) -> Json:
-    if not is_url(source):
-        return _from_items(read_source(source), options, cmap, Path(source).name)
-    with client_for(source, settings) as client:
-        return _from_items(pull(client, cmap, options.as_of, patients, medications=True), options, cmap, source)
-
-
-def _from_items(items: Iterable[Item], options: RuleOptions, cmap: CodeMap, name: str) -> Json:
     """The report document; skipped resources and unusable values are listed on stderr, as ``prescreen`` does."""
     from bridge.report.data import gather_patients
 
+    items = open_source(source, cmap, options.as_of, settings, patients, medications=True)
     loaded, problems = load_patients(items, cmap)
     report_problems(problems)
-    return gather_patients(loaded, options, cmap, name)
+    return gather_patients(loaded, options, cmap, source if is_url(source) else Path(source).name)
 
 
 __all__ = ["HELP", "command"]

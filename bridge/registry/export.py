@@ -1,7 +1,8 @@
 """Export: source + assessment -> checked packages -> one JSON file per package in a directory.
 
 ``assessment_for(items, options, cmap)`` computes the ``bridge assess --format json`` document with the
-assessment engine (``bridge.evaluate.assessment``); ``load_assessment(path)`` reads a saved one instead.
+wiring ``bridge assess`` uses (``bridge.pipeline.assess_loaded``); ``load_assessment(path)`` reads a saved one
+instead.
 ``export(items, assessment, context, kinds)`` builds and checks the packages of the consenting patients
 (nothing is written when any package fails a check). ``write_packages(directory, packages)`` writes
 ``<package id>.json`` atomically and removes package files of earlier exports that this one no longer holds
@@ -21,7 +22,7 @@ from typing import Any
 
 from bridge.config import RuleOptions
 from bridge.errors import InputError, SourceUnreadable
-from bridge.ingest.readers import Item
+from bridge.model import Item
 from bridge.normalize.mappings import CodeMap
 from bridge.registry.package import BuildResult, Context, Package, build_packages, check_packages
 from bridge.registry.sources import collect_records
@@ -35,18 +36,14 @@ Json = dict[str, Any]
 
 
 def assessment_for(items: list[Item], options: RuleOptions, cmap: CodeMap) -> Json:
-    """The assessment document of every infused patient of ``items`` (the assessment engine)."""
-    from bridge.evaluate.assessment import AssessFailure, assess_patients, assessment_json  # loaded when used
-    from bridge.evaluate.screened import assessable
-    from bridge.pipeline import load_patients
+    """The assessment document of every infused patient of ``items``, as ``bridge assess`` computes it."""
+    from bridge.pipeline import assess_loaded, load_patients  # the assessment engine loads when used
 
     patients, _report = load_patients(items, cmap)
-    patients = [p for p in patients if assessable(p, options.as_of)]  # RULES §2: deceased ones still assessed
-    failures: list[AssessFailure] = []
-    assessed = assess_patients(patients, options, cmap.uln, cmap.lln, failures=failures)
-    for failure in failures:  # one patient's bug leaves that patient out, never the export
+    run = assess_loaded(patients, options, cmap)
+    for failure in run.failures:  # one patient's bug leaves that patient out, never the export
         log.error("assessment failed", extra={"patient": failure.patient, "error": failure.error})
-    return dict(assessment_json(assessed, patients, options))
+    return run.as_json()
 
 
 def load_assessment(path: Path) -> Json:

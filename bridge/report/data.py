@@ -14,7 +14,8 @@ Who is screened (RULES.md §2): ``bridge.evaluate.screened.not_screened`` is app
 on the report's as-of date. A patient who is not screened is never a result of the pre-screen part: it is
 listed in ``prescreen.notScreened`` (``{patient, reason}``) and the funnel counts it as "not screened". The
 assessment part keeps a deceased infused patient (a death ends follow-up: swimmer, CIR competing event), but
-never lists a patient without a valid Patient resource or a non-human one (``assessable``).
+never lists a patient without a valid Patient resource or a non-human one (``assessable``): it is
+``bridge.pipeline.assess_loaded``, the wiring ``bridge assess`` uses.
 
 Conventions: days are calendar days from the patient's day 0 (RULES.md §4); kinetic values are in the
 concept's canonical unit and a ``<`` / ``<=`` result (below detection) is written as value 0 with its
@@ -31,21 +32,12 @@ from datetime import date
 
 from bridge import RULESET_VERSION, STUDY_ID
 from bridge.config import RuleOptions
-from bridge.evaluate.assessment import (
-    KINETIC_CONCEPTS,
-    AssessFailure,
-    PatientAssessment,
-    assess_patients,
-    assessment_json,
-    cir_subject,
-    death_date,
-)
+from bridge.evaluate.assessment import KINETIC_CONCEPTS, PatientAssessment, cir_subject, death_date
 from bridge.evaluate.screened import assessable, not_screened
 from bridge.evaluate.stats import DAYS_PER_MONTH, CirSubject, aalen_johansen, cif_at
-from bridge.ingest.readers import Item
-from bridge.model import PatientFacts, Quantity
+from bridge.model import Item, PatientFacts, Quantity
 from bridge.normalize.mappings import CodeMap
-from bridge.pipeline import load_patients, prescreen_json, screen_run
+from bridge.pipeline import assess_loaded, load_patients, prescreen_json, screen_run
 
 Json = dict[str, object]
 CIR_MONTHS = 24
@@ -63,11 +55,10 @@ def gather_patients(patients: Sequence[PatientFacts], options: RuleOptions, cmap
     """The report document from already normalized patients."""
     excluded = {p.ref: ns for p in patients if (ns := not_screened(p, options.as_of)) is not None}
     screened = [p for p in patients if p.ref not in excluded]
-    kept = [p for p in patients if assessable(p, options.as_of)]
-    failures: list[AssessFailure] = []
-    assessed = assess_patients(kept, options, cmap.uln, cmap.lln, failures=failures)
+    assessment = assess_loaded(patients, options, cmap)  # the same patients and wiring as `bridge assess`
+    assessed = assessment.assessments
     run = screen_run(screened, options, cmap)
-    facts = {p.ref: p for p in kept}
+    facts = {p.ref: p for p in assessment.patients}
     return {
         "study": STUDY_ID, "asOf": options.as_of.isoformat(), "ruleset": RULESET_VERSION, "source": source_name,
         "prescreen": {**prescreen_json(run.screenings, options),
@@ -75,8 +66,8 @@ def gather_patients(patients: Sequence[PatientFacts], options: RuleOptions, cmap
         # patients whose evaluation raised (a bug): left out of the report, named by `bridge report` (exit 1)
         "failed": [f.line() for f in run.failed] + [
             f"{f.patient}: assessment failed ({f.error}); left out of the report — a bug, please report it"
-            for f in failures],
-        "assessment": assessment_json(assessed, kept, options),
+            for f in assessment.failures],
+        "assessment": assessment.as_json(),
         "followUp": {pa.patient: follow_up(pa, facts[pa.patient], options.as_of) for pa in assessed},
         "cir": cir_curve(_subjects(assessed, facts, options)),
         "kineticSeries": {pa.patient: kinetic_series(facts[pa.patient], pa.day0, options.as_of) for pa in assessed},

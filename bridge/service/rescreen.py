@@ -1,8 +1,9 @@
 """The default ``rescreen(patient_id) -> status`` of the service: pull, screen, publish, record.
 
 Exactly what ``bridge prescreen`` does for one patient, with the EHR as the source: the patient's data is
-pulled with the bridge's own credentials (``bridge.ingest.pull.fetch_patient``), normalized, screened as of
-today (``today`` is injected), and the ResearchSubject is published idempotently
+pulled with the bridge's own credentials (``bridge.ingest.pull.fetch_patient``, what a pull of one named
+patient fetches), then normalized and screened as of today (``today`` is injected) by the pipeline's
+``screen_one`` — the same load and screen as every command — and the ResearchSubject is published idempotently
 (``bridge.publish.publisher.publish_subject``: conditional update on its identifier, skipped when unchanged).
 
 Who is screened (RULES.md §2): a patient without a valid Patient resource (absent, or rejected by validation),
@@ -28,12 +29,11 @@ from datetime import date
 
 from bridge.client import FhirClient
 from bridge.config import OrganReading, RuleOptions
-from bridge.evaluate.eligibility import Screening, screen
-from bridge.evaluate.screened import not_screened
+from bridge.evaluate.eligibility import Screening
 from bridge.ingest.pull import fetch_patient
-from bridge.model import NotScreened, PatientFacts
+from bridge.model import NotScreened
 from bridge.normalize.mappings import CodeMap
-from bridge.pipeline import load_patients
+from bridge.pipeline import screen_one
 from bridge.publish.policy import publishable
 from bridge.publish.publisher import Written, find_subject, publish_study, publish_subject
 from bridge.publish.subject import subject_fingerprint, subject_identifier
@@ -75,19 +75,11 @@ class PublishingRescreen:
             return True
         return find_subject(self.client, patient_id) is not None
 
-    def facts(self, patient_id: str, options: RuleOptions) -> PatientFacts | None:
-        """The patient's facts as pulled from the EHR; None when nothing usable came back for it."""
-        items = fetch_patient(self.client, patient_id, self.cmap, options.as_of)
-        patients, _report = load_patients(items, self.cmap)
-        return next((p for p in patients if p.patient_id == patient_id), None)
-
     def screen(self, patient_id: str, options: RuleOptions) -> Screening | NotScreened:
         """The patient's screening, or why it is not screened (RULES.md §2; a Patient resource that failed
         validation, with nothing else of the patient, leaves no facts at all: no Patient resource)."""
-        facts = self.facts(patient_id, options)
-        if facts is None:
-            return NotScreened(f"Patient/{patient_id}", "no-patient-resource")
-        return not_screened(facts, options.as_of) or screen(facts, options, self.cmap.uln)
+        items = fetch_patient(self.client, patient_id, self.cmap, options.as_of)
+        return screen_one(items, patient_id, options, self.cmap)
 
     def _ensure_study(self) -> None:
         with self._study_lock:
