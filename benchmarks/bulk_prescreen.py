@@ -41,10 +41,10 @@ from typing import Any
 import orjson
 from make_population import write_population  # beside this script (run as ``python benchmarks/...``)
 
-from bridge.bulk import plan_chunks, read_chunk_reusing, steady_malloc
 from bridge.errors import InvalidResource
 from bridge.fhirmodels import parse_resource
 from bridge.ingest.readers import ndjson_files
+from bridge.population import plan_chunks, read_chunk_reusing, steady_malloc
 
 ROOT = Path(__file__).resolve().parents[1]
 AS_OF = "2026-06-15"
