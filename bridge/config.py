@@ -85,6 +85,7 @@ class Settings:
     retry_total_seconds: float = 60.0
     db_path: str = "bridge-state.sqlite3"
     site_map: str | None = None
+    trial: str | None = None  # the trial definition file (same as --trial); None: the shipped NCT04762485 file
     webhook_secret: str | None = field(default=None, repr=False)
     api_token: str | None = field(default=None, repr=False)
     max_body_bytes: int = 2_000_000
