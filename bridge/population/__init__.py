@@ -1,8 +1,8 @@
 """Population-scale pre-screen of a Bulk Data NDJSON directory: stream, prune early, use every core.
 
 Population mode — what it reports
-    The *candidates*: patients with at least one Condition coded with a gate concept of the trial (for
-    NCT04762485 acute leukaemia; any clinical or verification status, any date, valid or not) — every patient
+    The *candidates*: patients with at least one Condition coded with a gate concept of the trial (acute
+    leukaemia in the shipped one; any clinical or verification status, any date, valid or not) — every patient
     whose ``inc-diagnosis`` can be other than ``not-met``. Everyone else is ineligible on ``inc-diagnosis``
     alone; leaving them out is what lets the cost follow the data that matters. For every patient it reports,
     the verdicts are identical to those of the per-patient path (``bridge.pipeline.prescreen_items``): every

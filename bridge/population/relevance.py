@@ -1,9 +1,10 @@
 """Which resources the population path keeps: the trial's concepts, taken as data.
 
 A patient is a *candidate* when one of their Conditions is coded with a gate concept of the trial (a condition
-without which every patient is ineligible: acute leukaemia for NCT04762485). Of a candidate's resources, the
+without which every patient is ineligible: acute leukaemia in the shipped trial). Of a candidate's resources, the
 Patient is kept, and an Observation or a Condition when any of its codings (any position, any component) maps to
-a concept some criterion reads. The sets come from the trial (``TrialConcepts``), never from this package.
+a concept some criterion reads. The sets come from the trial (``TrialConcepts``); the hand lists of
+``default_trial`` only stand in for ``bridge.trial`` until it lands.
 """
 
 from __future__ import annotations
