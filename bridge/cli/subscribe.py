@@ -10,7 +10,7 @@ from rich.table import Table
 
 from bridge.cli.common import ConfigOption, client_for, handles_errors, out_console, print_json, settings_from
 from bridge.service.subscriptions import Outcome, Subscriber
-from bridge.store import SqliteStore
+from bridge.state import open_state
 
 HELP = """Create the Subscriptions that let the EHR notify the bridge (classic rest-hook and R4 backport topics).
 
@@ -94,7 +94,7 @@ def command(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     settings = settings_from(config)
-    store = SqliteStore(settings.db_path)
+    store = open_state(settings.db_path)
     try:
         with client_for(base_url, settings) as client:
             subscriber = Subscriber(client, store, settings.webhook_secret, endpoint)

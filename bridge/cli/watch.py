@@ -15,7 +15,7 @@ import typer
 from bridge.cli.common import ConfigOption, err_console, handles_errors, settings_from
 from bridge.service.logs import configure_logging, event
 from bridge.service.worker import Worker
-from bridge.store import InboxEvent, Store, SubscriptionState
+from bridge.state import Inbox, InboxEvent, Subscriptions, SubscriptionState
 
 HELP = """Run the worker alone: process the inbox and, with --poll, ask the EHR what changed every SECONDS.
 
@@ -37,14 +37,14 @@ POLL_SUBSCRIPTION = "poll/default"
 POLL_CHANNEL = "poll"
 
 
-def register_poll(store: Store, now: float, since_hours: float, types: tuple[str, ...]) -> None:
+def register_poll(store: Subscriptions, now: float, since_hours: float, types: tuple[str, ...]) -> None:
     """The poll 'subscription' (kept across runs: the next poll continues where the last one ended)."""
     if store.subscription(POLL_SUBSCRIPTION) is None:
         store.register_subscription(SubscriptionState(POLL_SUBSCRIPTION, POLL_CHANNEL, "poll", resource_types=types,
                                                       created_at=now - since_hours * 3600))
 
 
-def queue_poll(store: Store, now: float) -> None:
+def queue_poll(store: Inbox, now: float) -> None:
     key = f"poll:{POLL_SUBSCRIPTION}:{now:.3f}:{uuid.uuid4().hex[:8]}"
     store.enqueue([InboxEvent(key, "query", POLL_CHANNEL, POLL_SUBSCRIPTION, payload={"reason": "poll"})], now)
 
@@ -91,7 +91,7 @@ def command(
     _run(worker, poll)
 
 
-def _report_failures(store: Store) -> None:
+def _report_failures(store: Inbox) -> None:
     stats = store.stats()
     failed = stats.inbox.get("failed", 0) + stats.rescreens.get("failed", 0)
     if failed:

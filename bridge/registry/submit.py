@@ -31,12 +31,12 @@ from bridge.errors import (
     SourceUnreadable,
     ValidationFailed,
 )
-from bridge.registry.outbox import Outbox, OutboxRow
 from bridge.registry.package import Package
 from bridge.registry.pseudonym import centre_number
 from bridge.registry.resources import CRID_SYSTEM, PSEUDONYM_SYSTEM, TIMEPOINT_SYSTEM
 from bridge.registry.transport import RegistryClient
 from bridge.registry.validate import package_issues
+from bridge.state.outbox import OutboxRow, RegistryOutbox
 
 log = logging.getLogger("bridge.registry")
 
@@ -61,7 +61,7 @@ class SubmitReport:
 # ---------------------------------------------------------------------------------------------- enqueue
 
 
-def enqueue_packages(outbox: Outbox, packages: Iterable[Package]) -> tuple[int, int]:
+def enqueue_packages(outbox: RegistryOutbox, packages: Iterable[Package]) -> tuple[int, int]:
     """(queued, already known) after putting ``packages`` in the outbox."""
     queued = known = 0
     for p in packages:
@@ -90,14 +90,14 @@ def _pseudonym(bundle: Json) -> str:
     for entry in bundle["entry"]:
         res = entry["resource"]
         if res["resourceType"] == "Patient":
-            return next(i["value"] for i in res["identifier"] if i.get("system") == PSEUDONYM_SYSTEM)
+            return str(next(i["value"] for i in res["identifier"] if i.get("system") == PSEUDONYM_SYSTEM))
     raise InputError("a registry package without a Patient pseudonym")
 
 
-def sync_directory(outbox: Outbox, directory: Path) -> tuple[int, int, int]:
+def sync_directory(outbox: RegistryOutbox, directory: Path) -> tuple[int, int, int]:
     """(queued, already known, withdrawn): ``directory`` is the latest export, so its ``*.json`` packages are
     queued (all are checked before any is) and every unsent package it no longer holds — its patient withdrew
-    consent, or it is no longer due — is withdrawn and will not be sent (``Outbox.withdraw_except``)."""
+    consent, or it is no longer due — is withdrawn and will not be sent (``RegistryOutbox.withdraw_except``)."""
     if not directory.is_dir():
         raise SourceUnreadable(f"{directory} is not a directory of registry packages")
     packages = [read_package_file(p) for p in sorted(directory.glob("*.json"))]
@@ -119,7 +119,7 @@ def with_crid(bundle: Json, crid: str) -> Json:
     return out
 
 
-def crid_for(outbox: Outbox, client: RegistryClient, row: OutboxRow, centre: str) -> str:
+def crid_for(outbox: RegistryOutbox, client: RegistryClient, row: OutboxRow, centre: str) -> str:
     """The cached registry patient id of the row's pseudonym, asked of the registry the first time."""
     cached = outbox.crid(row.pseudonym)
     if cached is not None:
@@ -134,7 +134,7 @@ def crid_for(outbox: Outbox, client: RegistryClient, row: OutboxRow, centre: str
 # ---------------------------------------------------------------------------------------------- drain
 
 
-def _prepared(outbox: Outbox, client: RegistryClient, row: OutboxRow, centre: str, use_crid: bool) -> Json:
+def _prepared(outbox: RegistryOutbox, client: RegistryClient, row: OutboxRow, centre: str, use_crid: bool) -> Json:
     body = row.body or {}
     if use_crid:
         body = with_crid(body, crid_for(outbox, client, row, centre))
@@ -144,7 +144,7 @@ def _prepared(outbox: Outbox, client: RegistryClient, row: OutboxRow, centre: st
     return body
 
 
-def _send_one(outbox: Outbox, client: RegistryClient, row: OutboxRow, centre: str, use_crid: bool,
+def _send_one(outbox: RegistryOutbox, client: RegistryClient, row: OutboxRow, centre: str, use_crid: bool,
               on_event: EventHook | None) -> bool:
     """Send one claimed package; True when it is received (sent or duplicate)."""
     body = _prepared(outbox, client, row, centre, use_crid)
@@ -159,7 +159,7 @@ def _send_one(outbox: Outbox, client: RegistryClient, row: OutboxRow, centre: st
     return receipt.duplicate
 
 
-def submit_pending(outbox: Outbox, client: RegistryClient, centre: str, *, use_crid: bool = True,
+def submit_pending(outbox: RegistryOutbox, client: RegistryClient, centre: str, *, use_crid: bool = True,
                    on_event: EventHook | None = None) -> SubmitReport:
     """Send every pending package; stop at the first transient or authorisation problem."""
     report = SubmitReport()

@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -51,12 +51,18 @@ from bridge.service.notifications import parse_post, parse_put
 from bridge.service.rescreen import PublishingRescreen
 from bridge.service.ui import ui_router
 from bridge.service.worker import ClientEhr, Worker, WorkerConfig
-from bridge.store import Delivery, SqliteStore, Store
+from bridge.state import Delivery, Intake, PublishedIndex, Screenings, State, open_state
 
 log = logging.getLogger("bridge.service")
 STATUS_BY_CODE = {"security": 401, "forbidden": 403, "not-found": 404, "too-costly": 413, "not-supported": 415}
 HTTP_ISSUE_CODES = {400: "invalid", 401: "security", 403: "forbidden", 404: "not-found", 405: "not-supported",
                     413: "too-costly", 415: "not-supported"}
+
+
+
+class AppState(Intake, PublishedIndex, Screenings, Protocol):
+    """What the routes use of the state: notifications in and ``/readyz`` (``Intake``), the read API
+    (``PublishedIndex``) and the coordinator page (``Screenings``)."""
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -170,7 +176,7 @@ def _accepted_outcome(delivery: Delivery, new: int, duplicates: int) -> dict[str
 # ------------------------------------------------------------------------------------------ the app
 
 
-def create_app(settings: Settings, store: Store, worker: Worker | None = None, *,
+def create_app(settings: Settings, store: AppState, worker: Worker | None = None, *,
                ehr_probe: Callable[[], bool] | None = None, clock: Callable[[], float] = time.time) -> FastAPI:
     """The service over ``store``; ``worker`` (optional) is started and stopped with the app."""
 
@@ -209,7 +215,7 @@ def _install_access_log(app: FastAPI) -> None:
         return response
 
 
-def _install_notify_routes(app: FastAPI, settings: Settings, store: Store, clock: Callable[[], float]) -> None:
+def _install_notify_routes(app: FastAPI, settings: Settings, store: Intake, clock: Callable[[], float]) -> None:
     async def accept(request: Request, channel: str, resource_type: str | None = None,
                      resource_id: str | None = None) -> FhirResponse:
         check_channel(channel)
@@ -259,7 +265,7 @@ def _iso(epoch: float | None) -> str | None:
     return None if epoch is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
-def _install_health_routes(app: FastAPI, store: Store, worker: Worker | None, probe: CachedProbe | None) -> None:
+def _install_health_routes(app: FastAPI, store: Intake, worker: Worker | None, probe: CachedProbe | None) -> None:
     @app.get("/healthz", tags=["health"], summary="Liveness")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -292,11 +298,12 @@ def ehr_probe(settings: Settings) -> Callable[[], bool]:
 
 
 def build_worker(settings: Settings, name: str, worker_config: WorkerConfig | None = None,
-                 store: Store | None = None) -> Worker:
-    """The worker from settings: EHR client, code map (with the site map), SQLite store, publishing re-screen."""
+                 store: State | None = None) -> Worker:
+    """The worker from settings: EHR client, code map (with the site map), the state (``db_path``), publishing
+    re-screen."""
     client = FhirClient.from_settings(settings)
     cmap = load_code_map(settings.site_map)
-    store = store or SqliteStore(settings.db_path)
+    store = store or open_state(settings.db_path)
     config = worker_config or WorkerConfig.from_settings(settings)
     return Worker(store, PublishingRescreen(client, cmap, store), ClientEhr(client), cmap, config, name=name,
                   threads=settings.workers)
@@ -309,9 +316,10 @@ def build_app(settings: Settings, worker_config: WorkerConfig | None = None) -> 
     API serve the local store, and notifications are kept in the inbox until an EHR is configured."""
     if not settings.ehr_base_url:
         event(log, "config.warning", logging.WARNING, reason="no-ehr-configured-worker-not-started")
-        return create_app(settings, SqliteStore(settings.db_path))
-    worker = build_worker(settings, f"serve@{socket.gethostname()}", worker_config)
-    return create_app(settings, worker.store, worker, ehr_probe=ehr_probe(settings))
+        return create_app(settings, open_state(settings.db_path))
+    state = open_state(settings.db_path)
+    worker = build_worker(settings, f"serve@{socket.gethostname()}", worker_config, state)
+    return create_app(settings, state, worker, ehr_probe=ehr_probe(settings))
 
 
 def run(settings: Settings) -> None:
@@ -320,5 +328,5 @@ def run(settings: Settings) -> None:
                 log_config=None, timeout_graceful_shutdown=10)
 
 
-__all__ = ["CachedProbe", "build_app", "build_worker", "create_app", "ehr_probe", "install_error_handlers",
+__all__ = ["AppState", "CachedProbe", "build_app", "build_worker", "create_app", "ehr_probe", "install_error_handlers",
            "outcome_response", "read_body", "run", "status_for"]

@@ -7,7 +7,7 @@
 
 Everything but ``metadata`` needs ``Authorization: Bearer <Settings.api_token>`` (constant-time check;
 without a configured token the API refuses every request). The resources are those the bridge wrote to the
-EHR, as recorded in the store's ``published`` table (``Store.put_published``); ``id`` is the EHR's id.
+EHR, as recorded in the store's ``published`` table (``PublishedIndex.put_published``); ``id`` is the EHR's id.
 An unknown search parameter is an error (400), not silently ignored.
 """
 
@@ -23,7 +23,7 @@ from bridge import __version__
 from bridge.config import Settings
 from bridge.errors import InputError, Issue
 from bridge.service.channels import bearer, token_matches
-from bridge.store import PublishedRecord, Store
+from bridge.state import PublishedIndex, PublishedRecord
 
 FHIR_JSON = "application/fhir+json"
 SERVED_TYPES = ("ResearchStudy", "ResearchSubject")
@@ -121,7 +121,7 @@ def _bundle(request: Request, resource_type: str, records: list[PublishedRecord]
     return {"resourceType": "Bundle", "type": "searchset", "total": len(records), "link": link, "entry": entries}
 
 
-def fhir_router(store: Store, settings: Settings) -> APIRouter:
+def fhir_router(store: PublishedIndex, settings: Settings) -> APIRouter:
     """The ``/fhir`` routes over ``store``, guarded by ``settings.api_token``."""
 
     def authorised(request: Request) -> None:

@@ -31,7 +31,7 @@ import orjson
 from bridge.errors import InputError, Issue, SourceUnreadable
 from bridge.service.channels import classic_subscription_id
 from bridge.service.triggers import FHIR_ID, RESOURCE_TYPE, Digest, check_identity, digest, invalid, reference_parts
-from bridge.store import Delivery, InboxEvent
+from bridge.state import Delivery, InboxEvent
 
 JSON_MEDIA_TYPES = frozenset({"application/fhir+json", "application/json", "application/json+fhir"})
 NOTIFICATION_BUNDLE_TYPES = frozenset({"history", "subscription-notification"})

@@ -33,7 +33,7 @@ from bridge.client import FhirClient
 from bridge.errors import ConfigError, RemoteError
 from bridge.publish.validate import validate_r4
 from bridge.service.channels import channel_header, classic_subscription_id
-from bridge.store import Store, SubscriptionState
+from bridge.state import Subscriptions, SubscriptionState
 
 BP = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
 BACKPORT_PROFILE = f"{BP}/backport-subscription"
@@ -135,7 +135,7 @@ def _same(sub: Json, w: Wanted, endpoint: str) -> bool:
 class Subscriber:
     """Creates, lists and deletes the bridge's subscriptions on one EHR, keeping the store in step."""
 
-    def __init__(self, client: FhirClient, store: Store, secret: str | None, endpoint: str,
+    def __init__(self, client: FhirClient, store: Subscriptions, secret: str | None, endpoint: str,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> None:
         if not secret:
             raise ConfigError("webhook_secret is not configured: the EHR could not prove who it is")

@@ -39,6 +39,7 @@ from bridge import RULESET_VERSION, STUDY_ID
 from bridge.config import Settings
 from bridge.report import coordinator as view
 from bridge.report.render import environment
+from bridge.state import Screenings
 
 PREFIX = "/ui"
 COOKIE = "bridge_ui"
@@ -195,8 +196,9 @@ def _dose_text(assessment: dict[str, Any]) -> str:
     return f"{per_kg / 1e6:.3g} ×10⁶ cells/kg" + (f" ({flag})" if flag else "")
 
 
-def ui_router(settings: Settings, store: Any, clock: Callable[[], float] = time.time) -> APIRouter:
-    """The ``/ui`` routes over ``store`` (a ``bridge.store.Store`` or any ``CoordinatorData``)."""
+def ui_router(settings: Settings, store: Screenings | view.CoordinatorData,
+              clock: Callable[[], float] = time.time) -> APIRouter:
+    """The ``/ui`` routes over ``store`` (the state's ``Screenings`` or any ``CoordinatorData``)."""
     pages = _Pages(settings, view.as_data(store), clock)
     router = APIRouter(prefix=PREFIX, include_in_schema=False)
     router.add_api_route("", pages.queue, methods=["GET"], response_class=HTMLResponse)

@@ -36,11 +36,15 @@ from bridge.errors import BridgeError, InputError, RemoteError, ServerRejected, 
 from bridge.normalize.mappings import CodeMap
 from bridge.service.logs import event
 from bridge.service.triggers import TRIGGER_TYPES, Digest, decide, digest, is_admission
-from bridge.store import InboxEntry, RescreenTask, Resolution, Store, SubscriptionState
+from bridge.state import Inbox, InboxEntry, RescreenTask, Resolution, Subscriptions, SubscriptionState
 
 log = logging.getLogger("bridge.service.worker")
 Rescreen = Callable[[str], str]
 Json = dict[str, Any]
+
+
+class WorkerState(Inbox, Subscriptions, Protocol):
+    """What the worker uses of the state: the inbox and re-screen queue, and the subscriptions it catches up."""
 
 
 class Ehr(Protocol):
@@ -111,7 +115,7 @@ def _criteria_type(criteria: str | None) -> str | None:
 class Worker:
     """Processes the inbox of ``store``; ``threads`` loops when started, or ``step()`` driven by hand."""
 
-    def __init__(self, store: Store, rescreen: Rescreen, ehr: Ehr, cmap: CodeMap,
+    def __init__(self, store: WorkerState, rescreen: Rescreen, ehr: Ehr, cmap: CodeMap,
                  config: WorkerConfig | None = None, clock: Callable[[], float] = time.time,
                  name: str | None = None, threads: int = 1) -> None:
         self.store, self.rescreen, self.ehr, self.cmap = store, rescreen, ehr, cmap
@@ -345,4 +349,4 @@ class Worker:
         event(log, "rescreen.retry", logging.WARNING, delay_s=delay, **fields)
 
 
-__all__ = ["ClientEhr", "Ehr", "Rescreen", "Worker", "WorkerConfig", "describe"]
+__all__ = ["ClientEhr", "Ehr", "Rescreen", "Worker", "WorkerConfig", "WorkerState", "describe"]

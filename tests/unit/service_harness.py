@@ -24,7 +24,7 @@ from bridge.normalize.mappings import load_code_map
 from bridge.service.app import create_app
 from bridge.service.logs import configure_logging
 from bridge.service.worker import Worker, WorkerConfig
-from bridge.store import SqliteStore
+from bridge.state.sqlite_state import SqliteState as SqliteStore
 
 
 class NoEhr:

@@ -14,11 +14,12 @@ import responses
 
 from bridge.config import Settings
 from bridge.errors import ConfigError
-from bridge.registry.outbox import WITHDRAWN, Outbox, owner_gone
 from bridge.registry.package import build_packages
 from bridge.registry.resources import CRID_SYSTEM
 from bridge.registry.submit import enqueue_packages, submit_pending, with_crid
 from bridge.registry.transport import RegistryClient, crid_from
+from bridge.state.outbox import WITHDRAWN, owner_gone
+from bridge.state.sqlite_outbox import SqliteOutbox as Outbox
 from tests.unit.test_registry_fixtures import CENTRE, CONTEXT, assessment, patient_doc, records
 
 Json = dict[str, Any]
@@ -372,7 +373,7 @@ def test_status_rows_and_counts(outbox: Outbox) -> None:
 
 
 def _bodies(outbox: Outbox) -> dict[str, str]:
-    return dict(outbox._db.execute("SELECT state || ':' || key, body FROM registry_outbox").fetchall())
+    return dict(outbox._db.connection().execute("SELECT state || ':' || key, body FROM registry_outbox").fetchall())
 
 
 def test_withdrawn_packages_are_never_sent_nor_kept_and_come_back_with_consent(outbox: Outbox) -> None:
@@ -412,11 +413,11 @@ def test_withdrawal_spares_a_live_send_and_empties_superseded_versions(tmp_path:
 def test_an_outbox_from_before_withdrawal_is_migrated(tmp_path: Any, clock: Clock) -> None:
     import sqlite3
 
-    from bridge.registry import outbox as module
+    from tests.unit.test_state_migrations import OUTBOX_DDL_336FDFB  # the outbox's DDL before 'withdrawn'
 
     path = tmp_path / "old.sqlite3"
     old = sqlite3.connect(path)
-    old.executescript(module._SCHEMA.replace(", 'withdrawn'", ""))
+    old.executescript(OUTBOX_DDL_336FDFB)
     with Outbox(":memory:", clock=clock) as scratch:
         (package, _) = queued(scratch)
     old.execute("INSERT INTO registry_outbox (key, package_id, timepoint, pseudonym, body, state, enqueued_at, "
@@ -427,7 +428,7 @@ def test_an_outbox_from_before_withdrawal_is_migrated(tmp_path: Any, clock: Cloc
     with Outbox(path, clock=clock) as box:
         assert box.counts()["pending"] == 1
         assert box.withdraw_except(set()) == 1 and box.counts()["withdrawn"] == 1
-        names = {n for (n,) in box._db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        names = {n for (n,) in box._db.connection().execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert {"registry_outbox_state", "registry_outbox_package"} <= names
 
 

@@ -33,7 +33,8 @@ from bridge.service.app import CachedProbe, create_app, status_for
 from bridge.service.channels import channel_secret
 from bridge.service.logs import JsonFormatter, clean, configure_logging
 from bridge.service.worker import Worker, WorkerConfig
-from bridge.store import PublishedRecord, SqliteStore
+from bridge.state import PublishedRecord
+from bridge.state.sqlite_state import SqliteState as SqliteStore
 from tests.processes import free_port, wait_until_healthy
 
 from .test_notifications import backport_bundle, encounter, observation
@@ -532,7 +533,7 @@ def test_real_server_sigkill_after_a_burst_loses_nothing(harness: Harness) -> No
 
 
 def test_the_coordinator_page_is_mounted_behind_the_api_token(store: SqliteStore) -> None:
-    from bridge.store import ScreeningRecord
+    from bridge.state import ScreeningRecord
 
     store.save_screening(ScreeningRecord("p01", "candidate", [
         {"criterion": "inc-age", "result": "met", "evidence": ["Patient/p01"], "reason": "age 34 on 2026-06-15"}],

@@ -11,16 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.errors import StoreError
-from bridge.store import (
+from bridge.state import (
     Delivery,
     InboxEvent,
     PublishedRecord,
     Resolution,
     ScreeningRecord,
-    SqliteStore,
     SubscriptionState,
     find_holes,
 )
+from bridge.state.sqlite_state import SqliteState as SqliteStore
 
 T0 = 1_780_000_000.0  # a fixed instant (2026-05-28); the store never reads the clock
 TYPES = ("Encounter", "Condition", "Observation")

@@ -22,7 +22,7 @@ from bridge.service.subscriptions import (
     subscription_resource,
     wanted_subscriptions,
 )
-from bridge.store import SqliteStore
+from bridge.state.sqlite_state import SqliteState as SqliteStore
 
 ENDPOINT = "https://bridge.example/notify"
 TOPIC = "http://sekmet.dev/fhir/SubscriptionTopic/encounter-start"

@@ -15,7 +15,8 @@ from bridge.errors import InvalidResource, ServerRejected, TransportError, Valid
 from bridge.normalize.mappings import CodeMap, load_code_map
 from bridge.service.notifications import parse_bundle, parse_post, parse_put
 from bridge.service.worker import ClientEhr, Worker, WorkerConfig
-from bridge.store import SqliteStore, SubscriptionState
+from bridge.state import SubscriptionState
+from bridge.state.sqlite_state import SqliteState as SqliteStore
 
 from .test_notifications import backport_bundle, encounter, observation, raw
 

@@ -1,0 +1,106 @@
+"""The bridge's durable state, behind one narrow Protocol per concern.
+
+::
+
+    concern                        Protocol (module)                       SQLite implementation
+    inbox and re-screen queue      Intake, Inbox (inbox.py)                 sqlite_inbox.SqliteInbox
+    subscriptions, catch-ups       Subscriptions (subscriptions.py)         sqlite_subscriptions.SqliteSubscriptions
+    what the bridge published      PublishedIndex (published.py)            sqlite_published.SqlitePublishedIndex
+    screenings, not screened       Screenings (screenings.py)               sqlite_screenings.SqliteScreenings
+    trial versions seen            TrialVersions (trials.py)                sqlite_trials.SqliteTrialVersions
+    registry outbox, CRID cache    RegistryOutbox (outbox.py)               sqlite_outbox.SqliteOutbox
+    all of the above on one file   State (here)                             sqlite_state.SqliteState
+
+Callers name only what they use: the HTTP routes an ``Intake``, the worker ``Inbox`` and ``Subscriptions``,
+the read API a ``PublishedIndex``, the coordinator page ``Screenings``, ``bridge registry submit`` a
+``RegistryOutbox``. ``open_state`` opens the configured backend.
+
+This is the seam for a second backend. Connections, transactions and migrations of SQLite are in ``sqlite.py``
+(and nothing outside ``sqlite*.py`` knows it is SQLite); the PostgreSQL backend of issue #15 adds
+``postgres*.py`` beside them implementing the same Protocols, and ``open_state`` picks it for a
+``postgresql://`` location. Records are plain dataclasses; times are epoch seconds passed in by the caller.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from bridge.state.inbox import (
+    AcceptResult,
+    Delivery,
+    EventKind,
+    Inbox,
+    InboxEntry,
+    InboxEvent,
+    Intake,
+    RescreenTask,
+    Resolution,
+    StoreStats,
+)
+from bridge.state.outbox import DEFAULT_LEASE_SECONDS, STATES, WITHDRAWN, OutboxRow, RegistryOutbox, owner_gone
+from bridge.state.published import PublishedIndex, PublishedRecord
+from bridge.state.screenings import (
+    NotScreenedRecord,
+    ScreeningRecord,
+    Screenings,
+    not_screened_record,
+    save_prescreen,
+    screening_record,
+)
+from bridge.state.subscriptions import CatchUp, Subscriptions, SubscriptionState, find_holes
+from bridge.state.trials import TrialVersions
+
+
+class State(Inbox, Subscriptions, PublishedIndex, Screenings, TrialVersions, Protocol):
+    """Everything the service keeps, on one database; the registry outbox is reached through it."""
+
+    def registry_outbox(self, clock: Callable[[], float] = time.time,
+                        lease_seconds: float = DEFAULT_LEASE_SECONDS) -> RegistryOutbox: ...
+
+    def close(self) -> None: ...
+
+
+def open_state(location: str | os.PathLike[str]) -> State:
+    """The state at ``location``: today a SQLite file path (``Settings.db_path``). A ``postgresql://`` URL will
+    open the PostgreSQL backend here (issue #15)."""
+    from bridge.state.sqlite_state import SqliteState  # the backend loads only when a state is opened
+
+    return SqliteState(location)
+
+
+__all__ = [
+    "DEFAULT_LEASE_SECONDS",
+    "STATES",
+    "WITHDRAWN",
+    "AcceptResult",
+    "CatchUp",
+    "Delivery",
+    "EventKind",
+    "Inbox",
+    "InboxEntry",
+    "InboxEvent",
+    "Intake",
+    "NotScreenedRecord",
+    "OutboxRow",
+    "PublishedIndex",
+    "PublishedRecord",
+    "RegistryOutbox",
+    "RescreenTask",
+    "Resolution",
+    "ScreeningRecord",
+    "Screenings",
+    "State",
+    "StoreStats",
+    "SubscriptionState",
+    "Subscriptions",
+    "TrialVersions",
+    "find_holes",
+    "not_screened_record",
+    "open_state",
+    "owner_gone",
+    "save_prescreen",
+    "screening_record",
+]

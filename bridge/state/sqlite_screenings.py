@@ -1,0 +1,79 @@
+"""``Screenings`` on SQLite: ``screenings`` and ``not_screened``, each write keeping a patient in at most one."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+
+from bridge.state.screenings import NotScreenedRecord, ScreeningRecord
+from bridge.state.sqlite import SqliteBackend, dumps, loads
+
+_SAVE_SCREENING = """
+INSERT INTO screenings(patient_id, status, verdicts, as_of, updated_at, trial, ruleset_version)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(patient_id) DO UPDATE SET status = excluded.status, verdicts = excluded.verdicts,
+    as_of = excluded.as_of, updated_at = excluded.updated_at, trial = excluded.trial,
+    ruleset_version = excluded.ruleset_version
+"""
+
+_MARK_NOT_SCREENED = """
+INSERT INTO not_screened(patient_id, reason, as_of, updated_at) VALUES (?, ?, ?, ?)
+ON CONFLICT(patient_id) DO UPDATE SET reason = excluded.reason, as_of = excluded.as_of,
+    updated_at = excluded.updated_at
+"""
+
+
+def _screening(row: sqlite3.Row) -> ScreeningRecord:
+    return ScreeningRecord(row["patient_id"], row["status"], loads(row["verdicts"]), row["as_of"],
+                           row["updated_at"], row["trial"], row["ruleset_version"])
+
+
+def _not_screened(row: sqlite3.Row) -> NotScreenedRecord:
+    return NotScreenedRecord(row["patient_id"], row["reason"], row["as_of"], row["updated_at"])
+
+
+def _save_screening(db: sqlite3.Connection, record: ScreeningRecord) -> None:
+    db.execute(_SAVE_SCREENING, (record.patient_id, record.status, dumps(record.verdicts), record.as_of,
+                                 record.updated_at, record.trial, record.ruleset_version))
+    db.execute("DELETE FROM not_screened WHERE patient_id = ?", (record.patient_id,))
+
+
+def _mark_not_screened(db: sqlite3.Connection, record: NotScreenedRecord) -> bool:
+    db.execute(_MARK_NOT_SCREENED, (record.patient_id, record.reason, record.as_of, record.updated_at))
+    return db.execute("DELETE FROM screenings WHERE patient_id = ?", (record.patient_id,)).rowcount > 0
+
+
+class SqliteScreenings(SqliteBackend):
+    """``Screenings`` over a ``SqliteDatabase``."""
+
+    def save_screening(self, record: ScreeningRecord) -> None:
+        with self._db.write("save screening") as db:
+            _save_screening(db, record)
+
+    def mark_not_screened(self, record: NotScreenedRecord) -> bool:
+        with self._db.write("record not screened") as db:
+            return _mark_not_screened(db, record)
+
+    def record_prescreen(self, screenings: Iterable[ScreeningRecord],
+                         not_screened: Iterable[NotScreenedRecord] = ()) -> None:
+        with self._db.write("record pre-screen") as db:
+            for record in screenings:
+                _save_screening(db, record)
+            for ns in not_screened:
+                _mark_not_screened(db, ns)
+
+    def screening(self, patient_id: str) -> ScreeningRecord | None:
+        with self._db.read("read screening") as db:
+            row = db.execute("SELECT * FROM screenings WHERE patient_id = ?", (patient_id,)).fetchone()
+        return _screening(row) if row else None
+
+    def screenings(self) -> list[ScreeningRecord]:
+        with self._db.read("list screenings") as db:
+            return [_screening(r) for r in db.execute("SELECT * FROM screenings ORDER BY patient_id").fetchall()]
+
+    def not_screened(self) -> list[NotScreenedRecord]:
+        with self._db.read("list not screened") as db:
+            return [_not_screened(r) for r in db.execute("SELECT * FROM not_screened ORDER BY patient_id")]
+
+
+__all__ = ["SqliteScreenings"]
