@@ -1,0 +1,125 @@
+"""The ``bridge/state/`` seam: Protocols, their SQLite implementations, and who depends on what.
+
+``assert_implements`` is meant for every backend: the PostgreSQL one (issue #15) gets the same check.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import typing
+from pathlib import Path
+
+import pytest
+
+import bridge.registry.outbox as old_outbox
+import bridge.state
+import bridge.store as old_store
+from bridge.state import (
+    Inbox,
+    Intake,
+    PublishedIndex,
+    RegistryOutbox,
+    Screenings,
+    State,
+    Subscriptions,
+    TrialVersions,
+)
+from bridge.state.sqlite_outbox import SqliteOutbox
+from bridge.state.sqlite_state import SqliteState
+
+ROOT = Path(__file__).resolve().parents[2]
+STATE = ROOT / "bridge" / "state"
+
+
+def protocol_members(protocol: type) -> list[str]:
+    names = set()
+    for klass in protocol.__mro__:
+        if klass in (object, typing.Protocol, typing.Generic) or not getattr(klass, "_is_protocol", False):
+            continue
+        names |= {n for n, v in vars(klass).items() if callable(v) and not n.startswith("_")}
+    return sorted(names)
+
+
+def assert_implements(implementation: type, protocol: type) -> None:
+    """Every method of ``protocol`` exists on ``implementation`` with the same parameters and defaults."""
+    for name in protocol_members(protocol):
+        assert hasattr(implementation, name), f"{implementation.__name__} lacks {name}"
+        want = inspect.signature(getattr(protocol, name)).parameters
+        got = inspect.signature(getattr(implementation, name)).parameters
+        assert [(p.name, p.kind, p.default) for p in got.values()] == [
+            (p.name, p.kind, p.default) for p in want.values()], f"{implementation.__name__}.{name}"
+
+
+@pytest.mark.parametrize("protocol", [Intake, Inbox, Subscriptions, PublishedIndex, Screenings, TrialVersions, State])
+def test_sqlite_state_implements(protocol: type) -> None:
+    assert protocol_members(protocol)
+    assert_implements(SqliteState, protocol)
+
+
+def test_sqlite_outbox_implements_the_registry_outbox() -> None:
+    assert_implements(SqliteOutbox, RegistryOutbox)
+
+
+def test_the_outbox_of_an_open_state_shares_its_database(tmp_path: Path) -> None:
+    state = SqliteState(tmp_path / "state.sqlite3")
+    try:
+        with state.registry_outbox(clock=lambda: 0.0) as box:
+            assert box.enqueue("k", "pkg", "infusion-1", "ps", {"resourceType": "Bundle"})
+        assert state.stats().depth == 0  # closing the outbox left the state's database open
+        with SqliteOutbox(state.path) as other:  # another process's view of the same file
+            assert other.counts()["pending"] == 1
+    finally:
+        state.close()
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_only_the_sqlite_modules_know_sqlite() -> None:
+    for path in STATE.glob("*.py"):
+        imports = _imports(path)
+        if not path.name.startswith("sqlite"):
+            assert not any("sqlite" in name for name in imports - {"bridge.state.sqlite_state"}), path.name
+    sqlite_users = {p.relative_to(ROOT).as_posix() for p in (ROOT / "bridge").rglob("*.py")
+                    if not p.is_relative_to(STATE) and any("sqlite" in n for n in _imports(p))}
+    assert sqlite_users == {"bridge/store.py", "bridge/registry/outbox.py"}  # the transitional re-exports
+
+
+def test_the_old_modules_keep_every_name() -> None:
+    assert old_store.SqliteStore is SqliteState and old_store.Store is State
+    assert old_outbox.Outbox is SqliteOutbox
+    for name in old_store.__all__:
+        if name not in ("SqliteStore", "Store"):
+            assert getattr(old_store, name) is getattr(bridge.state, name), name
+    for name in old_outbox.__all__:
+        if name != "Outbox":
+            assert getattr(old_outbox, name) is getattr(bridge.state, name), name
+
+
+def test_callers_name_only_the_protocols_they_use() -> None:
+    from bridge.cli.watch import queue_poll, register_poll
+    from bridge.registry.submit import submit_pending
+    from bridge.service.app import AppState, create_app
+    from bridge.service.fhir_api import fhir_router
+    from bridge.service.subscriptions import Subscriber
+    from bridge.service.worker import Worker, WorkerState
+
+    def store_type(function: typing.Any, parameter: str = "store") -> typing.Any:
+        return typing.get_type_hints(function)[parameter]
+
+    assert set(WorkerState.__mro__) >= {Inbox, Subscriptions} and PublishedIndex not in WorkerState.__mro__
+    assert set(AppState.__mro__) >= {Intake, PublishedIndex, Screenings} and Inbox not in AppState.__mro__
+    assert store_type(Worker.__init__) is WorkerState
+    assert store_type(create_app) is AppState
+    assert store_type(fhir_router) is PublishedIndex
+    assert store_type(Subscriber.__init__) is Subscriptions
+    assert store_type(queue_poll) is Inbox and store_type(register_poll) is Subscriptions
+    assert store_type(submit_pending, "outbox") is RegistryOutbox

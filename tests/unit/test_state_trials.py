@@ -1,0 +1,88 @@
+"""Trial versions (issue #13 item 4): one content per (trial, ruleset version); screenings name both."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bridge import RULESET_VERSION, STUDY_ID
+from bridge.errors import StoreError
+from bridge.evaluate.eligibility import Screening
+from bridge.model import NotScreened, Verdict
+from bridge.state import NotScreenedRecord, ScreeningRecord, save_prescreen, screening_record
+from bridge.state.sqlite_state import SqliteState
+
+T0 = 1_780_000_000.0
+REFUSAL = ("trial NCT04762485 ruleset r1 is already recorded with different content: "
+           "an amendment must bump ruleset_version")
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Iterator[SqliteState]:
+    s = SqliteState(tmp_path / "state.sqlite3")
+    yield s
+    s.close()
+
+
+def test_the_first_digest_of_a_version_is_kept_and_the_same_one_again_is_fine(state: SqliteState) -> None:
+    state.record_trial("NCT04762485", "r1", "sha256:aaa")
+    state.record_trial("NCT04762485", "r1", "sha256:aaa")
+    assert state.trial_digest("NCT04762485", "r1") == "sha256:aaa"
+    assert state.trial_digest("NCT04762485", "r2") is None
+
+
+def test_other_content_under_a_recorded_version_is_refused_with_one_line(state: SqliteState) -> None:
+    state.record_trial("NCT04762485", "r1", "sha256:aaa")
+    with pytest.raises(StoreError) as caught:
+        state.record_trial("NCT04762485", "r1", "sha256:bbb")
+    assert str(caught.value) == REFUSAL and caught.value.exit_code == 8
+    assert state.trial_digest("NCT04762485", "r1") == "sha256:aaa"  # the first content stays
+
+
+def test_an_amendment_with_a_new_version_and_another_trial_are_recorded(state: SqliteState) -> None:
+    state.record_trial("NCT04762485", "r1", "sha256:aaa")
+    state.record_trial("NCT04762485", "r2", "sha256:bbb")  # the amendment bumped the version
+    state.record_trial("NCT00000000", "r1", "sha256:ccc")  # the same version string of another trial
+    assert [state.trial_digest(t, v) for t, v in (("NCT04762485", "r1"), ("NCT04762485", "r2"),
+                                                  ("NCT00000000", "r1"))] == ["sha256:aaa", "sha256:bbb",
+                                                                              "sha256:ccc"]
+
+
+def test_the_record_survives_reopening_and_binds_another_process(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite3"
+    first = SqliteState(path)
+    first.record_trial("NCT04762485", "r1", "sha256:aaa")
+    first.close()
+    code = ("import sys; from bridge.state.sqlite_state import SqliteState; "
+            "SqliteState(sys.argv[1]).record_trial('NCT04762485', 'r1', 'sha256:bbb')")
+    other = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
+    assert other.returncode != 0 and REFUSAL in other.stderr
+
+
+def screening(pid: str) -> Screening:
+    return Screening(f"Patient/{pid}", "candidate",
+                     (Verdict("inc-age", "met", "age 36 on 2026-06-15", (f"Patient/{pid}",)),))
+
+
+def test_every_saved_screening_names_its_trial_and_ruleset_version(state: SqliteState) -> None:
+    assert save_prescreen(state, [screening("p1")], [NotScreened("Patient/d1", "deceased")], "2026-06-15",
+                          T0) == (1, 1)
+    [saved] = state.screenings()
+    assert (saved.patient_id, saved.trial, saved.ruleset_version) == ("p1", STUDY_ID, RULESET_VERSION)
+    assert saved.verdicts == [{"criterion": "inc-age", "result": "met", "evidence": ["Patient/p1"],
+                               "reason": "age 36 on 2026-06-15"}]
+    assert state.not_screened() == [NotScreenedRecord("d1", "deceased", "2026-06-15", T0)]
+    save_prescreen(state, [screening("p1")], [], "2026-06-16", T0 + 1, trial="NCT00000000", ruleset_version="t2")
+    assert (state.screening("p1").trial, state.screening("p1").ruleset_version) == (  # type: ignore[union-attr]
+        "NCT00000000", "t2")
+
+
+def test_a_screening_saved_without_them_reads_back_with_none(state: SqliteState) -> None:
+    state.save_screening(ScreeningRecord("p1", "candidate", [], "2026-06-15", T0))
+    assert state.screening("p1") == ScreeningRecord("p1", "candidate", [], "2026-06-15", T0, None, None)
+    record = screening_record(screening("p2"), "2026-06-15", T0, None, None)
+    assert (record.trial, record.ruleset_version) == (None, None)
