@@ -37,6 +37,7 @@ from bridge.fhirmodels import parse_resource
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # samplekit.py, beside this script
 from samplekit import (  # noqa: E402
     ACT_CODE,
+    BASE_URL,
     CLIN_STATUS,
     CLINICAL,
     COND_CAT,
@@ -53,6 +54,7 @@ from samplekit import (  # noqa: E402
     bundle,
     coding,
     concept,
+    dumps,
     qty,
     schema_file,
     validate,
@@ -67,6 +69,7 @@ AS_OF = date(2026, 6, 15)
 SEED = 20260615
 
 CARDIO = "http://hospital.example.org/cardio"
+ANIMAL = "http://hl7.org/fhir/StructureDefinition/patient-animal"
 HIS_DX = "http://hospital.example.org/diagnosis"
 
 INCLUSIONS = ("inc-diagnosis", "inc-age", "inc-ecog", "inc-cd7-expression", "inc-cardiac", "inc-organ-function")
@@ -140,13 +143,17 @@ class Chart:
         return resource
 
     # -- Patient and Encounter
-    def patient(self, birth: str | None, gender: str) -> Json:
-        res: Json = {"resourceType": "Patient", "id": self.pid, "meta": self._meta(),
-                     "identifier": [{"system": "http://hospital.example.org/mrn",
-                                     "value": f"SYN-{self.pid.upper()}"}],
-                     "active": True, "name": [{"text": f"Synthetic {self.pid.upper()}"}], "gender": gender}
+    def patient(self, birth: str | None, gender: str, *, version: int | None = None, deceased: str | None = None,
+                animal: Json | None = None) -> Json:
+        res: Json = {"resourceType": "Patient", "id": self.pid, "meta": self._meta(version)}
+        if animal is not None:  # http://hl7.org/fhir/StructureDefinition/patient-animal
+            res["extension"] = [{"url": ANIMAL, "extension": [{"url": "species", "valueCodeableConcept": animal}]}]
+        res |= {"identifier": [{"system": "http://hospital.example.org/mrn", "value": f"SYN-{self.pid.upper()}"}],
+                "active": True, "name": [{"text": f"Synthetic {self.pid.upper()}"}], "gender": gender}
         if birth:
             res["birthDate"] = birth
+        if deceased:
+            res["deceasedDateTime"] = deceased
         return self.add(res)
 
     def encounter(self, inpatient: bool = True, days_ago: int = 12) -> Json:
@@ -182,9 +189,10 @@ class Chart:
     # -- Observation
     def observation(self, suffix: str, code: Json, value: Json, *, days_ago: int, category: str | None,
                     status: str = "final", ranges: list[Json] | None = None, version: int | None = None,
-                    note: str | None = None) -> Json:
-        res: Json = {"resourceType": "Observation", "id": f"{self.pid}-{suffix}",
-                     "meta": self._meta(version, when(days_ago - version + 1, 18) if version else None),
+                    note: str | None = None, updated: str | None = None) -> Json:
+        """``version`` sets meta.versionId (and a lastUpdated after the result); ``updated`` sets lastUpdated."""
+        stamp = updated or (when(days_ago - version + 1, 18) if version else None)
+        res: Json = {"resourceType": "Observation", "id": f"{self.pid}-{suffix}", "meta": self._meta(version, stamp),
                      "status": status}
         if category:
             res["category"] = [concept(coding(OBS_CAT, category))]
@@ -367,14 +375,26 @@ class Case:
     status: str
     build: Callable[[Chart], None]
     intent: dict[str, str] = field(default_factory=dict)  # deviations from the default verdicts
+    reason: str | None = None  # not screened (RULES.md §2): deceased, non-human or no-patient-resource
 
 
 CASES: list[Case] = []
+NOT_SCREENED_REASONS = ("deceased", "non-human", "no-patient-resource")
 
 
 def case(pid: str, exercises: str, status: str, **intent: str) -> Callable[[Callable[[Chart], None]], None]:
     def register(build: Callable[[Chart], None]) -> None:
         CASES.append(Case(pid, exercises, status, build, {k.replace("_", "-"): v for k, v in intent.items()}))
+    return register
+
+
+def not_screened(pid: str, exercises: str, reason: str) -> Callable[[Callable[[Chart], None]], None]:
+    """A patient the rules are not applied to; its intent is the reason in the JSON's ``notScreened``."""
+    if reason not in NOT_SCREENED_REASONS:
+        raise GenerationError(f"{pid}: unknown not-screened reason {reason!r}")
+
+    def register(build: Callable[[Chart], None]) -> None:
+        CASES.append(Case(pid, exercises, "not-screened", build, reason=reason))
     return register
 
 
@@ -714,6 +734,122 @@ def _p43(c: Chart) -> None:
                   {"valueQuantity": qty(50.0, "%", comparator="<")}, days_ago=5, category="laboratory")
 
 
+# --- p45-p58 (issue 12): messy values a real EHR sends -- usable values, qualitative tests, versions, who is screened
+@case("p45", "quantitative serum hCG 2 mIU/mL (m[IU]/mL; < 5 is negative, not 'any number above 0')", "candidate")
+def _p45(c: Chart) -> None:
+    standard(c, "1994-10-02", "female", aml_cm_relapse, skip=("hcg",))
+    c.observation("hcg", concept(coding(LOINC, "2118-8", "hCG [Presence] in Serum or Plasma")),
+                  {"valueQuantity": qty(2, "m[IU]/mL", "mIU/mL")}, days_ago=4, category="laboratory")
+
+
+@case("p46", "HBsAg as a signal-to-cut-off index 0.35 {s_co_ratio} (< 1.0 is negative)", "candidate")
+def _p46(c: Chart) -> None:
+    standard(c, "1976-03-14", "male", aml_cm_relapse, skip=("hbsag",))
+    c.observation("hbsag", concept(coding(LOINC, "5196-1", "Hepatitis B virus surface Ag [Presence] in Serum")),
+                  {"valueQuantity": qty(0.35, "{s_co_ratio}", "S/CO")}, days_ago=9, category="laboratory")
+
+
+def hbv_dna_as(c: Chart, value: float, unit: Json) -> Json:
+    code = concept(coding(LOINC, "29615-2", "Hepatitis B virus DNA [#/volume] (viral load) in Serum or Plasma"))
+    return c.observation("hbv-dna", code, {"valueQuantity": {"value": value, **unit}}, days_ago=9,
+                         category="laboratory")
+
+
+@case("p47", "HBV DNA 800 copies/mL (assay-dependent: not usable, an unknown value against the 1000 IU/mL "
+      "threshold, never dropped) beside negative HBsAg and HCV antibody", "potential-candidate",
+      exc_hepatitis="unknown")
+def _p47(c: Chart) -> None:
+    standard(c, "1984-05-26", "male", aml_cm_relapse)
+    hbv_dna_as(c, 800, {"unit": "copies/mL", "system": "http://unitsofmeasure.org", "code": "{copies}/mL"})
+
+
+@case("p48", "HBV DNA 2000 with the unit only as text 'IU/mL' (no UCUM code): the international unit [IU]/mL, "
+      "above 1000", "ineligible", exc_hepatitis="met")
+def _p48(c: Chart) -> None:
+    standard(c, "1971-12-19", "male", aml_cm_relapse)
+    hbv_dna_as(c, 2000, {"unit": "IU/mL"})
+
+
+@case("p49", "LVEF 55 in unit '1' (a fraction: 5500 %, outside 0-100 %: not usable), no NYHA class",
+      "potential-candidate", inc_cardiac="unknown")
+def _p49(c: Chart) -> None:
+    standard(c, "1982-01-30", "male", aml_cm_relapse, skip=("lvef",))
+    lvef(c, 55, "1")
+
+
+@case("p50", "AST -30 U/L (negative: outside 0-100000 U/L, not usable)", "potential-candidate",
+      inc_organ_function="unknown")
+def _p50(c: Chart) -> None:
+    standard(c, "1990-07-08", "male", aml_cm_relapse, skip=("ast",))
+    enzyme(c, "ast", -30)
+
+
+@case("p51", "CD7+ blasts 1e12 % (outside 0-100 %: not usable)", "potential-candidate", inc_cd7_expression="unknown")
+def _p51(c: Chart) -> None:
+    standard(c, "1987-02-17", "female", aml_cm_relapse, skip=("cd7",))
+    cd7(c, 1e12)
+
+
+@case("p52", "AST 100 U/L whose reference range high is 0 U/L (not usable: the configured default ULN 40 applies, "
+      "2.5x ULN, with a warning; no division by zero)", "candidate")
+def _p52(c: Chart) -> None:
+    standard(c, "1966-09-04", "male", aml_cm_relapse, skip=("ast",))
+    c.observation("ast", concept(coding(LOINC, "1920-8", "AST [Enzymatic activity/volume] in Serum or Plasma")),
+                  {"valueQuantity": qty(100, "U/L")}, days_ago=2, category="laboratory",
+                  ranges=ref_range(0, 0, "U/L"))
+
+
+@case("p53", "CD7 amended 72 % listed before its preliminary 25 % (same id, no versionId or lastUpdated): status "
+      "precedence, the amended version wins over the later-listed preliminary", "candidate")
+def _p53(c: Chart) -> None:
+    standard(c, "1993-04-11", "male", aml_cm_relapse, skip=("cd7",))
+    cd7(c, 72.0, days_ago=6, status="amended")
+    cd7(c, 25.0, days_ago=6, status="preliminary")
+
+
+@case("p54", "ECOG with two versions (same id, no versionId): lastUpdated 2026-06-12T11:00:00Z (ECOG 1, listed "
+      "first) and 2026-06-12T18:00:00+08:00 (= 10:00Z, ECOG 3, listed second); as instants the 11:00Z version is "
+      "the newer (as text, or by arrival, ECOG 3 would win)", "candidate")
+def _p54(c: Chart) -> None:
+    standard(c, "1978-08-25", "female", aml_cm_relapse, skip=("ecog",))
+    ecog(c, 1, updated="2026-06-12T11:00:00Z")
+    ecog(c, 3, updated="2026-06-12T18:00:00+08:00")
+
+
+@case("p55", "two Patient resources share the id p55: versionId 2 (male, listed first) and versionId 1 (female, "
+      "listed second); the newest wins (male: no pregnancy test needed), a warning names Patient/p55",
+      "candidate")
+def _p55(c: Chart) -> None:
+    standard(c, "1988-12-12", "male", aml_cm_relapse)
+    c.resources[0]["meta"] = c._meta(2)
+    c.patient("1988-12-12", "female", version=1)
+
+
+# --- not screened (RULES.md §2 "Who is screened"): listed in notScreened, never in the results
+@not_screened("p56", "deceasedDateTime 2026-06-01 (before the as-of date); otherwise a complete candidate's chart",
+              "deceased")
+def _p56(c: Chart) -> None:
+    standard(c, "1970-06-30", "male", aml_cm_relapse)
+    c.resources[0]["deceasedDateTime"] = when(14, 23)
+
+
+@not_screened("p57", "a dog: the patient-animal extension (species Canis lupus familiaris); otherwise a complete "
+              "candidate's chart", "non-human")
+def _p57(c: Chart) -> None:
+    c.patient("2019-03-01", "male", animal=concept(coding(SNOMED, "448771007", "Canis lupus subsp. familiaris")))
+    c.encounter()
+    aml_cm_relapse(c)
+    workup(c, "male")
+
+
+@not_screened("p58", "known only from subject references: a diagnosis and a work-up, no Patient resource",
+              "no-patient-resource")
+def _p58(c: Chart) -> None:
+    c.encounter()
+    aml_cm_relapse(c)
+    workup(c, "male")
+
+
 @case("cao2022", "published case (RULES.md §7, Cao X et al. 2022): 17-year-old female, r/r AML, marrow 20 % blasts, "
       "95.6 % CD7+; other values synthetic (Observation.note)", "candidate")
 def _cao(c: Chart) -> None:
@@ -784,7 +920,8 @@ def coverage(patients: dict[str, Json]) -> dict[str, list[str]]:
 
 
 def build_intent(cases: list[Case]) -> Json:
-    patients = {c.pid: intent_of(c) for c in cases}
+    patients = {c.pid: intent_of(c) for c in cases if c.reason is None}
+    skipped = {c.pid: {"exercises": c.exercises, "reason": c.reason} for c in cases if c.reason is not None}
     gaps = coverage(patients)
     if gaps:
         raise GenerationError(f"coverage gaps: {gaps}")
@@ -794,7 +931,8 @@ def build_intent(cases: list[Case]) -> Json:
     return {"description": "Intended pre-screen verdicts (RULES.md §2), hand-written per case in "
                            "scripts/make_samples.py; not produced by the engine.",
             "as_of": AS_OF.isoformat(), "site_map": "samples/site-map.yaml",
-            "impossible": IMPOSSIBLE, "patients": patients}
+            "impossible": IMPOSSIBLE, "patients": patients,
+            "notScreened": skipped}
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -809,10 +947,12 @@ def charts(cases: list[Case]) -> list[Chart]:
 
 
 def check_ids(resources: list[Json]) -> None:
-    """Ids are unique per type, except the versions of one resource, which must differ in versionId."""
-    seen: set[tuple[str, str, str | None]] = set()
+    """Ids are unique per type, except the versions of one resource, which must differ in versionId, or (without
+    one) in lastUpdated or status -- what RULES.md §2 orders versions by."""
+    seen: set[tuple[str, str, str | None, str | None, str | None]] = set()
     for r in resources:
-        key = (r["resourceType"], r["id"], r.get("meta", {}).get("versionId"))
+        meta = r.get("meta", {})
+        key = (r["resourceType"], r["id"], meta.get("versionId"), meta.get("lastUpdated"), r.get("status"))
         if key in seen:
             raise GenerationError(f"duplicate {key[0]}/{key[1]}")
         seen.add(key)
@@ -821,6 +961,28 @@ def check_ids(resources: list[Json]) -> None:
 def ordered(cases: list[Case]) -> list[Case]:
     """p01, p02, ... then the published case."""
     return sorted(cases, key=lambda cs: (not cs.pid.startswith("p"), cs.pid))
+
+
+# ------------------------------------------------------------------------------------------ transaction.json
+# A collection Bundle may not carry ``request`` (FHIR R4 invariant bdl-3), so the batch/transaction shape has its
+# own small file: one patient's chart as PUT entries, and an entry holding only a ``request`` (a DELETE), which is
+# not clinical data: read and counted, never a skipped resource, never a --strict failure (RULES.md §2).
+def _p59(c: Chart) -> None:
+    standard(c, "1983-11-05", "male", aml_cm_relapse)
+
+
+TRANSACTION_CASE = Case("p59", "a transaction Bundle (transaction.json): the chart as PUT entries, plus a DELETE "
+                               "entry holding only a request (not clinical data, not a skipped resource)",
+                        "candidate", _p59)
+REQUEST_ONLY = [{"request": {"method": "DELETE", "url": "Observation/p59-ecog-draft"}}]
+
+
+def transaction(chart: Chart) -> Json:
+    entries: list[Json] = [{"fullUrl": f"{BASE_URL}/{r['resourceType']}/{r['id']}", "resource": r,
+                            "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
+                           for r in chart.resources]
+    return {"resourceType": "Bundle", "id": "prescreen-transaction", "meta": {"security": [HTEST]},
+            "type": "transaction", "timestamp": f"{AS_OF.isoformat()}T07:00:00{TZ}", "entry": entries + REQUEST_ONLY}
 
 
 def generate(out: Path, schema: Path) -> list[Path]:
@@ -832,7 +994,17 @@ def generate(out: Path, schema: Path) -> list[Path]:
         validate(r, schema)
     doc = bundle(resources, "prescreen-samples", f"{AS_OF.isoformat()}T07:00:00{TZ}")
     parse_resource(doc, "Bundle/prescreen-samples")
-    return write(out, doc, intent, ("Patient", "Condition", "Observation", "Encounter"))
+    (chart,) = charts([TRANSACTION_CASE])
+    for r in chart.resources:
+        validate(r, schema)
+    tx = transaction(chart)
+    parse_resource(tx, "Bundle/prescreen-transaction")
+    validate(tx, schema)
+    intent["transaction"] = {"file": "transaction.json", "nonClinicalEntries": len(REQUEST_ONLY),
+                             "patients": {TRANSACTION_CASE.pid: intent_of(TRANSACTION_CASE)}}
+    written = write(out, doc, intent, ("Patient", "Condition", "Observation", "Encounter"))
+    (out / "transaction.json").write_text(dumps(tx), encoding="utf-8")
+    return [*written, out / "transaction.json"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -108,9 +108,21 @@ def dumps(doc: Any) -> str:
     return json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
 
 
+def _full_url(resource: Json, versions: dict[tuple[str, str], list[str | None]]) -> Json:
+    """The entry's fullUrl, except for the versions of one resource that no versionId tells apart: a Bundle's
+    fullUrls must be unique unless their meta.versionId differ (FHIR R4 invariant bdl-7), so those go without."""
+    found = versions[(resource["resourceType"], resource["id"])]
+    if len(found) > 1 and len(set(found)) < len(found):
+        return {}
+    return {"fullUrl": f"{BASE_URL}/{resource['resourceType']}/{resource['id']}"}
+
+
 def bundle(resources: list[Json], bundle_id: str, stamp: str) -> Json:
     """The collection Bundle of the samples, tagged HTEST, with ``stamp`` as its timestamp."""
-    entries = [{"fullUrl": f"{BASE_URL}/{r['resourceType']}/{r['id']}", "resource": r} for r in resources]
+    versions: dict[tuple[str, str], list[str | None]] = {}
+    for r in resources:
+        versions.setdefault((r["resourceType"], r["id"]), []).append(r.get("meta", {}).get("versionId"))
+    entries = [{**_full_url(r, versions), "resource": r} for r in resources]
     return {"resourceType": "Bundle", "id": bundle_id, "meta": {"security": [HTEST]},
             "type": "collection", "timestamp": stamp, "entry": entries}
 

@@ -1,10 +1,13 @@
 """The synthetic pre-screen dataset (``samples/prescreen/``) screens as its author intended (RULES.md §2).
 
 ``intent.json`` is hand-written truth (per case in ``scripts/make_samples.py``), not engine output. Both the
-Bundle and the NDJSON directory are read with the real pipeline (reader -> assembler -> eligibility) and every
-patient's verdict per criterion and overall status must equal the intent. The dataset must also exercise every
-automated criterion as met, not-met and unknown (except outcomes RULES.md does not define), and regenerating
-it must give byte-identical files.
+Bundle and the NDJSON directory are read with the real pipeline (reader -> assembler -> who is screened ->
+eligibility) and every patient's verdict per criterion and overall status must equal the intent; the patients
+the rules do not apply to (RULES.md §2 "Who is screened") must be exactly ``intent.json``'s ``notScreened``, with
+their reasons. ``transaction.json`` (a transaction Bundle with a request-only entry) is read the same way against
+``intent.json``'s ``transaction`` section. The dataset must also exercise every automated criterion as met,
+not-met and unknown (except outcomes RULES.md does not define), and regenerating it must give byte-identical
+files.
 """
 
 from __future__ import annotations
@@ -22,16 +25,18 @@ import pytest
 
 from bridge.config import RuleOptions
 from bridge.evaluate.eligibility import ADVISORY, CRITERIA, EXCLUSIONS, INCLUSIONS, Screening, screen
+from bridge.evaluate.screened import not_screened
 from bridge.ingest.readers import read_source
 from bridge.normalize.mappings import load_code_map
-from bridge.normalize.patients import assemble
+from bridge.normalize.patients import ReadReport, assemble
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples" / "prescreen"
 SITE_MAP = ROOT / "samples" / "site-map.yaml"
 SCRIPT = ROOT / "scripts" / "make_samples.py"
 AS_OF = date(2026, 6, 15)
-SOURCES = {"bundle": SAMPLES / "bundle.json", "ndjson": SAMPLES / "ndjson"}
+SOURCES = {"bundle": SAMPLES / "bundle.json", "ndjson": SAMPLES / "ndjson", "transaction": SAMPLES / "transaction.json"}
+LAYOUTS = ("bundle", "ndjson")  # the same patients; transaction.json holds its own
 OUTCOMES = ("met", "not-met", "unknown")
 
 # Cases where the engine disagrees with RULES.md (reported to the lead): (source, patient) -> reason.
@@ -45,18 +50,30 @@ def intent() -> dict[str, Any]:
 
 
 @cache
-def screenings(source: str) -> dict[str, Screening]:
+def read(source: str) -> tuple[dict[str, Screening], dict[str, str], ReadReport]:
+    """(screenings of the screened patients, reason per not-screened patient, the read report)."""
     cmap = load_code_map(SITE_MAP)
     patients, report = assemble(read_source(str(SOURCES[source])), cmap)
     assert not report.skipped, f"{source}: resources skipped: {report.lines()}"
     options = RuleOptions(as_of=AS_OF)
-    return {pf.patient_id: screen(pf, options, cmap.uln) for pf in patients}
+    skipped = {pf.patient_id: ns.reason for pf in patients if (ns := not_screened(pf, AS_OF)) is not None}
+    screened = {pf.patient_id: screen(pf, options, cmap.uln) for pf in patients if pf.patient_id not in skipped}
+    return screened, skipped, report
+
+
+def screenings(source: str) -> dict[str, Screening]:
+    return read(source)[0]
+
+
+def intended(source: str) -> dict[str, Any]:
+    patients: dict[str, Any] = intent()["transaction" if source == "transaction" else "patients"]
+    return patients if source != "transaction" else patients["patients"]
 
 
 def _params() -> list[Any]:
     out = []
     for source in SOURCES:
-        for pid in sorted(intent()["patients"]):
+        for pid in sorted(intended(source)):
             marks = []
             if (source, pid) in ENGINE_DISAGREES:
                 marks.append(pytest.mark.xfail(strict=True, reason=ENGINE_DISAGREES[(source, pid)]))
@@ -77,7 +94,7 @@ def _differences(pid: str, got: Screening, want: dict[str, Any]) -> list[str]:
 
 @pytest.mark.parametrize(("source", "pid"), _params())
 def test_patient_screens_as_intended(source: str, pid: str) -> None:
-    want = intent()["patients"][pid]
+    want = intended(source)[pid]
     got = screenings(source).get(pid)
     assert got is not None, f"{source}: patient {pid} not found by the engine"
     assert set(want["criteria"]) == set(CRITERIA), f"{pid}: intent must name every criterion"
@@ -87,13 +104,39 @@ def test_patient_screens_as_intended(source: str, pid: str) -> None:
 
 @pytest.mark.parametrize("source", sorted(SOURCES))
 def test_engine_finds_exactly_the_intended_patients(source: str) -> None:
-    assert sorted(screenings(source)) == sorted(intent()["patients"])
+    assert sorted(screenings(source)) == sorted(intended(source))
+
+
+@pytest.mark.parametrize("source", LAYOUTS)
+def test_not_screened_patients_are_exactly_the_intended_ones(source: str) -> None:
+    """RULES.md §2 "Who is screened": deceased on or before the as-of date, non-human, or no Patient resource."""
+    _, skipped, report = read(source)
+    assert skipped == {pid: p["reason"] for pid, p in intent()["notScreened"].items()}
+    assert set(skipped.values()) == {"deceased", "non-human", "no-patient-resource"}
+    assert not set(skipped) & set(screenings(source))
+
+
+def test_transaction_request_only_entries_are_not_skipped_resources() -> None:
+    _, skipped, report = read("transaction")
+    assert not report.skipped and not skipped
+    assert report.non_clinical == intent()["transaction"]["nonClinicalEntries"] >= 1
+    doc = json.loads(SOURCES["transaction"].read_text(encoding="utf-8"))
+    assert doc["type"] == "transaction" and any(set(e) == {"request"} for e in doc["entry"])
+
+
+@pytest.mark.parametrize("source", LAYOUTS)
+def test_identity_conflicts_are_warned_by_identity(source: str) -> None:
+    """Two Patient resources share the id p55: the newest wins, and a warning names the identity only."""
+    warnings = read(source)[2].warnings
+    assert [w for w in warnings if "share this id" in w] == \
+        ["Patient/p55: several Patient resources share this id; the newest is used"]
 
 
 def test_bundle_and_ndjson_agree_verdict_for_verdict() -> None:
     bundle, ndjson = screenings("bundle"), screenings("ndjson")
     for pid in bundle:
         assert bundle[pid].verdicts == ndjson[pid].verdicts, pid
+    assert read("bundle")[1] == read("ndjson")[1]
 
 
 def test_every_automated_criterion_has_every_outcome() -> None:
@@ -186,9 +229,13 @@ def test_generator_rejects_a_status_that_contradicts_its_verdicts() -> None:
 
 def test_readme_table_matches_the_intent() -> None:
     readme = (ROOT / "samples" / "README.md").read_text(encoding="utf-8")
-    rows = {}
+    rows, others = {}, {}
     for line in readme.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 4 and cells[0].startswith("`"):
             rows[cells[0].strip("`")] = cells[3]
+        if len(cells) == 3 and cells[0].startswith("`"):  # not screened (reason), transaction.json (status)
+            others[cells[0].strip("`")] = cells[2].strip("`")
     assert rows == {pid: p["status"] for pid, p in intent()["patients"].items()}
+    assert others == {**{pid: p["reason"] for pid, p in intent()["notScreened"].items()},
+                      **{pid: p["status"] for pid, p in intent()["transaction"]["patients"].items()}}
