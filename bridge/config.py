@@ -1,9 +1,10 @@
 """Configuration: the rule options (pure data passed to evaluate) and the service settings.
 
-``RuleOptions`` holds everything a rule may be tuned by — windows, readings, comparators, per-lab defaults —
-with the defaults of RULES.md. ``Settings`` holds where things are and how to reach them; it is read from
-a YAML/JSON file and ``BRIDGE_*`` environment variables (environment wins) by ``load_settings``, and is
-passed in, never read at import time.
+``RuleOptions`` holds everything a rule may be tuned by — readings, comparators, per-lab defaults — and the
+assessment numbers of the trial (``RuleOptions.for_trial``; by default the shipped trial's). The criteria's
+own windows and thresholds are in the trial file (``bridge.trial``). ``Settings`` holds where things are and
+how to reach them; it is read from a YAML/JSON file and ``BRIDGE_*`` environment variables (environment wins)
+by ``load_settings``, and is passed in, never read at import time.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
 from bridge import yamlload
 from bridge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from bridge.trial import Trial
 
 OrganReading = Literal["organ-function", "literal"]
 Comparators = Literal["record", "eln"]
@@ -26,28 +30,41 @@ CriReading = Literal["operational", "literal"]
 
 
 @dataclass(frozen=True)
-class Windows:
-    """Look-back windows in days, counted back from the as-of date (RULES.md §2)."""
+class ResponseThresholds:
+    """The response thresholds of a trial's assessment section (RULES.md §4), in canonical units (% of cells,
+    10*9/L). ``marrow_blasts`` is both the CR/CRi/MLFS bound (below) and the relapse bound (at or above)."""
 
-    ecog: int = 30
-    cd7: int = 30
-    cardiac: int = 90
-    organ: int = 30
-    pregnancy: int = 14
-    infection: int = 30
-    hepatitis: int = 90
-    hiv: int = 90
-    cardiac_event: int = 183  # "the recent 6 months"
+    marrow_blasts: float
+    anc: float
+    platelets: float
+    pr_marrow_blasts_max: float
+    pr_decrease_percent: float
+    crh_anc: float
+    crh_platelets: float
+
+
+def _trial_default(name: str) -> Any:
+    """A rule default taken from the shipped default trial (read on first use, once)."""
+    from bridge.trial import load_trial  # here, not at import: bridge.trial imports this module
+
+    return load_trial().rule_defaults()[name]
+
+
+def _from_trial(name: str) -> Any:
+    return field(default_factory=lambda: _trial_default(name))
 
 
 @dataclass(frozen=True)
 class RuleOptions:
-    """Everything the pure evaluation layer is told; no clock, no I/O."""
+    """Everything the pure evaluation layer is told; no clock, no I/O.
+
+    The assessment numbers (count window, course, dose range, AE window, response thresholds, CIR time points,
+    the product) default to the shipped trial's; ``RuleOptions.for_trial`` takes them from another trial.
+    Windows and thresholds of the eligibility criteria live in the trial's criteria, not here.
+    """
 
     as_of: date
     organ_function_reading: OrganReading = "organ-function"
-    windows: Windows = field(default_factory=Windows)
-    hbv_dna_threshold_iu_ml: float = 1000.0
     default_uln: dict[str, float] = field(
         default_factory=lambda: {"ast": 40.0, "alt": 40.0, "bilirubin-total": 1.2, "creatinine": 1.1}
     )
@@ -56,14 +73,22 @@ class RuleOptions:
     )
     comparators: Comparators = "record"
     cri_reading: CriReading = "operational"
-    count_window_days: int = 7
-    course_days: int = 14
-    dose_range_cells_per_kg: tuple[float, float] = (0.5e6, 10e6)
-    ae_window_days: int = 365
+    count_window_days: int = _from_trial("count_window_days")
+    course_days: int = _from_trial("course_days")
+    dose_range_cells_per_kg: tuple[float, float] = _from_trial("dose_range_cells_per_kg")
+    ae_window_days: int = _from_trial("ae_window_days")
     relapse_after_transplant_counts: bool = True
+    response: ResponseThresholds = _from_trial("response")
+    cir_months: tuple[int, ...] = _from_trial("cir_months")
+    product: str = _from_trial("product")
 
     def with_(self, **changes: Any) -> RuleOptions:
         return replace(self, **changes)
+
+    @classmethod
+    def for_trial(cls, trial: Trial, as_of: date, **changes: Any) -> RuleOptions:
+        """Options whose assessment numbers are ``trial``'s (``changes`` override any field)."""
+        return cls(as_of=as_of, **{**trial.rule_defaults(), **changes})
 
 
 @dataclass(frozen=True)
@@ -162,4 +187,5 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
     return Settings(**values)
 
 
-__all__ = ["Comparators", "CriReading", "OrganReading", "RuleOptions", "Settings", "Windows", "load_settings"]
+__all__ = ["Comparators", "CriReading", "OrganReading", "ResponseThresholds", "RuleOptions", "Settings",
+           "load_settings"]

@@ -21,8 +21,8 @@ all data (each part only looks at what is dated on or before it).
   observed either way.
 - **Cohort**: ``infused`` = patients assessed; ORR = best response in {CR, CRi, MLFS, PR} over infused, with the
   exact Clopper–Pearson interval; best-response counts; AEs (events, patients with at least one,
-  ``byTermAndGrade`` with grade keys "1".."5", and "unknown" for a coded syndrome without a grade); CIR at 12 and
-  24 months (Aalen–Johansen, ``stats.cir_summary``).
+  ``byTermAndGrade`` with grade keys "1".."5", and "unknown" for a coded syndrome without a grade); CIR at the
+  trial's time points (``RuleOptions.cir_months``; Aalen–Johansen, ``stats.cir_summary``).
 - **Rounding**: every float of the document is rounded to 6 decimals (stable output; the interval 0.025 of
   ORR 1/1 is 0.025, not 0.025000000000000022). Whole cell counts are written as integers.
 """
@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from bridge import STUDY_ID
 from bridge.config import RuleOptions
 from bridge.evaluate.dose import Dose, course
 from bridge.evaluate.kinetics import KineticPoint, kinetics
@@ -43,6 +42,7 @@ from bridge.evaluate.response import RESPONDERS, RESPONSES, ResponseResult, asse
 from bridge.evaluate.safety import AdverseEvent, adverse_events
 from bridge.evaluate.stats import CirSubject, Event, cir_summary, orr
 from bridge.model import PatientFacts, Quantity
+from bridge.trial import Trial, load_trial
 
 KINETIC_CONCEPTS = ("car-t-copies", "car-t-percent")
 ROUND_DIGITS = 6
@@ -201,14 +201,15 @@ def _ae_block(assessments: Sequence[PatientAssessment]) -> dict[str, object]:
 
 def cohort(assessments: Sequence[PatientAssessment], patients: Iterable[PatientFacts],
            options: RuleOptions) -> dict[str, Any]:
-    """The cohort block: infused, ORR with its exact interval, best responses, AE counts, CIR at 12/24 months."""
+    """The cohort block: infused, ORR with its exact interval, best responses, AE counts, CIR at the trial's
+    time points."""
     facts = {p.ref: p for p in patients}
     best = {r: sum(1 for pa in assessments if pa.response.best_response == r) for r in RESPONSES}
     responders = sum(1 for pa in assessments if pa.response.best_response in RESPONDERS)
     subjects = [s for pa in assessments if pa.patient in facts
                 and (s := cir_subject(pa, facts[pa.patient], options)) is not None]
     return {"infused": len(assessments), "orr": orr(responders, len(assessments)), "bestResponse": best,
-            "adverseEvents": _ae_block(assessments), "cir": cir_summary(subjects)}
+            "adverseEvents": _ae_block(assessments), "cir": cir_summary(subjects, options.cir_months)}
 
 
 def rounded(doc: Any, digits: int = ROUND_DIGITS) -> Any:
@@ -223,9 +224,9 @@ def rounded(doc: Any, digits: int = ROUND_DIGITS) -> Any:
 
 
 def assessment_json(assessments: Sequence[PatientAssessment], patients: Iterable[PatientFacts],
-                    options: RuleOptions) -> dict[str, Any]:
-    """The ``bridge assess --format json`` document (issue #5 contract)."""
-    doc = {"study": STUDY_ID, "asOf": options.as_of.isoformat(), "comparators": options.comparators,
+                    options: RuleOptions, trial: Trial | None = None) -> dict[str, Any]:
+    """The ``bridge assess --format json`` document (issue #5 contract); ``study`` is the trial's id."""
+    doc = {"study": (trial or load_trial()).id, "asOf": options.as_of.isoformat(), "comparators": options.comparators,
            "patients": [pa.as_json() for pa in assessments], "cohort": cohort(assessments, patients, options)}
     return dict(rounded(doc))
 

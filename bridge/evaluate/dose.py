@@ -2,7 +2,8 @@
 
 Decisions, in the order they are applied (every infusion not counted is listed in ``Dose.ignored`` with why):
 
-- Only infusions of ``cd7-car-t-product`` with a date on or before the as-of date are looked at.
+- Only infusions of the trial's product (``RuleOptions.product``, e.g. ``cd7-car-t-product``) with a date on or
+  before the as-of date are looked at.
 - **Day 0** is the date of the first infusion with status ``completed`` (RULES.md §4 says "the first completed
   infusion"). No completed infusion → no day 0 → the patient is not assessed (``course`` returns None).
 - **Counted statuses.** Only ``completed`` counts. ``entered-in-error`` and ``not-done`` (nothing was given) are
@@ -12,9 +13,9 @@ Decisions, in the order they are applied (every infusion not counted is listed i
   ``doseWithinProtocol`` None (RULES.md §4 names stopped and on-hold; in-progress and unknown are the same
   case). ``cellsPerKg`` stays the completed infusions' dose (RULES.md: "left out of the sum"), a lower bound of
   what was given. An incomplete infusion outside the window is ignored like any other.
-- **The course** is every counted infusion dated day 0 to day 0 + ``course_days`` (14), both ends included: an
-  infusion on day 14 belongs to the split dose, one on day 15 does not. An infusion dated before day 0 is not
-  part of the course (day 0 is the first completed infusion).
+- **The course** is every counted infusion dated day 0 to day 0 + ``course_days`` (the trial's), both ends
+  included: with 14 days an infusion on day 14 belongs to the split dose, one on day 15 does not. An infusion
+  dated before day 0 is not part of the course (day 0 is the first completed infusion).
 - **Undated infusions** of the product (completed or incomplete) cannot be placed against the course window: the
   course total is unknown, ``undated-infusion`` is flagged and ``doseWithinProtocol`` is None (RULES.md §3: a
   not-usable value is unknown, never absent).
@@ -29,9 +30,9 @@ Decisions, in the order they are applied (every infusion not counted is listed i
   weights are not placed (they cannot be the latest on or before day 0).
 - **Cells per kg** = the course's summed cells ÷ the dosing weight (never a division by a weight that is not a
   finite number > 0).
-- **Protocol range** ``dose_range_cells_per_kg`` (0.5–10 ×10⁶ cells/kg), both ends included, compared with a
-  relative tolerance of 1e-9 so float noise at a bound does not flip the answer; outside it flags
-  ``out-of-range``.
+- **Protocol range** ``dose_range_cells_per_kg`` (the trial's, e.g. 0.5–10 ×10⁶ cells/kg), both ends included,
+  compared with a relative tolerance of 1e-9 so float noise at a bound does not flip the answer; outside it
+  flags ``out-of-range``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ from bridge.config import RuleOptions
 from bridge.evaluate.logic import dated
 from bridge.model import Fact, Infusion, PatientFacts, Quantity
 
-PRODUCT = "cd7-car-t-product"
 _IGNORED = {
     "entered-in-error": "entered in error",
     "not-done": "not done",
@@ -102,13 +102,13 @@ def usable_cells(inf: Infusion) -> float | None:
     return cells
 
 
-def _product(pf: PatientFacts) -> list[Infusion]:
-    return [i for i in pf.infusions if i.concept == PRODUCT and i.status not in _IGNORED]
+def _product(pf: PatientFacts, product: str) -> list[Infusion]:
+    return [i for i in pf.infusions if i.concept == product and i.status not in _IGNORED]
 
 
 def day_zero(pf: PatientFacts, options: RuleOptions) -> date | None:
     """The date of the first completed infusion of the product on or before the as-of date."""
-    return min((i.when for i in _product(pf) if i.status == "completed" and i.when is not None
+    return min((i.when for i in _product(pf, options.product) if i.status == "completed" and i.when is not None
                 and i.when <= options.as_of), default=None)
 
 
@@ -153,7 +153,7 @@ def _sort(pf: PatientFacts, day0: date, options: RuleOptions) -> _Sorted:
     the ignored ones with why (in date order, then by source)."""
     last = day0 + timedelta(days=options.course_days)
     out = _Sorted([], [], [], [])
-    infusions = [i for i in pf.infusions if i.concept == PRODUCT]
+    infusions = [i for i in pf.infusions if i.concept == options.product]
     for inf in sorted(infusions, key=lambda i: (i.when or date.min, i.source)):
         if inf.status in _IGNORED:
             out.ignored.append((inf.source, _IGNORED[inf.status]))
@@ -203,5 +203,5 @@ def course(pf: PatientFacts, options: RuleOptions) -> Dose | None:
                 tuple(parts.ignored))
 
 
-__all__ = ["INCOMPLETE", "PRODUCT", "CountedInfusion", "Dose", "course", "day_zero", "dosing_weight", "in_range",
+__all__ = ["INCOMPLETE", "CountedInfusion", "Dose", "course", "day_zero", "dosing_weight", "in_range",
            "usable_cells", "usable_weight"]

@@ -22,18 +22,19 @@ def tri_or(*values: Tri) -> Tri:
     return "not-met" if all(v == "not-met" for v in values) else "unknown"
 
 
-def _holds(x: float, op: str, t: float) -> bool:
+def holds(x: float, op: str, t: float) -> bool:
+    """``x op t`` for one of the comparators ``<``, ``<=``, ``>``, ``>=``."""
     return {"<": x < t, "<=": x <= t, ">": x > t, ">=": x >= t}[op]
 
 
 def compare(q: Quantity, op: str, threshold: float) -> Tri:
     """Is ``q op threshold``? A reported comparator (``<5``) makes the answer unknown when the bound allows both."""
     if q.comparator is None:
-        return "met" if _holds(q.value, op, threshold) else "not-met"
+        return "met" if holds(q.value, op, threshold) else "not-met"
     below = q.comparator in ("<", "<=")
     # the true value lies in an open/closed half-line from q.value; test its two ends
-    near_ok = _holds(q.value, op, threshold) if q.comparator in ("<=", ">=") else _near_strict(q, op, threshold)
-    far_ok = _holds(-1e300 if below else 1e300, op, threshold)
+    near_ok = holds(q.value, op, threshold) if q.comparator in ("<=", ">=") else _near_strict(q, op, threshold)
+    far_ok = holds(-1e300 if below else 1e300, op, threshold)
     if near_ok and far_ok:
         return "met"
     if not near_ok and not far_ok:
@@ -44,7 +45,7 @@ def compare(q: Quantity, op: str, threshold: float) -> Tri:
 def _near_strict(q: Quantity, op: str, threshold: float) -> bool:
     """For ``<v`` / ``>v`` the value is strictly beyond v: judge at v, nudged by a hair toward the inside."""
     eps = max(abs(q.value), 1.0) * 1e-9
-    return _holds(q.value - eps if q.comparator == "<" else q.value + eps, op, threshold)
+    return holds(q.value - eps if q.comparator == "<" else q.value + eps, op, threshold)
 
 
 def in_window(when: date | None, as_of: date, days: int | None) -> bool:
@@ -73,4 +74,4 @@ def show(q: Quantity) -> str:
     return f"{q.comparator or ''}{fmt(q.value)} {q.unit}"
 
 
-__all__ = ["compare", "dated", "fmt", "in_window", "latest", "show", "tri_and", "tri_or"]
+__all__ = ["compare", "dated", "fmt", "holds", "in_window", "latest", "show", "tri_and", "tri_or"]

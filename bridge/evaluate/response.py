@@ -25,7 +25,9 @@ decisions the record leaves open, made here:
 - **Circulating blasts** are present when the blood blasts are above 0. No blood blast result in the window
   leaves "no circulating blasts" unknown (CR, CRi and PR need positive evidence of it), exactly like a missing
   ANC or platelet result: the assessment then falls back to MLFS when the MLFS criteria hold, else NE.
-- **Counts** are recovered when ANC > 1.0 and platelets > 100 ×10⁹/L (``record`` comparators) or ≥ (``eln``);
+- **Thresholds** are the trial's (``RuleOptions.response``, from the trial file's assessment section; RULES.md §4
+  for the shipped trial: marrow blasts < 5 %, ANC > 1.0 and platelets > 100 ×10⁹/L, PR 5–25 % with a ≥ 50 % decrease).
+- **Counts** are recovered when ANC and platelets are above their thresholds (``record`` comparators) or ≥ (``eln``);
   a value exactly at a threshold that is not recovered is "below". A missing or unknown ANC *or* platelet result
   makes CR, CRi and PR undecidable (in both CRi readings).
 - **CRi**: ``operational`` reading — exactly one lineage below; both below → MLFS. ``literal`` — at least one.
@@ -70,7 +72,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
 
-from bridge.config import RuleOptions
+from bridge.config import ResponseThresholds, RuleOptions
 from bridge.evaluate.logic import compare, dated, fmt, show, tri_and
 from bridge.model import Fact, PatientFacts, Quantity, Tri
 
@@ -80,10 +82,6 @@ REMISSION = frozenset({"CR", "CRi", "MLFS"})
 RESPONDERS = frozenset({"CR", "CRi", "MLFS", "PR"})
 RELAPSE = "relapse"
 
-MARROW_CR = 5.0
-PR_MAX = 25.0
-ANC_CR, PLT_CR = 1.0, 100.0
-ANC_CRH, PLT_CRH = 0.5, 50.0
 _DROPPED = frozenset({"entered-in-error", "cancelled"})
 
 
@@ -156,11 +154,11 @@ def recovered(q: Quantity | None, threshold: float, comparators: str) -> Tri:
     return compare(q, ">" if comparators == "record" else ">=", threshold)
 
 
-def decrease_half(marrow: Quantity, baseline: Quantity | None) -> Tri:
-    """Marrow blasts at most half the baseline (a decrease of at least 50 %), with both values' comparators."""
+def decrease_from(marrow: Quantity, baseline: Quantity | None, percent: float) -> Tri:
+    """Marrow blasts decreased by at least ``percent`` % from the baseline, with both values' comparators."""
     if baseline is None or baseline.value <= 0:
         return "unknown"
-    result = compare(marrow, "<=", baseline.value / 2)
+    result = compare(marrow, "<=", baseline.value * (1 - percent / 100))
     loose = {"<": "met", "<=": "met", ">": "not-met", ">=": "not-met"}.get(baseline.comparator or "")
     return "unknown" if loose == result else result
 
@@ -192,14 +190,15 @@ class Criteria:
     pr_decrease: Tri
 
     @staticmethod
-    def of(x: Inputs, comparators: str) -> Criteria:
+    def of(x: Inputs, comparators: str, t: ResponseThresholds | None = None) -> Criteria:
+        t = t or default_thresholds()
         no_circ: Tri = "unknown" if x.blood_blasts is None else tri_not(compare(x.blood_blasts, ">", 0.0))
         return Criteria(
-            compare(x.marrow, "<", MARROW_CR), no_circ, _absent(x.auer_rods), _absent(x.extramedullary),
-            recovered(x.anc, ANC_CR, comparators),
-            recovered(x.platelets, PLT_CR, comparators),
-            tri_and(compare(x.marrow, ">=", MARROW_CR), compare(x.marrow, "<=", PR_MAX)),
-            decrease_half(x.marrow, x.baseline))
+            compare(x.marrow, "<", t.marrow_blasts), no_circ, _absent(x.auer_rods), _absent(x.extramedullary),
+            recovered(x.anc, t.anc, comparators),
+            recovered(x.platelets, t.platelets, comparators),
+            tri_and(compare(x.marrow, ">=", t.marrow_blasts), compare(x.marrow, "<=", t.pr_marrow_blasts_max)),
+            decrease_from(x.marrow, x.baseline, t.pr_decrease_percent))
 
 
 def _absent(present: bool | None) -> Tri:
@@ -232,16 +231,26 @@ def decide(cats: dict[str, Tri]) -> str:
     return "NR"
 
 
-def classify(x: Inputs, comparators: str = "record", cri_reading: str = "operational") -> str:
-    """The response category of one assessment (no relapse logic)."""
-    return decide(categories(Criteria.of(x, comparators), cri_reading))
+def classify(x: Inputs, comparators: str = "record", cri_reading: str = "operational",
+             thresholds: ResponseThresholds | None = None) -> str:
+    """The response category of one assessment (no relapse logic); thresholds default to the shipped trial's."""
+    return decide(categories(Criteria.of(x, comparators, thresholds), cri_reading))
 
 
-def crh(x: Inputs, comparators: str) -> Tri:
+def crh(x: Inputs, comparators: str, thresholds: ResponseThresholds | None = None) -> Tri:
     """ELN 2022 CR with partial haematological recovery (criteria only)."""
-    c = Criteria.of(x, comparators)
+    t = thresholds or default_thresholds()
+    c = Criteria.of(x, comparators, t)
     return tri_and(c.marrow_below_5, c.no_circulating, c.no_auer, c.no_emd,
-                   recovered(x.anc, ANC_CRH, comparators), recovered(x.platelets, PLT_CRH, comparators))
+                   recovered(x.anc, t.crh_anc, comparators), recovered(x.platelets, t.crh_platelets, comparators))
+
+
+def default_thresholds() -> ResponseThresholds:
+    """The shipped trial's response thresholds (``RuleOptions.response`` carries the ones in use)."""
+    from bridge.trial import load_trial  # the default trial, read once (cached)
+
+    response: ResponseThresholds = load_trial().rule_defaults()["response"]
+    return response
 
 
 # ------------------------------------------------------------------ assessments
@@ -353,7 +362,8 @@ def _finding_note(label: str, f: Fact | None, bad: Fact | None) -> str:
 
 def _reason(marrow: Fact, win: _Window, response: str, o: RuleOptions, c: Criteria, baseline: Fact | None) -> str:
     parts = [f"marrow blasts {_shown(marrow)}",
-             _count_note("ANC", win.anc, ANC_CR, o), _count_note("platelets", win.platelets, PLT_CR, o),
+             _count_note("ANC", win.anc, o.response.anc, o),
+             _count_note("platelets", win.platelets, o.response.platelets, o),
              f"blood blasts {_shown(win.blasts)}" if win.blasts
              else f"no blood blast result within ±{o.count_window_days} days",
              _finding_note("Auer rods", win.auer, win.auer_unusable),
@@ -383,10 +393,10 @@ def _assess(pf: PatientFacts, marrow: Fact, value: Quantity, day0: date, baselin
         refs = (*refs, baseline.source)
     x = Inputs(value, _q(baseline), _q(win.anc), _q(win.platelets), _q(win.blasts),
                _finding(win.auer, win.auer_unusable), _finding(win.emd, win.emd_unusable))
-    c = Criteria.of(x, o.comparators)
+    c = Criteria.of(x, o.comparators, o.response)
     cats = categories(c, o.cri_reading)
     response = decide(cats)
-    h = crh(x, o.comparators)
+    h = crh(x, o.comparators, o.response)
     return Assessment(when, (when - day0).days, response, tuple(dict.fromkeys(refs)),
                       _reason(marrow, win, response, o, c, baseline), response,
                       None if h == "unknown" else (h == "met" and response != "CR"), _q(win.mrd),
@@ -466,7 +476,8 @@ def _blood_events(pf: PatientFacts, anchor: Assessment, start: date, end: date) 
     return events
 
 
-def _results(pf: PatientFacts, marrows: Sequence[Fact], anchor: Assessment, end: date) -> list[_Event]:
+def _results(pf: PatientFacts, marrows: Sequence[Fact], anchor: Assessment, end: date,
+             relapse_at: float) -> list[_Event]:
     """The results after the anchor's date up to ``end`` that are or may be a relapse, in date order."""
     start = anchor.when + timedelta(days=1)
     events: list[_Event] = []
@@ -476,8 +487,9 @@ def _results(pf: PatientFacts, marrows: Sequence[Fact], anchor: Assessment, end:
         q = _q(m)
         if q is None:
             events.append(_Event(m.when, m.source, f"marrow result {m.source} not usable", False))
-        elif compare(q, ">=", MARROW_CR) != "not-met":
-            events.append(_Event(m.when, m.source, "marrow blasts >= 5 %", compare(q, ">=", MARROW_CR) == "met"))
+        elif compare(q, ">=", relapse_at) != "not-met":
+            events.append(_Event(m.when, m.source, f"marrow blasts >= {fmt(relapse_at)} %",
+                                 compare(q, ">=", relapse_at) == "met"))
     events += _blood_events(pf, anchor, start, end)
     for f in pf.of("extramedullary-disease"):
         if placed(f) and f.when is not None and start <= f.when <= end and f.value is not False:
@@ -498,7 +510,7 @@ class _Relapse:
 
 
 def _relapse(pf: PatientFacts, marrows: Sequence[Fact], assessments: Sequence[Assessment],
-             remission: Assessment | None, as_of: date) -> _Relapse:
+             remission: Assessment | None, as_of: date, relapse_at: float) -> _Relapse:
     """RULES.md §4: relapse = the first result after the remission showing it. Results between a possible
     remission (undecidable) before it and the remission may be relapses; so may results that are not usable."""
     possible = next((a for a in assessments if a.possible_remission
@@ -506,9 +518,9 @@ def _relapse(pf: PatientFacts, marrows: Sequence[Fact], assessments: Sequence[As
     events: list[_Event] = []
     if possible is not None:
         end = remission.when - timedelta(days=1) if remission is not None else as_of
-        events += [replace(e, hit=False) for e in _results(pf, marrows, possible, end)]
+        events += [replace(e, hit=False) for e in _results(pf, marrows, possible, end, relapse_at)]
     if remission is not None:
-        events += _results(pf, marrows, remission, as_of)
+        events += _results(pf, marrows, remission, as_of, relapse_at)
     events.sort(key=lambda e: (e.when, not e.hit, e.source))
     if not events:
         return _Relapse(None)
@@ -573,7 +585,7 @@ def assess_response(pf: PatientFacts, day0: date, options: RuleOptions) -> Respo
     assessments = [_assess(pf, m, m.value, day0, baseline, options) if usable_quantity(m)
                    and isinstance(m.value, Quantity) else _not_usable(pf, m, day0, options) for m in marrows]
     remission = next((a for a in assessments if a.category in REMISSION), None)
-    rel = _relapse(pf, marrows, assessments, remission, options.as_of)
+    rel = _relapse(pf, marrows, assessments, remission, options.as_of, options.response.marrow_blasts)
     assessments = _apply(assessments, rel, remission, day0)
     event = rel.event if remission is not None else None
     best = best_of(a.category for a in assessments if a.category is not None)
@@ -584,5 +596,5 @@ def assess_response(pf: PatientFacts, day0: date, options: RuleOptions) -> Respo
 
 __all__ = ["RANK", "RELAPSE", "REMISSION", "RESPONDERS", "RESPONSES", "Assessment", "Criteria", "Inputs",
            "ResponseResult", "assess_response", "baseline_marrow", "best_of", "categories", "classify", "crh",
-           "decide", "decrease_half", "nearest", "placed", "positive_finding", "quantities", "recovered", "tri_not",
-           "unusable_finding", "usable_quantity"]
+           "decide", "decrease_from", "default_thresholds", "nearest", "placed", "positive_finding", "quantities",
+           "recovered", "tri_not", "unusable_finding", "usable_quantity"]

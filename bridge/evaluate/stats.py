@@ -217,9 +217,14 @@ def cif_at(curve: CifCurve, day: float, level: float = 0.95) -> tuple[float | No
 
 
 def cir_summary(
-    subjects: Iterable[CirSubject], months: Sequence[int] = (12, 24)
+    subjects: Iterable[CirSubject], months: Sequence[int] | None = None
 ) -> dict[str, dict[str, object]]:
-    """CIR at each of ``months`` (keys ``"12months"`` …), each ``{"estimate": x, "ci95": [lo, hi]}``."""
+    """CIR at each of ``months`` (keys ``"12months"`` …), each ``{"estimate": x, "ci95": [lo, hi]}``; the last
+    is the horizon. ``months`` None: the shipped trial's time points (``RuleOptions.cir_months``)."""
+    if months is None:
+        from bridge.trial import load_trial  # the default trial, read once (cached)
+
+        months = load_trial().rule_defaults()["cir_months"]
     horizon = max(months, default=0) * DAYS_PER_MONTH
     curve = aalen_johansen(subjects, horizon)
     summary: dict[str, dict[str, object]] = {}

@@ -8,11 +8,12 @@ Items come out in the reader format (``Entry(resource, where)``), so everything 
 for a file: a pull gives the same verdicts, reasons and evidence as the same resources read from disk.
 
 The look-back. Observations of most concepts are fetched with ``date=ge<as-of − lookback_days>``: every
-rule that reads them has a window far shorter than the look-back. The concepts in ``ANY_AGE_CONCEPTS`` are
-read by a rule at any age (RULES.md §2: a positive HBsAg, HCV RNA or HIV test, an HBV DNA above the
-threshold, a refractory or CNS finding decide however old they are; an out-of-window pregnancy test is
-still named as evidence), so they are fetched without a date — otherwise an old positive test would vanish
-from the pull and flip an exclusion. ``tests/unit/test_pull.py`` guards that list against the rules.
+rule that reads them has a window shorter than the look-back (``LOOKBACK_DAYS``, lengthened for a trial with a
+longer window). The concepts a criterion reads at any age — its block declares them (``Trial.any_age_concepts``:
+a positive HBsAg, HCV RNA or HIV test, an HBV DNA above the threshold, a refractory or CNS finding decide however
+old they are; an out-of-window pregnancy test is still named as evidence) — are fetched without a date,
+otherwise an old positive test would vanish from the pull and flip an exclusion. No list is kept here:
+``tests/unit/test_pull.py`` checks the trial's declarations against the rules themselves.
 
 Search parameters are trusted to narrow, never to decide: a server may ignore one it does not support and
 return more, so the admitted-patient query re-checks class, status and start date on every Encounter.
@@ -31,43 +32,46 @@ from bridge.client import FhirClient
 from bridge.ingest.readers import Entry, Item
 from bridge.normalize.fhirpath import local_date, ref_id
 from bridge.normalize.mappings import CodeMap
+from bridge.trial import Trial, load_trial
 
 INPATIENT_CLASSES = ("IMP", "ACUTE", "NONAC")
 ADMITTED_STATUSES = ("in-progress", "arrived")
 CODES_PER_QUERY = 40
 LOOKBACK_DAYS = 730
-ANY_AGE_CONCEPTS = frozenset({
-    "hbsag", "hbv-dna", "hcv-antibody", "hcv-rna", "hiv-test",  # exc-hepatitis / exc-hiv: positive at any age
-    "refractory-disease", "cns-involvement",  # inc-diagnosis / exc-cns-leukemia: latest finding, no window
-    "pregnancy-status", "lactation-status",  # exc-pregnancy: recorded as current, no window
-    "pregnancy-test",  # exc-pregnancy: the latest test is evidence even outside the 14 days
-})
 
 
-def _tokens(cmap: CodeMap, any_age: bool) -> list[str]:
+def prescreen_lookback(trial: Trial | None = None) -> int:
+    """The pre-screen look-back: ``LOOKBACK_DAYS``, or longer than the trial's longest window if that is longer."""
+    longest = max((trial or load_trial()).windows().values(), default=0)
+    return max(LOOKBACK_DAYS, longest + 1)
+
+
+def _tokens(cmap: CodeMap, any_age: bool, trial: Trial | None) -> list[str]:
     """``system|code`` tokens of the mapped observation codes of one kind (any-age or windowed), sorted."""
+    wanted = (trial or load_trial()).any_age_concepts()
     tokens: set[str] = set()
     for (system, code), concept in cmap.observations.items():
-        if (concept in ANY_AGE_CONCEPTS) == any_age:
+        if (concept in wanted) == any_age:
             tokens.update(f"{system}|{spelling}" for spelling in (code, code.lower()))
     return sorted(tokens)
 
 
-def _code_params(cmap: CodeMap, any_age: bool = False) -> list[str]:
+def _code_params(cmap: CodeMap, any_age: bool = False, trial: Trial | None = None) -> list[str]:
     """The ``code`` parameter values (comma-separated tokens), chunked to keep URLs short."""
-    tokens = _tokens(cmap, any_age)
+    tokens = _tokens(cmap, any_age, trial)
     return [",".join(tokens[i:i + CODES_PER_QUERY]) for i in range(0, len(tokens), CODES_PER_QUERY)]
 
 
-def observation_queries(patient_id: str, cmap: CodeMap, as_of: date,
-                        lookback_days: int | None = LOOKBACK_DAYS) -> list[dict[str, str]]:
-    """The Observation searches of one patient: windowed codes with ``date=ge…``, any-age codes without.
-    ``lookback_days=None`` (the assessment: follow-up may be years long) fetches every mapped result."""
+def observation_queries(patient_id: str, cmap: CodeMap, as_of: date, lookback_days: int | None = LOOKBACK_DAYS,
+                        trial: Trial | None = None) -> list[dict[str, str]]:
+    """The Observation searches of one patient: windowed codes with ``date=ge…``, the trial's any-age codes
+    without. ``lookback_days=None`` (the assessment: follow-up may be years long) fetches every mapped result."""
+    windowed_codes, any_age_codes = _code_params(cmap, False, trial), _code_params(cmap, True, trial)
     if lookback_days is None:
-        return [{"patient": patient_id, "code": codes} for codes in _code_params(cmap) + _code_params(cmap, True)]
+        return [{"patient": patient_id, "code": codes} for codes in windowed_codes + any_age_codes]
     since = (as_of - timedelta(days=lookback_days)).isoformat()
-    windowed = [{"patient": patient_id, "code": codes, "date": f"ge{since}"} for codes in _code_params(cmap)]
-    return windowed + [{"patient": patient_id, "code": codes} for codes in _code_params(cmap, any_age=True)]
+    windowed = [{"patient": patient_id, "code": codes, "date": f"ge{since}"} for codes in windowed_codes]
+    return windowed + [{"patient": patient_id, "code": codes} for codes in any_age_codes]
 
 
 def _entries(resources: Iterable[dict[str, Any]], where: str) -> Iterator[Item]:
@@ -85,13 +89,15 @@ def _unique(resources: Iterable[dict[str, Any]], seen: set[str]) -> Iterator[dic
 
 
 def fetch_patient(client: FhirClient, patient_id: str, cmap: CodeMap, as_of: date,
-                  lookback_days: int | None = LOOKBACK_DAYS, medications: bool = False) -> Iterator[Item]:
-    """Every resource of one patient that a criterion (or the assessment) can use."""
+                  lookback_days: int | None = LOOKBACK_DAYS, medications: bool = False,
+                  trial: Trial | None = None) -> Iterator[Item]:
+    """Every resource of one patient that a criterion of ``trial`` (default: the shipped one) or the assessment
+    can use."""
     yield Entry(client.read("Patient", patient_id).resource, f"Patient/{patient_id}")
     yield from _entries(client.search("Condition", {"patient": patient_id}, matches_only=True),
                         f"Condition?patient={patient_id}")
     seen: set[str] = set()
-    for params in observation_queries(patient_id, cmap, as_of, lookback_days):
+    for params in observation_queries(patient_id, cmap, as_of, lookback_days, trial):
         found = client.search("Observation", params, matches_only=True)
         yield from _entries(_unique(found, seen), f"Observation?patient={patient_id}")
     yield from _entries(client.search("Encounter", {"patient": patient_id}, matches_only=True),
@@ -147,7 +153,7 @@ def infused_patients(client: FhirClient, cmap: CodeMap) -> list[str]:
 
 
 def pull(client: FhirClient, cmap: CodeMap, as_of: date, patient_ids: Iterable[str] | None = None,
-         medications: bool = False) -> Iterator[Item]:
+         medications: bool = False, trial: Trial | None = None) -> Iterator[Item]:
     """The items of the named patients; when none are named, the admitted patients (pre-screen) or the
     patients with a product administration (``medications=True``: the assessment, fetched without look-back).
     Which patients were infused is re-decided by the rules from the fetched data."""
@@ -155,10 +161,17 @@ def pull(client: FhirClient, cmap: CodeMap, as_of: date, patient_ids: Iterable[s
         ids = list(patient_ids)
     else:
         ids = infused_patients(client, cmap) if medications else admitted_patients(client, as_of)
-    lookback = None if medications else LOOKBACK_DAYS
+    lookback = None if medications else prescreen_lookback(trial)
     for pid in ids:
-        yield from fetch_patient(client, pid, cmap, as_of, lookback, medications=medications)
+        yield from fetch_patient(client, pid, cmap, as_of, lookback, medications=medications, trial=trial)
 
 
-__all__ = ["ANY_AGE_CONCEPTS", "LOOKBACK_DAYS", "admission_queries", "admitted_patients", "fetch_patient",
-           "infused_patients", "is_admission", "observation_queries", "pull"]
+def __getattr__(name: str) -> object:
+    """``ANY_AGE_CONCEPTS``: the shipped trial's any-age concepts, under the name callers know."""
+    if name == "ANY_AGE_CONCEPTS":
+        return load_trial().any_age_concepts()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["LOOKBACK_DAYS", "admission_queries", "admitted_patients", "fetch_patient", "infused_patients",
+           "is_admission", "observation_queries", "prescreen_lookback", "pull"]

@@ -3,9 +3,9 @@
 Per patient: ``GET Patient/<id>``, ``Condition?patient``, ``Observation?patient&code=…&date=ge…`` for the
 windowed codes and ``Observation?patient&code=…`` for the codes a rule reads at any age, ``Encounter?patient``.
 Admitted patients come from inpatient Encounters, re-checked client-side: a server ignoring ``class``,
-``status`` or ``date`` must not make an outpatient, or an old discharged stay, count. A guard test keeps
-``ANY_AGE_CONCEPTS`` in step with the rules: no fact older than the look-back may change a verdict unless its
-concept is fetched without a date.
+``status`` or ``date`` must not make an outpatient, or an old discharged stay, count. A guard test keeps the
+trial's any-age declarations (``Trial.any_age_concepts``) in step with the rules: no fact older than the
+look-back may change a verdict unless its concept is fetched without a date.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from responses import matchers
 
 from bridge.client import FhirClient
-from bridge.config import RuleOptions, Settings, Windows
+from bridge.config import RuleOptions, Settings
 from bridge.evaluate.eligibility import screen
 from bridge.ingest import pull as pull_module
 from bridge.ingest.pull import (
@@ -41,6 +41,7 @@ from bridge.ingest.readers import Entry
 from bridge.model import Diagnosis, Fact, PartialDate, PatientFacts, Quantity
 from bridge.normalize.mappings import CodeMap, load_code_map
 from bridge.publish.validate import REPO_ROOT
+from bridge.trial import load_trial
 
 BASE = "https://ehr.example.org/fhir"
 FHIR = {"Content-Type": "application/fhir+json"}
@@ -161,7 +162,8 @@ def test_the_look_back_is_counted_from_the_as_of_date(days: int, since: str, cma
 
 
 def test_the_look_back_outlasts_every_window() -> None:
-    assert max(vars(Windows()).values()) < LOOKBACK_DAYS
+    windows = load_trial().windows()
+    assert windows and max(windows.values()) < LOOKBACK_DAYS == pull_module.prescreen_lookback()
 
 
 def test_only_matches_come_out_and_each_resource_once(rsps: Any, client: FhirClient, cmap: CodeMap) -> None:
