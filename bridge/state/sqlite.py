@@ -22,6 +22,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -67,7 +68,7 @@ class SqliteDatabase:
             db = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                                  check_same_thread=False)
             db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
+            self._wal(db)
             db.execute("PRAGMA synchronous=FULL")
             db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
         except sqlite3.Error as exc:
@@ -75,6 +76,19 @@ class SqliteDatabase:
         with self._lock:
             self._connections.append(db)
         return db
+
+    def _wal(self, db: sqlite3.Connection) -> None:
+        """Switch to WAL. Two processes opening a new file at once can see "database is locked" here without
+        SQLite waiting on its busy handler (the switch needs an exclusive lock), so this waits itself."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.01)
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection (opened on first use)."""

@@ -311,23 +311,25 @@ def test_a_failing_migration_is_rolled_back_whole(tmp_path: Path) -> None:
 
 
 def test_processes_opening_a_new_file_at_once_migrate_it_once(tmp_path: Path) -> None:
-    path, start, errors = tmp_path / "state.sqlite3", threading.Barrier(6), []
+    """Six openers race on a new file, five times (the switch to WAL used to fail with "database is locked")."""
+    for attempt in range(5):
+        path, start, errors = tmp_path / f"state-{attempt}.sqlite3", threading.Barrier(6), []
 
-    def opener() -> None:
-        start.wait()
-        try:
-            SqliteDatabase(path).close()  # its own connection, as another process would have
-        except StoreError as exc:
-            errors.append(exc)
+        def opener(path: Path = path, start: threading.Barrier = start, errors: list[StoreError] = errors) -> None:
+            start.wait()
+            try:
+                SqliteDatabase(path).close()  # its own connection, as another process would have
+            except StoreError as exc:
+                errors.append(exc)
 
-    threads = [threading.Thread(target=opener) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
-    versions = sqlite3.connect(path).execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
-    assert [v for (v,) in versions] == LATEST
+        threads = [threading.Thread(target=opener) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        versions = sqlite3.connect(path).execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
+        assert [v for (v,) in versions] == LATEST
 
 
 def test_published_rows_written_before_keep_their_search_columns(tmp_path: Path) -> None:
