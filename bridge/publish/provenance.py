@@ -5,7 +5,8 @@ Shape (R4 4.0.1)::
     target    the published resources (``ResearchSubject/…``, or ``urn:uuid:…`` inside a transaction)
     recorded  passed in by the caller — builders have no clock; it must carry a time zone (an R4 instant)
     activity  <ACTIVITY_SYSTEM>|<activity>, e.g. prescreen, response-assessment, adverse-event-grading
-    policy    <BRIDGE_BASE>/ruleset/<RULESET_VERSION> — the rule set the results were computed under
+    policy    <BRIDGE_BASE>/ruleset/<ruleset version> — the rule set the results were computed under; the
+              version begins with the trial's id (``bridge.trial`` checks it), so it names the trial too
     reason    v3-ActReason CLINTRCH (clinical trial research)
     agent     type provenance-participant-type ``assembler``, who.display ``cd7-bridge <version>``
     entity    role ``source`` for each input resource (the verdicts' evidence), when given
@@ -17,13 +18,13 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from bridge import RULESET_VERSION, __version__
+from bridge import __version__
 from bridge.errors import Issue, ValidationFailed
 from bridge.fhirmodels import build
 from bridge.publish.study import BRIDGE_BASE
+from bridge.trial import Trial, load_trial
 
 ACTIVITY_SYSTEM = f"{BRIDGE_BASE}/CodeSystem/activity"
-RULESET_POLICY = f"{BRIDGE_BASE}/ruleset/{RULESET_VERSION}"
 AGENT_DISPLAY = f"cd7-bridge {__version__}"
 ACTIVITIES: dict[str, str] = {
     "study-publication": "Publication of the ResearchStudy and its eligibility criteria",
@@ -65,15 +66,21 @@ def _agent() -> dict[str, Any]:
     }
 
 
+def ruleset_policy(trial: Trial | None = None) -> str:
+    """The policy URI of a trial's rule set: ``<BRIDGE_BASE>/ruleset/<ruleset version>``."""
+    return f"{BRIDGE_BASE}/ruleset/{(trial or load_trial()).ruleset_version}"
+
+
 def provenance(targets: list[str], activity: str, recorded: datetime,
-               entities: Iterable[str] = ()) -> dict[str, Any]:
-    """A Provenance for ``targets`` (references) naming this bridge version and the rule set, as R4 JSON."""
+               entities: Iterable[str] = (), trial: Trial | None = None) -> dict[str, Any]:
+    """A Provenance for ``targets`` (references) naming this bridge version and the trial's rule set (default:
+    the shipped trial's), as R4 JSON."""
     if not targets:
         raise _invalid("Provenance.target", "needs at least one target")
     data = {
         "target": [{"reference": t} for t in targets],
         "recorded": _recorded(recorded),
-        "policy": [RULESET_POLICY],
+        "policy": [ruleset_policy(trial)],
         "reason": [{"coding": [_REASON]}],
         "activity": _activity(activity),
         "agent": [_agent()],
@@ -84,4 +91,11 @@ def provenance(targets: list[str], activity: str, recorded: datetime,
     return build("Provenance", data)
 
 
-__all__ = ["ACTIVITIES", "ACTIVITY_SYSTEM", "AGENT_DISPLAY", "RULESET_POLICY", "provenance"]
+def __getattr__(name: str) -> object:
+    """``RULESET_POLICY``: the shipped trial's policy URI, under the name callers know."""
+    if name == "RULESET_POLICY":
+        return ruleset_policy()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["ACTIVITIES", "ACTIVITY_SYSTEM", "AGENT_DISPLAY", "provenance", "ruleset_policy"]

@@ -1,151 +1,146 @@
-"""The ResearchStudy the bridge publishes for NCT04762485, and its enrollment Group (RULES.md §6).
+"""The ResearchStudy the bridge publishes for a trial, and its enrollment Group (RULES.md §6).
 
-Everything is built through the R4B model (``bridge.fhirmodels.build``) and is valid FHIR R4 4.0.1 on the wire
-(``bridge.publish.validate.validate_output``). The choices made here — ``active`` for the registry's "Unknown"
-status, the identifier systems, the criterion code system, contained sponsor/site/enrollment — are explained
-in ``docs/published-resources.md``. The bridge's own canonical URLs (code systems, extensions, naming systems)
-all live under ``BRIDGE_BASE`` and are defined in this module.
+Everything comes from the trial file (``bridge.trial``: its ``study`` section and its criteria) and is built
+through the R4B model (``bridge.fhirmodels.build``): valid FHIR R4 4.0.1 on the wire
+(``bridge.publish.validate.validate_output``). The choices made here — ``active`` for a registry status FHIR has
+no code for, the identifier systems, the criterion code system, contained sponsor/site/enrollment — are
+explained in ``docs/published-resources.md``. The bridge's own canonical URLs (code systems, extensions, naming
+systems) all live under ``BRIDGE_BASE`` and are defined in this module; a trial's criterion code system is
+``<BRIDGE_BASE>/CodeSystem/<logical id>-criteria``.
+
+``CRITERIA_SYSTEM``, ``STUDY_LOGICAL_ID``, ``SECONDARY_ID``, ``CONDITIONS`` and ``NOTES`` are the shipped default
+trial's, for callers that do not pass a trial yet.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from bridge import STUDY_ID
 from bridge.fhirmodels import build
-from bridge.publish.criteria import CRITERIA, CriterionText
+from bridge.trial import Criterion, Trial, load_trial
 
 CTGOV_SYSTEM = "https://clinicaltrials.gov"
 BRIDGE_BASE = "https://cd7-bridge.example.org/fhir"
-CRITERIA_SYSTEM = f"{BRIDGE_BASE}/CodeSystem/nct04762485-criteria"
 REGISTRY_STATUS_EXTENSION = f"{BRIDGE_BASE}/StructureDefinition/registry-status"
-STUDY_LOGICAL_ID = "nct04762485"
-SECONDARY_ID = "PGSDFYY 202101"
-REGISTRY_STATUS = "UNKNOWN"
-TARGET_ENROLLMENT = 20
 
-TITLE = "Humanized CD7 CAR T-cell Therapy for r/r CD7+ Acute Leukemia"
-SPONSOR_NAME = "The First Affiliated Hospital of Soochow University"
-ARM_NAME = "CD7 positive relapsed or refractory acute leukemia"
-REGISTRY_ARM_LABEL = "CD38 positive relapsed or refractory acute leukemia"
-BRIEF_SUMMARY = (
-    "This is a prospective,open-label, single center and single arm phase 1/2 study to evaluate the efficacy "
-    "and safety of T cells expressing humanized CD7 chimeric antigen receptors treatment for patients with "
-    "refractory/relapsed CD7 positive acute leukemia."
-)
-INTERVENTION = (
-    "Biological: Humanized CD7 CAR-T cells. Split intravenous infusion of CD7 CAR-T cells (dose escalating "
-    "infusion of (0.5-10)x10^6 CD7 CAR-T cells/kg)."
-)
-
-_SNOMED = "http://snomed.info/sct"
-_ICD10 = "http://hl7.org/fhir/sid/icd-10"
-_ICDO3 = "http://terminology.hl7.org/CodeSystem/icd-o-3"
 _TERMINOLOGY = "http://terminology.hl7.org/CodeSystem"
 _ARM_TYPE = "http://hl7.org/fhir/research-study-arm-type"  # R5's code system; no required binding in R4
 
 _ACCEPTED_CTGOV = {"clinicaltrials.gov", "www.clinicaltrials.gov"}
 
-NOTES: tuple[str, ...] = (
-    "Registry overall status: UNKNOWN (ClinicalTrials.gov 'Unknown status': the last known status was not "
-    "verified recently). FHIR R4 research-study-status has no such code; the bridge publishes 'active' "
-    "because it pre-screens patients for the study. The registry value is kept in the registry-status "
-    "extension.",
-    "Phase: the record's header says Phase 1, its brief summary 'phase 1/2', and the registry lists Phase 1 "
-    "and Phase 2; published as phase-1-phase-2.",
-    f"Arm: the registry labels the arm '{REGISTRY_ARM_LABEL}', a typo for CD7 (RULES.md §1.2); published as "
-    f"'{ARM_NAME}'.",
-    f"Target recruitment: {TARGET_ENROLLMENT} patients (carried as the enrollment Group's quantity).",
-    *(f"Criterion {c.id}: {c.note}" for c in CRITERIA if c.note),
-)
+
+def _t(trial: Trial | None) -> Trial:
+    return trial or load_trial()
+
+
+def study_logical_id(trial: Trial | None = None) -> str:
+    """The ResearchStudy's logical id (``nct04762485`` for the shipped trial)."""
+    return str(_t(trial).study["logical_id"])
+
+
+def criteria_system(trial: Trial | None = None) -> str:
+    """The code system of the trial's criterion ids."""
+    return f"{BRIDGE_BASE}/CodeSystem/{study_logical_id(trial)}-criteria"
+
+
+def notes(trial: Trial | None = None) -> tuple[str, ...]:
+    """ResearchStudy.note: the file's notes, the target recruitment, then each criterion's erratum note."""
+    t = _t(trial)
+    return (*t.study.get("notes", ()),
+            f"Target recruitment: {t.study['target_enrollment']} patients (carried as the enrollment Group's "
+            "quantity).",
+            *(f"Criterion {c.id}: {c.note}" for c in t.criteria if c.note))
 
 
 def _coding(system: str, code: str, display: str) -> dict[str, str]:
     return {"system": system, "code": code, "display": display}
 
 
-CONDITIONS: tuple[dict[str, Any], ...] = (
-    {"coding": [_coding(_SNOMED, "91861009", "Acute myeloid leukemia"),
-                _coding(_ICD10, "C92.0", "Acute myeloblastic leukaemia"),
-                _coding(_ICDO3, "9861/3", "Acute myeloid leukemia, NOS")],
-     "text": "Acute Myeloid Leukemia"},
-    {"coding": [_coding(_ICD10, "C95.0", "Acute leukaemia of unspecified cell type")],
-     "text": "Mixed Phenotype Acute Leukemia"},
-    {"coding": [_coding(_ICDO3, "9837/3", "T lymphoblastic leukemia/lymphoma")],
-     "text": "T Lymphoblastic Leukemia/Lymphoma"},
-)
+def conditions(trial: Trial | None = None) -> tuple[dict[str, Any], ...]:
+    """ResearchStudy.condition: one CodeableConcept per condition of the trial file."""
+    return tuple({"coding": [_coding(c["system"], c["code"], c["display"]) for c in cond["coding"]],
+                  "text": cond["text"]} for cond in _t(trial).study["conditions"])
 
 
 # ---------------------------------------------------------------------------------------------- identifiers
 
 
-def study_identifier_query(system: str = CTGOV_SYSTEM) -> str:
-    """The search / conditional-update query that finds the study: ``identifier=<system>|NCT04762485``."""
-    return f"identifier={system}|{STUDY_ID}"
+def study_identifier_query(system: str = CTGOV_SYSTEM, trial: Trial | None = None) -> str:
+    """The search / conditional-update query that finds the study: ``identifier=<system>|<trial id>``."""
+    return f"identifier={system}|{_t(trial).id}"
 
 
-def is_study_identifier(system: str | None, value: str | None) -> bool:
-    """NCT04762485 under any spelling of the ClinicalTrials.gov system (http/https, final slash)."""
+def is_study_identifier(system: str | None, value: str | None, trial: Trial | None = None) -> bool:
+    """The trial's id under any spelling of the ClinicalTrials.gov system (http/https, final slash)."""
     if not system or not value:
         return False
     host = system.strip().lower().removeprefix("https://").removeprefix("http://").rstrip("/")
-    return host in _ACCEPTED_CTGOV and value.strip().upper() == STUDY_ID
+    return host in _ACCEPTED_CTGOV and value.strip().upper() == _t(trial).id.upper()
 
 
-def _identifiers(base: str) -> list[dict[str, Any]]:
-    return [
-        {"use": "official", "system": CTGOV_SYSTEM, "value": STUDY_ID},
-        {"use": "secondary", "type": {"text": "Sponsor protocol number (registry: other study ID)"},
-         "system": f"{base.rstrip('/')}/NamingSystem/sponsor-protocol-id", "value": SECONDARY_ID,
-         "assigner": {"reference": "#sponsor", "display": SPONSOR_NAME}},
-    ]
+def _identifiers(base: str, t: Trial) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [{"use": "official", "system": CTGOV_SYSTEM, "value": t.id}]
+    secondary = t.study.get("secondary_identifier")
+    if secondary:
+        out.append({"use": "secondary", "type": {"text": secondary["type"]},
+                    "system": f"{base.rstrip('/')}/NamingSystem/sponsor-protocol-id", "value": secondary["value"],
+                    "assigner": {"reference": "#sponsor", "display": t.study["sponsor"]["name"]}})
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- enrollment
 
 
-def _characteristic(c: CriterionText, organ_reading: str) -> dict[str, Any]:
+def _characteristic(c: Criterion, organ_reading: str, system: str) -> dict[str, Any]:
     return {
-        "code": {"coding": [_coding(CRITERIA_SYSTEM, c.id, c.text)], "text": c.applied_text(organ_reading)},
+        "code": {"coding": [_coding(system, c.id, c.text)], "text": c.applied_text(organ_reading)},
         "valueBoolean": True,
         "exclude": c.exclude,
     }
 
 
-def _group_data(group_id: str, organ_reading: str) -> dict[str, Any]:
+def _group_data(group_id: str, organ_reading: str, t: Trial) -> dict[str, Any]:
+    system = criteria_system(t)
     return {
         "id": group_id,
         "type": "person",
         "actual": False,
-        "name": f"Eligibility criteria of {STUDY_ID}",
-        "quantity": TARGET_ENROLLMENT,
-        "characteristic": [_characteristic(c, organ_reading) for c in CRITERIA],
+        "name": f"Eligibility criteria of {t.id}",
+        "quantity": t.study["target_enrollment"],
+        "characteristic": [_characteristic(c, organ_reading, system) for c in t.criteria],
     }
 
 
-def enrollment_group(group_id: str = "enrollment", organ_reading: str = "organ-function") -> dict[str, Any]:
+def enrollment_group(group_id: str = "enrollment", organ_reading: str = "organ-function",
+                     trial: Trial | None = None) -> dict[str, Any]:
     """The definitional Group of eligible persons: a characteristic per criterion, exclusions ``exclude``."""
-    return build("Group", _group_data(group_id, organ_reading))
+    return build("Group", _group_data(group_id, organ_reading, _t(trial)))
 
 
 # ---------------------------------------------------------------------------------------------- study
 
 
-def _contained(organ_reading: str) -> list[dict[str, Any]]:
-    address = [{"city": "Suzhou", "country": "CN"}]
+def _address(place: Mapping[str, Any]) -> dict[str, str]:
+    return {"city": place["city"], "country": place["country"]}
+
+
+def _contained(organ_reading: str, t: Trial) -> list[dict[str, Any]]:
+    sponsor, site = t.study["sponsor"], t.study["site"]
     return [
-        {"resourceType": "Organization", "id": "sponsor", "name": SPONSOR_NAME, "address": address},
-        {"resourceType": "Location", "id": "site", "name": SPONSOR_NAME, "address": address[0],
+        {"resourceType": "Organization", "id": "sponsor", "name": sponsor["name"], "address": [_address(sponsor)]},
+        {"resourceType": "Location", "id": "site", "name": site["name"], "address": _address(site),
          "managingOrganization": {"reference": "#sponsor"}},
-        {"resourceType": "Group", **_group_data("enrollment", organ_reading)},
+        {"resourceType": "Group", **_group_data("enrollment", organ_reading, t)},
     ]
 
 
-def _arm() -> dict[str, Any]:
+def _arm(arm: Mapping[str, Any]) -> dict[str, Any]:
+    kind = arm["type"]
     return {
-        "name": ARM_NAME,
-        "type": {"coding": [_coding(_ARM_TYPE, "experimental", "Experimental")], "text": "Experimental"},
-        "description": INTERVENTION,
+        "name": arm["name"],
+        "type": {"coding": [_coding(_ARM_TYPE, kind["code"], kind["display"])], "text": kind["display"]},
+        "description": arm["description"],
     }
 
 
@@ -154,65 +149,74 @@ def _objective(kind: str, name: str) -> dict[str, Any]:
         _coding(f"{_TERMINOLOGY}/research-study-objective-type", kind, kind.capitalize())]}}
 
 
-def _objectives() -> list[dict[str, Any]]:
-    return [
-        _objective("primary", "Number of adverse events (CTCAE v5.0), 12 months"),
-        _objective("secondary", "Duration of CAR T-cells in vivo (persistence and copies), 2 years"),
-        _objective("secondary", "Overall response rate (CR, CRi, MLFS, PR), 2 years"),
-        _objective("secondary", "Cumulative incidence of relapse, 2 years"),
-    ]
-
-
-def _classifiers() -> dict[str, Any]:
-    return {
+def _classifiers(t: Trial) -> dict[str, Any]:
+    s = t.study
+    phase, purpose = s["phase"], s["primary_purpose"]
+    out: dict[str, Any] = {
         "primaryPurposeType": {"coding": [
-            _coding(f"{_TERMINOLOGY}/research-study-prim-purp-type", "treatment", "Treatment")]},
-        "phase": {"coding": [_coding(f"{_TERMINOLOGY}/research-study-phase", "phase-1-phase-2",
-                                     "Phase 1/Phase 2")], "text": "Phase 1/2"},
-        "focus": [{"text": "Humanized CD7 CAR-T cells"}],
-        "condition": [dict(c) for c in CONDITIONS],
-        "location": [{"coding": [_coding("urn:iso:std:iso:3166", "CN", "China")]}],
+            _coding(f"{_TERMINOLOGY}/research-study-prim-purp-type", purpose["code"], purpose["display"])]},
+        "phase": {"coding": [_coding(f"{_TERMINOLOGY}/research-study-phase", phase["code"], phase["display"])],
+                  "text": phase.get("text", phase["display"])},
+        "condition": list(conditions(t)),
     }
+    if s.get("focus"):
+        out["focus"] = [{"text": s["focus"]}]
+    if s.get("location"):
+        loc = s["location"]
+        out["location"] = [{"coding": [_coding(loc["system"], loc["code"], loc["display"])]}]
+    return out
 
 
 def research_study(base_identifier_system: str = BRIDGE_BASE, status: str = "active",
-                   organ_reading: str = "organ-function") -> dict[str, Any]:
-    """The ResearchStudy for NCT04762485 (logical id ``nct04762485``) as R4 JSON.
+                   organ_reading: str = "organ-function", trial: Trial | None = None) -> dict[str, Any]:
+    """The ResearchStudy of ``trial`` (default: the shipped one; logical id from its file) as R4 JSON.
 
     ``base_identifier_system`` is the base of the bridge-assigned identifier systems (the secondary id's
     system is ``<base>/NamingSystem/sponsor-protocol-id``); the official identifier is always
-    ``https://clinicaltrials.gov|NCT04762485``. ``status`` is an R4 research-study-status code (checked by
-    ``validate_output``); ``organ_reading`` picks the enrollment text of ``inc-organ-function``.
+    ``https://clinicaltrials.gov|<trial id>``. ``status`` is an R4 research-study-status code (checked by
+    ``validate_output``); ``organ_reading`` picks the enrollment text of a switchable criterion.
     """
+    t = _t(trial)
+    s = t.study
     data = {
-        "id": STUDY_LOGICAL_ID,
-        "contained": _contained(organ_reading),
-        "extension": [{"url": REGISTRY_STATUS_EXTENSION, "valueString": REGISTRY_STATUS}],
-        "identifier": _identifiers(base_identifier_system),
-        "title": TITLE,
+        "id": study_logical_id(t),
+        "contained": _contained(organ_reading, t),
+        "extension": [{"url": REGISTRY_STATUS_EXTENSION, "valueString": s["registry_status"]}],
+        "identifier": _identifiers(base_identifier_system, t),
+        "title": s["title"],
         "status": status,
-        **_classifiers(),
-        "description": BRIEF_SUMMARY,
-        "enrollment": [{"reference": "#enrollment", "display": f"Eligibility criteria of {STUDY_ID}"}],
-        "sponsor": {"reference": "#sponsor", "display": SPONSOR_NAME},
-        "site": [{"reference": "#site", "display": f"{SPONSOR_NAME}, Suzhou, China"}],
-        "note": [{"text": n} for n in NOTES],
-        "arm": [_arm()],
-        "objective": _objectives(),
+        **_classifiers(t),
+        "description": s["description"],
+        "enrollment": [{"reference": "#enrollment", "display": f"Eligibility criteria of {t.id}"}],
+        "sponsor": {"reference": "#sponsor", "display": s["sponsor"]["name"]},
+        "site": [{"reference": "#site", "display": s["site"].get("display", s["site"]["name"])}],
+        "note": [{"text": n} for n in notes(t)],
+        "arm": [_arm(a) for a in s["arms"]],
+        "objective": [_objective(o["type"], o["name"]) for o in s.get("objectives", ())],
     }
     return build("ResearchStudy", data)
 
 
+def __getattr__(name: str) -> object:
+    """The shipped trial's study constants, under the names callers know."""
+    derived = {"CRITERIA_SYSTEM": criteria_system, "STUDY_LOGICAL_ID": study_logical_id, "NOTES": notes,
+               "CONDITIONS": conditions,
+               "SECONDARY_ID": lambda: (load_trial().study.get("secondary_identifier") or {}).get("value")}
+    if name in derived:
+        return derived[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "BRIDGE_BASE",
-    "CONDITIONS",
-    "CRITERIA_SYSTEM",
     "CTGOV_SYSTEM",
     "REGISTRY_STATUS_EXTENSION",
-    "SECONDARY_ID",
-    "STUDY_LOGICAL_ID",
+    "conditions",
+    "criteria_system",
     "enrollment_group",
     "is_study_identifier",
+    "notes",
     "research_study",
     "study_identifier_query",
+    "study_logical_id",
 ]

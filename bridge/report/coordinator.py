@@ -28,9 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from bridge import RULESET_VERSION
-from bridge.evaluate.eligibility import ADVISORY
-from bridge.publish.criteria import CRITERION_IDS, criterion
+from bridge.trial import Trial, load_trial
 
 Json = dict[str, Any]
 STATUS_ORDER = ("candidate", "potential-candidate", "ineligible", "screening", "on-study-intervention",
@@ -115,9 +113,11 @@ class MemoryData:
 
     @classmethod
     def from_documents(cls, prescreen: Mapping[str, Any], assessment: Mapping[str, Any] | None = None,
-                       updated_at: Callable[[int], float] | None = None, ruleset: str = RULESET_VERSION) -> MemoryData:
-        """From a ``bridge prescreen`` JSON document (and optionally a ``bridge assess`` one)."""
+                       updated_at: Callable[[int], float] | None = None, ruleset: str | None = None) -> MemoryData:
+        """From a ``bridge prescreen`` JSON document (and optionally a ``bridge assess`` one); ``ruleset`` defaults
+        to the shipped trial's version."""
         stamp = updated_at or (lambda i: float(i))
+        ruleset = ruleset or load_trial().ruleset_version
         views = [screening_view(r["patient"], r["status"], r.get("criteria"), prescreen.get("asOf"), stamp(i), ruleset)
                  for i, r in enumerate(prescreen.get("results") or [])]
         treated = {p["patient"]: p for p in (assessment or {}).get("patients") or []}
@@ -180,26 +180,29 @@ def _status_rank(status: str) -> int:
     return STATUS_ORDER.index(status) if status in STATUS_ORDER else len(STATUS_ORDER)
 
 
-def blocking(criteria: Mapping[str, Json]) -> tuple[list[str], list[str]]:
-    """(criteria that make the patient ineligible, criteria left unknown), exc-investigator aside."""
+def blocking(criteria: Mapping[str, Json], trial: Trial | None = None) -> tuple[list[str], list[str]]:
+    """(criteria that make the patient ineligible, criteria left unknown), advisory criteria aside; which
+    verdict blocks is ``Trial.blocking``'s to say. An id the trial does not know is listed only when unknown."""
+    t = trial or load_trial()
+    known = set(t.criterion_ids)
     failing, unknown = [], []
     for cid, v in criteria.items():
-        if cid in ADVISORY:
-            continue
         result = v.get("result")
-        if (cid.startswith("inc-") and result == "not-met") or (cid.startswith("exc-") and result == "met"):
+        if cid in known and not t.counted(cid):
+            continue
+        if cid in known and t.blocking(cid, str(result)):
             failing.append(cid)
         elif result == "unknown":
             unknown.append(cid)
     return failing, unknown
 
 
-def queue(screenings: Iterable[Json], status: str | None = None) -> list[Json]:
+def queue(screenings: Iterable[Json], status: str | None = None, trial: Trial | None = None) -> list[Json]:
     """Groups ``{"status", "rows"}`` in status order; newest first within a group; one status when given."""
     groups: dict[str, list[Json]] = {}
     for s in screenings:
         if status is None or s["status"] == status:
-            failing, unknown = blocking(s.get("criteria") or {})
+            failing, unknown = blocking(s.get("criteria") or {}, trial)
             groups.setdefault(s["status"], []).append({**s, "failing": failing, "unknown": unknown})
     ordered = sorted(groups, key=lambda k: (_status_rank(k), k))
     return [{"status": k, "rows": sorted(groups[k], key=lambda r: (-(r.get("updatedAt") or 0.0), r["patient"]))}
@@ -213,15 +216,18 @@ def evidence_link(reference: str, ehr_base_url: str | None) -> str | None:
     return ehr_base_url.rstrip("/") + "/" + reference
 
 
-def criterion_rows(screening: Json, ehr_base_url: str | None) -> list[Json]:
-    """Every criterion in the protocol's order (unknown ids after), with its text and linked evidence."""
+def criterion_rows(screening: Json, ehr_base_url: str | None, trial: Trial | None = None) -> list[Json]:
+    """Every criterion in the trial's order (unknown ids after), with its label, text and linked evidence."""
+    t = trial or load_trial()
     criteria = screening.get("criteria") or {}
-    ids = [c for c in CRITERION_IDS if c in criteria] + sorted(c for c in criteria if c not in CRITERION_IDS)
+    order = t.criterion_ids
+    ids = [c for c in order if c in criteria] + sorted(c for c in criteria if c not in order)
     rows = []
     for cid in ids:
         v = criteria[cid]
-        text = criterion(cid) if cid in CRITERION_IDS else None
-        rows.append({"id": cid, "kind": text.kind if text else "", "text": text.applied_text() if text else "",
+        text = t.criterion(cid) if cid in order else None
+        rows.append({"id": cid, "label": text.label if text else cid, "kind": text.kind if text else "",
+                     "text": text.applied_text() if text else "",
                      "result": v.get("result") or "unknown", "reason": v.get("reason") or "",
                      "evidence": [{"ref": str(e), "href": evidence_link(str(e), ehr_base_url)}
                                   for e in v.get("evidence") or []]})

@@ -22,10 +22,9 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from bridge import __version__
 from bridge.errors import InputError
-from bridge.evaluate.eligibility import ADVISORY
 from bridge.evaluate.grading import CRS_TERM, ICANS_TERM
-from bridge.publish.criteria import CRITERION_IDS, criterion
 from bridge.report import plots
+from bridge.trial import Trial, load_trial
 
 Json = Mapping[str, Any]
 CRS, ICANS = CRS_TERM, ICANS_TERM
@@ -75,18 +74,25 @@ def data_uri(png: bytes | None) -> str | None:
 
 
 # ------------------------------------------------------------------ view model
-def blockers(prescreen: Json) -> list[dict[str, Any]]:
-    """Per automated criterion: patients it excludes and patients it leaves unknown, most frequent first."""
+def blockers(prescreen: Json, trial: Trial | None = None) -> list[dict[str, Any]]:
+    """Per counted criterion of the trial: patients it excludes (``Trial.blocking``) and patients it leaves
+    unknown, most frequent first (labels: ``labels``)."""
+    t = trial or load_trial()
     results = prescreen.get("results") or []
     rows = []
-    for cid in CRITERION_IDS:
-        if cid in ADVISORY:
+    for c in t.criteria:
+        if not t.counted(c.id):
             continue
-        verdicts = [r.get("criteria", {}).get(cid, {}).get("result") for r in results]
-        excluding = "not-met" if cid.startswith("inc-") else "met"
-        rows.append({"criterion": cid, "kind": criterion(cid).kind, "excluding": verdicts.count(excluding),
+        verdicts = [r.get("criteria", {}).get(c.id, {}).get("result") for r in results]
+        rows.append({"criterion": c.id, "kind": c.kind,
+                     "excluding": sum(1 for v in verdicts if t.blocking(c.id, str(v))),
                      "unknown": verdicts.count("unknown")})
     return sorted(rows, key=lambda r: (-(r["excluding"] + r["unknown"]), -r["excluding"], r["criterion"]))
+
+
+def labels(trial: Trial | None = None) -> dict[str, str]:
+    """Each criterion's short label (the trial file's ``label``), by id."""
+    return {c.id: c.label for c in (trial or load_trial()).criteria}
 
 
 def ae_rows(cohort: Json) -> list[dict[str, Any]]:
@@ -117,12 +123,12 @@ def kinetic_rows(patients: Sequence[Json]) -> list[dict[str, Any]]:
             for c, k in (p.get("kinetics") or {}).items()]
 
 
-def context(doc: Json) -> dict[str, Any]:
-    """Everything the template shows, computed from the report document alone."""
+def context(doc: Json, trial: Trial | None = None) -> dict[str, Any]:
+    """Everything the template shows, computed from the report document and the trial (default: shipped)."""
     _check(doc)
     pre, ass = doc["prescreen"], doc["assessment"]
     patients, cohort = ass.get("patients") or [], ass.get("cohort") or {}
-    block = blockers(pre)
+    block = blockers(pre, trial)
     images = {
         "funnel": plots.funnel_png(pre), "criteria": plots.criteria_png(block),
         "dose": plots.dose_png(patients), "swimmer": plots.swimmer_png(patients, doc.get("followUp") or {}),
@@ -131,7 +137,8 @@ def context(doc: Json) -> dict[str, Any]:
     }
     return {"doc": doc, "pre": pre, "ass": ass, "patients": patients, "cohort": cohort,
             "counts": plots.status_counts(pre), "not_screened": plots.not_screened_counts(pre),
-            "not_screened_labels": NOT_SCREENED_LABELS, "blockers": block, "ae_rows": ae_rows(cohort),
+            "not_screened_labels": NOT_SCREENED_LABELS, "blockers": block, "labels": labels(trial),
+            "ae_rows": ae_rows(cohort),
             "grade_keys": GRADE_KEYS, "syndromes": syndrome_rows(patients), "kinetic_rows": kinetic_rows(patients),
             "follow_up": doc.get("followUp") or {}, "images": {k: data_uri(v) for k, v in images.items()},
             "kinetic_units": plots.KINETIC_AXES, "version": __version__, "sections": SECTIONS}
@@ -143,15 +150,15 @@ def _check(doc: Json) -> None:
         raise InputError(f"report document lacks {', '.join(missing)}")
 
 
-def render_report(doc: Json) -> str:
+def render_report(doc: Json, trial: Trial | None = None) -> str:
     """The report as one HTML string."""
-    return environment().get_template("report.html.j2").render(**context(doc))
+    return environment().get_template("report.html.j2").render(**context(doc, trial))
 
 
-def write_report(doc: Json, out: str | Path) -> Path:
+def write_report(doc: Json, out: str | Path, trial: Trial | None = None) -> Path:
     """Render and write the report to ``out`` (UTF-8); returns the path written."""
     path = Path(out)
-    html = render_report(doc)
+    html = render_report(doc, trial)
     try:
         path.write_text(html, encoding="utf-8")
     except OSError as exc:
@@ -160,5 +167,5 @@ def write_report(doc: Json, out: str | Path) -> Path:
 
 
 __all__ = ["CRS", "ICANS", "NOT_SCREENED_LABELS", "SECTIONS", "ae_rows", "blockers", "context", "data_uri",
-           "environment", "interval", "jsonvalue", "kinetic_rows", "num", "pct", "render_report", "syndrome_rows",
-           "write_report"]
+           "environment", "interval", "jsonvalue", "kinetic_rows", "labels", "num", "pct", "render_report",
+           "syndrome_rows", "write_report"]
