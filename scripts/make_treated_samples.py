@@ -428,13 +428,14 @@ def treated(c: Chart, factor: float, last_day: int, cbc_days: tuple[int, ...] = 
 
 
 # ------------------------------------------------------------------------------------------ intent helpers
-def ass(on: str, day: int, marrow_blasts: float, anc: float, plt: float, blasts: float, response: str) -> Json:
-    """One intended assessment (counts in 10*9/L, blasts in %)."""
+def ass(on: str, day: int, marrow_blasts: float | None, anc: float | None, plt: float, blasts: float,
+        response: str) -> Json:
+    """One intended assessment (counts in 10*9/L, blasts in %; None: the result there is not usable)."""
     return {"date": on, "day": day, "marrowBlasts": marrow_blasts, "anc": anc, "platelets": plt,
             "bloodBlasts": blasts, "response": response}
 
 
-def inf(on: str, day: int, cells: float, in_course: bool = True) -> Json:
+def inf(on: str, day: int, cells: float | None, in_course: bool = True) -> Json:
     return {"date": on, "day": day, "cells": cells, "inCourse": in_course}
 
 
@@ -471,10 +472,10 @@ def case(pid: str, day0: date, exercises: str, prefix: str = "",
     return register
 
 
-def infused(day_zero: str, infusions: list[Json], weight_kg: float, course_cells: float, cells_per_kg: float,
-            within: bool, baseline: float, assessments: list[Json], best: str, remission: str | None,
-            relapse: str | None, last_follow_up: str, aes: list[Json], kinetics: Json, screened: str,
-            ignored: list[Json] | None = None, death: str | None = None) -> Json:
+def infused(day_zero: str, infusions: list[Json], weight_kg: float, course_cells: float | None,
+            cells_per_kg: float | None, within: bool | None, baseline: float, assessments: list[Json], best: str,
+            remission: str | None, relapse: str | None, last_follow_up: str, aes: list[Json], kinetics: Json,
+            screened: str, ignored: list[Json] | None = None, death: str | None = None) -> Json:
     """The intent of an infused patient, in the key order of intent.json."""
     return {"infused": True, "dayZero": day_zero, "infusions": infusions, "ignoredInfusions": ignored or [],
             "weightKg": weight_kg, "courseCells": course_cells, "cellsPerKg": cells_per_kg,
@@ -807,17 +808,103 @@ def _s02(c: Chart) -> None:
     c.infusion("inf-1", 0, 2.8e8, "{cells}", status="not-done")
 
 
+# --- t15-t19 (issue 12): values a real EHR sends that cannot be used (RULES.md §3-§5)
+@case("t15", date(2026, 7, 6), "a stopped infusion in the course window: day 0 1.5e8 cells completed, day 1 an "
+      "infusion of 1.5e8 stopped (the delivered dose is not known): left out of the sum, cellsPerKg the completed "
+      "dose (2.5 x10^6/kg, a lower bound), doseWithinProtocol null; CR at day 28",
+      **infused("2026-07-06", [inf("2026-07-06", 0, 1.5e8)], 60.0, 1.5e8, 2.5e6, None, 36.0,
+                [ass("2026-08-03", 28, 1.2, 2.8, 195.0, 0.0, "CR")], "CR", "2026-08-03", None, "2026-10-04", [],
+                {"car-t-copies": kin(68600.0, 10, 721203.0, 90)}, "2026-06-22",
+                ignored=[{"date": "2026-07-07", "cells": 1.5e8, "status": "stopped"}]))
+def _t15(c: Chart) -> None:
+    screening(c, birth="1990-01-17", sex="male", dx=AML_CM, marrow_blasts=36.0, cd7=85.0)
+    admission(c, 60.0)
+    c.infusion("inf-1", 0, 1.5e8, "{cells}", note="split dose 1 of 2")
+    c.infusion("inf-2", 1, 1.5e8, "{cells}", status="stopped",
+               note="split dose 2 of 2, stopped early (infusion reaction); delivered volume not recorded")
+    treated(c, 0.7, 90, cbc_days=(7, 14, 21, 90))
+    assess(c, 28, 1.2, 2.8, 195.0)
+
+
+@case("t16", date(2026, 7, 13), "a completed infusion recorded with a negative cell count (-2.0e8 cells: not "
+      "usable, infused cells must be > 0): day 0 stands, the course total is unknown, cellsPerKg and "
+      "doseWithinProtocol null; CR at day 28",
+      **infused("2026-07-13", [inf("2026-07-13", 0, None)], 70.0, None, None, None, 44.0,
+                [ass("2026-08-10", 28, 0.9, 2.9, 205.0, 0.0, "CR")], "CR", "2026-08-10", None, "2026-10-11", [],
+                {"car-t-copies": kin(127400.0, 10, 1339377.0, 90)}, "2026-06-29"))
+def _t16(c: Chart) -> None:
+    screening(c, birth="1977-05-03", sex="female", dx=AML_CM, marrow_blasts=44.0, cd7=78.0)
+    admission(c, 70.0)
+    c.infusion("inf-1", 0, -2.0e8, "{cells}", note="cell count entered with a sign error")
+    treated(c, 1.3, 90, cbc_days=(7, 14, 21, 90))
+    assess(c, 28, 0.9, 2.9, 205.0)
+
+
+@case("t17", date(2026, 7, 20), "a CRS coded without a grade (D89.839, days 2-6) with grade-3 signs the same days "
+      "(38.9 Cel and one vasopressor on day 2; 36.9 Cel, none on day 5): one CRS, grade 3 derived from the signs "
+      "(not null, not a second AE); CR at day 28",
+      **infused("2026-07-20", [inf("2026-07-20", 0, 2.1e8)], 70.0, 2.1e8, 3.0e6, True, 31.0,
+                [ass("2026-08-17", 28, 0.7, 3.1, 210.0, 0.0, "CR")], "CR", "2026-08-17", None, "2026-10-18",
+                [ae(CRS, 3, "2026-07-22", "coded+derived")],
+                {"car-t-copies": kin(156800.0, 10, 1648464.0, 90)}, "2026-07-06"))
+def _t17(c: Chart) -> None:
+    screening(c, birth="1985-09-29", sex="male", dx=ALL_CM, marrow_blasts=31.0, cd7=94.0)
+    admission(c, 70.0)
+    c.infusion("inf-1", 0, 2.1e8, "{cells}")
+    c.condition("crs", icd(ICD10CM, "D89.839", "Cytokine release syndrome, grade unspecified"), 2,
+                clinical="resolved", abated=6)
+    for day, temp, pressors, flow in ((2, 38.9, 1, 2.0), (5, 36.9, 0, 0.0)):
+        lab(c, "temp", temp, day, hour=14, minute=0)
+        score(c, f"vasopressors-{day_tag(day)}", coding(ICU, "VASOPRESSORS", "Number of vasopressors"), pressors,
+              day, "therapy")
+        lab(c, "o2-flow", flow, day, hour=14, minute=0)
+    finding(c, "ppv-d2", coding(ICU, "PPV", "Positive pressure ventilation"), False, 2, "therapy")
+    treated(c, 1.6, 90, cbc_days=(7, 14, 21, 90))
+    assess(c, 28, 0.7, 3.1, 210.0)
+
+
+@case("t18", date(2026, 7, 27), "an implausible count after the infusion: the day-28 ANC written 2600 in 10*9/L "
+      "(a /uL value under the wrong unit; outside 0-1000: not usable). CR and CRi are undecidable (an implausible "
+      "count never makes CR): the assessment falls back to MLFS (marrow 1.1 %); no neutropenia AE from it",
+      **infused("2026-07-27", [inf("2026-07-27", 0, 1.8e8)], 60.0, 1.8e8, 3.0e6, True, 27.0,
+                [ass("2026-08-24", 28, 1.1, None, 190.0, 0.0, "MLFS")], "MLFS", "2026-08-24", None, "2026-10-25",
+                [], {"car-t-copies": kin(39200.0, 10, 412116.0, 90)}, "2026-07-13"))
+def _t18(c: Chart) -> None:
+    screening(c, birth="1995-02-08", sex="female", dx=MPAL_CM, marrow_blasts=27.0, cd7=88.0)
+    admission(c, 60.0)
+    c.infusion("inf-1", 0, 1.8e8, "{cells}")
+    treated(c, 0.4, 90, cbc_days=(7, 14, 21, 90))
+    marrow(c, 28, 1.1)
+    blood_blasts(c, 28, 0.0)
+    cbc(c, 28, 2600.0, 190.0, 12.6)
+
+
+@case("t19", date(2026, 8, 3), "an implausible marrow result after the infusion: the only post-infusion marrow reads "
+      "150 % blasts (outside 0-100 %: not usable): that assessment is NE, best response NE, no remission",
+      **infused("2026-08-03", [inf("2026-08-03", 0, 2.4e8)], 80.0, 2.4e8, 3.0e6, True, 52.0,
+                [ass("2026-08-31", 28, None, 2.7, 200.0, 0.0, "NE")], "NE", None, None, "2026-11-01", [],
+                {"car-t-copies": kin(19600.0, 10, 206058.0, 90)}, "2026-07-20"))
+def _t19(c: Chart) -> None:
+    screening(c, birth="1970-12-24", sex="male", dx=AML_CM, marrow_blasts=52.0, cd7=71.0)
+    admission(c, 80.0)
+    c.infusion("inf-1", 0, 2.4e8, "{cells}")
+    treated(c, 0.2, 90, cbc_days=(7, 14, 21, 90))
+    marrow(c, 28, 150.0)
+    blood_blasts(c, 28, 0.0)
+    cbc(c, 28, 2.7, 200.0, 12.6)
+
+
 COHORT: Json = {
-    "infused": 15,
+    "infused": 20,
     "notInfused": ["s01", "s02"],
-    "bestResponse": {"CR": 9, "CRi": 2, "MLFS": 1, "PR": 1, "NR": 1, "NE": 1},
-    "responders": 13,
-    "orr": "13/15 (best response CR, CRi, MLFS or PR among infused patients)",
-    "remissions": 12,
+    "bestResponse": {"CR": 12, "CRi": 2, "MLFS": 2, "PR": 1, "NR": 1, "NE": 2},
+    "responders": 17,
+    "orr": "17/20 (best response CR, CRi, MLFS or PR among infused patients)",
+    "remissions": 16,
     "relapses": 2,
     "deathsWithoutRelapse": 1,
-    "adverseEvents": 19,
-    "cir12Months": 0.606061,
+    "adverseEvents": 20,
+    "cir12Months": 0.622222,
 }
 
 
@@ -830,28 +917,46 @@ def response_of(a: Json, baseline: float, in_remission: bool) -> str:
     """RULES.md §4 restated on one intended assessment's own numbers (record '>' comparators, operational CRi
     reading: exactly one lineage low), to catch slips in the hand-written responses."""
     marrow_blasts, anc, plt, blasts = a["marrowBlasts"], a["anc"], a["platelets"], a["bloodBlasts"]
+    if marrow_blasts is None:  # a marrow result that is not usable: not assessable
+        return "NE"
     if in_remission and (marrow_blasts >= 5 or blasts > 0):
         return "relapse"
     if marrow_blasts < 5:
+        if anc is None or plt is None:  # a count that is not usable: CR/CRi undecidable, MLFS fallback
+            return "MLFS"
         low = (anc <= 1.0) + (plt <= 100)
         if blasts == 0 and low < 2:
             return "CR" if low == 0 else "CRi"
         return "MLFS"
-    recovered = anc > 1.0 and plt > 100 and blasts == 0
+    if marrow_blasts <= 25 and (anc is None or plt is None):
+        return "NE"  # PR undecidable
+    recovered = anc is not None and plt is not None and anc > 1.0 and plt > 100 and blasts == 0
     return "PR" if recovered and 5 <= marrow_blasts <= 25 and marrow_blasts <= baseline / 2 else "NR"
 
 
 def _dose_problems(it: Json) -> list[str]:
+    """RULES.md §4 "Dose": a course cell count that is not usable makes the total, cellsPerKg and the protocol
+    check unknown (None); a stopped or on-hold infusion in the course window leaves the sum of the completed
+    ones but makes the protocol check None."""
     problems = []
     course = [i for i in it["infusions"] if i["inCourse"]]
     if any(i["inCourse"] != (0 <= i["day"] <= COURSE_DAYS) for i in it["infusions"]):
         problems.append("inCourse contradicts the 14-day course")
+    if any(i["cells"] is None for i in course):
+        if it["courseCells"] is not None or it["cellsPerKg"] is not None or it["doseWithinProtocol"] is not None:
+            problems.append("a course cell count is not usable: courseCells, cellsPerKg and doseWithinProtocol are "
+                            "null")
+        return problems
     if abs(sum(i["cells"] for i in course) - it["courseCells"]) > 1e-6 * it["courseCells"]:
         problems.append("courseCells is not the sum of the course")
     if abs(it["courseCells"] / it["weightKg"] - it["cellsPerKg"]) > 1e-9 * it["cellsPerKg"]:
         problems.append("cellsPerKg is not courseCells / weightKg")
-    if it["doseWithinProtocol"] != (DOSE_RANGE[0] <= it["cellsPerKg"] <= DOSE_RANGE[1]):
-        problems.append("doseWithinProtocol contradicts 0.5-10 x10^6/kg")
+    day0 = _d(it["dayZero"])
+    incomplete = [i for i in it["ignoredInfusions"] if i["status"] in ("stopped", "on-hold")
+                  and 0 <= (_d(i["date"]) - day0).days <= COURSE_DAYS]
+    within = None if incomplete else DOSE_RANGE[0] <= it["cellsPerKg"] <= DOSE_RANGE[1]
+    if it["doseWithinProtocol"] != within:
+        problems.append(f"doseWithinProtocol should be {within}")
     return problems
 
 
@@ -917,7 +1022,8 @@ def build_intent(cases: list[Case]) -> Json:
     check_intent(cases)
     return {"description": "Intended treated-cohort assessment (RULES.md §4-§5), hand-written per patient in "
                            "scripts/make_treated_samples.py; not produced by the engine. Counts in 10*9/L, blasts "
-                           "in %, cells as absolute numbers, dates as written (local).",
+                           "in %, cells as absolute numbers, dates as written (local); null where the result is not "
+                           "usable (RULES.md §3) or the value cannot be known.",
             "asOf": AS_OF.isoformat(), "siteMap": "samples/site-map.yaml",
             "options": {"comparators": "record", "criReading": "operational", "countWindowDays": 7,
                         "courseDays": COURSE_DAYS, "doseRangeCellsPerKg": list(DOSE_RANGE), "aeWindowDays": 365,
