@@ -35,7 +35,7 @@ def _t(trial: Trial | None) -> Trial:
 
 
 def study_logical_id(trial: Trial | None = None) -> str:
-    """The ResearchStudy's logical id (``nct04762485`` for the shipped trial)."""
+    """The ResearchStudy's logical id (the trial file's ``study.logical_id``)."""
     return str(_t(trial).study["logical_id"])
 
 
