@@ -6,6 +6,10 @@ patient), the post-infusion assessment is ``assess`` (or ``assess_loaded`` over 
 ``bridge assess``, ``bridge report`` and ``bridge registry export`` all use, so they assess the same patients
 the same way).
 
+Every function takes the ``Trial`` it evaluates (``bridge.trial``; None: the shipped default), and every result
+names it: the JSON documents carry ``study`` (the trial id) and ``rulesetVersion``. The ``RuleOptions`` of an
+assessment should come from ``RuleOptions.for_trial(trial, as_of, ...)``, so its numbers are the trial's.
+
 Who is screened (RULES.md §2): a patient for whom ``not_screened`` gives a reason (no valid Patient resource,
 non-human, deceased on the as-of date) is listed in ``PrescreenRun.not_screened`` and never screened. An
 unexpected exception while evaluating one patient (a bug) leaves that patient out, named in
@@ -27,7 +31,6 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from bridge import STUDY_ID
 from bridge.bulk import Failed, guarded, population_map
 from bridge.config import RuleOptions
 from bridge.evaluate.eligibility import CRITERIA, Screening, screen
@@ -36,6 +39,7 @@ from bridge.ingest.sources import check_source, is_url, open_source
 from bridge.model import Item, NotScreened, PatientFacts
 from bridge.normalize.mappings import CodeMap
 from bridge.normalize.patients import PatientAssembler, ReadReport
+from bridge.trial import Trial, load_trial
 
 if TYPE_CHECKING:  # the assessment engine loads only when an assessment runs
     from bridge.config import Settings
@@ -52,9 +56,10 @@ class PrescreenRun:
     not_screened: list[NotScreened] = field(default_factory=list)  # RULES.md §2 "Who is screened", by patient
     failed: list[Failed] = field(default_factory=list)  # patients whose evaluation raised (a bug), by patient
     # (with ``stream``, ``not_screened`` and ``failed`` are complete once the stream has been consumed)
+    trial: Trial = field(default_factory=load_trial)  # the trial evaluated
 
     def as_json(self) -> dict[str, object]:
-        return prescreen_json(self.screenings, self.options, self.not_screened)
+        return prescreen_json(self.screenings, self.options, self.not_screened, self.trial)
 
     def take(self, outcomes: Iterable[Screening | NotScreened | Failed]) -> Iterator[Screening]:
         """The screenings among ``outcomes``, as they come; the others go to ``not_screened`` / ``failed``."""
@@ -84,43 +89,45 @@ def _counting(items: Iterable[Item], progress: Callable[[int], None]) -> Iterabl
         yield item
 
 
-def evaluate_patient(pf: PatientFacts, options: RuleOptions, site_uln: dict[str, float] | None = None
-                     ) -> Screening | NotScreened:
-    """One patient's pre-screen, or why the patient is not screened (RULES.md §2)."""
-    return not_screened(pf, options.as_of) or screen(pf, options, site_uln)
+def evaluate_patient(pf: PatientFacts, options: RuleOptions, site_uln: dict[str, float] | None = None,
+                     trial: Trial | None = None) -> Screening | NotScreened:
+    """One patient's pre-screen against ``trial``, or why the patient is not screened (RULES.md §2)."""
+    return not_screened(pf, options.as_of) or screen(pf, options, site_uln, trial=trial)
 
 
-def screen_each(patients: Iterable[PatientFacts], options: RuleOptions, cmap: CodeMap
+def screen_each(patients: Iterable[PatientFacts], options: RuleOptions, cmap: CodeMap, trial: Trial | None = None
                 ) -> Iterator[Screening | NotScreened | Failed]:
     """``evaluate_patient`` of each patient, guarded: an exception for one patient gives a ``Failed``."""
-    evaluate = partial(evaluate_patient, options=options, site_uln=cmap.uln)
+    evaluate = partial(evaluate_patient, options=options, site_uln=cmap.uln, trial=trial)
     for pf in patients:
         yield guarded(evaluate, pf)
 
 
-def prescreen_patients(patients: Iterable[PatientFacts], options: RuleOptions, cmap: CodeMap) -> list[Screening]:
+def prescreen_patients(patients: Iterable[PatientFacts], options: RuleOptions, cmap: CodeMap,
+                       trial: Trial | None = None) -> list[Screening]:
     """The screenings of the patients who are screened (see ``screen_run`` for the others and the failures)."""
-    return screen_run(patients, options, cmap).screenings
+    return screen_run(patients, options, cmap, trial=trial).screenings
 
 
 def screen_run(patients: Iterable[PatientFacts], options: RuleOptions, cmap: CodeMap,
-               report: ReadReport | None = None) -> PrescreenRun:
+               report: ReadReport | None = None, trial: Trial | None = None) -> PrescreenRun:
     """Every patient evaluated: the screenings, the patients not screened and those whose evaluation failed."""
-    run = PrescreenRun(options, [], report or ReadReport())
-    run.screenings = list(run.take(screen_each(patients, options, cmap)))
+    trial = trial or load_trial()
+    run = PrescreenRun(options, [], report or ReadReport(), trial=trial)
+    run.screenings = list(run.take(screen_each(patients, options, cmap, trial)))
     run.not_screened.sort(key=lambda n: n.patient)
     run.failed.sort(key=lambda f: f.patient)
     return run
 
 
 def prescreen_items(items: Iterable[Item], options: RuleOptions, cmap: CodeMap,
-                    progress: Callable[[int], None] | None = None) -> PrescreenRun:
+                    progress: Callable[[int], None] | None = None, trial: Trial | None = None) -> PrescreenRun:
     patients, report = load_patients(items, cmap, progress)
-    return screen_run(patients, options, cmap, report)
+    return screen_run(patients, options, cmap, report, trial)
 
 
-def screen_one(items: Iterable[Item], patient_id: str, options: RuleOptions, cmap: CodeMap
-               ) -> Screening | NotScreened:
+def screen_one(items: Iterable[Item], patient_id: str, options: RuleOptions, cmap: CodeMap,
+               trial: Trial | None = None) -> Screening | NotScreened:
     """One patient's pre-screen from the items pulled for it (the service's re-screen), or why it is not
     screened: nothing usable came back for it (absent, or a Patient rejected by validation, with nothing else)
     is ``no-patient-resource``. Unguarded: an exception reaches the caller (the worker retries it)."""
@@ -128,13 +135,13 @@ def screen_one(items: Iterable[Item], patient_id: str, options: RuleOptions, cma
     facts = next((p for p in patients if p.patient_id == patient_id), None)
     if facts is None:
         return NotScreened(f"Patient/{patient_id}", "no-patient-resource")
-    return evaluate_patient(facts, options, cmap.uln)
+    return evaluate_patient(facts, options, cmap.uln, trial)
 
 
 def prescreen(source: str, options: RuleOptions, cmap: CodeMap,
               progress: Callable[[int], None] | None = None, *, all_patients: bool = False,
               lazy: bool = False, settings: Settings | None = None,
-              patients: Sequence[str] | None = None) -> PrescreenRun:
+              patients: Sequence[str] | None = None, trial: Trial | None = None) -> PrescreenRun:
     """Pre-screen any source ``open_source`` opens: a file, stdin, an NDJSON directory, or a FHIR base URL
     (pulled with ``settings``: the admitted patients, or ``patients``).
 
@@ -145,17 +152,19 @@ def prescreen(source: str, options: RuleOptions, cmap: CodeMap,
     a JSON writer holds one patient's verdicts at a time.
     """
     check_source(source, patients)
+    trial = trial or load_trial()
     if not all_patients and not is_url(source) and source != "-" and Path(source).is_dir():
-        outcomes, report = population_map(Path(source), cmap, partial(evaluate_patient, options=options,
-                                                                      site_uln=cmap.uln), progress)
+        evaluate = partial(evaluate_patient, options=options, site_uln=cmap.uln, trial=trial)
+        outcomes, report = population_map(Path(source), cmap, evaluate, progress, trial=trial)
         # the patients are assembled and evaluated in the workers, in patient order
-        run = PrescreenRun(options, [], report, population=True)
+        run = PrescreenRun(options, [], report, population=True, trial=trial)
         if lazy:
             run.stream = run.take(outcomes)
         else:
             run.screenings = list(run.take(outcomes))
         return run
-    return prescreen_items(open_source(source, cmap, options.as_of, settings, patients), options, cmap, progress)
+    items = open_source(source, cmap, options.as_of, settings, patients)
+    return prescreen_items(items, options, cmap, progress, trial)
 
 
 # ---------------------------------------------------------------------------------------------- assessment
@@ -171,16 +180,17 @@ class AssessRun:
     assessments: list[PatientAssessment]
     report: ReadReport
     failures: list[AssessFailure] = field(default_factory=list)
+    trial: Trial = field(default_factory=load_trial)  # the trial assessed for
 
     def as_json(self) -> dict[str, object]:
-        """The ``bridge assess --format json`` document (issue #5 contract)."""
+        """The ``bridge assess --format json`` document (issue #5 contract), naming the ruleset version."""
         from bridge.evaluate.assessment import assessment_json
 
-        return dict(assessment_json(self.assessments, self.patients, self.options))
+        return named(assessment_json(self.assessments, self.patients, self.options, trial=self.trial), self.trial)
 
 
 def assess_loaded(patients: Iterable[PatientFacts], options: RuleOptions, cmap: CodeMap,
-                  report: ReadReport | None = None) -> AssessRun:
+                  report: ReadReport | None = None, trial: Trial | None = None) -> AssessRun:
     """Assess every assessable patient (RULES.md §2: deceased ones too, never non-human or Patient-less ones);
     a patient whose assessment, JSON or CIR entry raises is left out and named in ``failures``."""
     from bridge.evaluate.assessment import assess_patients
@@ -190,7 +200,8 @@ def assess_loaded(patients: Iterable[PatientFacts], options: RuleOptions, cmap: 
     assessed = _renderable(assess_patients(kept, options, cmap.uln, cmap.lln, failures=failures), kept, options,
                            failures)
     failed = {f.patient for f in failures}
-    return AssessRun(options, [p for p in kept if p.ref not in failed], assessed, report or ReadReport(), failures)
+    return AssessRun(options, [p for p in kept if p.ref not in failed], assessed, report or ReadReport(), failures,
+                     trial or load_trial())
 
 
 def _renderable(assessed: list[PatientAssessment], patients: list[PatientFacts], options: RuleOptions,
@@ -213,12 +224,13 @@ def _renderable(assessed: list[PatientAssessment], patients: list[PatientFacts],
 
 
 def assess(source: str, options: RuleOptions, cmap: CodeMap, progress: Callable[[int], None] | None = None, *,
-           settings: Settings | None = None, patients: Sequence[str] | None = None) -> AssessRun:
+           settings: Settings | None = None, patients: Sequence[str] | None = None,
+           trial: Trial | None = None) -> AssessRun:
     """Open ``source`` (pulling the infused patients, or ``patients``, with their infusions from a server),
     normalize it and assess it (``assess_loaded``)."""
     items = open_source(source, cmap, options.as_of, settings, patients, medications=True)
     loaded, report = load_patients(items, cmap, progress)
-    return assess_loaded(loaded, options, cmap, report)
+    return assess_loaded(loaded, options, cmap, report, trial)
 
 
 def screening_json(s: Screening) -> dict[str, object]:
@@ -227,11 +239,11 @@ def screening_json(s: Screening) -> dict[str, object]:
 
 
 def write_prescreen_json(stream: TextIO, screenings: Iterable[Screening], options: RuleOptions,
-                         not_screened: Iterable[NotScreened] = ()) -> int:
+                         not_screened: Iterable[NotScreened] = (), trial: Trial | None = None) -> int:
     """The same document as ``prescreen_json``, written one patient at a time (memory stays flat); returns the
     number of patients written. ``not_screened`` is read after ``screenings`` is exhausted (a lazy run fills
     it as its stream is consumed)."""
-    head = prescreen_json((), options)
+    head = prescreen_json((), options, trial=trial)
     del head["results"], head["notScreened"]
     stream.write("{\n" + "".join(f"  {json.dumps(k)}: {json.dumps(v)},\n" for k, v in head.items()))
     stream.write('  "results": [')
@@ -249,15 +261,23 @@ def _not_screened_json(not_screened: Iterable[NotScreened]) -> list[dict[str, st
     return [n.as_json() for n in sorted(not_screened, key=lambda n: n.patient)]
 
 
+def named(doc: dict[str, object], trial: Trial) -> dict[str, object]:
+    """``doc`` with ``study`` (the trial id) first and ``rulesetVersion`` right after it: every result names the
+    trial and the version of its rules."""
+    rest = {k: v for k, v in doc.items() if k not in ("study", "rulesetVersion")}
+    return {"study": trial.id, "rulesetVersion": trial.ruleset_version, **rest}
+
+
 def prescreen_json(screenings: Iterable[Screening], options: RuleOptions,
-                   not_screened: Iterable[NotScreened] = ()) -> dict[str, object]:
+                   not_screened: Iterable[NotScreened] = (), trial: Trial | None = None) -> dict[str, object]:
     """The ``bridge prescreen --format json`` document (issue #2 contract; ``notScreened``: RULES.md §2)."""
-    return {"study": STUDY_ID, "asOf": options.as_of.isoformat(),
+    trial = trial or load_trial()
+    return {"study": trial.id, "rulesetVersion": trial.ruleset_version, "asOf": options.as_of.isoformat(),
             "organFunctionReading": options.organ_function_reading,
             "results": [screening_json(s) for s in screenings],
             "notScreened": _not_screened_json(not_screened)}
 
 
 __all__ = ["CRITERIA", "AssessRun", "Failed", "PrescreenRun", "assess", "assess_loaded", "evaluate_patient", "is_url",
-           "load_patients", "open_source", "prescreen", "prescreen_items", "prescreen_json", "prescreen_patients",
-           "screen_each", "screen_one", "screen_run", "screening_json", "write_prescreen_json"]
+           "load_patients", "named", "open_source", "prescreen", "prescreen_items", "prescreen_json",
+           "prescreen_patients", "screen_each", "screen_one", "screen_run", "screening_json", "write_prescreen_json"]

@@ -28,6 +28,7 @@ COMMANDS = {
     "subscribe": "bridge.cli.subscribe",
     "watch": "bridge.cli.watch",
     "bulk-export": "bridge.cli.bulk_export",
+    "trial": "bridge.cli.trial",
 }
 _GLOBAL_WITH_VALUE = ("--log-level",)
 

@@ -24,6 +24,7 @@ from bridge.cli.common import (
     Format,
     PatientOption,
     SiteMapOption,
+    TrialOption,
     check_patients,
     client_for,
     err_console,
@@ -33,6 +34,7 @@ from bridge.cli.common import (
     print_json,
     progress,
     settings_from,
+    trial_from,
 )
 from bridge.cli.prescreen import report_problems
 from bridge.config import RuleOptions, Settings
@@ -43,11 +45,13 @@ from bridge.normalize.mappings import load_code_map
 from bridge.pipeline import AssessRun, assess
 from bridge.publish.publisher import Written, publish_assessment
 
-HELP = """Assess infused patients of NCT04762485: day 0, dose per kg, response, adverse events, CAR-T kinetics.
+HELP = """Assess infused patients of a trial (default NCT04762485): day 0, dose per kg, response, AEs, CAR-T kinetics.
 
 SOURCE is a Bundle file, '-' for a Bundle on stdin, a directory of Bulk Data NDJSON files, or the base URL
 of a FHIR server (then the patients with a CAR-T administration, or those named with --patient, are fetched).
-Patients without a completed infusion of the CAR-T product on or before the as-of date are left out.
+Patients without a completed infusion of the CAR-T product on or before the as-of date are left out. The
+response thresholds, dose range and windows are those of --trial (default: the shipped NCT04762485 file); the
+JSON names the trial ("study") and its "rulesetVersion".
 
 Examples:
 
@@ -93,8 +97,8 @@ def _grade(pa: PatientAssessment, term: str) -> str:
     return "-" if g == 0 else "?" if g is None else f"G{g}"
 
 
-def render_table(assessments: list[PatientAssessment], options: RuleOptions) -> Table:
-    table = Table(title=f"NCT04762485 assessment as of {options.as_of} ({options.comparators} comparators, "
+def render_table(assessments: list[PatientAssessment], options: RuleOptions, study: str = "NCT04762485") -> Table:
+    table = Table(title=f"{study} assessment as of {options.as_of} ({options.comparators} comparators, "
                         f"{options.cri_reading} CRi reading)", title_justify="left")
     for name in ("Patient", "Day 0", "Cells/kg", "In range", "Best", "Remission", "Relapse", "CRS", "ICANS", "AEs"):
         table.add_column(name, no_wrap=name != "In range")
@@ -138,17 +142,20 @@ def command(
         "--publish", help="FHIR base URL to publish response Observations, AdverseEvents and subject status to")]
     = None,
     config: ConfigOption = None,
+    trial_file: TrialOption = None,
 ) -> None:
-    options = RuleOptions(as_of=parse_as_of(as_of), comparators=comparators.value, cri_reading=cri_reading.value)
     settings = settings_from(config)
+    trial = trial_from(trial_file, settings)
+    options = RuleOptions.for_trial(trial, parse_as_of(as_of), comparators=comparators.value,
+                                    cri_reading=cri_reading.value)
     cmap = load_code_map(site_map or settings.site_map)
     check_patients(source, patients)
     with progress("reading and assessing") as tick:
-        run = assess(source, options, cmap, tick, settings=settings, patients=patients)
+        run = assess(source, options, cmap, tick, settings=settings, patients=patients, trial=trial)
     if fmt_ is Format.json:
         print_json(run.as_json())
     else:
-        out_console.print(render_table(run.assessments, options))
+        out_console.print(render_table(run.assessments, options, trial.id))
         out_console.print(summary(run), highlight=False)
     report_problems(run.report)
     if publish:

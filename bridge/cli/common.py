@@ -22,6 +22,7 @@ from bridge.errors import BridgeError
 
 if TYPE_CHECKING:
     from bridge.client import FhirClient
+    from bridge.trial import Trial
 
 class Format(StrEnum):
     """``--format``: a table to read, or JSON to parse."""
@@ -33,6 +34,9 @@ class Format(StrEnum):
 # The options several commands share, spelled once.
 ConfigOption = Annotated[Path | None, typer.Option("--config", help="Settings file (YAML/JSON); BRIDGE_* env wins")]
 SiteMapOption = Annotated[Path | None, typer.Option("--site-map", help="Site map (YAML/JSON) of local codes")]
+TrialOption = Annotated[Path | None, typer.Option(
+    "--trial", help="Trial definition file (YAML/JSON; default: the 'trial' setting, else the shipped NCT04762485 "
+                    "file); check one with 'bridge trial check FILE'")]
 PatientOption = Annotated[list[str] | None, typer.Option("--patient", help="Patient id to pull (URL source only)")]
 
 P = ParamSpec("P")
@@ -102,6 +106,13 @@ def settings_from(path: Any) -> Settings:
     return load_settings(path)
 
 
+def trial_from(path: Path | None, settings: Settings) -> Trial:
+    """The trial of ``--trial``, else of the ``trial`` setting (``BRIDGE_TRIAL``), else the shipped default."""
+    from bridge.trial import load_trial
+
+    return load_trial(path or settings.trial)
+
+
 def client_for(base_url: str, settings: Settings) -> FhirClient:
     """A client for ``base_url`` with the configured authentication (token only ever sent to that origin)."""
     from bridge.client import FhirClient  # here: requests, JWT and crypto load only in commands that talk HTTP
@@ -115,6 +126,6 @@ def setup_logging(level: str = "WARNING") -> None:
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
-__all__ = ["ConfigOption", "Format", "PatientOption", "SiteMapOption", "check_patients", "client_for", "err_console",
-           "fail", "handles_errors", "out_console", "parse_as_of", "print_json", "progress", "settings_from",
-           "setup_logging"]
+__all__ = ["ConfigOption", "Format", "PatientOption", "SiteMapOption", "TrialOption", "check_patients", "client_for",
+           "err_console", "fail", "handles_errors", "out_console", "parse_as_of", "print_json", "progress",
+           "settings_from", "setup_logging", "trial_from"]

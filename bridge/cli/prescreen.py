@@ -15,6 +15,7 @@ from bridge.cli.common import (
     Format,
     PatientOption,
     SiteMapOption,
+    TrialOption,
     check_patients,
     client_for,
     err_console,
@@ -23,18 +24,21 @@ from bridge.cli.common import (
     parse_as_of,
     progress,
     settings_from,
+    trial_from,
 )
 from bridge.config import RuleOptions, Settings
-from bridge.evaluate.eligibility import ADVISORY, Screening
+from bridge.evaluate.eligibility import Screening
 from bridge.model import NotScreened
 from bridge.normalize.mappings import load_code_map
 from bridge.normalize.patients import ReadReport
 from bridge.pipeline import PrescreenRun, prescreen, write_prescreen_json
+from bridge.trial import Trial
 
 if TYPE_CHECKING:  # HTTP, publishing and the store load only when --publish, a URL or --save asks for them
     from bridge.publish.publisher import Written
+    from bridge.state import State
 
-HELP = """Pre-screen patients for NCT04762485: every criterion met / not-met / unknown, with evidence.
+HELP = """Pre-screen patients for a trial (default NCT04762485): every criterion met / not-met / unknown, with evidence.
 
 SOURCE is a Bundle file, '-' for a Bundle on stdin, a directory of Bulk Data NDJSON files, or the base URL of
 a FHIR server (then the admitted patients, or those named with --patient, are fetched by search).
@@ -46,11 +50,12 @@ Examples:
     bridge prescreen https://ehr.example/fhir --patient 123 --publish https://ehr.example/fhir
 
 Patients without a valid Patient resource, non-human or deceased are not screened: the JSON lists them in
-"notScreened", the table counts them.
+"notScreened", the table counts them. The criteria are those of --trial (default: the shipped NCT04762485
+file); the JSON names the trial ("study") and its "rulesetVersion".
 
 Exit codes: 0 ok, 1 a patient's evaluation failed (a bug; the others are printed), 2 bad input (or skipped
 resources with --strict), 3 unreadable source, 4 invalid site map, 5 configuration, 6 own output invalid,
-7 remote server error.
+7 remote server error, 8 state store error (--save; e.g. the trial file changed under the same ruleset version).
 """
 
 
@@ -62,16 +67,14 @@ class Reading(StrEnum):
 STATUS_STYLE = {"candidate": "bold green", "potential-candidate": "yellow", "ineligible": "red"}
 
 
-def _blockers(s: Screening) -> tuple[list[str], list[str]]:
-    failing = [v.criterion for v in s.verdicts if v.criterion not in ADVISORY and (
-        (v.criterion.startswith("inc-") and v.result == "not-met") or
-        (v.criterion.startswith("exc-") and v.result == "met"))]
-    unknown = [v.criterion for v in s.verdicts if v.criterion not in ADVISORY and v.result == "unknown"]
+def _blockers(s: Screening, trial: Trial) -> tuple[list[str], list[str]]:
+    failing = [v.criterion for v in s.verdicts if trial.blocking(v.criterion, v.result)]
+    unknown = [v.criterion for v in s.verdicts if trial.counted(v.criterion) and v.result == "unknown"]
     return failing, unknown
 
 
-def render_table(screenings: list[Screening], options: RuleOptions) -> Table:
-    table = Table(title=f"NCT04762485 pre-screen as of {options.as_of} ({options.organ_function_reading} reading)",
+def render_table(screenings: list[Screening], options: RuleOptions, trial: Trial) -> Table:
+    table = Table(title=f"{trial.id} pre-screen as of {options.as_of} ({options.organ_function_reading} reading)",
                   title_justify="left")
     table.add_column("Status", no_wrap=True)
     table.add_column("Patient", no_wrap=True)
@@ -79,7 +82,7 @@ def render_table(screenings: list[Screening], options: RuleOptions) -> Table:
     table.add_column("Unknown criteria")
     order = {"candidate": 0, "potential-candidate": 1, "ineligible": 2}
     for s in sorted(screenings, key=lambda s: (order[s.status], s.patient)):
-        failing, unknown = _blockers(s)
+        failing, unknown = _blockers(s, trial)
         table.add_row(f"[{STATUS_STYLE[s.status]}]{s.status}[/]", s.patient, ", ".join(failing) or "-",
                       ", ".join(unknown) or "-")
     return table
@@ -113,19 +116,41 @@ def report_problems(report: ReadReport) -> None:
 
 
 def save_screenings(settings: Settings, run: PrescreenRun) -> None:
-    """Record the run in the state store (SQLite at ``db_path``), as the service does (``save_prescreen``): each
-    screening replaces the patient's older one; a patient not screened (RULES.md §2) is marked so and its older
-    screening deleted, so the coordinator page never lists it. A patient whose evaluation failed is left as
-    it was."""
-    from bridge.store import SqliteStore, save_prescreen
+    """Record the run in the state store (``db_path``), as the service does (``save_prescreen``): each screening
+    replaces the patient's older one, naming the trial and its ruleset version; a patient not screened (RULES.md
+    §2) is marked so and its older screening deleted, so the coordinator page never lists it. A patient whose
+    evaluation failed is left as it was. First the store records the trial version: it refuses a file whose
+    ruleset version it already holds with other content (``StoreError``, exit 8), and nothing is saved."""
+    from bridge.state import save_prescreen
 
-    store = SqliteStore(settings.db_path)
+    trial = run.trial
+    state = _recorded(settings, trial)
     try:
-        saved, excluded = save_prescreen(store, run.screenings, run.not_screened, run.options.as_of, time.time())
+        saved, excluded = save_prescreen(state, run.screenings, run.not_screened, run.options.as_of, time.time(),
+                                         trial=trial.id, ruleset_version=trial.ruleset_version)
     finally:
-        store.close()
+        state.close()
     extra = f" ({excluded} not screened)" if excluded else ""
     err_console.print(f"saved {saved} screenings to {settings.db_path}{extra}", highlight=False)
+
+
+def _recorded(settings: Settings, trial: Trial) -> State:
+    """The state store, once it has recorded (or already holds) this trial version with this content."""
+    from bridge.state import open_state
+
+    state = open_state(settings.db_path)
+    try:
+        state.record_trial(trial.id, trial.ruleset_version, trial.digest)
+    except BaseException:
+        state.close()
+        raise
+    return state
+
+
+def check_trial_version(settings: Settings, trial: Trial) -> None:
+    """Before a ``--save`` run reads anything: the store refuses a changed trial file under a ruleset version it
+    already holds (one line, exit 8), so the run stops before it prints results it could not save."""
+    _recorded(settings, trial).close()
 
 
 def report_no_patient_data(source: str, report: ReadReport) -> None:
@@ -170,20 +195,24 @@ def command(
     save: Annotated[bool, typer.Option("--save", help="record the results in the local state store (db_path), "
                                                       "where the coordinator page (bridge serve, /ui) shows them")]
     = False,
+    trial_file: TrialOption = None,
 ) -> None:
-    options = RuleOptions(as_of=parse_as_of(as_of), organ_function_reading=reading.value)
     settings = settings_from(config)
+    trial = trial_from(trial_file, settings)
+    options = RuleOptions.for_trial(trial, parse_as_of(as_of), organ_function_reading=reading.value)
     cmap = load_code_map(site_map or settings.site_map)
     check_patients(source, patients)
+    if save:
+        check_trial_version(settings, trial)
     with progress("reading and screening") as tick:
         lazy = fmt is Format.json and not save and not publish
         run = prescreen(source, options, cmap, tick, all_patients=all_patients, lazy=lazy, settings=settings,
-                        patients=patients)
+                        patients=patients, trial=trial)
     if fmt is Format.json:
-        reported = write_prescreen_json(sys.stdout, run.stream or run.screenings, options, run.not_screened)
+        reported = write_prescreen_json(sys.stdout, run.stream or run.screenings, options, run.not_screened, trial)
     else:
         reported = len(run.screenings)
-        out_console.print(render_table(run.screenings, options))
+        out_console.print(render_table(run.screenings, options, trial))
         out_console.print(summary(run.screenings, run.not_screened), highlight=False)
     report_problems(run.report)
     report_no_patient_data(source, run.report)
@@ -205,5 +234,5 @@ def command(
         raise typer.Exit(2)
 
 
-__all__ = ["HELP", "NOT_SCREENED_REASONS", "command", "render_table", "report_failed", "report_no_patient_data",
-           "report_problems", "report_published", "save_screenings", "summary"]
+__all__ = ["HELP", "NOT_SCREENED_REASONS", "check_trial_version", "command", "render_table", "report_failed",
+           "report_no_patient_data", "report_problems", "report_published", "save_screenings", "summary"]

@@ -15,12 +15,14 @@ from bridge.cli.common import (
     ConfigOption,
     Format,
     SiteMapOption,
+    TrialOption,
     err_console,
     handles_errors,
     out_console,
     parse_as_of,
     print_json,
     settings_from,
+    trial_from,
 )
 from bridge.config import RuleOptions, Settings
 from bridge.errors import ConfigError, InputError
@@ -34,6 +36,7 @@ from bridge.registry.pseudonym import centre_label, site_secret
 from bridge.registry.submit import EventHook, SubmitReport, submit_pending, sync_directory
 from bridge.registry.timepoints import KINDS
 from bridge.registry.transport import RegistryClient
+from bridge.trial import Trial
 
 KILL_AFTER_ENV = "BRIDGE_TEST_REGISTRY_KILL_AFTER"
 KILL_AT_ENV = "BRIDGE_TEST_REGISTRY_KILL_AT"
@@ -59,7 +62,8 @@ EXPORT_HELP = """Build the registry packages of every consenting, infused patien
 
 SOURCE is a Bundle file, '-' (stdin) or an NDJSON directory with the patients' resources (Patient, Consent,
 MedicationAdministration, and everything the assessment needs). The assessment is computed from SOURCE, or
-read from --assessment (a saved 'bridge assess --format json' document). Nothing leaves the site: every
+read from --assessment (a saved 'bridge assess --format json' document, of the same trial and ruleset version).
+The rules are those of --trial (default: the shipped NCT04762485 file). Nothing leaves the site: every
 package is de-identified and checked (registry profile, R4 schema, no identifying value, no precise date).
 --out then holds exactly the packages of this export; send them with 'bridge registry submit DIR'.
 
@@ -80,16 +84,26 @@ def _context(settings: Settings) -> Context:
 
 
 def _assessment(items: list[Item], assessment: Path | None, as_of: str | None, options: RuleOptions,
-                cmap: CodeMap) -> dict[str, Any]:
+                cmap: CodeMap, trial: Trial) -> dict[str, Any]:
     if assessment is not None:
         doc = load_assessment(assessment)
         if as_of is not None and doc.get("asOf") != as_of:
             raise InputError(f"--as-of {as_of} differs from the asOf of {assessment.name}")
+        _same_trial(doc, trial, assessment.name)
         return doc
     try:
-        return assessment_for(items, options, cmap)
+        return assessment_for(items, options, cmap, trial)
     except ImportError:
         raise ConfigError("the assessment engine is not available here; pass --assessment FILE.json") from None
+
+
+def _same_trial(doc: dict[str, Any], trial: Trial, name: str) -> None:
+    """A saved assessment must be of the trial and ruleset version exported for (a document saved before the
+    version was named carries none, and is taken as it is)."""
+    found = (doc.get("study"), doc.get("rulesetVersion", trial.ruleset_version))
+    if found != (trial.id, trial.ruleset_version):
+        raise InputError(f"{name} is an assessment of {found[0]} ruleset {found[1]}, not of the trial {trial.id} "
+                         f"ruleset {trial.ruleset_version} (--trial)")
 
 
 def _export_table(result: BuildResult, out: Path) -> None:
@@ -123,16 +137,18 @@ def export_command(
                           ] = None,
     fmt: Annotated[Format, typer.Option("--format", help="table or json")] = Format.table,
     config: ConfigOption = None,
+    trial_file: TrialOption = None,
 ) -> None:
     settings = settings_from(config)
     context = _context(settings)
+    trial = trial_from(trial_file, settings)
     if is_url(source):  # a pull fetches no Consent: every patient would be skipped
         raise typer.BadParameter("registry export reads a Bundle file, '-' or an NDJSON directory (a pull does not "
                                  "fetch the Consent resources it needs)", param_hint="SOURCE")
-    options = RuleOptions(as_of=parse_as_of(as_of))
+    options = RuleOptions.for_trial(trial, parse_as_of(as_of))
     cmap = load_code_map(site_map or settings.site_map)
     items = list(open_source(source, cmap, options.as_of, settings))
-    doc = _assessment(items, assessment, as_of, options, cmap)
+    doc = _assessment(items, assessment, as_of, options, cmap, trial)
     kinds = [k.value for k in timepoints] if timepoints else list(KINDS)
     result = export(items, doc, context, kinds)
     write_packages(out, result.packages)

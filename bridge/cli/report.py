@@ -12,12 +12,14 @@ from bridge.cli.common import (
     ConfigOption,
     PatientOption,
     SiteMapOption,
+    TrialOption,
     check_patients,
     err_console,
     handles_errors,
     parse_as_of,
     progress,
     settings_from,
+    trial_from,
 )
 from bridge.cli.prescreen import report_problems
 from bridge.config import RuleOptions, Settings
@@ -27,12 +29,14 @@ from bridge.pipeline import load_patients
 
 if TYPE_CHECKING:
     from bridge.report.data import Json
+    from bridge.trial import Trial
 
 HELP = """Write the cohort report: pre-screen funnel, doses, swimmer plot, AEs, CIR, ORR and CAR-T kinetics.
 
 SOURCE is a Bundle file, '-' for a Bundle on stdin, a directory of Bulk Data NDJSON files, or the base URL of a
 FHIR server (then the admitted patients, or those named with --patient, are fetched with their infusions).
-The report is one HTML file with its plots embedded; it opens and prints without a network.
+The report is one HTML file with its plots embedded; it opens and prints without a network. The criteria and
+assessment numbers are those of --trial (default: the shipped NCT04762485 file), named in the report.
 
 Example:
 
@@ -55,13 +59,16 @@ def command(
     comparators: ComparatorsOption = ComparatorsOpt.record,
     cri_reading: CriReadingOption = CriReadingOpt.operational,
     config: ConfigOption = None,
+    trial_file: TrialOption = None,
 ) -> None:
-    options = RuleOptions(as_of=parse_as_of(as_of), comparators=comparators.value, cri_reading=cri_reading.value)
     settings = settings_from(config)
+    trial = trial_from(trial_file, settings)
+    options = RuleOptions.for_trial(trial, parse_as_of(as_of), comparators=comparators.value,
+                                    cri_reading=cri_reading.value)
     cmap = load_code_map(site_map or settings.site_map)
     check_patients(source, patients)
     with progress("reading and assessing"):
-        doc = _gather(source, options, cmap, settings, patients)
+        doc = _gather(source, options, cmap, settings, patients, trial)
     from bridge.report.render import write_report  # matplotlib loads only when a report is written
 
     written = write_report(doc, out)
@@ -74,14 +81,15 @@ def command(
         raise typer.Exit(1)
 
 
-def _gather(source: str, options: RuleOptions, cmap: CodeMap, settings: Settings, patients: list[str] | None) -> Json:
+def _gather(source: str, options: RuleOptions, cmap: CodeMap, settings: Settings, patients: list[str] | None,
+            trial: Trial) -> Json:
     """The report document; skipped resources and unusable values are listed on stderr, as ``prescreen`` does."""
     from bridge.report.data import gather_patients
 
     items = open_source(source, cmap, options.as_of, settings, patients, medications=True)
     loaded, problems = load_patients(items, cmap)
     report_problems(problems)
-    return gather_patients(loaded, options, cmap, source if is_url(source) else Path(source).name)
+    return gather_patients(loaded, options, cmap, source if is_url(source) else Path(source).name, trial)
 
 
 __all__ = ["HELP", "command"]

@@ -18,7 +18,7 @@ import os
 import re
 from collections.abc import Collection, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridge.config import RuleOptions
 from bridge.errors import InputError, SourceUnreadable
@@ -28,6 +28,9 @@ from bridge.registry.package import BuildResult, Context, Package, build_package
 from bridge.registry.sources import collect_records
 from bridge.registry.timepoints import KINDS
 
+if TYPE_CHECKING:
+    from bridge.trial import Trial
+
 log = logging.getLogger(__name__)
 
 PACKAGE_FILE = re.compile(r"^[0-9a-f]{32}-[a-z0-9-]+\.json$")
@@ -35,12 +38,13 @@ PACKAGE_FILE = re.compile(r"^[0-9a-f]{32}-[a-z0-9-]+\.json$")
 Json = dict[str, Any]
 
 
-def assessment_for(items: list[Item], options: RuleOptions, cmap: CodeMap) -> Json:
-    """The assessment document of every infused patient of ``items``, as ``bridge assess`` computes it."""
+def assessment_for(items: list[Item], options: RuleOptions, cmap: CodeMap, trial: Trial | None = None) -> Json:
+    """The assessment document of every infused patient of ``items``, as ``bridge assess`` computes it for
+    ``trial`` (None: the shipped default; ``options`` from ``RuleOptions.for_trial``)."""
     from bridge.pipeline import assess_loaded, load_patients  # the assessment engine loads when used
 
     patients, _report = load_patients(items, cmap)
-    run = assess_loaded(patients, options, cmap)
+    run = assess_loaded(patients, options, cmap, trial=trial)
     for failure in run.failures:  # one patient's bug leaves that patient out, never the export
         log.error("assessment failed", extra={"patient": failure.patient, "error": failure.error})
     return run.as_json()

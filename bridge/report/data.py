@@ -30,7 +30,6 @@ import math
 from collections.abc import Iterable, Sequence
 from datetime import date
 
-from bridge import RULESET_VERSION, STUDY_ID
 from bridge.config import RuleOptions
 from bridge.evaluate.assessment import KINETIC_CONCEPTS, PatientAssessment, cir_subject, death_date
 from bridge.evaluate.screened import assessable, not_screened
@@ -38,30 +37,34 @@ from bridge.evaluate.stats import DAYS_PER_MONTH, CirSubject, aalen_johansen, ci
 from bridge.model import Item, PatientFacts, Quantity
 from bridge.normalize.mappings import CodeMap
 from bridge.pipeline import assess_loaded, load_patients, prescreen_json, screen_run
+from bridge.trial import Trial, load_trial
 
 Json = dict[str, object]
 CIR_MONTHS = 24
 _DROPPED = frozenset({"entered-in-error", "cancelled"})
 
 
-def gather(items: Iterable[Item], options: RuleOptions, cmap: CodeMap, source_name: str = "") -> Json:
+def gather(items: Iterable[Item], options: RuleOptions, cmap: CodeMap, source_name: str = "",
+           trial: Trial | None = None) -> Json:
     """The report document for every patient of ``items`` (a source read once)."""
     patients, _ = load_patients(items, cmap)
-    return gather_patients(patients, options, cmap, source_name)
+    return gather_patients(patients, options, cmap, source_name, trial)
 
 
 def gather_patients(patients: Sequence[PatientFacts], options: RuleOptions, cmap: CodeMap,
-                    source_name: str = "") -> Json:
-    """The report document from already normalized patients."""
+                    source_name: str = "", trial: Trial | None = None) -> Json:
+    """The report document from already normalized patients, for ``trial`` (None: the shipped default; the
+    options should be ``RuleOptions.for_trial(trial, ...)``)."""
+    trial = trial or load_trial()
     excluded = {p.ref: ns for p in patients if (ns := not_screened(p, options.as_of)) is not None}
     screened = [p for p in patients if p.ref not in excluded]
-    assessment = assess_loaded(patients, options, cmap)  # the same patients and wiring as `bridge assess`
+    assessment = assess_loaded(patients, options, cmap, trial=trial)  # the same wiring as `bridge assess`
     assessed = assessment.assessments
-    run = screen_run(screened, options, cmap)
+    run = screen_run(screened, options, cmap, trial=trial)
     facts = {p.ref: p for p in assessment.patients}
     return {
-        "study": STUDY_ID, "asOf": options.as_of.isoformat(), "ruleset": RULESET_VERSION, "source": source_name,
-        "prescreen": {**prescreen_json(run.screenings, options),
+        "study": trial.id, "asOf": options.as_of.isoformat(), "ruleset": trial.ruleset_version, "source": source_name,
+        "prescreen": {**prescreen_json(run.screenings, options, trial=trial),
                       "notScreened": [ns.as_json() for ns in excluded.values()]},
         # patients whose evaluation raised (a bug): left out of the report, named by `bridge report` (exit 1)
         "failed": [f.line() for f in run.failed] + [

@@ -18,17 +18,23 @@ ResearchSubject (which is then updated). Every other admitted patient is screene
 membership is written into the record of a patient without an acute leukaemia; ``rescreen`` returns
 ``not-published`` for them. The ResearchStudy is published once per process before the first subject. The
 store records the screening (coordinator page) and what was published (served read-only at ``/fhir``).
+
+The trial is the service's ``trial`` setting (``BRIDGE_TRIAL``; default the shipped file: ``from_settings``).
+Before its first re-screen publishes or saves anything, the store records the trial version and refuses a changed
+file under a ruleset version it already holds (``StoreError``, one line); every saved screening names the trial
+id and ruleset version.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date
+from typing import Protocol
 
 from bridge.client import FhirClient
-from bridge.config import OrganReading, RuleOptions
+from bridge.config import OrganReading, RuleOptions, Settings
 from bridge.evaluate.eligibility import Screening
 from bridge.ingest.pull import fetch_patient
 from bridge.model import NotScreened
@@ -37,29 +43,45 @@ from bridge.pipeline import screen_one
 from bridge.publish.policy import publishable
 from bridge.publish.publisher import Written, find_subject, publish_study, publish_subject
 from bridge.publish.subject import subject_fingerprint, subject_identifier
-from bridge.store import PublishedRecord, Store, save_prescreen
+from bridge.state import PublishedIndex, PublishedRecord, Screenings, TrialVersions, save_prescreen
+from bridge.trial import Trial, load_trial
 
 STUDY_KEY = "ResearchStudy|nct04762485"
 NOT_PUBLISHED = "not-published"  # the status returned for an admitted patient without the study's diagnosis
 NOT_SCREENED = "not-screened"  # the status returned for a patient RULES.md §2 does not screen
 
 
+class RescreenState(PublishedIndex, Screenings, TrialVersions, Protocol):
+    """What the re-screen keeps: the published index, the screenings and the trial versions."""
+
+
 class PublishingRescreen:
     """``rescreen`` for the worker: one patient from the EHR to a published ResearchSubject."""
 
-    def __init__(self, client: FhirClient, cmap: CodeMap, store: Store, organ_reading: OrganReading = "organ-function",
-                 today: Callable[[], date] = date.today, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, client: FhirClient, cmap: CodeMap, store: RescreenState,
+                 organ_reading: OrganReading = "organ-function", today: Callable[[], date] = date.today,
+                 clock: Callable[[], float] = time.time, trial: Trial | None = None) -> None:
         self.client, self.cmap, self.store = client, cmap, store
         self.organ_reading = organ_reading
         self.today, self.clock = today, clock
+        self.trial = trial or load_trial()
         self._study_lock = threading.Lock()
         self._study_done = False
+        self._trial_lock = threading.Lock()
+        self._trial_recorded = False
+
+    @classmethod
+    def from_settings(cls, client: FhirClient, cmap: CodeMap, store: RescreenState, settings: Settings
+                      ) -> PublishingRescreen:
+        """The service's re-screen, for the trial of the ``trial`` setting (default: the shipped file)."""
+        return cls(client, cmap, store, trial=load_trial(settings.trial))
 
     def __call__(self, patient_id: str) -> str:
-        options = RuleOptions(as_of=self.today(), organ_function_reading=self.organ_reading)
+        self._ensure_trial()
+        options = RuleOptions.for_trial(self.trial, self.today(), organ_function_reading=self.organ_reading)
         result = self.screen(patient_id, options)
         if isinstance(result, NotScreened):
-            save_prescreen(self.store, (), [result], options.as_of, self.clock())
+            self._save((), [result], options)
             return NOT_SCREENED
         if not publishable(result, self._has_subject):
             return NOT_PUBLISHED
@@ -79,7 +101,7 @@ class PublishingRescreen:
         """The patient's screening, or why it is not screened (RULES.md §2; a Patient resource that failed
         validation, with nothing else of the patient, leaves no facts at all: no Patient resource)."""
         items = fetch_patient(self.client, patient_id, self.cmap, options.as_of)
-        return screen_one(items, patient_id, options, self.cmap)
+        return screen_one(items, patient_id, options, self.cmap, self.trial)
 
     def _ensure_study(self) -> None:
         with self._study_lock:
@@ -100,10 +122,23 @@ class PublishingRescreen:
         self.store.put_published(PublishedRecord(key, rtype, rid, fingerprint, written.version, resource,
                                                  self.clock()))
 
+    def _ensure_trial(self) -> None:
+        """Once per process, before anything is published or saved: the store records this trial version, or
+        refuses a changed file under a version it already holds (``StoreError``; the worker keeps the task)."""
+        with self._trial_lock:
+            if not self._trial_recorded:
+                self.store.record_trial(self.trial.id, self.trial.ruleset_version, self.trial.digest)
+                self._trial_recorded = True
+
+    def _save(self, screenings: Sequence[Screening], not_screened: Sequence[NotScreened], options: RuleOptions) -> None:
+        """``save_prescreen`` naming the trial and its ruleset version."""
+        save_prescreen(self.store, screenings, not_screened, options.as_of, self.clock(), trial=self.trial.id,
+                       ruleset_version=self.trial.ruleset_version)
+
     def _record(self, patient_id: str, screening: Screening, options: RuleOptions, written: Written) -> None:
-        save_prescreen(self.store, [screening], (), options.as_of, self.clock())
+        self._save([screening], (), options)
         system, value = subject_identifier(patient_id)
         self._remember(f"ResearchSubject|{system}|{value}", written)
 
 
-__all__ = ["NOT_PUBLISHED", "NOT_SCREENED", "STUDY_KEY", "PublishingRescreen"]
+__all__ = ["NOT_PUBLISHED", "NOT_SCREENED", "STUDY_KEY", "PublishingRescreen", "RescreenState"]

@@ -44,9 +44,10 @@ def test_json_contract(tmp_path: Path) -> None:
     out = bridge("prescreen", str(small_bundle(tmp_path)), "--as-of", "2026-06-15", "--format", "json")
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
-    assert list(doc) == ["study", "asOf", "organFunctionReading", "results", "notScreened"]
+    assert list(doc) == ["study", "rulesetVersion", "asOf", "organFunctionReading", "results", "notScreened"]
     assert doc["notScreened"] == []
-    assert (doc["study"], doc["asOf"], doc["organFunctionReading"]) == ("NCT04762485", "2026-06-15", "organ-function")
+    assert (doc["study"], doc["rulesetVersion"], doc["asOf"], doc["organFunctionReading"]) == (
+        "NCT04762485", "NCT04762485-rules/2026-11", "2026-06-15", "organ-function")
     (result,) = doc["results"]
     assert result["patient"] == "Patient/p1" and result["status"] == "ineligible"
     assert list(result["criteria"]) == list(CRITERIA)

@@ -119,7 +119,7 @@ def test_population_mode_lists_the_same(tmp_path: Path, lazy: bool) -> None:
 def test_json_document_has_not_screened_after_results(tmp_path: Path) -> None:
     run = prescreen(str(write_bundle(tmp_path / "b.json", records())), OPTIONS, CMAP)
     doc = run.as_json()
-    assert list(doc) == ["study", "asOf", "organFunctionReading", "results", "notScreened"]
+    assert list(doc) == ["study", "rulesetVersion", "asOf", "organFunctionReading", "results", "notScreened"]
     assert doc["notScreened"][:2] == [{"patient": "Patient/dead", "reason": "deceased"},  # type: ignore[index]
                                       {"patient": "Patient/dead-bool", "reason": "deceased"}]
     out = io.StringIO()
@@ -235,10 +235,10 @@ def test_a_source_with_data_says_nothing_of_the_sort(tmp_path: Path) -> None:
 def _explode_for(monkeypatch: pytest.MonkeyPatch, victim: str) -> None:
     real = pipeline.screen
 
-    def screen(pf: PatientFacts, options: RuleOptions, site_uln: Any = None) -> Screening:
+    def screen(pf: PatientFacts, options: RuleOptions, site_uln: Any = None, trial: Any = None) -> Screening:
         if pf.patient_id == victim:
             raise ZeroDivisionError(f"value 0.0 of {SECRET}")
-        return real(pf, options, site_uln)
+        return real(pf, options, site_uln, trial)
 
     monkeypatch.setattr(pipeline, "screen", screen)
 

@@ -30,10 +30,10 @@ def test_a_failing_screening_is_named_and_the_report_is_written(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     real = pipeline.screen
 
-    def screen(pf: PatientFacts, options: RuleOptions, site_uln: Any = None) -> Screening:
+    def screen(pf: PatientFacts, options: RuleOptions, site_uln: Any = None, trial: Any = None) -> Screening:
         if pf.patient_id == "p01":
             raise ZeroDivisionError(SECRET)
-        return real(pf, options, site_uln)
+        return real(pf, options, site_uln, trial)
 
     monkeypatch.setattr(pipeline, "screen", screen)
     result, out = _report(tmp_path)

@@ -102,3 +102,29 @@ def test_a_patient_with_nothing_usable_is_not_screened(env: Any) -> None:
     assert calls["published"] == [] and calls["study"] == [] and calls["found"] == []
     assert store.screening("nobody") is None
     assert [(n.patient_id, n.reason) for n in store.not_screened()] == [("nobody", "no-patient-resource")]
+
+
+def test_saved_screenings_name_the_trial_and_its_version(env: Any) -> None:
+    rescreen, store, _calls = env
+    rescreen("p01")
+    record = store.screening("p01")
+    assert record is not None and (record.trial, record.ruleset_version) == (rescreen.trial.id,
+                                                                             rescreen.trial.ruleset_version)
+    assert store.trial_digest(rescreen.trial.id, rescreen.trial.ruleset_version) == rescreen.trial.digest
+
+
+def test_the_trial_comes_from_the_settings_and_a_changed_file_is_refused(env: Any, tmp_path: Path) -> None:
+    from bridge.config import Settings
+    from bridge.errors import StoreError
+    from bridge.trial import load_trial
+
+    rescreen, store, calls = env
+    rescreen("p01")  # records the shipped trial's version and content
+    edited = tmp_path / "edited.yaml"
+    edited.write_text((REPO / "trials" / "nct04762485.yaml").read_text().replace("label: Age\n", "label: Age now\n"))
+    other = PublishingRescreen.from_settings(rescreen.client, rescreen.cmap, store, Settings(trial=str(edited)))
+    assert other.trial == load_trial(edited) and other.trial.ruleset_version == rescreen.trial.ruleset_version
+    other.today, other.clock = rescreen.today, rescreen.clock
+    with pytest.raises(StoreError, match="already recorded with different content"):
+        other("p02")
+    assert store.screening("p02") is None and len(calls["published"]) == 1  # nothing saved for p02
