@@ -8,7 +8,6 @@ it skips must be reported with the same place and reason.
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import json
 import sys
@@ -23,7 +22,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.config import RuleOptions
-from bridge.evaluate import eligibility
 from bridge.ingest.readers import read_source
 from bridge.normalize.facts import normalize
 from bridge.normalize.mappings import load_code_map
@@ -46,6 +44,7 @@ from bridge.population.chunks import (
 from bridge.population.prefilter import PatientFilter, distinguishing_prefixes
 from bridge.population.relevance import patient_of, relevant
 from bridge.population.spill import digest
+from bridge.trial import load_trial
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE_MAP = ROOT / "samples" / "site-map.yaml"
@@ -630,16 +629,14 @@ def test_patient_of_agrees_with_the_normalizer(ref: str) -> None:
     assert patient_of(res) == normalize(res, cmap()).patient_id  # type: ignore[union-attr]
 
 
-def test_the_default_trials_concepts_cover_every_concept_the_rules_name() -> None:
-    """TODO(issue #13): goes with the hand lists of ``bridge.population.relevance.default_trial`` once the trial
-    file (``bridge.trial``) defines the concepts."""
-    source = Path(eligibility.__file__).read_text(encoding="utf-8")
-    names = {n.value for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
-    named = names & set(cmap().concepts)
+def test_the_default_trials_concepts_cover_every_concept_the_rules_read() -> None:
+    """Derived from the trial (its blocks declare what they read), not from the source of the rules."""
+    trial = load_trial()
     read = CONCEPTS.facts | CONCEPTS.conditions
-    assert named <= read, named - read
+    assert trial.fact_concepts() | trial.condition_concepts() <= read, (trial.fact_concepts() |
+                                                                       trial.condition_concepts()) - read
     assert read.issubset(cmap().concepts)
-    assert CONCEPTS.gate == {"acute-leukemia"}
+    assert CONCEPTS.gate == trial.gate_concepts() == {"acute-leukemia"}
 
 
 def test_digest_is_stable_and_signed_64_bit() -> None:
