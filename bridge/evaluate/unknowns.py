@@ -7,12 +7,13 @@ one. A verdict is ``met`` or ``not-met`` only when it would be the same whatever
 How: a rule is evaluated in several *worlds*. The first leaves the not-usable facts out (as if they were absent
 or erroneous). The others put each not-usable fact back with a value from the end points of where it may lie
 (``Fact.span``: its concept's plausible range, every score of a score's range, positive and negative for a
-qualitative result), an undated one on the as-of date. Every rule of this trial is monotone in each of its
-quantities (one threshold), so the range's ends reach every answer an interior value could give; every score of
-a range is tried because score rules are two-sided (ECOG 0-2). The not-usable facts of one concept take the same
-value in a world (a rule reads the latest of a concept, or whether any crosses a threshold, for which that is
-exact), so a rule over *k* concepts with not-usable values is evaluated ``1 + product(options)`` times — usually
-once, since most patients have none.
+qualitative result), an undated one on the as-of date. Every rule building block (``bridge.evaluate.blocks``) is
+monotone in each of its quantities (one threshold per comparison), so the range's ends reach every answer an
+interior value could give; every score of a range is tried because score rules are two-sided (e.g. ECOG 0-2). The
+not-usable facts of one concept take the same value in a world (a rule reads the latest of a concept, or whether
+any crosses a threshold, for which that is exact), so a rule over *k* concepts with not-usable values is evaluated
+``1 + product(options)`` times — usually once, since most patients have none. Which concepts a criterion reads is
+what its block declares (``Trial.reads``), never a list kept beside the rules.
 
 Because the first world is always among them, adding a not-usable value can only keep a verdict or make it
 ``unknown``: it can never turn ``met`` into ``not-met`` or the reverse.
