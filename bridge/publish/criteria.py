@@ -11,7 +11,7 @@ enrollment Group publishes these texts (``bridge.publish.study``).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from bridge.trial import Criterion, Trial, load_trial
 
@@ -29,7 +29,7 @@ def criterion(criterion_id: str, trial: Trial | None = None) -> Criterion:
     return (trial or load_trial()).criterion(criterion_id)
 
 
-def __getattr__(name: str) -> object:
+def __getattr__(name: str) -> Any:
     """``CRITERIA`` / ``CRITERION_IDS`` of the shipped trial, under the names callers know."""
     if name == "CRITERIA":
         return list(load_trial().criteria)

@@ -91,7 +91,7 @@ def provenance(targets: list[str], activity: str, recorded: datetime,
     return build("Provenance", data)
 
 
-def __getattr__(name: str) -> object:
+def __getattr__(name: str) -> str:
     """``RULESET_POLICY``: the shipped trial's policy URI, under the name callers know."""
     if name == "RULESET_POLICY":
         return ruleset_policy()

@@ -197,7 +197,7 @@ def research_study(base_identifier_system: str = BRIDGE_BASE, status: str = "act
     return build("ResearchStudy", data)
 
 
-def __getattr__(name: str) -> object:
+def __getattr__(name: str) -> Any:
     """The shipped trial's study constants, under the names callers know."""
     derived = {"CRITERIA_SYSTEM": criteria_system, "STUDY_LOGICAL_ID": study_logical_id, "NOTES": notes,
                "CONDITIONS": conditions,
