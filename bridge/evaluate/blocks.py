@@ -625,7 +625,7 @@ def _concept_issue(key: Any, param: Param, where: str, catalogue: Mapping[str, C
 
 def _simple_issue(param: Param, value: Any) -> str | None:
     kind = param.kind
-    ok = {
+    checks: dict[str, Callable[[Any], bool]] = {
         "days": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
         "number": _is_number,
         "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
@@ -634,8 +634,8 @@ def _simple_issue(param: Param, value: Any) -> str | None:
         "texts": lambda v: isinstance(v, list) and bool(v) and all(isinstance(t, str) and t for t in v),
         "comparator": lambda v: v in COMPARATORS,
         "choice": lambda v: v in param.choices,
-    }[kind](value)
-    if ok:
+    }
+    if checks[kind](value):
         return None
     return {"days": "must be a whole number of days (0 or more)", "number": "must be a number",
             "integer": "must be an integer", "text": "must be a non-empty text", "unit": "must be a UCUM unit",

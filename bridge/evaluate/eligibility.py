@@ -12,7 +12,7 @@ default trial's, for callers that do not pass a trial yet.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -75,7 +75,7 @@ def screen(pf: PatientFacts, options: RuleOptions, site_uln: Mapping[str, float]
 def __getattr__(name: str) -> Any:
     """The default trial's ids and concept lists under their former module-level names."""
     t = load_trial()
-    derived = {
+    derived: dict[str, Callable[[], Any]] = {
         "CRITERIA": lambda: t.criterion_ids, "INCLUSIONS": lambda: t.inclusions,
         "EXCLUSIONS": lambda: t.exclusions, "ADVISORY": lambda: t.advisory,
         "RULE_CONCEPTS": lambda: {c.id: tuple(sorted(t.reads(c.id).facts)) for c in t.criteria
