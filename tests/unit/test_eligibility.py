@@ -1,12 +1,21 @@
-"""One test per criterion per outcome (RULES.md §2), on domain facts — the rules never see FHIR."""
+"""One test per criterion per outcome (RULES.md §2), on domain facts — the rules never see FHIR.
+
+The criteria are the shipped trial file's (``trials/nct04762485.yaml``), each run through its rule building block.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from bridge.evaluate import eligibility as E
 from bridge.model import PartialDate, Verdict
+from bridge.trial import from_data, load_trial
 from tests.factories import OPTS, dx, flag, patient, q, score
+
+ROOT = Path(__file__).resolve().parents[2]
 
 AML = ("acute-leukemia", "aml")
 
@@ -172,13 +181,44 @@ def test_preliminary_loses_to_amended_on_the_same_day() -> None:
 
 
 @pytest.mark.parametrize(("results", "status"), [
-    ({"inc": "met", "exc": "not-met"}, "candidate"),
-    ({"inc": "unknown", "exc": "not-met"}, "potential-candidate"),
-    ({"inc": "met", "exc": "unknown"}, "potential-candidate"),
-    ({"inc": "not-met", "exc": "unknown"}, "ineligible"),
-    ({"inc": "unknown", "exc": "met"}, "ineligible"),
+    ({"inclusion": "met", "exclusion": "not-met"}, "candidate"),
+    ({"inclusion": "unknown", "exclusion": "not-met"}, "potential-candidate"),
+    ({"inclusion": "met", "exclusion": "unknown"}, "potential-candidate"),
+    ({"inclusion": "not-met", "exclusion": "unknown"}, "ineligible"),
+    ({"inclusion": "unknown", "exclusion": "met"}, "ineligible"),
 ])
 def test_overall_status(results: dict[str, str], status: str) -> None:
-    vs = tuple(Verdict(c, results["inc" if c.startswith("inc") else "exc"], "r") for c in E.CRITERIA  # type: ignore[arg-type]
-               if c != "exc-investigator") + (Verdict("exc-investigator", "unknown", "investigator judgement"),)
-    assert E.overall_status(vs) == status
+    t = load_trial()
+    vs = tuple(Verdict(c.id, results[c.kind], "r") for c in t.criteria  # type: ignore[arg-type]
+               if not c.advisory) + (Verdict("exc-investigator", "unknown", "investigator judgement"),)
+    assert E.overall_status(vs) == status == E.overall_status(vs, t)
+
+
+def test_the_trial_says_which_criteria_count() -> None:
+    data = yaml.safe_load((ROOT / "trials" / "nct04762485.yaml").read_text(encoding="utf-8"))
+    next(c for c in data["criteria"] if c["id"] == "exc-hiv")["advisory"] = True
+    advisory_hiv = from_data(data, "t.yaml")
+    fine = {"inclusion": "met", "exclusion": "not-met"}
+    vs = tuple(Verdict(c.id, "met" if c.id == "exc-hiv" else fine[c.kind], "r")  # type: ignore[arg-type]
+               for c in advisory_hiv.criteria if c.id != "exc-investigator")
+    assert E.overall_status(vs) == "ineligible"
+    assert E.overall_status(vs, advisory_hiv) == "candidate"  # shown, not counted
+    assert not advisory_hiv.blocking("exc-hiv", "met")
+
+
+def test_verdicts_come_in_the_trials_order() -> None:
+    assert tuple(v.criterion for v in E.screen(patient(), OPTS).verdicts) == load_trial().criterion_ids
+
+
+def test_reasons_quote_the_trials_numbers() -> None:
+    organ = run("inc-organ-function", patient(q("ast", 20), q("alt", 30), q("bilirubin-total", 1.0)))
+    assert organ.reason.startswith("organ-function reading (AST, ALT <= 3x ULN; bilirubin <= 2.0 mg/dL): AST 20 U/L")
+    literal = run("inc-organ-function", patient(), OPTS.with_(organ_function_reading="literal"))
+    assert literal.reason == ("literal reading (AST or ALT > 3x ULN or bilirubin > 2.0 mg/dL): no AST within 30 days; "
+                              "no ALT within 30 days; no usable total bilirubin within 30 days")
+    dna = run("exc-hepatitis", patient(q("hbv-dna", 2000), flag("hbsag", False), flag("hcv-antibody", False)))
+    assert dna.reason == "HBV DNA 2000 [IU]/mL above 1000 IU/mL"
+    assert run("inc-age", patient(born=PartialDate(1960, 6, 15))).reason == "age 66 on 2026-06-15, outside 12-65"
+    assert run("inc-cd7-expression", patient(q("cd7-blast-percent", 30.0))).reason.endswith("(> 30 needed)")
+    assert run("exc-cardiac-event", patient(dx("myocardial-infarction", code="I21.9", days_ago=240))).reason == \
+        "no event within 6 months"
