@@ -54,16 +54,16 @@ def strings(node: Any) -> Iterator[str]:
 
 
 def test_criteria_are_the_15_of_rules_in_order() -> None:
-    assert criteria.CRITERION_IDS == RULES_ORDER
-    assert [c.kind for c in criteria.CRITERIA] == ["inclusion"] * 6 + ["exclusion"] * 9
-    assert [c.number for c in criteria.CRITERIA] == list(range(1, 7)) + list(range(1, 10))
+    assert tuple(c.id for c in criteria.criteria()) == RULES_ORDER
+    assert [c.kind for c in criteria.criteria()] == ["inclusion"] * 6 + ["exclusion"] * 9
+    assert [c.number for c in criteria.criteria()] == list(range(1, 7)) + list(range(1, 10))
 
 
 def test_criterion_texts_are_the_record_verbatim() -> None:
     if not RECORD.is_file():
         pytest.skip("shared trial record not present")
     record = RECORD.read_text(encoding="utf-8")
-    for c in criteria.CRITERIA:
+    for c in criteria.criteria():
         assert f"{c.number}. {c.text}" in record, c.id
 
 
@@ -75,7 +75,7 @@ def test_errata_have_notes_and_applied_texts() -> None:
     assert organ.note and "RULES.md §1.1" in organ.note
     thrombosis = criteria.criterion("exc-thrombosis")
     assert "atrial" in thrombosis.text and "arterial" in thrombosis.applied_text("literal")
-    assert [c.id for c in criteria.CRITERIA if c.note] == ["inc-organ-function", "exc-thrombosis"]
+    assert [c.id for c in criteria.criteria() if c.note] == ["inc-organ-function", "exc-thrombosis"]
     assert criteria.criterion("inc-age").applied_text() == "Age 12-65 years."
 
 
@@ -158,10 +158,10 @@ def test_enrollment_group_has_one_characteristic_per_criterion(rs: dict[str, Any
     assert group["type"] == "person" and group["actual"] is False and group["quantity"] == 20
     chars = group["characteristic"]
     assert [c["code"]["coding"][0]["code"] for c in chars] == list(RULES_ORDER)
-    assert {c["code"]["coding"][0]["system"] for c in chars} == {study.CRITERIA_SYSTEM}
+    assert {c["code"]["coding"][0]["system"] for c in chars} == {study.criteria_system()}
     assert [c["exclude"] for c in chars] == [cid.startswith("exc") for cid in RULES_ORDER]
     assert all(c["valueBoolean"] is True for c in chars)
-    assert [c["code"]["coding"][0]["display"] for c in chars] == [c.text for c in criteria.CRITERIA]
+    assert [c["code"]["coding"][0]["display"] for c in chars] == [c.text for c in criteria.criteria()]
     organ = chars[RULES_ORDER.index("inc-organ-function")]["code"]["text"]
     assert organ == criteria.criterion("inc-organ-function").applied_text()
 
@@ -302,6 +302,7 @@ def test_provenance_names_bridge_version_and_rule_set() -> None:
     assert prov["agent"][0]["who"] == {"display": f"cd7-bridge {__version__}"}
     assert prov["agent"][0]["type"]["coding"][0]["code"] == "assembler"
     assert prov["policy"] == [f"https://cd7-bridge.example.org/fhir/ruleset/{RULESET_VERSION}"]
+    assert RULESET_VERSION == "NCT04762485-rules/2026-11"  # the trial file's version: it names the trial and its rules
     assert prov["activity"]["coding"][0]["code"] == "prescreen"
     assert prov["reason"][0]["coding"][0]["code"] == "CLINTRCH"
     assert [e["what"]["reference"] for e in prov["entity"]] == ["Observation/o1", "Condition/c1"]
