@@ -191,7 +191,7 @@ def test_regeneration_is_byte_identical(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr
     fresh = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
-    golden = {"expected.json"}  # written by `bridge prescreen --format json`, not by the generator
+    golden = {"expected.json", "expected-transaction.json"}  # written by `bridge prescreen --format json`
     committed = sorted(p.relative_to(SAMPLES) for p in SAMPLES.rglob("*") if p.is_file() and p.name not in golden)
     assert fresh == committed
     for rel in fresh:
@@ -239,3 +239,18 @@ def test_readme_table_matches_the_intent() -> None:
     assert rows == {pid: p["status"] for pid, p in intent()["patients"].items()}
     assert others == {**{pid: p["reason"] for pid, p in intent()["notScreened"].items()},
                       **{pid: p["status"] for pid, p in intent()["transaction"]["patients"].items()}}
+
+
+def test_transaction_golden_is_the_cli_output_and_the_intent() -> None:
+    """expected-transaction.json is `bridge prescreen prescreen/transaction.json --format json --strict` (exit 0: the
+    request-only entry is no skipped resource), and agrees with the intent."""
+    golden = json.loads((SAMPLES / "expected-transaction.json").read_text(encoding="utf-8"))
+    want = intent()["transaction"]["patients"]
+    assert {r["patient"].removeprefix("Patient/"): (r["status"], {k: v["result"] for k, v in r["criteria"].items()})
+            for r in golden["results"]} == {pid: (p["status"], p["criteria"]) for pid, p in want.items()}
+    assert golden["notScreened"] == []
+    out = subprocess.run([sys.executable, "-m", "bridge", "prescreen", str(SOURCES["transaction"]), "--site-map",  # noqa: S603
+                          str(SITE_MAP), "--as-of", AS_OF.isoformat(), "--format", "json", "--strict"],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == golden
