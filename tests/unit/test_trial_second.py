@@ -17,6 +17,7 @@ from bridge.config import RuleOptions
 from bridge.evaluate.blocks import completed_years
 from bridge.evaluate.eligibility import Screening, screen
 from bridge.evaluate.screened import not_screened
+from bridge.ingest.pull import observation_queries
 from bridge.ingest.readers import read_source
 from bridge.model import PatientFacts
 from bridge.normalize.mappings import load_code_map
@@ -135,3 +136,16 @@ def test_the_second_trials_resources() -> None:
 def test_the_second_trials_assessment_numbers() -> None:
     options = RuleOptions.for_trial(second(), AS_OF)
     assert (options.course_days, options.dose_range_cells_per_kg, options.cir_months) == (10, (0.5e6, 5e6), (6, 12))
+
+
+def test_a_pull_for_the_second_trial_fetches_what_its_blocks_read_at_any_age() -> None:
+    cmap = load_code_map(SITE_MAP)
+    first, t = observation_queries("p1", cmap, AS_OF), observation_queries("p1", cmap, AS_OF, trial=second())
+
+    def any_age(queries: list[dict[str, str]]) -> set[str]:
+        return {tok for q in queries if "date" not in q for tok in q["code"].split(",")}
+
+    cns = {f"{s}|{c}" for (s, c), concept in cmap.observations.items() if concept == "cns-involvement"}
+    assert cns and cns <= any_age(first)  # the shipped trial reads the latest CNS finding at any age
+    assert not cns & any_age(t)  # the second trial has no CNS criterion: fetched within the look-back only
+    assert any_age(t) == any_age(first) - cns - {tok.lower() for tok in cns}
