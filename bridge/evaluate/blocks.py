@@ -101,6 +101,8 @@ Run = Callable[[PatientFacts, Context, Params], Outcome]
 
 @dataclass(frozen=True)
 class Block:
+    """A rule building block: its name in trial files, its parameters, its pure rule and any extra check."""
+
     name: str
     params: Mapping[str, Param]
     run: Run
