@@ -98,7 +98,8 @@ def _varies(results: dict[tuple[int, ...], str], position: int) -> bool:
 
 def _unknown(base: Verdict, facts: list[Fact]) -> Verdict:
     refs = tuple(dict.fromkeys([*base.evidence, *(f.source for f in facts)]))
-    reason = f"{base.reason}; unknown: not-usable value(s) could change the result: {_why(facts)}"
+    reason = f"{base.reason} (from the usable values alone); unknown: not-usable value(s) could change the " \
+             f"result: {_why(facts)}"
     return Verdict(base.criterion, "unknown", reason, refs)
 
 

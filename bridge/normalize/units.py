@@ -89,7 +89,7 @@ def _unit(code: str) -> Any:
         raise UnitError(f"empty unit {code!r}")
     try:
         return _UREG.parse_expression(expr)
-    except (pint.errors.PintError, AttributeError, TypeError, ValueError, SyntaxError):
+    except Exception:  # noqa: BLE001 - pint's parser raises many types (TokenError, AssertionError, ...) on junk
         raise UnitError(f"unknown unit {code!r}") from None
 
 
@@ -105,6 +105,13 @@ def _is_mass_conc(q: Any) -> bool:
 def _factor(src: str, dst: str, molar: float | None) -> tuple[float, float]:
     """(scale, offset) such that dst = src * scale + offset; offsets only for temperatures."""
     a, b = _unit(src), _unit(dst)
+    try:
+        return _scale(a, b, molar)
+    except Exception:  # noqa: BLE001 - pint raises many types on odd units: the value is not usable, never a crash
+        raise UnitError(f"cannot convert {src!r} to {dst!r}") from None
+
+
+def _scale(a: Any, b: Any, molar: float | None) -> tuple[float, float]:
     if molar and _is_substance(a) and _is_mass_conc(b):
         to_umol = (1.0 * a).to("umol/L").magnitude
         to_dst = (1.0 * _UREG.parse_expression("mg/dL")).to(b.units).magnitude
@@ -113,12 +120,9 @@ def _factor(src: str, dst: str, molar: float | None) -> tuple[float, float]:
         to_mgdl = (1.0 * a).to("mg/dL").magnitude
         to_dst = (1.0 * _UREG.parse_expression("umol/L")).to(b.units).magnitude
         return to_mgdl * molar * to_dst, 0.0
-    try:
-        zero = _UREG.Quantity(0.0, a.units) * a.magnitude
-        one = _UREG.Quantity(1.0, a.units) * a.magnitude
-        z, o = zero.to(b.units).magnitude / b.magnitude, one.to(b.units).magnitude / b.magnitude
-    except pint.errors.DimensionalityError:
-        raise UnitError(f"cannot convert {src!r} to {dst!r}") from None
+    zero = _UREG.Quantity(0.0, a.units) * a.magnitude
+    one = _UREG.Quantity(1.0, a.units) * a.magnitude
+    z, o = zero.to(b.units).magnitude / b.magnitude, one.to(b.units).magnitude / b.magnitude
     return float(o - z), float(z)
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import string
 from datetime import date, datetime, timedelta, timezone
 from functools import cache
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from bridge.config import RuleOptions
@@ -76,19 +75,6 @@ CONCEPT_CODES: dict[str, list[tuple[str, str]]] = {
 }
 CONCEPTS = sorted(CONCEPT_CODES)
 SCORES = frozenset({"ecog", "nyha-class"})
-
-
-#: A known bug, reported (issue 12): pint's parser raises tokenize.TokenError or AssertionError on some unit texts
-#: ("-", "U/L*", "%)", "{", ...), which bridge/normalize/units.py does not turn into UnitError, so the whole
-#: resource is skipped as "could not be read (...; a bug)" instead of its value being not usable. It is pinned by
-#: test_a_unit_the_unit_parser_chokes_on_is_not_usable_not_a_skipped_resource (failing until units.py is fixed);
-#: the properties tolerate only that skip so that they keep guarding everything else. Remove once fixed.
-KNOWN_UNIT_PARSER_BUG = re.compile(r"could not be read \((TokenError at tokenize\.py|AssertionError at pint_eval\.py)")
-
-
-def parser_chokes(resource: dict[str, Any]) -> bool:
-    _, report = assemble([Entry(resource, "one")], cmap())
-    return any(KNOWN_UNIT_PARSER_BUG.search(s.reason) for s in report.skipped)
 
 
 @cache
@@ -214,7 +200,7 @@ def run(extra: list[dict[str, Any]], position: int | None = None) -> tuple[dict[
     items = [Entry(r, f"bundle entry {i}", f"{BASE}/{r['resourceType']}/{r['id']}")
              for i, r in enumerate(resources)]
     patients, report = assemble(items, cmap())
-    bugs = [s.reason for s in report.skipped if "a bug" in s.reason and not KNOWN_UNIT_PARSER_BUG.search(s.reason)]
+    bugs = [s.reason for s in report.skipped if "a bug" in s.reason]
     assert not bugs, f"normalize raised (property a, no exception): {bugs}"
     return {pf.patient_id: screen(pf, OPTIONS, cmap().uln) for pf in patients}, patients
 
@@ -588,7 +574,6 @@ def test_not_usable_by_construction(data: st.DataObject) -> None:
     check_addition(pid, [res])
     _, patients = run([res])
     facts = new_facts(patients, {"Observation/new-1"})
-    assume(facts or not parser_chokes(res))  # the known unit-parser bug (KNOWN_UNIT_PARSER_BUG) skips it instead
     assert facts and not any(f.usable for f in facts), (how, res)
 
 
