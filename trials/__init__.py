@@ -1,1 +1,1 @@
-"""The trial definition files (YAML), shipped inside the bridge package as ``bridge.trials`` (read with importlib.resources)."""
+"""The trial definition files (YAML), shipped in the bridge package as ``bridge.trials`` (importlib.resources)."""
