@@ -118,6 +118,8 @@ class Settings:
     heartbeat_grace_seconds: float = 120.0
     listen_host: str = "127.0.0.1"  # where server.py / `bridge serve` listen (loopback unless told otherwise)
     listen_port: int = 8080
+    # the service as clients reach it; /fhir URLs (fullUrl, paging links) start with it. None: http://listen_host:port
+    public_base_url: str | None = None
     registry_url: str | None = None
     registry_token_url: str | None = None
     registry_client_id: str | None = None
