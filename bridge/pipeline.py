@@ -31,7 +31,6 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from bridge.bulk import Failed, guarded, population_map
 from bridge.config import RuleOptions
 from bridge.evaluate.eligibility import CRITERIA, Screening, screen
 from bridge.evaluate.screened import assessable, not_screened
@@ -39,6 +38,7 @@ from bridge.ingest.sources import check_source, is_url, open_source
 from bridge.model import Item, NotScreened, PatientFacts
 from bridge.normalize.mappings import CodeMap
 from bridge.normalize.patients import PatientAssembler, ReadReport
+from bridge.population import Failed, guarded, population_map
 from bridge.trial import Trial, load_trial
 
 if TYPE_CHECKING:  # the assessment engine loads only when an assessment runs
@@ -145,9 +145,9 @@ def prescreen(source: str, options: RuleOptions, cmap: CodeMap,
     """Pre-screen any source ``open_source`` opens: a file, stdin, an NDJSON directory, or a FHIR base URL
     (pulled with ``settings``: the admitted patients, or ``patients``).
 
-    A directory goes through the population fast path (``bridge.bulk``): only patients with an acute-leukaemia
-    Condition are reported, each with the verdicts the per-patient path gives; ``all_patients`` evaluates
-    every patient of the directory instead. With ``lazy`` the population's screenings are left in
+    A directory goes through the population fast path (``bridge.population``): only patients with a Condition
+    of the trial's gate criterion (the shipped trial: an acute leukaemia) are reported, each with the verdicts the
+    per-patient path gives; ``all_patients`` evaluates every patient of the directory instead. With ``lazy`` the population's screenings are left in
     ``PrescreenRun.stream``, computed one patient at a time as it is consumed (``screenings`` stays empty), so
     a JSON writer holds one patient's verdicts at a time.
     """

@@ -22,7 +22,6 @@ import pytest
 from typer.testing import CliRunner
 
 import bridge.pipeline as pipeline
-from bridge.bulk import Failed
 from bridge.cli import app as cli_app
 from bridge.config import RuleOptions
 from bridge.evaluate.eligibility import Screening
@@ -31,6 +30,7 @@ from bridge.model import NotScreened, PatientFacts
 from bridge.normalize.mappings import load_code_map
 from bridge.normalize.patients import assemble
 from bridge.pipeline import prescreen, prescreen_items, prescreen_json, write_prescreen_json
+from bridge.population import Failed
 from bridge.store import SqliteStore
 from tests.shared import EXAMPLES
 
