@@ -147,9 +147,9 @@ def prescreen(source: str, options: RuleOptions, cmap: CodeMap,
 
     A directory goes through the population fast path (``bridge.population``): only patients with a Condition
     of the trial's gate criterion (the shipped trial: an acute leukaemia) are reported, each with the verdicts the
-    per-patient path gives; ``all_patients`` evaluates every patient of the directory instead. With ``lazy`` the population's screenings are left in
-    ``PrescreenRun.stream``, computed one patient at a time as it is consumed (``screenings`` stays empty), so
-    a JSON writer holds one patient's verdicts at a time.
+    per-patient path gives; ``all_patients`` evaluates every patient of the directory instead. With ``lazy``
+    the population's screenings are left in ``PrescreenRun.stream``, computed one patient at a time as it is
+    consumed (``screenings`` stays empty), so a JSON writer holds one patient's verdicts at a time.
     """
     check_source(source, patients)
     trial = trial or load_trial()
