@@ -131,6 +131,8 @@ class Settings:
     registry_crid_path: str = "Patient/$crid-assignment"
     pseudonym_secret: str | None = field(default=None, repr=False)
     log_level: str = "INFO"
+    # where the site hosts a swagger-ui-dist copy (swagger-ui-bundle.js, swagger-ui.css); None: /docs is off
+    docs_assets_url: str | None = None
 
     def bearer_token(self) -> str | None:
         if self.ehr_token:
@@ -151,6 +153,20 @@ class Settings:
             hidden = any(w in f.name for w in secret_words) and value and not f.name.endswith("_url")
             out[f.name] = "***" if hidden else value
         return out
+
+
+MIN_SECRET_BYTES = 32
+SERVICE_SECRETS = ("webhook_secret", "api_token")
+
+
+def check_service_secrets(settings: Settings) -> None:
+    """Refuse (``ConfigError``, exit 5) every configured service secret shorter than ``MIN_SECRET_BYTES`` bytes
+    of UTF-8, naming them all at once; an unset one is allowed (that side of the service stays closed)."""
+    short = [name for name in SERVICE_SECRETS
+             if getattr(settings, name) is not None and len(str(getattr(settings, name)).encode()) < MIN_SECRET_BYTES]
+    if short:
+        raise ConfigError(f"{', '.join(short)} must be at least {MIN_SECRET_BYTES} bytes long "
+                          "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
 
 
 def _coerce(kind: str, raw: str) -> Any:
@@ -189,5 +205,5 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
     return Settings(**values)
 
 
-__all__ = ["Comparators", "CriReading", "OrganReading", "ResponseThresholds", "RuleOptions", "Settings",
-           "load_settings"]
+__all__ = ["MIN_SECRET_BYTES", "SERVICE_SECRETS", "Comparators", "CriReading", "OrganReading", "ResponseThresholds",
+           "RuleOptions", "Settings", "check_service_secrets", "load_settings"]
