@@ -1,12 +1,19 @@
-"""The published index: what the bridge wrote to the EHR, kept to skip unchanged writes and served at ``/fhir``.
+"""The published index: what the bridge wrote, kept to skip unchanged writes and served at ``/fhir``.
 
 ``PublishedRecord.key`` is stable across writes (e.g. ``ResearchSubject|<system>|<value>``); ``search_columns``
-(pure, shared by every backend) pulls out the study / patient / status the read API filters on.
+(pure, shared by every backend) pulls out the study / patient / status the read API narrows on.
+
+The index is also a small versioned FHIR store of its own: each put whose resource differs from the one held
+(``same_content``: ``meta.versionId`` / ``meta.lastUpdated`` aside, so a write the EHR only re-stamped is not a
+change) becomes the next version of ``Type/id`` — ``version_id`` 1, 2, … and ``last_updated`` the put's
+``updated_at`` — and every version is kept (``published_history``, ``published_version``), which is what
+``/fhir`` serves as ``meta.versionId``, ``ETag``, ``vread`` and ``_history``. ``version`` stays the EHR's
+version id as the EHR reported it (``None`` for a resource the bridge only recorded locally).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 Json = dict[str, Any]
@@ -14,7 +21,10 @@ Json = dict[str, Any]
 
 @dataclass(frozen=True)
 class PublishedRecord:
-    """One resource the bridge wrote. ``key`` is stable (e.g. ``ResearchSubject|<system>|<value>``)."""
+    """One resource the bridge wrote. ``key`` is stable (e.g. ``ResearchSubject|<system>|<value>``).
+
+    ``version_id`` and ``last_updated`` are the index's own version of the resource, filled in when it is read
+    from the store (a caller's values are ignored by ``put_published``); they take no part in equality."""
 
     key: str
     resource_type: str
@@ -23,6 +33,25 @@ class PublishedRecord:
     version: str | None
     resource: Json
     updated_at: float
+    version_id: int | None = field(default=None, compare=False)
+    last_updated: float | None = field(default=None, compare=False)
+
+    @property
+    def served_id(self) -> str | None:
+        """The id ``/fhir`` serves it under: the EHR's id, else the resource's own."""
+        rid = self.resource_id or self.resource.get("id")
+        return rid if isinstance(rid, str) and rid else None
+
+
+@dataclass(frozen=True)
+class PublishedVersion:
+    """One kept version of ``resource_type/resource_id`` (numbered from 1; ``last_updated`` epoch seconds)."""
+
+    resource_type: str
+    resource_id: str
+    version_id: int
+    resource: Json
+    last_updated: float
 
 
 def reference(node: Any) -> str | None:
@@ -41,10 +70,27 @@ def search_columns(resource: Json) -> tuple[str | None, str | None, str | None]:
             status if isinstance(status, str) else None)
 
 
-class PublishedIndex(Protocol):
-    """What the bridge published, by key and searchable."""
+def content(resource: Json) -> Json:
+    """The resource without the version stamps (``meta.versionId``, ``meta.lastUpdated``) a server adds."""
+    meta = resource.get("meta")
+    if not isinstance(meta, dict):
+        return resource
+    rest = {k: v for k, v in meta.items() if k not in ("versionId", "lastUpdated")}
+    out = {k: v for k, v in resource.items() if k != "meta"}
+    return out | {"meta": rest} if rest else out
 
-    def put_published(self, record: PublishedRecord) -> None: ...
+
+def same_content(a: Json, b: Json) -> bool:
+    """Whether two bodies are the same version (see the module docstring)."""
+    return content(a) == content(b)
+
+
+class PublishedIndex(Protocol):
+    """What the bridge published, by key and searchable, with every version kept."""
+
+    def put_published(self, record: PublishedRecord) -> None:
+        """Record ``record``; a changed resource becomes its next version (see the module docstring)."""
+        ...
 
     def get_published(self, key: str) -> PublishedRecord | None: ...
 
@@ -53,5 +99,15 @@ class PublishedIndex(Protocol):
         """Published resources of a type, filtered (``study`` / ``patient`` as ``Type/id``), ordered by key."""
         ...
 
+    def published_history(self, resource_type: str, resource_id: str | None = None,
+                          since: float | None = None) -> list[PublishedVersion]:
+        """Every kept version of a type (or of one resource), newest first; ``since``: last updated at or after it."""
+        ...
 
-__all__ = ["PublishedIndex", "PublishedRecord", "reference", "search_columns"]
+    def published_version(self, resource_type: str, resource_id: str, version_id: int) -> PublishedVersion | None:
+        """One kept version, or None."""
+        ...
+
+
+__all__ = ["PublishedIndex", "PublishedRecord", "PublishedVersion", "content", "reference", "same_content",
+           "search_columns"]

@@ -23,7 +23,9 @@ Tables::
     subscriptions   per subscription: channel, topic/criteria, heartbeat period, event numbers seen/covered,
                     last notification / heartbeat / query times — what gap and heartbeat checks need.
     published       what the bridge wrote to the EHR: key, fingerprint, version, the body as published (served
-                    read-only at /fhir), plus study / patient / status columns for search.
+                    read-only at /fhir), plus study / patient / status columns for search; version_id and
+                    last_updated: the index's own version of the resource (7).
+    published_history every version of each published Type/id (version_id 1, 2, ...), for vread and _history.
     screenings      the latest pre-screen per patient (status, verdicts, as-of, trial, ruleset version).
     not_screened    patients the latest pre-screen did not screen, with the reason and as-of.
     registry_outbox registry packages and their delivery state; registry_crid the registry's patient ids.
@@ -32,6 +34,7 @@ Tables::
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -187,6 +190,33 @@ def _outbox_withdrawn_state(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
+PUBLISHED_VERSIONS = (
+    "ALTER TABLE published ADD COLUMN version_id INTEGER",
+    "ALTER TABLE published ADD COLUMN last_updated REAL",
+    """CREATE TABLE published_history(
+    resource_type TEXT NOT NULL,
+    resource_id TEXT NOT NULL,
+    version_id INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    last_updated REAL NOT NULL,
+    PRIMARY KEY (resource_type, resource_id, version_id)
+)""",
+    "CREATE INDEX published_history_updated ON published_history(resource_type, last_updated)",
+)
+
+
+def _published_first_versions(db: sqlite3.Connection) -> None:
+    """Every resource already in the index becomes its version 1, last updated when it was recorded."""
+    rows = db.execute("SELECT key, resource_type, resource_id, resource, updated_at FROM published").fetchall()
+    for key, rtype, rid, resource, updated_at in rows:
+        served = rid or json.loads(resource).get("id")
+        if isinstance(served, str) and served:
+            db.execute("INSERT OR IGNORE INTO published_history VALUES (?, ?, 1, ?, ?, ?)",
+                       (rtype, served, key, resource, updated_at))
+    db.execute("UPDATE published SET version_id = 1, last_updated = updated_at")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "service state: inbox, re-screens, subscriptions, published index, screenings", SERVICE_TABLES),
     Migration(2, "registry outbox and registry patient ids", OUTBOX_TABLES),
@@ -202,6 +232,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     PRIMARY KEY (trial_id, ruleset_version)
 )""",)),
     Migration(6, "drop meta (its schema_version 1 is now schema_migrations)", ("DROP TABLE IF EXISTS meta",)),
+    Migration(7, "published index: versions, last updated, kept history", PUBLISHED_VERSIONS,
+              apply=_published_first_versions),
 )
 
 __all__ = ["MIGRATIONS", "Migration"]
