@@ -15,14 +15,15 @@ Accepted shapes (``channel`` is the bridge-side channel the request came in on, 
   ``full-resource`` -> the focus resource is digested from its entry; ``id-only`` -> a ``resource`` event
   without body (the worker reads it from the EHR with its own credentials); ``empty`` -> a ``query`` event.
 
-Resources are reduced at once to their ``Digest`` (ids and codes): no body is stored. Every problem raises an
-``InputError`` whose issue carries the element path (``Bundle.entry[0].resource.parameter[4].valueString``).
+Every body is read through the declared models of ``edges`` (strict types, ASCII-only counts); resources are
+reduced at once to their ``Digest`` (ids and codes): no body is stored. A non-empty body must say it is FHIR JSON
+(415 otherwise) and a whitespace-only body is refused (400). Every problem raises an ``InputError`` whose issues
+carry the element paths (``Bundle.entry[0].resource.parameter[4].valueString``).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,12 +31,23 @@ import orjson
 
 from bridge.errors import InputError, Issue, SourceUnreadable
 from bridge.service.channels import classic_subscription_id
-from bridge.service.triggers import FHIR_ID, RESOURCE_TYPE, Digest, check_identity, digest, invalid, reference_parts
+from bridge.service.edges import (
+    FHIR_ID,
+    RESOURCE_TYPE,
+    NotificationBundle,
+    Parameter,
+    ParametersStatus,
+    Reference,
+    SubscriptionStatus,
+    invalid,
+    parameter_value,
+    parse,
+)
+from bridge.service.triggers import Digest, check_identity, digest, reference_parts
 from bridge.state import Delivery, InboxEvent
 
-JSON_MEDIA_TYPES = frozenset({"application/fhir+json", "application/json", "application/json+fhir"})
-NOTIFICATION_BUNDLE_TYPES = frozenset({"history", "subscription-notification"})
-NOTIFICATION_TYPES = frozenset({"handshake", "heartbeat", "event-notification", "query-status", "query-event"})
+FHIR_JSON = "application/fhir+json"
+JSON_MEDIA_TYPES = frozenset({FHIR_JSON, "application/json", "application/json+fhir"})
 EVENT_TYPES = frozenset({"event-notification", "query-event"})
 STATUS_ROOT = "Bundle.entry[0].resource"
 Json = dict[str, Any]
@@ -66,11 +78,21 @@ class Status:
 
 
 def check_media_type(content_type: str | None, body: bytes) -> None:
-    """A body must be FHIR JSON; an empty body may come without a content type."""
+    """A body must be FHIR JSON and say so (415); only an empty body (a ping) may come without a content type."""
+    if not body:
+        return
     media = (content_type or "").split(";")[0].strip().lower()
-    if body.strip() and media and media not in JSON_MEDIA_TYPES:
-        message = "the body must be application/fhir+json"
+    if media not in JSON_MEDIA_TYPES:
+        message = "the body must be application/fhir+json" if media else "a body needs Content-Type: " \
+                  "application/fhir+json"
         raise InputError(message, issues=[Issue("not-supported", message, ("Content-Type",))])
+
+
+def check_not_blank(body: bytes) -> None:
+    """Whitespace alone is neither an empty notification nor JSON (400): nothing is stored for it."""
+    if body and not body.strip():
+        message = "the body is only whitespace: send no body at all, or a FHIR resource"
+        raise InputError(message, issues=[Issue("structure", message, ("body",))])
 
 
 def load_json(body: bytes) -> Any:
@@ -81,28 +103,15 @@ def load_json(body: bytes) -> Any:
         raise SourceUnreadable(message, issues=[Issue("structure", message, ("body",))]) from None
 
 
-def _unsigned(value: Any, path: str) -> int:
-    """An event count or number: unsignedInt, integer, or the string form of integer64."""
-    if isinstance(value, bool):
-        raise invalid(path, "expected an unsigned integer")
-    if isinstance(value, int) and value >= 0:
-        return value
-    if isinstance(value, str) and value.isdigit() and len(value) <= 18:
-        return int(value)
-    raise invalid(path, "expected an unsigned integer")
-
-
-def _focus(node: Any, path: str) -> tuple[str, str]:
-    ref = node.get("reference") if isinstance(node, dict) else None
-    parts = reference_parts(ref) if isinstance(ref, str) else None
+def _focus(ref: Reference | None, path: str) -> tuple[str, str]:
+    parts = reference_parts(ref.reference) if ref is not None and ref.reference is not None else None
     if parts is None:
         raise invalid(f"{path}.reference", "the focus is not a literal reference to a resource")
     return parts
 
 
-def _subscription_ref(node: Any, path: str) -> str:
-    ref = node.get("reference") if isinstance(node, dict) else None
-    parts = reference_parts(ref) if isinstance(ref, str) else None
+def _subscription_ref(ref: Reference, path: str) -> str:
+    parts = reference_parts(ref.reference) if ref.reference is not None else None
     if parts is None or parts[0] != "Subscription":
         raise invalid(f"{path}.reference", "the subscription is not a reference to a Subscription")
     return f"Subscription/{parts[1]}"
@@ -111,56 +120,44 @@ def _subscription_ref(node: Any, path: str) -> str:
 # ------------------------------------------------------------------------------------------ R4 backport
 
 
-def _value(param: Json, path: str) -> tuple[str, Any]:
-    for key, value in param.items():
-        if key.startswith("value"):
-            return f"{path}.{key}", value
-    return f"{path}.value[x]", None
-
-
-def _named(items: Any, path: str, element: str) -> Iterator[tuple[str, str, Json]]:
-    """(name, path, item) of each ``parameter`` / ``part`` entry, checking the shape."""
-    if not isinstance(items, list):
-        raise invalid(f"{path}.{element}", f"{element} must be a list")
-    for i, item in enumerate(items):
-        where = f"{path}.{element}[{i}]"
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise invalid(f"{where}.name", f"every {element} needs a name")
-        yield item["name"], where, item
-
-
-def _notice_from_parts(param: Json, path: str) -> Notice:
+def _notice_from_parts(param: Parameter, path: str) -> Notice:
     number, focus = None, None
-    for name, where, part in _named(param.get("part", []), path, "part"):
-        vpath, value = _value(part, where)
-        if name in ("event-number", "eventNumber"):
-            number = _unsigned(value, vpath)
-        elif name == "focus":
-            focus = _focus(value, vpath)
+    for i, part in enumerate(param.part):
+        where = f"{path}.part[{i}]"
+        if part.name in ("event-number", "eventNumber"):
+            number = parameter_value(part, where)[1]
+        elif part.name == "focus":
+            vpath, ref = parameter_value(part, where)
+            focus = _focus(ref, vpath)
     return Notice(number, focus, path)
 
 
-def _set_parameter(status: Status, name: str, vpath: str, value: Any) -> None:
+def _set_parameter(status: Status, param: Parameter, path: str) -> None:
+    name = param.name
     if name == "subscription":
-        status.subscription = _subscription_ref(value, vpath)
-    elif name == "topic":
-        status.topic = value if isinstance(value, str) else None
-    elif name == "status":
-        status.status = value if isinstance(value, str) else None
-    elif name == "type":
-        status.type = value if isinstance(value, str) else None
+        vpath, ref = parameter_value(param, path)
+        status.subscription = _subscription_ref(ref, vpath)
+    elif name in ("topic", "status", "type"):
+        setattr(status, name, parameter_value(param, path)[1])
     elif name in ("events-since-subscription-start", "eventsSinceSubscriptionStart"):
-        status.events_since = _unsigned(value, vpath)
+        status.events_since = parameter_value(param, path)[1]
 
 
 def status_from_parameters(resource: Json, root: str = STATUS_ROOT) -> Status:
     """The R4 backport SubscriptionStatus (a ``Parameters``)."""
+    model: ParametersStatus = parse(ParametersStatus, resource, root)
     status = Status()
-    for name, where, param in _named(resource.get("parameter"), root, "parameter"):
-        if name in ("notification-event", "notificationEvent"):
+    for i, param in enumerate(model.parameter):
+        where = f"{root}.parameter[{i}]"
+        if param.name in ("notification-event", "notificationEvent"):
             status.notices.append(_notice_from_parts(param, where))
         else:
-            _set_parameter(status, name, *_value(param, where))
+            _set_parameter(status, param, where)
+    if status.subscription is None:
+        raise invalid(f"{root}.parameter", "the status names no subscription")
+    if status.type is None:
+        raise invalid(f"{root}.parameter", "the status has no notification type (handshake, heartbeat, "
+                      "event-notification, query-status, query-event)")
     return status
 
 
@@ -169,82 +166,51 @@ def status_from_parameters(resource: Json, root: str = STATUS_ROOT) -> Status:
 
 def status_from_subscription_status(resource: Json, root: str = STATUS_ROOT) -> Status:
     """The R4B ``SubscriptionStatus`` resource."""
-    status = Status(topic=resource.get("topic") if isinstance(resource.get("topic"), str) else None,
-                    status=resource.get("status") if isinstance(resource.get("status"), str) else None,
-                    type=resource.get("type") if isinstance(resource.get("type"), str) else None)
-    if "subscription" in resource:
-        status.subscription = _subscription_ref(resource["subscription"], f"{root}.subscription")
-    if "eventsSinceSubscriptionStart" in resource:
-        status.events_since = _unsigned(resource["eventsSinceSubscriptionStart"],
-                                        f"{root}.eventsSinceSubscriptionStart")
-    events = resource.get("notificationEvent", [])
-    if not isinstance(events, list):
-        raise invalid(f"{root}.notificationEvent", "notificationEvent must be a list")
-    for i, ev in enumerate(events):
-        status.notices.append(_r4b_notice(ev, f"{root}.notificationEvent[{i}]"))
+    model: SubscriptionStatus = parse(SubscriptionStatus, resource, root)
+    status = Status(topic=model.topic, status=model.status, type=model.type,
+                    subscription=_subscription_ref(model.subscription, f"{root}.subscription"),
+                    events_since=model.eventsSinceSubscriptionStart)
+    for i, ev in enumerate(model.notificationEvent):
+        path = f"{root}.notificationEvent[{i}]"
+        focus = _focus(ev.focus, f"{path}.focus") if ev.focus is not None else None
+        status.notices.append(Notice(ev.eventNumber, focus, path))
     return status
-
-
-def _r4b_notice(ev: Any, path: str) -> Notice:
-    if not isinstance(ev, dict):
-        raise invalid(path, "a notificationEvent must be an object")
-    number = _unsigned(ev["eventNumber"], f"{path}.eventNumber") if "eventNumber" in ev else None
-    focus = _focus(ev["focus"], f"{path}.focus") if "focus" in ev else None
-    return Notice(number, focus, path)
 
 
 # ------------------------------------------------------------------------------------------ Bundles
 
 
-def _status_of(bundle: Json) -> Status:
-    entries = bundle.get("entry")
-    if not isinstance(entries, list) or not entries or not isinstance(entries[0], dict):
-        raise invalid("Bundle.entry", "a notification Bundle starts with its subscription status entry")
-    head = entries[0].get("resource")
-    if not isinstance(head, dict):
+def _status_of(bundle: NotificationBundle) -> Status:
+    head = bundle.entry[0].resource
+    if head is None:
         raise invalid(STATUS_ROOT, "the first entry must carry the subscription status resource")
     kind = head.get("resourceType")
     if kind == "Parameters":
-        status = status_from_parameters(head)
-    elif kind == "SubscriptionStatus":
-        status = status_from_subscription_status(head)
-    else:
-        raise invalid(f"{STATUS_ROOT}.resourceType", "the first entry must be a Parameters (R4 backport "
-                      "SubscriptionStatus) or a SubscriptionStatus (R4B)")
-    _check_status(status)
-    return status
+        return status_from_parameters(head)
+    if kind == "SubscriptionStatus":
+        return status_from_subscription_status(head)
+    raise invalid(f"{STATUS_ROOT}.resourceType", "the first entry must be a Parameters (R4 backport "
+                  "SubscriptionStatus) or a SubscriptionStatus (R4B)")
 
 
-def _check_status(status: Status) -> None:
-    where = f"{STATUS_ROOT}.parameter"
-    if status.subscription is None:
-        raise invalid(where, "the status names no subscription")
-    if status.type not in NOTIFICATION_TYPES:
-        raise invalid(where, "the status has no notification type (handshake, heartbeat, event-notification, "
-                      "query-status, query-event)")
-
-
-def _entry_resources(bundle: Json) -> dict[tuple[str, str], tuple[Json, str]]:
+def _entry_resources(bundle: NotificationBundle) -> dict[tuple[str, str], tuple[Json, str]]:
     """The resources of entries 1.. by (type, id), with their element paths."""
     found: dict[tuple[str, str], tuple[Json, str]] = {}
-    for j, entry in enumerate(bundle["entry"][1:], start=1):
-        resource = entry.get("resource") if isinstance(entry, dict) else None
-        if resource is not None:
+    for j, entry in enumerate(bundle.entry[1:], start=1):
+        if entry.resource is not None:
             path = f"Bundle.entry[{j}].resource"
-            found[check_identity(resource, path)] = (resource, path)
+            found[check_identity(entry.resource, path)] = (entry.resource, path)
     return found
 
 
-def _legacy_notices(bundle: Json, status: Status) -> list[Notice]:
+def _legacy_notices(bundle: NotificationBundle, status: Status) -> list[Notice]:
     """Backport STU1 without ``notification-event``: the entries after the status are the events."""
     refs: list[tuple[tuple[str, str] | None, str]] = []
-    for j, entry in enumerate(bundle["entry"][1:], start=1):
-        resource = entry.get("resource") if isinstance(entry, dict) else None
-        url = entry.get("fullUrl") if isinstance(entry, dict) else None
-        if isinstance(resource, dict):
-            refs.append((check_identity(resource, f"Bundle.entry[{j}].resource"), f"Bundle.entry[{j}]"))
-        elif isinstance(url, str):
-            refs.append((reference_parts(url), f"Bundle.entry[{j}]"))
+    for j, entry in enumerate(bundle.entry[1:], start=1):
+        if entry.resource is not None:
+            refs.append((check_identity(entry.resource, f"Bundle.entry[{j}].resource"), f"Bundle.entry[{j}]"))
+        elif entry.fullUrl is not None:
+            refs.append((reference_parts(entry.fullUrl), f"Bundle.entry[{j}]"))
     last = status.events_since
     if not refs:
         return [Notice(last, None, STATUS_ROOT)]
@@ -271,18 +237,16 @@ def _topic_event(channel: str, subscription: str, notice: Notice, bundle_id: str
                       dig.patient_id if dig else None, {"digest": dig.as_json()} if dig else None)
 
 
-def parse_bundle(channel: str, bundle: Json) -> Delivery:
+def parse_bundle(channel: str, document: Json) -> Delivery:
     """A topic-based notification Bundle (R4 backport or R4B) -> ``Delivery``."""
-    if bundle.get("type") not in NOTIFICATION_BUNDLE_TYPES:
-        raise invalid("Bundle.type", "a notification Bundle has type history (R4 backport) or "
-                      "subscription-notification (R4B)")
+    bundle: NotificationBundle = parse(NotificationBundle, document, "Bundle")
     status = _status_of(bundle)
     sub = str(status.subscription)
     events: tuple[InboxEvent, ...] = ()
     if status.type in EVENT_TYPES:
         notices = status.notices or _legacy_notices(bundle, status)
         resources = _entry_resources(bundle)
-        bundle_id = str(bundle.get("id") or bundle.get("timestamp") or uuid.uuid4().hex)
+        bundle_id = bundle.id or bundle.timestamp or uuid.uuid4().hex
         events = tuple(_topic_event(channel, sub, n, bundle_id, resources) for n in notices)
     return Delivery(channel, sub, str(status.type), events, status.events_since, status.topic, status.status)
 
@@ -308,18 +272,24 @@ def _rest_hook(channel: str, event: InboxEvent) -> Delivery:
 
 
 def _check_path_ids(resource_type: str, resource_id: str) -> None:
-    if not RESOURCE_TYPE.match(resource_type):
+    if not RESOURCE_TYPE.fullmatch(resource_type):
         raise invalid("type", "the URL does not name a FHIR resource type", "value")
-    if not FHIR_ID.match(resource_id):
+    if not FHIR_ID.fullmatch(resource_id):
         raise invalid("id", "the URL does not carry a valid FHIR id", "value")
 
 
-def parse_put(channel: str, resource_type: str, resource_id: str, body: bytes,
-              content_type: str | None = None) -> Delivery:
-    """``PUT {endpoint}/{type}/{id}`` — the classic rest-hook form with the resource as body."""
-    _check_path_ids(resource_type, resource_id)
+def _check_body(body: bytes, content_type: str | None) -> None:
     check_media_type(content_type, body)
-    if not body.strip():
+    check_not_blank(body)
+
+
+def parse_put(channel: str, resource_type: str, resource_id: str, body: bytes,
+              content_type: str | None = FHIR_JSON) -> Delivery:
+    """``PUT {endpoint}/{type}/{id}`` — the classic rest-hook form with the resource as body (an empty body: the
+    worker reads the resource from the EHR). ``content_type`` is the request's header, None when it had none."""
+    _check_path_ids(resource_type, resource_id)
+    _check_body(body, content_type)
+    if not body:
         key = f"res:{resource_type}/{resource_id}@{uuid.uuid4().hex}"
         event = InboxEvent(key, "resource", channel, classic_subscription_id(channel), None, resource_type,
                            resource_id)
@@ -333,24 +303,28 @@ def parse_put(channel: str, resource_type: str, resource_id: str, body: bytes,
     return _rest_hook(channel, resource_event(channel, resource, resource_type))
 
 
-def parse_post(channel: str, body: bytes, content_type: str | None = None) -> Delivery:
-    """``POST {endpoint}``: an empty ping, a topic notification Bundle, or a resource."""
-    check_media_type(content_type, body)
-    if not body.strip():
+def parse_post(channel: str, body: bytes, content_type: str | None = FHIR_JSON) -> Delivery:
+    """``POST {endpoint}``: an empty ping, a topic notification Bundle, or a resource (``content_type`` as for
+    ``parse_put``)."""
+    _check_body(body, content_type)
+    if not body:
         return _rest_hook(channel, ping_event(channel))
     doc = load_json(body)
-    if not isinstance(doc, dict) or not isinstance(doc.get("resourceType"), str):
+    rtype = doc.get("resourceType") if isinstance(doc, dict) else None
+    if not isinstance(rtype, str):
         raise invalid("resourceType", "the body is not a FHIR resource (no resourceType)")
-    if doc["resourceType"] == "Bundle":
+    if rtype == "Bundle":
         return parse_bundle(channel, doc)
-    return _rest_hook(channel, resource_event(channel, doc, doc["resourceType"]))
+    return _rest_hook(channel, resource_event(channel, doc, rtype))
 
 
 __all__ = [
+    "FHIR_JSON",
     "JSON_MEDIA_TYPES",
     "Notice",
     "Status",
     "check_media_type",
+    "check_not_blank",
     "load_json",
     "parse_bundle",
     "parse_post",

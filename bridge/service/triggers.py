@@ -18,21 +18,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.errors import InputError, Issue
 from bridge.normalize.mappings import CodeMap
+from bridge.service.edges import (
+    FHIR_ID,
+    RESOURCE_TYPE,
+    CodedResource,
+    EncounterResource,
+    Reference,
+    Resource,
+    invalid,
+    parse_resource,
+)
 
 ADMISSION_CLASSES = frozenset({"IMP", "ACUTE", "NONAC"})
 ADMISSION_STATUSES = frozenset({"in-progress", "arrived"})
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 TRIGGER_TYPES = ("Encounter", "Condition", "Observation")
-SUBJECT_ELEMENTS = ("subject", "patient")
 MAX_CODINGS = 50
-RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
-FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -65,86 +70,68 @@ class Decision:
     reason: str = "not-relevant"  # an id-like word: it goes into the logs
 
 
-def invalid(path: str, message: str, code: str = "structure") -> InputError:
-    """An ``InputError`` with one issue at ``path`` (the message names elements, never values)."""
-    return InputError(message, issues=[Issue(code, message, (path,))])
-
-
 def reference_parts(reference: str) -> tuple[str, str] | None:
     """(type, id) of a literal reference: relative, absolute, with or without ``_history``."""
     parts = reference.split("/_history/")[0].rstrip("/").split("/")
-    if len(parts) < 2 or not RESOURCE_TYPE.match(parts[-2]) or not FHIR_ID.match(parts[-1]):
+    if len(parts) < 2 or not RESOURCE_TYPE.fullmatch(parts[-2]) or not FHIR_ID.fullmatch(parts[-1]):
         return None
     return parts[-2], parts[-1]
 
 
 def patient_of(node: Any) -> str | None:
-    """The patient id of a Reference element that points to a Patient, else None."""
-    ref = node.get("reference") if isinstance(node, dict) else None
+    """The patient id of a Reference element (a ``Reference`` or its JSON) that points to a Patient, else None."""
+    ref = node.reference if isinstance(node, Reference) else (node.get("reference") if isinstance(node, dict)
+                                                                   else None)
     found = reference_parts(ref) if isinstance(ref, str) else None
     return found[1] if found and found[0] == "Patient" else None
 
 
-def version_key(resource: dict[str, Any]) -> str:
+def version_key(resource: dict[str, Any], meta_of: Resource | None = None) -> str:
     """``Type/id/_history/v``; else ``Type/id@lastUpdated``; else ``Type/id#<hash of the content>``."""
-    base = f"{resource['resourceType']}/{resource['id']}"
-    meta: dict[str, Any] = resource["meta"] if isinstance(resource.get("meta"), dict) else {}
-    if isinstance(meta.get("versionId"), str) and meta["versionId"]:
-        return f"{base}/_history/{meta['versionId']}"
-    if isinstance(meta.get("lastUpdated"), str) and meta["lastUpdated"]:
-        return f"{base}@{meta['lastUpdated']}"
+    parsed = meta_of or parse_resource(resource, str(resource.get("resourceType") or "resource"))
+    base = f"{parsed.resourceType}/{parsed.id}"
+    meta = parsed.meta
+    if meta is not None and meta.versionId:
+        return f"{base}/_history/{meta.versionId}"
+    if meta is not None and meta.lastUpdated:
+        return f"{base}@{meta.lastUpdated}"
     content = json.dumps(resource, sort_keys=True, separators=(",", ":")).encode("utf-8")
     return f"{base}#{hashlib.sha256(content).hexdigest()[:32]}"
 
 
 def check_identity(resource: Any, root: str) -> tuple[str, str]:
-    """The (type, id) of a resource body, or an ``InputError`` naming the element that is wrong."""
-    if not isinstance(resource, dict):
-        raise invalid(root, "expected a FHIR resource (a JSON object)")
-    rtype = resource.get("resourceType")
-    if not isinstance(rtype, str) or not RESOURCE_TYPE.match(rtype):
-        raise invalid(f"{root}.resourceType", "resourceType is missing or not a FHIR resource type")
-    rid = resource.get("id")
-    if not isinstance(rid, str) or not FHIR_ID.match(rid):
-        raise invalid(f"{root}.id", "id is missing or not a valid FHIR id")
-    return rtype, rid
+    """The (type, id) of a resource body, or an ``InputError`` naming every element that is wrong."""
+    parsed = parse_resource(resource, root)
+    return parsed.resourceType, parsed.id
 
 
-def _subject(resource: dict[str, Any], rtype: str, rid: str, root: str) -> str | None:
-    if rtype == "Patient":
-        return rid
-    for element in SUBJECT_ELEMENTS:
-        node = resource.get(element)
-        if node is not None and not isinstance(node, dict):
-            raise invalid(f"{root}.{element}", f"{element} must be a Reference")
-        if node is not None:
-            return patient_of(node)
-    return None
+def _subject(resource: Resource) -> str | None:
+    if resource.resourceType == "Patient":
+        return resource.id
+    node = resource.subject if resource.subject is not None else resource.patient
+    return patient_of(node) if node is not None else None
 
 
-def _classes(resource: dict[str, Any]) -> tuple[str, ...]:
-    """Encounter.class codes (R4: one Coding; tolerate a list) of v3-ActCode or without a system."""
-    raw = resource.get("class")
-    codings = raw if isinstance(raw, list) else [raw]
-    return tuple(sorted({c["code"] for c in codings if isinstance(c, dict) and isinstance(c.get("code"), str)
-                         and c.get("system") in (None, ACT_CODE)}))
+def _classes(resource: Resource) -> tuple[str, ...]:
+    """Encounter.class codes of v3-ActCode or without a system."""
+    if not isinstance(resource, EncounterResource):
+        return ()
+    return tuple(sorted({c.code for c in resource.classes if c.code and c.system in (None, ACT_CODE)}))
 
 
-def _codings(resource: dict[str, Any]) -> tuple[tuple[str, str], ...]:
-    code = resource.get("code")
-    codings = code.get("coding") if isinstance(code, dict) else None
-    pairs = {(c["system"], c["code"]) for c in codings or [] if isinstance(c, dict)
-             and isinstance(c.get("system"), str) and isinstance(c.get("code"), str)}
+def _codings(resource: Resource) -> tuple[tuple[str, str], ...]:
+    if not isinstance(resource, CodedResource) or resource.code is None:
+        return ()
+    pairs = {(c.system, c.code) for c in resource.code.coding if c.system is not None and c.code is not None}
     return tuple(sorted(pairs))[:MAX_CODINGS]
 
 
 def digest(resource: Any, root: str | None = None) -> Digest:
     """Reduce a resource to its ``Digest``; ``root`` is its element path for error messages."""
-    rtype, rid = check_identity(resource, root or "resource")
-    root = root or rtype
-    status = resource.get("status") if isinstance(resource.get("status"), str) else None
-    return Digest(rtype, rid, version_key(resource), _subject(resource, rtype, rid, root), status,
-                  _classes(resource) if rtype == "Encounter" else (), _codings(resource))
+    rtype = resource.get("resourceType") if isinstance(resource, dict) else None
+    parsed = parse_resource(resource, root or (rtype if isinstance(rtype, str) else "resource"))
+    return Digest(parsed.resourceType, parsed.id, version_key(resource, parsed), _subject(parsed), parsed.status,
+                  _classes(parsed), _codings(parsed))
 
 
 def is_admission(d: Digest) -> bool:

@@ -162,10 +162,27 @@ def test_other_media_types_are_not_supported() -> None:
 
 
 def test_empty_post_is_a_ping_that_asks_the_ehr() -> None:
-    first, second = parse_post("labs", b""), parse_post("labs", b"  \n")
+    first, second = parse_post("labs", b"", None), parse_post("labs", b"")
     [ev] = first.events
     assert (ev.kind, ev.subscription, ev.payload) == ("query", "channel/labs", {"reason": "ping"})
     assert ev.dedupe_key != second.events[0].dedupe_key  # every ping counts
+
+
+@pytest.mark.parametrize("body", [b" ", b"  \n", b"\t\r\n"])
+def test_a_whitespace_only_body_is_no_ping(body: bytes) -> None:
+    for parse in (lambda: parse_post("labs", body), lambda: parse_put("labs", "Encounter", "e1", body)):
+        with pytest.raises(InputError) as exc:
+            parse()
+        assert (exc.value.issues[0].code, issue_path(exc)) == ("structure", "body")
+
+
+def test_a_body_must_declare_its_media_type() -> None:
+    with pytest.raises(InputError) as exc:
+        parse_post("c", raw(observation()), None)
+    assert (exc.value.issues[0].code, issue_path(exc)) == ("not-supported", "Content-Type")
+    with pytest.raises(InputError):
+        parse_put("c", "Observation", "o1", raw(observation()), "")
+    assert parse_put("c", "Encounter", "e1", b"", None).events[0].resource_id == "e1"  # id-only: no body, no type
 
 
 def test_a_posted_resource_is_read_like_a_put() -> None:
@@ -245,7 +262,10 @@ def _with_param(bundle: dict[str, Any], index: int, **changes: Any) -> dict[str,
     (lambda b: _with_param(b, 4, valueInteger=-1), "Bundle.entry[0].resource.parameter[4].valueInteger"),
     (lambda b: _with_param(b, 0, valueReference={"reference": "Patient/x"}),
      "Bundle.entry[0].resource.parameter[0].valueReference.reference"),
-    (lambda b: _with_param(b, 3, valueCode="bogus"), "Bundle.entry[0].resource.parameter"),
+    (lambda b: _with_param(b, 3, valueCode="bogus"), "Bundle.entry[0].resource.parameter[3].valueCode"),
+    (lambda b: _with_param(b, 3, valueCoding={"code": "heartbeat"}), "Bundle.entry[0].resource.parameter[3]"
+     ".valueCoding"),
+    (lambda b: _with_param(b, 3), "Bundle.entry[0].resource.parameter[3].value[x]"),
 ])
 def test_bad_backport_bundles_name_the_element(mutate: Any, path: str) -> None:
     bundle = mutate(backport_bundle("event-notification", 1, [{"number": 1, "focus": "Encounter/e1"}]))
