@@ -241,7 +241,7 @@ def _add_months(start: datetime, months: int) -> datetime:
 def _date(name: str, raw: str) -> tuple[str, float, float]:
     prefix, value = (raw[:2], raw[2:]) if raw[:2].isalpha() else ("eq", raw)
     if prefix == "ap":
-        raise problem(name, f"{name}: the ap prefix is not supported", "not-supported")
+        raise problem(name, f"{name}: the ap prefix is not supported")
     if prefix not in DATE_PREFIXES:
         raise problem(name, f"{name}: unknown prefix {prefix!r} (eq ne gt lt ge le sa eb)")
     start, end = date_range(name, value)
@@ -275,7 +275,7 @@ def _check_names(items: Items, allowed: set[str], where: str) -> None:
             base = name.split(":")[0]
             message = (f"{base}: modifiers are not supported" if ":" in name and base in allowed
                        else f"unknown parameter for {where}: {name}")
-            raise problem(name, message, "not-supported" if ":" in name else "invalid")
+            raise problem(name, message)
 
 
 def search_params(resource_type: str) -> dict[str, SearchParam]:
@@ -377,7 +377,7 @@ def parse_metadata(items: Items) -> None:
     _check_names(items, {"mode"} | FORMAT_PARAMS, "metadata")
     mode = _once(items, "mode")
     if mode not in (None, "full"):
-        raise problem("mode", "mode: only full is served", "not-supported")
+        raise problem("mode", "mode: only full is served")
 
 
 # ------------------------------------------------------------------------------------------ format
