@@ -15,12 +15,24 @@ Notifications are accepted on /notify (see `bridge subscribe`), written to the d
 and processed by the worker threads (Settings.workers). Logs are JSON lines on stderr carrying ids only.
 Same as `python server.py`.
 
+The port is bound first, then the worker's name (serve@<host>) is claimed with a lock file beside db_path; only
+then is the database opened and the worker started. A busy port or a second service on the same database stops
+there, with one line and exit 5, having touched nothing.
+
 Example:
 
 \b
     bridge serve --config bridge.yaml --port 8080
 
-Exit codes: 0 stopped, 5 configuration error, 8 state store unusable.
+\b
+Exit codes:
+  0  stopped (SIGINT / SIGTERM)
+  1  unexpected error (a bug)
+  3  the site map or the trial file cannot be read
+  4  the site map or the trial file fails its schema
+  5  configuration error: a secret shorter than 32 bytes, the port in use or not bindable, another service
+     on the same database, a bad setting or key file
+  8  state store unusable (cannot open, a schema newer than this bridge)
 """
 
 
@@ -31,12 +43,14 @@ def command(
                     ] = None,
     port: Annotated[int | None, typer.Option("--port", help="listen port (default: listen_port, 8080)")] = None,
 ) -> None:
+    from bridge.service.logs import configure_logging  # before anything else logs: every line is JSON
+
+    configure_logging()
     settings = settings_from(config)
     settings = replace(settings, listen_host=host or settings.listen_host, listen_port=port or settings.listen_port)
-    from bridge.service.app import run  # FastAPI and uvicorn load only for this command
-    from bridge.service.logs import configure_logging
-
     configure_logging(settings.log_level)
+    from bridge.service.startup import run  # FastAPI and uvicorn load only for this command, after the port
+
     run(settings)
 
 

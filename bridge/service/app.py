@@ -1,28 +1,39 @@
 """The FastAPI app of the pre-screening service (issue #4): notifications in, health, read-only FHIR out.
 
-Routes (OpenAPI at ``/openapi.json``, docs at ``/docs``)::
+Routes (OpenAPI at ``/openapi.json``; ``/docs`` only with ``Settings.docs_assets_url``, a site-hosted swagger-ui —
+no public CDN)::
 
     POST /notify                                  default channel: empty ping | topic Bundle | resource
     POST /notify/{channel}                        the same on a named channel (one per subscription)
     PUT  /notify/{type}/{id}                      classic rest-hook with the resource (default channel)
     PUT  /notify/{channel}/{type}/{id}            the same on a named channel   (POST is accepted too)
     GET  /healthz                                 the process is up
-    GET  /readyz                                  inbox depth, failures, last event, EHR reachable, worker
-    GET  /fhir/metadata, /fhir/ResearchStudy[/{id}], /fhir/ResearchSubject[/{id}]   see ``fhir_api``
+    GET  /readyz                                  ready / not ready; with the API token: store, inbox, EHR, worker
+    GET  /fhir/...                                see ``fhir_api``
+    GET  /ui/...                                  the coordinator page, see ``ui``
 
 A notification is checked in this order, and nothing is stored unless every check passes: the channel name,
 the channel secret (``Authorization: Bearer``, constant time — 401), the declared and then the actual body
-size while reading (``Settings.max_body_bytes`` — 413), the media type (415), JSON and FHIR shape (400 with
-the element path). Then the events are written to the durable inbox and committed *before* the 200 answer.
+size while reading (``Settings.max_body_bytes`` — 413), the media type (a body needs a JSON Content-Type — 415),
+a whitespace-only body (400), JSON and FHIR shape through the declared models of ``edges`` (400 with the element
+path). Then the events are written to the durable inbox and committed *before* the 200 answer. The OpenAPI
+describes the bodies with the same models, so schema-driven clients reach the parsers.
 
 Every error leaves as an ``OperationOutcome``: one exception handler maps ``bridge.errors`` to a status —
 ``InputError`` by its issue code (security 401, not-found 404, too-costly 413, not-supported 415, else 400),
 ``StoreError`` 503 (the EHR will retry), ``RemoteError`` 502, anything else 500 without details.
+
+``/readyz`` is ready when the store takes a write (a write transaction that changes nothing, at most every
+``STORE_PROBE_SECONDS``), the EHR is not known unreachable and the worker, if any, runs. Anonymous callers learn
+only ``ready`` / ``not-ready``; the counts, times and reachability need ``Authorization: Bearer <api_token>``.
+Start-up (binding the port first, one service per database) is ``bridge.service.startup``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import socket
 import threading
 import time
@@ -30,13 +41,14 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from enum import Enum
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
-import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Header, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bridge import __version__
@@ -44,7 +56,8 @@ from bridge.client import FhirClient
 from bridge.config import Settings
 from bridge.errors import BridgeError, InputError, Issue, RemoteError, StoreError
 from bridge.normalize.mappings import load_code_map
-from bridge.service.channels import DEFAULT_CHANNEL, bearer, check_channel, secret_matches
+from bridge.service.channels import CHANNEL, DEFAULT_CHANNEL, bearer, check_channel, secret_matches, token_matches
+from bridge.service.edges import FHIR_ID, RESOURCE_TYPE, openapi_schemas, request_body
 from bridge.service.fhir_api import FhirResponse, fhir_router
 from bridge.service.logs import event
 from bridge.service.notifications import parse_post, parse_put
@@ -57,12 +70,25 @@ log = logging.getLogger("bridge.service")
 STATUS_BY_CODE = {"security": 401, "forbidden": 403, "not-found": 404, "too-costly": 413, "not-supported": 415}
 HTTP_ISSUE_CODES = {400: "invalid", 401: "security", 403: "forbidden", 404: "not-found", 405: "not-supported",
                     413: "too-costly", 415: "not-supported"}
+CONTENT_LENGTH = re.compile(r"^[0-9]{1,19}$")  # ASCII digits only: '²'.isdigit() is true, int('²') fails
+STORE_PROBE_SECONDS = 5.0
+PROBE_TIMEOUT_SECONDS = 5.0
+ChannelPath = Annotated[str, Path(pattern=CHANNEL.pattern, description="the subscription's channel")]
+TypePath = Annotated[str, Path(pattern=RESOURCE_TYPE.pattern, description="the resource type")]
+IdPath = Annotated[str, Path(pattern=FHIR_ID.pattern, description="the resource id")]
+AuthorizationHeader = Annotated[str | None, Header(description="Bearer <api_token> for the details")]
 
 
+class WriteProbe(Protocol):
+    """How ``/readyz`` learns that the store takes a write: ``purge(0.0)`` is a write transaction (``BEGIN
+    IMMEDIATE``, the write lock) that deletes nothing, so a read-only, locked or closed store fails it."""
 
-class AppState(Intake, PublishedIndex, Screenings, Protocol):
-    """What the routes use of the state: notifications in and ``/readyz`` (``Intake``), the read API
-    (``PublishedIndex``) and the coordinator page (``Screenings``)."""
+    def purge(self, before: float) -> int: ...
+
+
+class AppState(Intake, PublishedIndex, Screenings, WriteProbe, Protocol):
+    """What the routes use of the state: notifications in and ``/readyz`` (``Intake``, ``WriteProbe``), the read
+    API (``PublishedIndex``) and the coordinator page (``Screenings``)."""
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -132,7 +158,7 @@ def _too_large(limit: int) -> InputError:
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused (413) as soon as it is known to exceed ``limit`` bytes."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and CONTENT_LENGTH.fullmatch(declared) and int(declared) > limit:
         raise _too_large(limit)
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -193,16 +219,46 @@ def create_app(settings: Settings, store: AppState, worker: Worker | None = None
                 worker.stop()
 
     app = FastAPI(title="cd7-bridge pre-screening service", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,
                   description="Receives EHR subscription notifications, pre-screens patients for NCT04762485 "
                               "and serves the published ResearchStudy / ResearchSubject read-only.")
     install_error_handlers(app)
     _install_access_log(app)
     _install_notify_routes(app, settings, store, clock)
-    _install_health_routes(app, store, worker, CachedProbe(ehr_probe) if ehr_probe else None)
+    readiness = Readiness(store, worker, CachedProbe(ehr_probe) if ehr_probe else None)
+    _install_health_routes(app, settings, readiness)
     app.include_router(fhir_router(store, settings))
     app.include_router(ui_router(settings, store, clock))
+    _install_openapi(app)
+    if settings.docs_assets_url:
+        _install_docs(app, settings.docs_assets_url.rstrip("/"))
     app.state.store, app.state.worker, app.state.settings = store, worker, settings
     return app
+
+
+def _install_openapi(app: FastAPI) -> None:
+    """The generated OpenAPI plus the component schemas of the notification bodies (``edges``)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(openapi_schemas())
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema
+
+
+def _install_docs(app: FastAPI, assets: str) -> None:
+    """``/docs`` with swagger-ui from the site's own copy at ``assets`` (``Settings.docs_assets_url``)."""
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - API",
+                                   swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{assets}/swagger-ui.css",
+                                   swagger_favicon_url=f"{assets}/favicon-32x32.png")
 
 
 def _install_access_log(app: FastAPI) -> None:
@@ -235,56 +291,88 @@ def _install_notify_routes(app: FastAPI, settings: Settings, store: Intake, cloc
         return FhirResponse(_accepted_outcome(delivery, result.new, result.duplicates))
 
     tags: list[str | Enum] = ["notifications"]
+    posted = request_body("NotificationBundle", "EncounterResource", "CodedResource")
+    put = request_body("EncounterResource", "CodedResource", "Resource")
 
-    @app.post("/notify", tags=tags, response_class=FhirResponse, summary="Notification on the default channel")
+    @app.post("/notify", tags=tags, response_class=FhirResponse, summary="Notification on the default channel",
+              openapi_extra=posted)
     async def notify_default(request: Request) -> FhirResponse:
         return await accept(request, DEFAULT_CHANNEL)
 
-    @app.post("/notify/{channel}", tags=tags, response_class=FhirResponse, summary="Notification on a channel")
-    async def notify_channel(request: Request, channel: str) -> FhirResponse:
+    @app.post("/notify/{channel}", tags=tags, response_class=FhirResponse, summary="Notification on a channel",
+              openapi_extra=posted)
+    async def notify_channel(request: Request, channel: ChannelPath) -> FhirResponse:
         return await accept(request, channel)
 
-    async def notify_resource(request: Request, resource_type: str, resource_id: str) -> FhirResponse:
+    async def notify_resource(request: Request, resource_type: TypePath, resource_id: IdPath) -> FhirResponse:
         return await accept(request, DEFAULT_CHANNEL, resource_type, resource_id)
 
-    async def notify_channel_resource(request: Request, channel: str, resource_type: str,
-                                      resource_id: str) -> FhirResponse:
+    async def notify_channel_resource(request: Request, channel: ChannelPath, resource_type: TypePath,
+                                      resource_id: IdPath) -> FhirResponse:
         return await accept(request, channel, resource_type, resource_id)
 
     for method in ("PUT", "POST"):
         app.add_api_route("/notify/{resource_type}/{resource_id}", notify_resource, methods=[method], tags=tags,
                           response_class=FhirResponse, operation_id=f"notify_resource_{method.lower()}",
-                          summary="Classic rest-hook with the resource (default channel)")
+                          summary="Classic rest-hook with the resource (default channel)", openapi_extra=put)
         app.add_api_route("/notify/{channel}/{resource_type}/{resource_id}", notify_channel_resource,
                           methods=[method], tags=tags, response_class=FhirResponse,
                           operation_id=f"notify_channel_resource_{method.lower()}",
-                          summary="Classic rest-hook with the resource on a channel")
+                          summary="Classic rest-hook with the resource on a channel", openapi_extra=put)
 
 
 def _iso(epoch: float | None) -> str | None:
     return None if epoch is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
-def _install_health_routes(app: FastAPI, store: Intake, worker: Worker | None, probe: CachedProbe | None) -> None:
+class Readiness:
+    """Is the service ready: the store takes a write, the EHR is not known unreachable, the worker runs."""
+
+    def __init__(self, store: AppState, worker: Worker | None, ehr: CachedProbe | None) -> None:
+        self.store, self.worker, self.ehr = store, worker, ehr
+        self.writable = CachedProbe(self._store_takes_a_write, ttl=STORE_PROBE_SECONDS)
+
+    def _store_takes_a_write(self) -> bool:
+        self.store.purge(0.0)  # see WriteProbe; any exception means "cannot write" (CachedProbe)
+        return True
+
+    async def _state(self, probe: CachedProbe) -> str:
+        try:
+            return await asyncio.wait_for(run_in_threadpool(probe.state), PROBE_TIMEOUT_SECONDS)
+        except TimeoutError:
+            return "unreachable"
+
+    async def check(self, details: bool) -> tuple[bool, dict[str, Any]]:
+        store = "ok" if await self._state(self.writable) == "reachable" else "unavailable"
+        body: dict[str, Any] = {"store": store}
+        body["ehr"] = await self._state(self.ehr) if self.ehr else "not-configured"
+        body["worker"] = "none" if self.worker is None else ("running" if self.worker.alive else "stopped")
+        ready = store == "ok" and body["ehr"] != "unreachable" and body["worker"] != "stopped"
+        if details and store == "ok":
+            body.update(await self._counts())
+        return ready, body
+
+    async def _counts(self) -> dict[str, Any]:
+        try:
+            stats = await run_in_threadpool(self.store.stats)
+        except StoreError:
+            return {}
+        return {"depth": stats.depth, "inbox": stats.inbox, "rescreens": stats.rescreens,
+                "failed": stats.inbox.get("failed", 0) + stats.rescreens.get("failed", 0),
+                "lastEventAt": _iso(stats.last_event_at), "lastNotificationAt": _iso(stats.last_notification_at)}
+
+
+def _install_health_routes(app: FastAPI, settings: Settings, readiness: Readiness) -> None:
     @app.get("/healthz", tags=["health"], summary="Liveness")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], summary="Readiness: store, inbox depth, last event, EHR, worker")
-    async def readyz() -> JSONResponse:
-        body: dict[str, Any] = {}
-        try:
-            stats = await run_in_threadpool(store.stats)
-            body.update(store="ok", depth=stats.depth, inbox=stats.inbox, rescreens=stats.rescreens,
-                        failed=stats.inbox.get("failed", 0) + stats.rescreens.get("failed", 0),
-                        lastEventAt=_iso(stats.last_event_at), lastNotificationAt=_iso(stats.last_notification_at))
-        except StoreError:
-            body["store"] = "unavailable"
-        body["ehr"] = await run_in_threadpool(probe.state) if probe else "not-configured"
-        body["worker"] = "none" if worker is None else ("running" if worker.alive else "stopped")
-        ready = body["store"] == "ok" and body["ehr"] != "unreachable" and body["worker"] != "stopped"
-        body["status"] = "ready" if ready else "not-ready"
-        return JSONResponse(body, status_code=200 if ready else 503)
+    @app.get("/readyz", tags=["health"], summary="Readiness (details with the API token)")
+    async def readyz(authorization: AuthorizationHeader = None) -> JSONResponse:
+        details = token_matches(settings.api_token, bearer(authorization))
+        ready, body = await readiness.check(details)
+        status = {"status": "ready" if ready else "not-ready"}
+        return JSONResponse({**status, **body} if details else status, status_code=200 if ready else 503)
 
 
 # ------------------------------------------------------------------------------------------ wiring
@@ -300,17 +388,17 @@ def ehr_probe(settings: Settings) -> Callable[[], bool]:
 def build_worker(settings: Settings, name: str, worker_config: WorkerConfig | None = None,
                  store: State | None = None) -> Worker:
     """The worker from settings: EHR client, code map (with the site map), the state (``db_path``), publishing
-    re-screen."""
+    re-screen of the ``trial`` setting's trial."""
     client = FhirClient.from_settings(settings)
     cmap = load_code_map(settings.site_map)
     store = store or open_state(settings.db_path)
     config = worker_config or WorkerConfig.from_settings(settings)
-    return Worker(store, PublishingRescreen(client, cmap, store), ClientEhr(client), cmap, config, name=name,
-                  threads=settings.workers)
+    rescreen = PublishingRescreen.from_settings(client, cmap, store, settings)  # the ``trial`` setting's trial
+    return Worker(store, rescreen, ClientEhr(client), cmap, config, name=name, threads=settings.workers)
 
 
-def build_app(settings: Settings, worker_config: WorkerConfig | None = None) -> FastAPI:
-    """The whole service from settings (what ``server.py`` and ``bridge serve`` run).
+def build_app(settings: Settings, worker_config: WorkerConfig | None = None, name: str | None = None) -> FastAPI:
+    """The whole service from settings (what ``bridge.service.startup.run`` serves); ``name`` is the worker's.
 
     Without ``ehr_base_url`` (the embedded default) there is no worker: the coordinator page and the read
     API serve the local store, and notifications are kept in the inbox until an EHR is configured."""
@@ -318,15 +406,9 @@ def build_app(settings: Settings, worker_config: WorkerConfig | None = None) -> 
         event(log, "config.warning", logging.WARNING, reason="no-ehr-configured-worker-not-started")
         return create_app(settings, open_state(settings.db_path))
     state = open_state(settings.db_path)
-    worker = build_worker(settings, f"serve@{socket.gethostname()}", worker_config, state)
+    worker = build_worker(settings, name or f"serve@{socket.gethostname()}", worker_config, state)
     return create_app(settings, state, worker, ehr_probe=ehr_probe(settings))
 
 
-def run(settings: Settings) -> None:
-    """Serve with uvicorn on ``listen_host:listen_port``; our own request log replaces uvicorn's."""
-    uvicorn.run(build_app(settings), host=settings.listen_host, port=settings.listen_port, access_log=False,
-                log_config=None, timeout_graceful_shutdown=10)
-
-
-__all__ = ["AppState", "CachedProbe", "build_app", "build_worker", "create_app", "ehr_probe", "install_error_handlers",
-           "outcome_response", "read_body", "run", "status_for"]
+__all__ = ["AppState", "CachedProbe", "Readiness", "WriteProbe", "build_app", "build_worker", "create_app", "ehr_probe",
+           "install_error_handlers", "outcome_response", "read_body", "status_for"]

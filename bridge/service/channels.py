@@ -27,7 +27,7 @@ SECRET_HEADER = "Authorization"  # noqa: S105 - a header name, not a secret
 
 
 def check_channel(name: str) -> str:
-    if not CHANNEL.match(name):
+    if not CHANNEL.fullmatch(name):
         message = "a channel name is 1-64 letters, digits, '-', '_' or '.'"
         raise InputError(message, issues=[Issue("value", message, ("channel",))])
     return name

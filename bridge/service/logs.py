@@ -13,7 +13,10 @@ Safe by construction rather than by redaction after the fact:
   and without the query string.
 
 ``JsonFormatter`` turns a record into one JSON object per line: ``ts`` (UTC, ISO 8601), ``level``,
-``logger``, ``event`` (the message) and the fields.
+``logger``, ``event`` (the message) and the fields. ``configure_logging`` makes it the only way out: Python
+warnings (pint's, a library's deprecation) go through logging (``logging.captureWarnings``, logger
+``py.warnings``), and an exception that escapes a thread or the main program is one ``uncaught`` line with its
+type only — nothing on stderr is plain text.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import json
 import logging
 import re
 import sys
+import threading
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import IO, Any
 
 SAFE_VALUE = re.compile(r"^[A-Za-z0-9\-._:/|@]{1,200}$")
@@ -96,7 +101,20 @@ def configure_logging(level: str = "INFO", stream: IO[str] | None = None) -> log
     logging.getLogger("uvicorn.access").disabled = True  # replaced by http.request events without queries
     for name in ("urllib3", "httpx", "httpcore"):  # their debug/info lines carry full URLs, queries included
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.captureWarnings(True)  # warnings.warn -> logger "py.warnings" -> this handler
+    sys.excepthook = _uncaught
+    threading.excepthook = _uncaught_in_thread
     return handler
+
+
+def _uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    event(logging.getLogger("bridge"), "uncaught", logging.CRITICAL, error=kind.__name__)
+
+
+def _uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is not SystemExit:
+        event(logging.getLogger("bridge"), "uncaught", logging.CRITICAL, error=args.exc_type.__name__,
+              worker=args.thread.name if args.thread else None)
 
 
 __all__ = ["FIELDS", "REDACTED", "SAFE_VALUE", "JsonFormatter", "clean", "configure_logging", "event"]

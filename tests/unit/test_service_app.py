@@ -7,14 +7,17 @@ accepted: after a restart every accepted event is processed and every patient's 
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import os
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,13 +26,14 @@ from typing import Any
 
 import pytest
 import requests
+from fastapi import Request
 from fastapi.testclient import TestClient
 
 from bridge.config import Settings
 from bridge.errors import AuthError, ConfigError, InputError, Issue, ServerRejected, StoreError, ValidationFailed
 from bridge.normalize.mappings import load_code_map
 from bridge.publish.validate import validate_r4
-from bridge.service.app import CachedProbe, create_app, status_for
+from bridge.service.app import CachedProbe, create_app, read_body, status_for
 from bridge.service.channels import channel_secret
 from bridge.service.logs import JsonFormatter, clean, configure_logging
 from bridge.service.worker import Worker, WorkerConfig
@@ -40,8 +44,9 @@ from tests.processes import free_port, wait_until_healthy
 from .test_notifications import backport_bundle, encounter, observation
 from .test_worker import Clock, FakeEhr, FakeRescreen
 
-SECRET = "s3cret-webhook"
-TOKEN = "api-token-1"
+SECRET = "s3cret-webhook-0123456789abcdefghij"  # 32+ bytes, as the service requires at start-up
+TOKEN = "api-token-1-0123456789abcdefghijklmn"
+UI_TOKEN = "ui-token-123-0123456789abcdefghijkl"
 REPO = Path(__file__).resolve().parents[2]
 FHIR = "application/fhir+json"
 
@@ -168,6 +173,34 @@ def test_another_media_type_is_415(client: TestClient, store: SqliteStore) -> No
     assert nothing_stored(store)
 
 
+def test_a_body_without_content_type_is_415(client: TestClient, store: SqliteStore) -> None:
+    body, secret_only = json.dumps(encounter()).encode(), {"Authorization": f"Bearer {SECRET}"}
+    for send in (lambda: client.put("/notify/Encounter/e1", content=body, headers=secret_only),
+                 lambda: client.post("/notify", content=body, headers=secret_only)):
+        resp = send()
+        assert resp.status_code == 415 and resp.json()["issue"][0]["expression"] == ["Content-Type"]
+    assert nothing_stored(store)
+    assert client.post("/notify", headers=secret_only).status_code == 200  # a ping: no body, no type
+
+
+@pytest.mark.parametrize("body", [b" ", b"\n", b" \r\n\t "])
+def test_a_whitespace_only_body_is_400_and_never_stored(client: TestClient, store: SqliteStore, body: bytes) -> None:
+    for _ in range(2):
+        assert client.post("/notify", content=body, headers=auth()).status_code == 400
+        assert client.put("/notify/Encounter/e1", content=body, headers=auth()).status_code == 400
+    assert nothing_stored(store)
+
+
+@pytest.mark.parametrize("length", [b"\xb2", b"1\xb2", b"\xb9\xb2", b"\xd9\xa1"])
+def test_a_content_length_of_other_digits_is_no_500(length: bytes) -> None:
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    request = Request({"type": "http", "method": "POST", "path": "/notify", "headers": [(b"content-length", length)]},
+                      receive)
+    assert asyncio.run(read_body(request, 10)) == b"{}"  # not a number: the size is checked while reading
+
+
 # ------------------------------------------------------------------------------------------ durable accept
 
 
@@ -244,7 +277,9 @@ def test_healthz_and_readyz(settings: Settings, store: SqliteStore) -> None:
     with TestClient(create_app(settings, store, ehr_probe=lambda: True)) as c:
         assert c.get("/healthz").json() == {"status": "ok"}
         c.put("/notify/Encounter/e1", json=encounter(), headers=auth())
-        ready = c.get("/readyz")
+        assert c.get("/readyz").json() == {"status": "ready"}  # anonymous: ready or not, nothing else
+        assert c.get("/readyz", headers=bearer("wrong")).json() == {"status": "ready"}
+        ready = c.get("/readyz", headers=bearer())
         assert ready.status_code == 200
         body = ready.json()
         assert (body["status"], body["store"], body["ehr"], body["worker"], body["depth"]) == (
@@ -257,18 +292,36 @@ def test_readyz_is_503_when_the_ehr_is_unreachable(settings: Settings, store: Sq
         raise ConnectionError("refused")
 
     with TestClient(create_app(settings, store, ehr_probe=probe)) as c:
-        resp = c.get("/readyz")
-    assert resp.status_code == 503 and resp.json()["ehr"] == "unreachable"
+        anonymous, detailed = c.get("/readyz"), c.get("/readyz", headers=bearer())
+    assert (anonymous.status_code, anonymous.json()) == (503, {"status": "not-ready"})
+    assert detailed.status_code == 503 and detailed.json()["ehr"] == "unreachable"
 
 
 def test_readyz_reports_a_stopped_worker(settings: Settings, store: SqliteStore) -> None:
     worker = Worker(store, FakeRescreen(), FakeEhr(), load_code_map(), WorkerConfig(catch_up_on_start=False))
     app = create_app(settings, store, worker)
     with TestClient(app) as c:  # the lifespan starts the worker
-        assert c.get("/readyz").json()["worker"] == "running"
+        assert c.get("/readyz", headers=bearer()).json()["worker"] == "running"
         worker.stop()
-        resp = c.get("/readyz")
+        resp = c.get("/readyz", headers=bearer())
     assert resp.status_code == 503 and resp.json()["worker"] == "stopped"
+
+
+def test_readyz_is_not_ready_while_the_store_cannot_write(settings: Settings, tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "locked.sqlite3", busy_timeout=0.2)
+    holder = sqlite3.connect(tmp_path / "locked.sqlite3", isolation_level=None)
+    try:
+        with TestClient(create_app(settings, store)) as c:
+            holder.execute("BEGIN EXCLUSIVE")  # another process holds the write lock: reads work, writes wait
+            assert store.stats() is not None
+            locked = c.get("/readyz", headers=bearer())
+            holder.execute("ROLLBACK")
+        assert locked.status_code == 503 and (locked.json()["status"], locked.json()["store"]) == (
+            "not-ready", "unavailable")
+        assert "depth" not in locked.json()
+    finally:
+        holder.close()
+        store.close()
 
 
 def test_the_probe_is_cached() -> None:
@@ -302,7 +355,7 @@ def test_metadata_is_public_and_valid_r4(client: TestClient) -> None:
     cap = resp.json()
     validate_r4(cap)
     subject = next(r for r in cap["rest"][0]["resource"] if r["type"] == "ResearchSubject")
-    assert [p["name"] for p in subject["searchParam"]] == ["study", "patient", "status"]
+    assert {"study", "patient", "status"} <= {p["name"] for p in subject["searchParam"]}
 
 
 @pytest.mark.parametrize("path", ["/fhir/ResearchSubject", "/fhir/ResearchStudy", "/fhir/ResearchSubject/rs-p1"])
@@ -327,7 +380,7 @@ def test_search_subjects_by_patient_status_and_study(client: TestClient, store: 
     validate_r4(every)
     one = client.get("/fhir/ResearchSubject?patient=Patient/p2", headers=bearer()).json()
     assert [e["resource"]["id"] for e in one["entry"]] == ["rs-p2"]
-    assert one["entry"][0]["fullUrl"] == "http://testserver/fhir/ResearchSubject/rs-p2"
+    assert one["entry"][0]["fullUrl"] == "http://127.0.0.1:8080/fhir/ResearchSubject/rs-p2"  # public base, not Host
     by_status = client.get("/fhir/ResearchSubject?status=candidate&study=nct04762485", headers=bearer()).json()
     assert [e["resource"]["id"] for e in by_status["entry"]] == ["rs-p1"]
     assert client.get("/fhir/ResearchSubject?patient=p9", headers=bearer()).json()["total"] == 0
@@ -351,7 +404,7 @@ def test_read_by_id_and_not_found(client: TestClient, store: SqliteStore) -> Non
     assert missing.status_code == 404 and missing.json()["issue"][0]["code"] == "not-found"
 
 
-@pytest.mark.parametrize("query", ["foo=1", "patient=Group/g1", "patient=a&patient=b", "_count=x", "status="])
+@pytest.mark.parametrize("query", ["foo=1", "patient=Group/g1", "_count=x", "_count=%C2%B2", "status="])
 def test_bad_searches_are_400(client: TestClient, query: str) -> None:
     resp = client.get(f"/fhir/ResearchSubject?{query}", headers=bearer())
     assert resp.status_code == 400 and resp.json()["resourceType"] == "OperationOutcome"
@@ -367,8 +420,54 @@ def test_openapi_documents_the_routes(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     for path in ("/notify", "/notify/{channel}", "/notify/{resource_type}/{resource_id}",
                  "/notify/{channel}/{resource_type}/{resource_id}", "/healthz", "/readyz", "/fhir/metadata",
-                 "/fhir/ResearchSubject", "/fhir/ResearchSubject/{resource_id}"):
+                 "/fhir/ResearchSubject", "/fhir/ResearchSubject/{resource_id}", "/ui", "/ui/login", "/ui/logout",
+                 "/ui/patients/{patient_id}"):
         assert path in paths
+
+
+def _resolve(doc: dict[str, Any], node: Any) -> Any:
+    """Every $ref of ``node`` must resolve inside the document."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            target: Any = doc
+            for part in node["$ref"].removeprefix("#/").split("/"):
+                target = target[part]
+        for value in node.values():
+            _resolve(doc, value)
+    elif isinstance(node, list):
+        for value in node:
+            _resolve(doc, value)
+
+
+def test_openapi_describes_the_notification_bodies_and_every_parameter(client: TestClient) -> None:
+    doc = client.get("/openapi.json").json()
+    _resolve(doc, doc)
+    schemas = doc["components"]["schemas"]
+    posted = doc["paths"]["/notify"]["post"]["requestBody"]["content"]["application/fhir+json"]["schema"]
+    assert {"$ref": "#/components/schemas/NotificationBundle"} in posted["anyOf"]
+    bundle = schemas["NotificationBundle"]
+    assert bundle["properties"]["type"]["enum"] == ["history", "subscription-notification"]
+    counts = schemas["SubscriptionStatus"]["properties"]["eventsSinceSubscriptionStart"]
+    assert {"type": "string", "pattern": "^[0-9]{1,18}$"} in counts["anyOf"]
+    assert "valueString" in schemas["Parameter"]["properties"]
+    put = doc["paths"]["/notify/{channel}/{resource_type}/{resource_id}"]["put"]
+    assert {p["name"]: p["schema"].get("pattern") for p in put["parameters"]} == {
+        "channel": "^[A-Za-z0-9][A-Za-z0-9\\-_.]{0,63}$", "resource_type": "^[A-Z][A-Za-z]{1,63}$",
+        "resource_id": "^[A-Za-z0-9\\-.]{1,64}$"}
+    queue = {(p["in"], p["name"]) for p in doc["paths"]["/ui"]["get"]["parameters"]}
+    assert queue == {("query", "status"), ("cookie", "bridge_ui")}
+    assert ("header", "authorization") in {(p["in"], p["name"]) for p in doc["paths"]["/readyz"]["get"]["parameters"]}
+
+
+def test_docs_are_off_unless_a_site_hosted_swagger_ui_is_configured(client: TestClient, store: SqliteStore) -> None:
+    assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
+    assert client.get("/openapi.json").status_code == 200
+    assets = "https://intranet.example.org/static/swagger-ui"
+    with TestClient(create_app(Settings(webhook_secret=SECRET, docs_assets_url=assets + "/"), store)) as c:
+        page = c.get("/docs")
+    assert page.status_code == 200
+    scripts = re.findall(r'(?:src|href)="(https?://[^"]+)"', page.text)
+    assert scripts and all(url.startswith(assets + "/") for url in scripts), scripts
 
 
 # ------------------------------------------------------------------------------------------ errors, logs
@@ -386,6 +485,7 @@ def test_status_table(exc: Any, status: int) -> None:
 
 def test_logs_are_json_lines_with_ids_and_no_patient_data(settings: Settings, store: SqliteStore) -> None:
     stream = io.StringIO()
+    hooks = sys.excepthook, threading.excepthook
     handler = configure_logging("DEBUG", stream)
     try:
         # a value with more decimals than the logs' timings (rounded to 0.1 ms), so it cannot match one by chance
@@ -402,6 +502,8 @@ def test_logs_are_json_lines_with_ids_and_no_patient_data(settings: Settings, st
         worker.run_until_idle()
     finally:
         logging.getLogger().removeHandler(handler)
+        logging.captureWarnings(False)
+        sys.excepthook, threading.excepthook = hooks
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     events = {line.get("event") for line in lines}
     assert {"notification.accepted", "http.request", "rescreen.done", "inbox.done"} <= events
@@ -538,19 +640,19 @@ def test_the_coordinator_page_is_mounted_behind_the_api_token(store: SqliteStore
     store.save_screening(ScreeningRecord("p01", "candidate", [
         {"criterion": "inc-age", "result": "met", "evidence": ["Patient/p01"], "reason": "age 34 on 2026-06-15"}],
         "2026-06-15", 1_780_000_000.0))
-    with TestClient(create_app(Settings(webhook_secret=SECRET, api_token="ui-token-123"), store)) as c:
+    with TestClient(create_app(Settings(webhook_secret=SECRET, api_token=UI_TOKEN), store)) as c:
         assert c.get("/ui", follow_redirects=False).status_code in (302, 303, 401)
-        page = c.get("/ui", headers={"Authorization": "Bearer ui-token-123"})
+        page = c.get("/ui", headers={"Authorization": f"Bearer {UI_TOKEN}"})
         assert page.status_code == 200 and "p01" in page.text and "candidate" in page.text
-        assert c.get("/ui/patients/p01", headers={"Authorization": "Bearer ui-token-123"}).status_code == 200
-        assert "ui-token-123" not in page.text
+        assert c.get("/ui/patients/p01", headers={"Authorization": f"Bearer {UI_TOKEN}"}).status_code == 200
+        assert UI_TOKEN not in page.text
 
 
 def test_without_an_ehr_the_service_serves_the_local_store_without_a_worker(tmp_path: Path) -> None:
     from bridge.service.app import build_app
 
-    settings = Settings(db_path=str(tmp_path / "state.sqlite3"), webhook_secret=SECRET, api_token="ui-token-123")
+    settings = Settings(db_path=str(tmp_path / "state.sqlite3"), webhook_secret=SECRET, api_token=UI_TOKEN)
     with TestClient(build_app(settings)) as c:
-        ready = c.get("/readyz").json()
+        ready = c.get("/readyz", headers=bearer(UI_TOKEN)).json()
         assert (ready["status"], ready["worker"], ready["ehr"]) == ("ready", "none", "not-configured")
-        assert c.get("/ui", headers={"Authorization": "Bearer ui-token-123"}).status_code == 200
+        assert c.get("/ui", headers={"Authorization": f"Bearer {UI_TOKEN}"}).status_code == 200
