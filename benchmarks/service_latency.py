@@ -41,7 +41,7 @@ from tests.integration.peer import PeerServer, find_sekmet, free_port  # noqa: E
 
 Json = dict[str, Any]
 TEMPLATE = "p01"
-SECRET = "bench-webhook-secret"  # noqa: S105 - a throw-away secret of a local benchmark run
+SECRET = "bench-webhook-secret-0123456789abcdef"  # noqa: S105 - a throw-away secret of a local benchmark run (32+ bytes)
 
 
 def clone_patient(template: list[Json], pid: str) -> list[Json]:

@@ -42,7 +42,8 @@ BUNDLE = REPO / "samples" / "prescreen" / "bundle.json"
 SITE_MAP = REPO / "samples" / "site-map.yaml"
 PATIENT = "p01"
 DEADLINE = 30.0
-SECRET = "e2e-webhook-secret"
+SECRET = "e2e-webhook-secret-0123456789abcdef"  # the service refuses secrets under 32 bytes
+API_TOKEN = "e2e-api-token-0123456789abcdefghij"
 
 
 def patient_resources(pid: str) -> list[dict[str, Any]]:
@@ -62,7 +63,7 @@ class Service:
         self.db = workdir / "state.sqlite3"
         self.log = workdir / "service.log"
         settings = {"ehr_base_url": ehr_base_url, "db_path": str(self.db), "webhook_secret": SECRET,
-                    "api_token": "e2e-api-token", "listen_port": self.port, "site_map": str(SITE_MAP),
+                    "api_token": API_TOKEN, "listen_port": self.port, "site_map": str(SITE_MAP),
                     "log_level": "INFO"}
         self.config.write_text(yaml.safe_dump(settings), encoding="utf-8")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -146,7 +147,7 @@ def served_subject_ids(service: Service, within: float = 15.0) -> list[str]:
     deadline = time.monotonic() + within
     while True:
         served = requests.get(f"{service.url}/fhir/ResearchSubject?patient={PATIENT}",
-                              headers={"Authorization": "Bearer e2e-api-token"}, timeout=10).json()
+                              headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=10).json()
         ids = [e["resource"]["id"] for e in served.get("entry") or []]
         if ids or time.monotonic() > deadline:
             return ids
