@@ -3,8 +3,7 @@
 A patient is a *candidate* when one of their Conditions is coded with a gate concept of the trial (a condition
 without which every patient is ineligible: acute leukaemia in the shipped trial). Of a candidate's resources, the
 Patient is kept, and an Observation or a Condition when any of its codings (any position, any component) maps to
-a concept some criterion reads. The sets come from the trial (``TrialConcepts``); the hand lists of
-``default_trial`` only stand in for ``bridge.trial`` until it lands.
+a concept some criterion reads. The sets come from the trial (``TrialConcepts``, a ``bridge.trial.Trial``).
 """
 
 from __future__ import annotations
@@ -41,35 +40,11 @@ class Concepts:
         return cls(frozenset(trial.fact_concepts()), frozenset(trial.condition_concepts()) | gate, gate)
 
 
-class _CurrentTrial:
-    """TODO(issue #13): remove once ``bridge/trial.py`` lands; ``default_trial`` then returns
-    ``bridge.trial.load_trial()``, whose ``Trial.fact_concepts()``, ``Trial.condition_concepts()`` and
-    ``Trial.gate_concepts()`` replace these hand lists (and tests/unit/test_bulk.py's check of them against
-    the source of ``bridge/evaluate/eligibility.py``). Until then: every concept a criterion of
-    ``bridge.evaluate.eligibility`` reads, facts and diagnoses alike, as the population path used before."""
-
-    _READ = frozenset({
-        "acute-leukemia", "refractory-disease", "ecog", "cd7-blast-percent", "lvef", "nyha-class", "ast", "alt",
-        "bilirubin-total", "pregnancy", "lactation", "pregnancy-status", "lactation-status", "pregnancy-test",
-        "primary-immunodeficiency", "immunodeficiency-review", "cns-involvement", "sepsis", "infection",
-        "neutropenia", "fever", "body-temperature", "hepatitis-active", "hbsag", "hbv-dna", "hcv-antibody",
-        "hcv-rna", "hiv-infection", "hiv-test", "thrombosis", "myocardial-infarction", "old-myocardial-infarction",
-        "severe-arrhythmia",
-    })
-
-    def fact_concepts(self) -> frozenset[str]:
-        return self._READ
-
-    def condition_concepts(self) -> frozenset[str]:
-        return self._READ
-
-    def gate_concepts(self) -> frozenset[str]:
-        return frozenset({"acute-leukemia"})
-
-
 def default_trial() -> TrialConcepts:
-    """The trial screened when none is given (TODO(issue #13): ``bridge.trial.load_trial()``)."""
-    return _CurrentTrial()
+    """The trial screened when none is given: the shipped definition (``bridge.trial.load_trial()``)."""
+    from bridge.trial import load_trial  # the trial loader (YAML, schema) only when the population path runs
+
+    return load_trial()
 
 
 class Codes(Protocol):

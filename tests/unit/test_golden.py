@@ -21,6 +21,15 @@ def test_prescreen_matches_golden(source: str) -> None:
     assert json.loads(out.stdout) == expected
 
 
+def test_transaction_bundle_matches_golden_under_strict() -> None:
+    """Request-only entries of a transaction Bundle are not skipped resources: --strict exits 0 (RULES.md §2)."""
+    out = subprocess.run([sys.executable, "-m", "bridge", "prescreen", str(SAMPLES / "prescreen" / "transaction.json"),
+                          "--site-map", str(SAMPLES / "site-map.yaml"), "--as-of", "2026-06-15", "--format", "json",
+                          "--strict"], capture_output=True, text=True, timeout=120, check=True)
+    expected = json.loads((SAMPLES / "prescreen" / "expected-transaction.json").read_text())
+    assert json.loads(out.stdout) == expected
+
+
 def test_golden_is_consistent_with_intent() -> None:
     expected = json.loads((SAMPLES / "prescreen" / "expected.json").read_text())
     intent = json.loads((SAMPLES / "prescreen" / "intent.json").read_text())["patients"]
