@@ -94,10 +94,10 @@ def read_ndjson_file(path: Path) -> Iterator[Item]:
         for lineno, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
-            yield _ndjson_line(line, f"{path.name} line {lineno}")
+            yield ndjson_line(line, f"{path.name} line {lineno}")
 
 
-def _ndjson_line(line: bytes | bytearray, where: str) -> Entry | Skipped:
+def ndjson_line(line: bytes | bytearray, where: str) -> Entry | Skipped:
     try:
         resource = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
@@ -126,5 +126,5 @@ def read_source(source: str) -> Iterator[Item]:
     return read_bundle_file(path)
 
 
-__all__ = ["Entry", "Item", "NonClinical", "Skipped", "ndjson_files", "read_bundle_bytes", "read_bundle_file",
-           "read_ndjson_dir", "read_ndjson_file", "read_source", "read_stdin"]
+__all__ = ["Entry", "Item", "NonClinical", "Skipped", "ndjson_files", "ndjson_line", "read_bundle_bytes",
+           "read_bundle_file", "read_ndjson_dir", "read_ndjson_file", "read_source", "read_stdin"]

@@ -167,7 +167,11 @@ class PatientAssembler:
         if entry.full_url and isinstance(res.get("id"), str):
             self.aliases[entry.full_url] = f"{res['resourceType']}/{res['id']}"
 
-    def add(self, entry: Entry) -> None:
+    def add(self, entry: Entry, order: int | None = None) -> None:
+        """Validate, normalize and keep one resource; ``order`` is its arrival order (default: after the last)
+        — the population path gives a line's position in the directory, so versions resolve as in one read."""
+        if order is not None:
+            self._order = order
         self.report.read += 1
         res = entry.resource
         if res.get("resourceType") not in READ_TYPES:
@@ -180,11 +184,11 @@ class PatientAssembler:
         self._order += 1
         norm = self._normalized(entry) if not self.validate or self._valid(entry) else None
         if norm is None:  # skipped: this version still supersedes the older ones, and contributes nothing
-            self._keep(ref, version, Normalized(None), used=False)
+            self.keep(ref, version, Normalized(None), used=False)
             return
         if norm.patient_id is None:
             self.report.no_patient += 1
-        self._keep(ref, version, norm, used=norm.patient_id is not None)
+        self.keep(ref, version, norm, used=norm.patient_id is not None)
 
     def _valid(self, entry: Entry) -> bool:
         try:
@@ -207,7 +211,12 @@ class PatientAssembler:
             return None
         return norm if norm is not None else Normalized(None)
 
-    def _keep(self, ref: str, version: VersionKey, norm: Normalized, used: bool = True) -> None:
+    def kept(self) -> list[tuple[str, VersionKey, Normalized]]:
+        """The newest version kept of each resource so far: ``(ref, version, normalized)``, in arrival order."""
+        return [(ref, slot.version, slot.norm) for ref, slot in self._slots.items()]
+
+    def keep(self, ref: str, version: VersionKey, norm: Normalized, used: bool = True) -> None:
+        """Keep ``norm`` as version ``version`` of ``ref`` unless a newer one is kept (identity conflicts noted)."""
         current = self._slots.get(ref)
         if current is not None:
             self._conflict(ref, current.norm.patient_id, norm.patient_id)

@@ -23,8 +23,7 @@ class PositionedAssembler(PatientAssembler):
     def add_at(self, entry: Entry, order: int) -> list[Skipped]:
         """``add`` the entry as arriving at ``order``; returns what it skipped (validation, missing id)."""
         before = len(self.report.skipped)
-        self._order = order
-        self.add(entry)
+        self.add(entry, order)
         return self.report.skipped[before:]
 
     def packed(self) -> list[tuple[str, bytes, bytes, Problems]]:
@@ -32,16 +31,16 @@ class PositionedAssembler(PatientAssembler):
         list of ``(ref, version, normalized)``, ``digests`` the 64-bit digest of each ref in that order
         (``array("q")`` bytes) and ``problems`` the warnings of those that have any."""
         groups: dict[str, Group] = {}
-        for ref, slot in self._slots.items():
-            groups.setdefault(slot.norm.patient_id or "", []).append((ref, slot.version, slot.norm))
+        for ref, version, norm in self.kept():
+            groups.setdefault(norm.patient_id or "", []).append((ref, version, norm))
         return [(pid, array("q", (spill.digest(ref) for ref, _, _ in items)).tobytes(),
                  pickle.dumps(items, pickle.HIGHEST_PROTOCOL),
                  tuple((ref, version, tuple(norm.problems)) for ref, version, norm in items if norm.problems))
                 for pid, items in groups.items()]
 
-    def keep(self, ref: str, version: VersionKey, norm: Normalized) -> None:
+    def keep_resolved(self, ref: str, version: VersionKey, norm: Normalized) -> None:
         """Keeps a resource resolved elsewhere (a spilled group's item), as ``add`` would have."""
-        self._keep(ref, version, norm, used=norm.patient_id is not None)
+        self.keep(ref, version, norm, used=norm.patient_id is not None)
 
 
 __all__ = ["PositionedAssembler"]

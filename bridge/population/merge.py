@@ -149,7 +149,7 @@ class Merge:
         for group in self.blobs[pid]:
             for ref, version, norm in self._group(group):
                 if self._wins(ref, version):
-                    asm.keep(ref, version, norm)
+                    asm.keep_resolved(ref, version, norm)
         return asm.patients()
 
     def _results(self, then: Callable[[PatientFacts], Any] | None, processes: int) -> Iterator[Any]:

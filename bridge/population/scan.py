@@ -23,7 +23,7 @@ from bridge.fhirmodels import model_class
 
 # TODO(issue #13): the reader's own line decoding (so the skip reasons are the same) is private to
 # bridge.ingest.readers; import it under a public name once readers.py exports one.
-from bridge.ingest.readers import _ndjson_line as ndjson_line
+from bridge.ingest.readers import ndjson_line
 from bridge.model import Entry, Skipped
 from bridge.normalize.facts import READ_TYPES, source_ref
 from bridge.normalize.mappings import CodeMap
