@@ -40,7 +40,6 @@ from bridge.pipeline import assess_loaded, load_patients, prescreen_json, screen
 from bridge.trial import Trial, load_trial
 
 Json = dict[str, object]
-CIR_MONTHS = 24
 _DROPPED = frozenset({"entered-in-error", "cancelled"})
 
 
@@ -72,7 +71,7 @@ def gather_patients(patients: Sequence[PatientFacts], options: RuleOptions, cmap
             for f in assessment.failures],
         "assessment": assessment.as_json(),
         "followUp": {pa.patient: follow_up(pa, facts[pa.patient], options.as_of) for pa in assessed},
-        "cir": cir_curve(_subjects(assessed, facts, options)),
+        "cir": cir_curve(_subjects(assessed, facts, options), max(options.cir_months)),
         "kineticSeries": {pa.patient: kinetic_series(facts[pa.patient], pa.day0, options.as_of) for pa in assessed},
     }
 
@@ -115,8 +114,9 @@ def _kinetic_point(value: object, day: int) -> tuple[int, float, str | None] | N
     return day, 0.0 if below else value.value, value.comparator
 
 
-def cir_curve(subjects: Sequence[tuple[str, CirSubject]], months: int = CIR_MONTHS) -> Json:
-    """The relapse CIF as a step curve with its 95 % band, and each subject's time and event."""
+def cir_curve(subjects: Sequence[tuple[str, CirSubject]], months: int) -> Json:
+    """The relapse CIF as a step curve with its 95 % band up to ``months`` (the trial's last CIR time point),
+    and each subject's time and event."""
     horizon = months * DAYS_PER_MONTH
     curve = aalen_johansen([s for _, s in subjects], horizon)
     steps: list[Json] = []
@@ -132,4 +132,4 @@ def cir_curve(subjects: Sequence[tuple[str, CirSubject]], months: int = CIR_MONT
             "subjects": [{"patient": p, "days": (s.exit - s.origin).days, "event": s.event} for p, s in subjects]}
 
 
-__all__ = ["CIR_MONTHS", "assessable", "cir_curve", "follow_up", "gather", "gather_patients", "kinetic_series"]
+__all__ = ["assessable", "cir_curve", "follow_up", "gather", "gather_patients", "kinetic_series"]
