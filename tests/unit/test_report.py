@@ -345,7 +345,7 @@ def test_the_prescreen_sample_report_has_every_section(tmp_path: Path) -> None:
     assert missing == {"dose", "swimmer", "response", "cir", "kinetics"}
     shown = data_values(html)
     assert (shown["prescreen.screened"], shown["prescreen.status.candidate"]) == (56, 15)  # samples/README.md totals
-    assert (shown["prescreen.status.potential-candidate"], shown["prescreen.status.ineligible"]) == (17, 19)
+    assert (shown["prescreen.status.potential-candidate"], shown["prescreen.status.ineligible"]) == (21, 20)
     assert shown["cohort.infused"] == 0 and shown["cohort.orr.rate"] is None and "n/e" in html
 
 
