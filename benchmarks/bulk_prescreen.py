@@ -1,8 +1,8 @@
 """Benchmark the population pre-screen (``bridge prescreen DIR``) against a parse-only floor and the naive path.
 
-``python benchmarks/bulk_prescreen.py [N ...] [--workdir /tmp/bridge-bench]`` (default sizes 10000 and 100000)
-generates one synthetic export per size with ``benchmarks/make_population.py`` (kept between runs) and, on
-that same export, in one run:
+``python -m benchmarks.bulk_prescreen [N ...] [--workdir /tmp/bridge-bench]`` from the repository root (default
+sizes 10000 and 100000) generates one synthetic export per size with ``samplegen.population`` (kept between
+runs) and, on that same export, in one run:
 
 1. **parse-only floor** — every line read and parsed with ``orjson.loads``, nothing else; measured in this
    process (1 process) and over a 2-process pool, reading exactly as the bridge's workers do (the same chunk
@@ -39,12 +39,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from make_population import write_population  # beside this script (run as ``python benchmarks/...``)
 
 from bridge.errors import InvalidResource
 from bridge.fhirmodels import parse_resource
 from bridge.ingest.readers import ndjson_files
 from bridge.population import plan_chunks, read_chunk_reusing, steady_malloc
+from samplegen.population import write_population
 
 ROOT = Path(__file__).resolve().parents[1]
 AS_OF = "2026-06-15"

@@ -8,9 +8,7 @@ it skips must be reported with the same place and reason.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from datetime import date
 from functools import cache
 from pathlib import Path
@@ -45,6 +43,7 @@ from bridge.population.prefilter import PatientFilter, distinguishing_prefixes
 from bridge.population.relevance import patient_of, relevant
 from bridge.population.spill import digest
 from bridge.trial import load_trial
+from samplegen.population import write_population
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE_MAP = ROOT / "samples" / "site-map.yaml"
@@ -57,16 +56,6 @@ LOINC, ICD10CM = "http://loinc.org", "http://hl7.org/fhir/sid/icd-10-cm"
 @cache
 def cmap() -> Any:
     return load_code_map(SITE_MAP)
-
-
-@cache
-def _population_module() -> Any:
-    spec = importlib.util.spec_from_file_location("make_population", ROOT / "benchmarks" / "make_population.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["make_population"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def full(directory: Path) -> PrescreenRun:
@@ -107,11 +96,10 @@ def leukemia_patients(directory: Path) -> set[str]:
 @pytest.fixture(scope="module")
 def population(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("population")
-    gen = _population_module()
-    gen.write_population(150, directory, seed=8, leukemia_rate=0.25)
+    write_population(150, directory, seed=8, leukemia_rate=0.25)
     with (directory / "Observation.ndjson").open("ab") as handle:  # a truncated line mid-file, then more lines
         handle.write(b'{"resourceType":"Observation","id":"cut","status":"final","subj\n')
-    gen.write_population(10, directory / "more", seed=9, leukemia_rate=0.5)
+    write_population(10, directory / "more", seed=9, leukemia_rate=0.5)
     for path in (directory / "more").iterdir():  # appended after the truncated line
         with (directory / path.name).open("ab") as handle:
             handle.write(path.read_bytes())

@@ -1,6 +1,6 @@
 """The synthetic pre-screen dataset (``samples/prescreen/``) screens as its author intended (RULES.md §2).
 
-``intent.json`` is hand-written truth (per case in ``scripts/make_samples.py``), not engine output. Both the
+``intent.json`` is hand-written truth (per case in ``samplegen/prescreen.py``), not engine output. Both the
 Bundle and the NDJSON directory are read with the real pipeline (reader -> assembler -> who is screened ->
 eligibility) and every patient's verdict per criterion and overall status must equal the intent; the patients
 the rules do not apply to (RULES.md §2 "Who is screened") must be exactly ``intent.json``'s ``notScreened``, with
@@ -12,7 +12,6 @@ files.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -29,11 +28,11 @@ from bridge.evaluate.screened import not_screened
 from bridge.ingest.readers import read_source
 from bridge.normalize.mappings import load_code_map
 from bridge.normalize.patients import ReadReport, assemble
+from samplegen import kit, prescreen
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples" / "prescreen"
 SITE_MAP = ROOT / "samples" / "site-map.yaml"
-SCRIPT = ROOT / "scripts" / "make_samples.py"
 AS_OF = date(2026, 6, 15)
 SOURCES = {"bundle": SAMPLES / "bundle.json", "ndjson": SAMPLES / "ndjson", "transaction": SAMPLES / "transaction.json"}
 LAYOUTS = ("bundle", "ndjson")  # the same patients; transaction.json holds its own
@@ -187,8 +186,8 @@ def test_amended_result_is_in_both_layouts_twice() -> None:
 
 
 def test_regeneration_is_byte_identical(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)],  # noqa: S603 - our own script
-                            capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run([sys.executable, "-m", "samplegen.prescreen", "--out", str(tmp_path)],  # noqa: S603
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr
     fresh = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     golden = {"expected.json", "expected-transaction.json"}  # written by `bridge prescreen --format json`
@@ -198,33 +197,20 @@ def test_regeneration_is_byte_identical(tmp_path: Path) -> None:
         assert (tmp_path / rel).read_bytes() == (SAMPLES / rel).read_bytes(), f"{rel} differs after regeneration"
 
 
-@cache
-def _generator() -> Any:
-    """scripts/make_samples.py as a module (registered first: its dataclasses look themselves up there)."""
-    spec = importlib.util.spec_from_file_location("make_samples", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("make_samples", module)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_generator_fails_loudly_on_an_invalid_resource() -> None:
-    gen = _generator()
-    schema = gen.schema_file(None)
+    schema = kit.schema_file(None)
     bad_code = {"resourceType": "Observation", "id": "x", "status": "done", "code": {"text": "ECOG"}}
     bad_date = {"resourceType": "Patient", "id": "x", "birthDate": "2014-13-01"}
     for resource in (bad_code, bad_date):
-        with pytest.raises(gen.GenerationError, match=f"{resource['resourceType']}/x fails"):
-            gen.validate(resource, schema)
-    gen.validate({"resourceType": "Patient", "id": "x", "birthDate": "2014"}, schema)
+        with pytest.raises(kit.GenerationError, match=f"{resource['resourceType']}/x fails"):
+            kit.validate(resource, schema)
+    kit.validate({"resourceType": "Patient", "id": "x", "birthDate": "2014"}, schema)
 
 
 def test_generator_rejects_a_status_that_contradicts_its_verdicts() -> None:
-    gen = _generator()
-    wrong = gen.Case("px", "test", "candidate", lambda c: None, {"inc-age": "unknown"})
-    with pytest.raises(gen.GenerationError, match="contradicts"):
-        gen.intent_of(wrong)
+    wrong = prescreen.Case("px", "test", "candidate", lambda c: None, {"inc-age": "unknown"})
+    with pytest.raises(kit.GenerationError, match="contradicts"):
+        prescreen.intent_of(wrong)
 
 
 def test_readme_table_matches_the_intent() -> None:

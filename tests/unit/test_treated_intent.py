@@ -15,10 +15,8 @@ Three groups of tests:
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
-import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import date, timedelta
@@ -40,11 +38,11 @@ from bridge.ingest.readers import read_bundle_file, read_ndjson_dir
 from bridge.model import Fact, PatientFacts, Quantity
 from bridge.normalize.mappings import CodeMap, load_code_map
 from bridge.normalize.patients import assemble
+from samplegen import kit, treated
 from tests.shared import SCHEMA
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples" / "treated"
-SCRIPT = ROOT / "scripts" / "make_treated_samples.py"
 AS_OF = date(2026, 12, 31)
 LAB_CONCEPTS = ("anc", "platelets", "hemoglobin", "ast", "alt", "bilirubin-total", "creatinine")
 CRS = "Cytokine release syndrome"
@@ -93,17 +91,6 @@ def by_id(pid: str) -> dict[str, Any]:
     return patient
 
 
-@cache
-def load_script() -> ModuleType:
-    """``scripts/make_treated_samples.py`` as a module (registered first: its dataclasses need that)."""
-    spec = importlib.util.spec_from_file_location("make_treated_samples", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)
-    spec.loader.exec_module(module)
-    return sys.modules[spec.name]
-
-
 def day0(pid: str) -> date:
     return date.fromisoformat(by_id(pid)["dayZero"])
 
@@ -138,8 +125,7 @@ def test_bundle_and_ndjson_normalize_to_the_same_facts() -> None:
 
 
 def test_regenerating_is_byte_identical(tmp_path: Path) -> None:
-    script = load_script()
-    assert script.main(["--out", str(tmp_path)]) == 0
+    assert treated.main(["--out", str(tmp_path)]) == 0
     produced = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
     shipped = sorted(p.relative_to(SAMPLES) for p in SAMPLES.rglob("*") if p.is_file() and p.suffix != ".md"
                and p.name != "expected.json")  # expected.json: written by `bridge assess`, the golden file
@@ -171,21 +157,19 @@ def test_every_resource_passes_the_r4b_model_and_the_official_schema() -> None:
 
 
 def test_the_generator_fails_loudly_on_an_invalid_resource() -> None:
-    script = load_script()
     bad = {"resourceType": "Observation", "id": "x", "status": "final", "code": {"text": "t"},
            "valueQuantity": {"value": "1.0"}}
-    with pytest.raises(script.GenerationError, match="valueQuantity/value"):
-        script.validate(bad, SCHEMA)
+    with pytest.raises(kit.GenerationError, match="valueQuantity/value"):
+        kit.validate(bad, SCHEMA)
 
 
 def test_the_generator_rejects_an_intent_slip() -> None:
-    script = load_script()
-    cases = [replace(cs, intent=copy.deepcopy(cs.intent)) for cs in script.CASES]
-    script.check_intent(cases)
+    cases = [replace(cs, intent=copy.deepcopy(cs.intent)) for cs in treated.CASES]
+    treated.check_intent(cases)
     t02 = next(cs for cs in cases if cs.pid == "t02")
     t02.intent["assessments"][0]["response"] = "CR"  # ANC exactly 1.0 is not recovered under '>'
-    with pytest.raises(script.GenerationError, match="t02: assessment 2026-02-17: CR but RULES.md §4 gives CRi"):
-        script.check_intent(cases)
+    with pytest.raises(kit.GenerationError, match="t02: assessment 2026-02-17: CR but RULES.md §4 gives CRi"):
+        treated.check_intent(cases)
 
 
 # ------------------------------------------------------------------------------------------ intent vs data

@@ -1,9 +1,9 @@
-"""What the synthetic FHIR data generators share: code systems, codings and quantities, the check of every
-resource against the R4B models and the official R4 JSON Schema, and the layout the samples are written in
-(one Bundle, one NDJSON file per type, the hand-written intent).
+"""What the synthetic FHIR data generators share: code systems, codings and quantities, the answer codes the
+mappings read, the check of every resource against the R4B models and the official R4 JSON Schema, and the
+layout the samples are written in (one Bundle, one NDJSON file per type, the hand-written intent).
 
-Used by ``scripts/make_samples.py``, ``scripts/make_treated_samples.py`` and ``benchmarks/make_population.py``;
-each puts this directory on ``sys.path`` first, so they work as scripts and when a test loads them by path.
+The shape of each resource (Patient, Encounter, Condition, Observation, MedicationAdministration, Consent) is
+built in one place, ``samplegen.chart``; this module holds the values those resources are made of.
 """
 
 from __future__ import annotations
@@ -33,12 +33,16 @@ ICD10 = "http://hl7.org/fhir/sid/icd-10"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 LAB = "http://hospital.example.org/lab"
 CLINICAL = "http://hospital.example.org/clinical"
+CARDIO = "http://hospital.example.org/cardio"
+PHARMACY = "http://hospital.example.org/pharmacy"
+MRN = "http://hospital.example.org/mrn"
 OBS_CAT = "http://terminology.hl7.org/CodeSystem/observation-category"
 COND_CAT = "http://terminology.hl7.org/CodeSystem/condition-category"
 CLIN_STATUS = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 VER_STATUS = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+ANIMAL = "http://hl7.org/fhir/StructureDefinition/patient-animal"
 
 
 class GenerationError(Exception):
@@ -68,6 +72,15 @@ def qty(value: float, code: str, unit: str | None = None, comparator: str | None
 
 
 HTEST = coding(ACT_REASON, "HTEST", "test health data")  # the security tag every sample resource carries
+
+# answer codes (mappings/answers.yaml)
+POS_LA, NEG_LA = coding(LOINC, "LA6576-8", "Positive"), coding(LOINC, "LA6577-6", "Negative")
+POS_SCT, NEG_SCT = coding(SNOMED, "10828004", "Positive"), coding(SNOMED, "260385009", "Negative")
+PRESENT, ABSENT = coding(SNOMED, "52101004", "Present"), coding(SNOMED, "2667000", "Absent")
+
+# encounter classes (v3 ActCode), with the display the samples write
+INPATIENT, AMBULATORY = coding(ACT_CODE, "IMP", "inpatient encounter"), coding(ACT_CODE, "AMB", "ambulatory")
+CART_CD7 = coding(PHARMACY, "CART-CD7", "Humanized CD7 CAR-T cells")  # the trial's product, as the site codes it
 
 
 # ------------------------------------------------------------------------------------------ validation

@@ -14,11 +14,11 @@ RULES.md §7 (Cao X et al., Exp Hematol Oncol 2022;11:67): her age, sex, diagnos
 expression are published; every other value of hers carries the note "synthetic value". Every resource
 carries the ``HTEST`` (test health data) security tag.
 
-Each resource is checked against the R4B model (``bridge.fhirmodels.parse_resource``) and the official R4 JSON
-Schema (Draft 6, ``$BRIDGE_FHIR_SCHEMA`` or ``<repo>/../shared/fhir-data/hl7-fhir-r4-schema/fhir.schema.json``);
-any failure stops the script with a non-zero exit.
+Resources are built by ``samplegen.chart.Chart``. Each is checked against the R4B model
+(``bridge.fhirmodels.parse_resource``) and the official R4 JSON Schema (Draft 6, ``$BRIDGE_FHIR_SCHEMA`` or
+``<repo>/../shared/fhir-data/hl7-fhir-r4-schema/fhir.schema.json``); any failure stops with a non-zero exit.
 
-Usage: ``python scripts/make_samples.py [--out DIR] [--schema FILE]``
+Usage, from the repository root: ``python -m samplegen.prescreen [--out DIR] [--schema FILE]``
 """
 
 from __future__ import annotations
@@ -33,24 +33,28 @@ from pathlib import Path
 from typing import Any
 
 from bridge.fhirmodels import parse_resource
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # samplekit.py, beside this script
-from samplekit import (  # noqa: E402
-    ACT_CODE,
+from samplegen.chart import Chart
+from samplegen.kit import (
+    ABSENT,
+    AMBULATORY,
     BASE_URL,
-    CLIN_STATUS,
+    CARDIO,
     CLINICAL,
-    COND_CAT,
     HTEST,
     ICD10,
     ICD10CM,
+    INPATIENT,
     LAB,
     LOINC,
-    OBS_CAT,
+    NEG_LA,
+    NEG_SCT,
+    POS_LA,
+    POS_SCT,
+    PRESENT,
     SNOMED,
     TZ,
-    VER_STATUS,
     GenerationError,
+    Json,
     bundle,
     coding,
     concept,
@@ -61,15 +65,11 @@ from samplekit import (  # noqa: E402
     write,
 )
 
-Json = dict[str, Any]
-
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "samples" / "prescreen"
 AS_OF = date(2026, 6, 15)
 SEED = 20260615
 
-CARDIO = "http://hospital.example.org/cardio"
-ANIMAL = "http://hl7.org/fhir/StructureDefinition/patient-animal"
 HIS_DX = "http://hospital.example.org/diagnosis"
 
 INCLUSIONS = ("inc-diagnosis", "inc-age", "inc-ecog", "inc-cd7-expression", "inc-cardiac", "inc-organ-function")
@@ -106,105 +106,35 @@ def ref_range(low: float, high: float, unit: str) -> list[Json]:
     return [{"low": qty(low, unit), "high": qty(high, unit)}]
 
 
-# answer codes (mappings/answers.yaml)
-POS_SCT, NEG_SCT = coding(SNOMED, "10828004", "Positive"), coding(SNOMED, "260385009", "Negative")
-POS_LA, NEG_LA = coding(LOINC, "LA6576-8", "Positive"), coding(LOINC, "LA6577-6", "Negative")
-PRESENT, ABSENT = coding(SNOMED, "52101004", "Present"), coding(SNOMED, "2667000", "Absent")
+# ------------------------------------------------------------------------------------------ the chart's conventions
+# Resource ids are ``<pid>`` and ``<pid>-<suffix>``; times are whole hours ``days_ago`` days before the as-of date;
+# every Observation belongs to the patient's one Encounter, ``<pid>-enc``.
+def new_chart(pid: str) -> Chart:
+    return Chart(pid, rng=random.Random(f"{SEED}-{pid}"))  # noqa: S311 - reproducible, not secrets
 
 
-# ------------------------------------------------------------------------------------------ one chart
-@dataclass
-class Chart:
-    """The resources of one patient, built in order; ids are ``<pid>`` and ``<pid>-<suffix>``."""
+def encounter(c: Chart, inpatient: bool = True, days_ago: int = 12) -> Json:
+    if inpatient:
+        return c.encounter(c.rid("enc"), INPATIENT, when(days_ago, 10), status="in-progress")
+    return c.encounter(c.rid("enc"), AMBULATORY, when(days_ago, 9), when(days_ago, 11))
 
-    pid: str
-    published: bool = False
-    resources: list[Json] = field(default_factory=list)
-    rng: random.Random = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.rng = random.Random(f"{SEED}-{self.pid}")  # noqa: S311 - reproducible synthetic values, not secrets
+def condition(c: Chart, suffix: str, code: Json, *, clinical: str | None = "active", verification: str = "confirmed",
+              onset: int | None = None, recorded: int | None = 3, abated: int | None = None,
+              category: str = "encounter-diagnosis", note: str | None = None) -> Json:
+    """Onset and abatement at 08:00, recorded at 15:00, each ``n`` days before the as-of date when given."""
+    return c.condition(c.rid(suffix), code, clinical=clinical, verification=verification, category=category,
+                       onset=None if onset is None else when(onset), abated=None if abated is None else when(abated),
+                       recorded=None if recorded is None else when(recorded, 15), note=note)
 
-    # -- shared envelope
-    def _meta(self, version: int | None = None, updated: str | None = None) -> Json:
-        meta: Json = {}
-        if version is not None:
-            meta["versionId"] = str(version)
-        if updated:
-            meta["lastUpdated"] = updated
-        meta["security"] = [HTEST]
-        return meta
 
-    def _subject(self) -> Json:
-        return {"reference": f"Patient/{self.pid}"}
-
-    def add(self, resource: Json) -> Json:
-        self.resources.append(resource)
-        return resource
-
-    # -- Patient and Encounter
-    def patient(self, birth: str | None, gender: str, *, version: int | None = None, deceased: str | None = None,
-                animal: Json | None = None) -> Json:
-        res: Json = {"resourceType": "Patient", "id": self.pid, "meta": self._meta(version)}
-        if animal is not None:  # http://hl7.org/fhir/StructureDefinition/patient-animal
-            res["extension"] = [{"url": ANIMAL, "extension": [{"url": "species", "valueCodeableConcept": animal}]}]
-        res |= {"identifier": [{"system": "http://hospital.example.org/mrn", "value": f"SYN-{self.pid.upper()}"}],
-                "active": True, "name": [{"text": f"Synthetic {self.pid.upper()}"}], "gender": gender}
-        if birth:
-            res["birthDate"] = birth
-        if deceased:
-            res["deceasedDateTime"] = deceased
-        return self.add(res)
-
-    def encounter(self, inpatient: bool = True, days_ago: int = 12) -> Json:
-        res: Json = {"resourceType": "Encounter", "id": f"{self.pid}-enc", "meta": self._meta()}
-        if inpatient:
-            res |= {"status": "in-progress", "class": coding(ACT_CODE, "IMP", "inpatient encounter"),
-                    "subject": self._subject(), "period": {"start": when(days_ago, 10)}}
-        else:
-            res |= {"status": "finished", "class": coding(ACT_CODE, "AMB", "ambulatory"),
-                    "subject": self._subject(), "period": {"start": when(days_ago, 9), "end": when(days_ago, 11)}}
-        return self.add(res)
-
-    # -- Condition
-    def condition(self, suffix: str, code: Json, *, clinical: str | None = "active",
-                  verification: str = "confirmed", onset: int | None = None, recorded: int | None = 3,
-                  abated: int | None = None, category: str = "encounter-diagnosis",
-                  note: str | None = None) -> Json:
-        res: Json = {"resourceType": "Condition", "id": f"{self.pid}-{suffix}", "meta": self._meta()}
-        if clinical is not None:
-            res["clinicalStatus"] = concept(coding(CLIN_STATUS, clinical))
-        res["verificationStatus"] = concept(coding(VER_STATUS, verification))
-        res |= {"category": [concept(coding(COND_CAT, category))], "code": code, "subject": self._subject()}
-        if onset is not None:
-            res["onsetDateTime"] = when(onset)
-        if abated is not None:
-            res["abatementDateTime"] = when(abated)
-        if recorded is not None:
-            res["recordedDate"] = when(recorded, 15)
-        if note:
-            res["note"] = [{"text": note}]
-        return self.add(res)
-
-    # -- Observation
-    def observation(self, suffix: str, code: Json, value: Json, *, days_ago: int, category: str | None,
-                    status: str = "final", ranges: list[Json] | None = None, version: int | None = None,
-                    note: str | None = None, updated: str | None = None) -> Json:
-        """``version`` sets meta.versionId (and a lastUpdated after the result); ``updated`` sets lastUpdated."""
-        stamp = updated or (when(days_ago - version + 1, 18) if version else None)
-        res: Json = {"resourceType": "Observation", "id": f"{self.pid}-{suffix}", "meta": self._meta(version, stamp),
-                     "status": status}
-        if category:
-            res["category"] = [concept(coding(OBS_CAT, category))]
-        res |= {"code": code, "subject": self._subject(), "encounter": {"reference": f"Encounter/{self.pid}-enc"},
-                "effectiveDateTime": when(days_ago)}
-        res |= value
-        if ranges:
-            res["referenceRange"] = ranges
-        note = note or ("synthetic value" if self.published else None)
-        if note:
-            res["note"] = [{"text": note}]
-        return self.add(res)
+def observation(c: Chart, suffix: str, code: Json, value: Json, *, days_ago: int, category: str | None,
+                status: str = "final", ranges: list[Json] | None = None, version: int | None = None,
+                note: str | None = None, updated: str | None = None) -> Json:
+    """``version`` sets meta.versionId (and a lastUpdated after the result); ``updated`` sets lastUpdated."""
+    stamp = updated or (when(days_ago - version + 1, 18) if version else None)
+    return c.observation(c.rid(suffix), code, value, when(days_ago), status=status, category=category,
+                         encounter=c.rid("enc"), ranges=ranges, note=note, version=version, updated=stamp)
 
 
 # ------------------------------------------------------------------------------------------ observation shapes
@@ -212,29 +142,29 @@ def ecog(c: Chart, score: int | Json, days_ago: int = 3, suffix: str = "ecog", *
     """ECOG as an integer, or as an answer coding (LOINC LA96xx or SNOMED)."""
     value = {"valueInteger": score} if isinstance(score, int) else {"valueCodeableConcept": concept(score)}
     code = concept(coding(LOINC, "89247-1", "ECOG Performance Status score"))
-    return c.observation(suffix, code, value, days_ago=days_ago, category="exam", **kw)
+    return observation(c, suffix, code, value, days_ago=days_ago, category="exam", **kw)
 
 
 def nyha(c: Chart, value: Json, days_ago: int = 6) -> Json:
     code = concept(coding(CARDIO, "NYHA", "NYHA functional class"))
-    return c.observation("nyha", code, value, days_ago=days_ago, category="exam")
+    return observation(c, "nyha", code, value, days_ago=days_ago, category="exam")
 
 
 def cd7(c: Chart, percent: float, days_ago: int = 5, **kw: Any) -> Json:
     code = concept(coding(LAB, "FC-CD7", "CD7+ % of leukemic blasts (flow)"), text="CD7 on blasts")
-    return c.observation(kw.pop("suffix", "cd7"), code, {"valueQuantity": qty(percent, "%")},
+    return observation(c, kw.pop("suffix", "cd7"), code, {"valueQuantity": qty(percent, "%")},
                          days_ago=days_ago, category="laboratory", **kw)
 
 
 def marrow_blasts(c: Chart, percent: float, days_ago: int = 5, **kw: Any) -> Json:
     code = concept(coding(LOINC, "11150-0", "Blasts/100 leukocytes in Bone marrow"))
-    return c.observation("marrow-blasts", code, {"valueQuantity": qty(percent, "%")}, days_ago=days_ago,
+    return observation(c, "marrow-blasts", code, {"valueQuantity": qty(percent, "%")}, days_ago=days_ago,
                          category="laboratory", **kw)
 
 
 def lvef(c: Chart, value: float, unit: str = "%", days_ago: int = 20, suffix: str = "lvef") -> Json:
     code = concept(coding(LOINC, "10230-1", "Left ventricular Ejection fraction"))
-    return c.observation(suffix, code, {"valueQuantity": qty(value, unit)}, days_ago=days_ago, category="imaging")
+    return observation(c, suffix, code, {"valueQuantity": qty(value, unit)}, days_ago=days_ago, category="imaging")
 
 
 def enzyme(c: Chart, which: str, value: float, uln: float | None = 40, days_ago: int = 2,
@@ -244,7 +174,7 @@ def enzyme(c: Chart, which: str, value: float, uln: float | None = 40, days_ago:
              "alt": coding(LOINC, "1742-6", "ALT [Enzymatic activity/volume] in Serum or Plasma")}[which]
     codings = [coding(LAB, f"CHEM-{which.upper()}", which.upper()), loinc] if local_first else [loinc]
     ranges = ref_range(0, uln, "U/L") if uln is not None else None
-    return c.observation(which, concept(*codings), {"valueQuantity": qty(value, "U/L")}, days_ago=days_ago,
+    return observation(c, which, concept(*codings), {"valueQuantity": qty(value, "U/L")}, days_ago=days_ago,
                          category="laboratory", ranges=ranges)
 
 
@@ -257,7 +187,7 @@ def bilirubin(c: Chart, value: float, unit: str = "mg/dL", days_ago: int = 2) ->
     """Total bilirubin: LOINC 1975-2 (mass) for mg/dL, 14631-6 (moles) for umol/L; another unit on 1975-2."""
     code, normal = BILIRUBIN.get(unit, (BILI_MASS, None))
     ranges = ref_range(*normal, unit) if normal else None
-    return c.observation("bili", concept(code), {"valueQuantity": qty(value, unit)}, days_ago=days_ago,
+    return observation(c, "bili", concept(code), {"valueQuantity": qty(value, unit)}, days_ago=days_ago,
                          category="laboratory", ranges=ranges)
 
 
@@ -265,19 +195,19 @@ def blood_counts(c: Chart, unit: str, days_ago: int = 2) -> None:
     """ANC and platelets (not read by eligibility; present as a real chart would have them)."""
     anc = round(c.rng.uniform(0.3, 2.5), 2)
     plt = int(c.rng.uniform(20, 180))
-    c.observation("anc", concept(coding(LOINC, "751-8", "Neutrophils [#/volume] in Blood by Automated count")),
+    observation(c, "anc", concept(coding(LOINC, "751-8", "Neutrophils [#/volume] in Blood by Automated count")),
                   {"valueQuantity": qty(anc, unit)}, days_ago=days_ago, category="laboratory")
-    c.observation("plt", concept(coding(LOINC, "777-3", "Platelets [#/volume] in Blood by Automated count")),
+    observation(c, "plt", concept(coding(LOINC, "777-3", "Platelets [#/volume] in Blood by Automated count")),
                   {"valueQuantity": qty(plt, unit)}, days_ago=days_ago, category="laboratory")
 
 
 def vital(c: Chart, suffix: str, loinc: str, display: str, value: float, unit: str, days_ago: int = 1) -> Json:
-    return c.observation(suffix, concept(coding(LOINC, loinc, display)), {"valueQuantity": qty(value, unit)},
+    return observation(c, suffix, concept(coding(LOINC, loinc, display)), {"valueQuantity": qty(value, unit)},
                          days_ago=days_ago, category="vital-signs")
 
 
 def qualitative(c: Chart, suffix: str, code: Json, answer: Json, days_ago: int, **kw: Any) -> Json:
-    return c.observation(suffix, concept(code), {"valueCodeableConcept": concept(answer)}, days_ago=days_ago,
+    return observation(c, suffix, concept(code), {"valueCodeableConcept": concept(answer)}, days_ago=days_ago,
                          category="laboratory", **kw)
 
 
@@ -299,7 +229,7 @@ def hcv_ab(c: Chart, positive: bool, days_ago: int = 9) -> Json:
 
 def hbv_dna(c: Chart, iu_ml: float, days_ago: int = 9) -> Json:
     code = concept(coding(LOINC, "29615-2", "Hepatitis B virus DNA [#/volume] (viral load) in Serum or Plasma"))
-    return c.observation("hbv-dna", code, {"valueQuantity": qty(iu_ml, "[IU]/mL", "IU/mL")}, days_ago=days_ago,
+    return observation(c, "hbv-dna", code, {"valueQuantity": qty(iu_ml, "[IU]/mL", "IU/mL")}, days_ago=days_ago,
                          category="laboratory")
 
 
@@ -310,7 +240,7 @@ def hiv(c: Chart, positive: bool, days_ago: int = 9) -> Json:
 
 def finding(c: Chart, suffix: str, code: str, display: str, present: bool, days_ago: int = 4) -> Json:
     """A site-coded finding (REFRACTORY, CNSL, ...) recorded present or absent."""
-    return c.observation(suffix, concept(coding(CLINICAL, code, display)),
+    return observation(c, suffix, concept(coding(CLINICAL, code, display)),
                          {"valueCodeableConcept": concept(PRESENT if present else ABSENT)},
                          days_ago=days_ago, category="exam")
 
@@ -355,14 +285,14 @@ def standard(c: Chart, birth: str | None, sex: str, dx: Callable[[Chart], object
              skip: tuple[str, ...] = (), inpatient: bool = True) -> None:
     """Patient, Encounter, the leukemia diagnosis (``dx``) and the standard work-up."""
     c.patient(birth, sex)
-    c.encounter(inpatient)
+    encounter(c, inpatient)
     if dx is not None:
         dx(c)
     workup(c, sex, skip)
 
 
 def aml_cm_relapse(c: Chart) -> None:
-    c.condition("dx", icd(ICD10CM, "C92.02", "Acute myeloblastic leukemia, in relapse"), onset=400)
+    condition(c, "dx", icd(ICD10CM, "C92.02", "Acute myeloblastic leukemia, in relapse"), onset=400)
 
 
 # ------------------------------------------------------------------------------------------ the cases
@@ -402,8 +332,8 @@ def not_screened(pid: str, exercises: str, reason: str) -> Callable[[Callable[[C
 @case("p01", "ICD-10-CM C92.02 (in relapse) with a local coding first; ECOG as integer 0; negative CNS finding; "
       "male", "candidate")
 def _p01(c: Chart) -> None:
-    standard(c, "1991-09-23", "male", lambda c: c.condition(
-        "dx", icd(ICD10CM, "C92.02", "Acute myeloblastic leukemia, in relapse", local="HIS-DX-0412"), onset=420),
+    standard(c, "1991-09-23", "male", lambda c: condition(
+        c, "dx", icd(ICD10CM, "C92.02", "Acute myeloblastic leukemia, in relapse", local="HIS-DX-0412"), onset=420),
         skip=("ecog",))
     ecog(c, 0)
     blood_counts(c, unit="10*9/L")
@@ -415,8 +345,8 @@ def _p01(c: Chart) -> None:
       "bilirubin exactly 34.2 umol/L (= 2.0 mg/dL, passes); LVEF 0.5 in unit '1' (passes); negative serum hCG",
       "candidate")
 def _p02(c: Chart) -> None:
-    standard(c, "1998-02-11", "female", lambda c: c.condition(
-        "dx", icd(ICD10, *AML_CN), clinical="relapse", onset=300), skip=("ecog", "bili", "lvef", "hcg"))
+    standard(c, "1998-02-11", "female", lambda c: condition(
+        c, "dx", icd(ICD10, *AML_CN), clinical="relapse", onset=300), skip=("ecog", "bili", "lvef", "hcg"))
     ecog(c, coding(LOINC, "LA9624-3", "Ambulatory and capable of all selfcare but unable to carry out any work "
                    "activities"))
     bilirubin(c, 34.2, "umol/L")
@@ -428,8 +358,8 @@ def _p02(c: Chart) -> None:
       "LVEF; AST/ALT without referenceRange (default ULN 40), AST 110 U/L with a local coding first; outpatient",
       "candidate")
 def _p03(c: Chart) -> None:
-    standard(c, birth_on_as_of(12), "male", lambda c: c.condition(
-        "dx", icd(ICD10CM, "C91.02", "Acute lymphoblastic leukemia, in relapse"), onset=500),
+    standard(c, birth_on_as_of(12), "male", lambda c: condition(
+        c, "dx", icd(ICD10CM, "C91.02", "Acute lymphoblastic leukemia, in relapse"), onset=500),
         skip=("ecog", "lvef", "ast", "alt"), inpatient=False)
     ecog(c, coding(SNOMED, "422512005", "ECOG performance status - grade 1"))
     nyha(c, {"valueString": "class II"})
@@ -440,8 +370,8 @@ def _p03(c: Chart) -> None:
 @case("p04", "MPAL ICD-10-CM C95.02; age exactly 65; CD7 amended (v1 preliminary 25 % -> v2 amended 72 %, same "
       "id); an ECOG 4 dated after the as-of date (ignored); counts in 10*3/uL", "candidate")
 def _p04(c: Chart) -> None:
-    standard(c, birth_on_as_of(65), "female", lambda c: c.condition(
-        "dx", icd(ICD10CM, "C95.02", "Acute leukemia of unspecified cell type, in relapse"), onset=260),
+    standard(c, birth_on_as_of(65), "female", lambda c: condition(
+        c, "dx", icd(ICD10CM, "C95.02", "Acute leukemia of unspecified cell type, in relapse"), onset=260),
         skip=("ecog", "cd7"))
     blood_counts(c, unit="10*3/uL")
     ecog(c, 1, days_ago=3)
@@ -454,8 +384,8 @@ def _p04(c: Chart) -> None:
       "met); LVEF 42 % then 58 % (latest wins); a positive hCG entered-in-error after a negative one",
       "candidate")
 def _p05(c: Chart) -> None:
-    standard(c, "1980", "female", lambda c: c.condition(
-        "dx", icd(ICD10, "C83.5", "Lymphoblastic (diffuse) lymphoma"), clinical="recurrence", onset=700),
+    standard(c, "1980", "female", lambda c: condition(
+        c, "dx", icd(ICD10, "C83.5", "Lymphoblastic (diffuse) lymphoma"), clinical="recurrence", onset=700),
         skip=("lvef", "hcg"))
     lvef(c, 42, days_ago=60, suffix="lvef-1")
     lvef(c, 58, days_ago=7, suffix="lvef-2")
@@ -466,8 +396,8 @@ def _p05(c: Chart) -> None:
 @case("p06", "refractory AML: ICD-10-CM C92.00 (not in relapse) plus a REFRACTORY finding; AST exactly 3x ULN "
       "(120 U/L, reference high 40) passes", "candidate")
 def _p06(c: Chart) -> None:
-    standard(c, "1972-12-01", "male", lambda c: c.condition(
-        "dx", icd(ICD10CM, "C92.00", "Acute myeloblastic leukemia, not having achieved remission"), onset=150),
+    standard(c, "1972-12-01", "male", lambda c: condition(
+        c, "dx", icd(ICD10CM, "C92.00", "Acute myeloblastic leukemia, not having achieved remission"), onset=150),
         skip=("ast",))
     finding(c, "refractory", "REFRACTORY", "Refractory disease (primary induction failure)", present=True)
     enzyme(c, "ast", 120, uln=40)
@@ -476,16 +406,16 @@ def _p06(c: Chart) -> None:
 @case("p07", "AML WHO ICD-10 C92.0 active, relapse/refractory status not documented", "potential-candidate",
       inc_diagnosis="unknown")
 def _p07(c: Chart) -> None:
-    standard(c, "1985-04-30", "male", lambda c: c.condition(
-        "dx", icd(ICD10, "C92.0", "Acute myeloblastic leukaemia"), onset=90))
+    standard(c, "1985-04-30", "male", lambda c: condition(
+        c, "dx", icd(ICD10, "C92.0", "Acute myeloblastic leukaemia"), onset=90))
 
 
 @case("p08", "no acute leukemia: CML C92.1 only; an entered-in-error C92.02 Condition (ignored)", "ineligible",
       inc_diagnosis="not-met")
 def _p08(c: Chart) -> None:
     def dx(c: Chart) -> None:
-        c.condition("dx", icd(ICD10, "C92.1", "Chronic myeloid leukaemia"), onset=800)
-        c.condition("dx-eie", icd(ICD10CM, "C92.02", "Acute myeloblastic leukemia, in relapse"), clinical=None,
+        condition(c, "dx", icd(ICD10, "C92.1", "Chronic myeloid leukaemia"), onset=800)
+        condition(c, "dx-eie", icd(ICD10CM, "C92.02", "Acute myeloblastic leukemia, in relapse"), clinical=None,
                     verification="entered-in-error", onset=30)
     standard(c, "1979-07-19", "male", dx)
 
@@ -493,8 +423,8 @@ def _p08(c: Chart) -> None:
 @case("p09", "T-LBL ICD-10-CM C83.52 (fifth character = site, not relapse), active, no r/r status",
       "potential-candidate", inc_diagnosis="unknown")
 def _p09(c: Chart) -> None:
-    standard(c, "2001-01-05", "male", lambda c: c.condition(
-        "dx", icd(ICD10CM, "C83.52", "Lymphoblastic (diffuse) lymphoma, intrathoracic lymph nodes"), onset=60))
+    standard(c, "2001-01-05", "male", lambda c: condition(
+        c, "dx", icd(ICD10CM, "C83.52", "Lymphoblastic (diffuse) lymphoma, intrathoracic lymph nodes"), onset=60))
 
 
 @case("p10", "age 66 (66th birthday on the as-of date)", "ineligible", inc_age="not-met")
@@ -549,7 +479,7 @@ def _p17(c: Chart) -> None:
 def _p18(c: Chart) -> None:
     standard(c, "1990-12-12", "male", aml_cm_relapse, skip=("cd7",))
     code = concept(coding(LOINC, "8135-6", "CD7 cells/100 cells in Blood"))
-    c.observation("cd7-all", code, {"valueQuantity": qty(64.0, "%")}, days_ago=5, category="laboratory")
+    observation(c, "cd7-all", code, {"valueQuantity": qty(64.0, "%")}, days_ago=5, category="laboratory")
 
 
 @case("p19", "LVEF 40 % and NYHA 'III' (Roman numeral text)", "ineligible", inc_cardiac="not-met")
@@ -562,8 +492,8 @@ def _p19(c: Chart) -> None:
 @case("p20", "LVEF 45 % without NYHA; ICD-10-CM code written in lower case (c92.02: still in relapse)",
       "potential-candidate", inc_cardiac="unknown")
 def _p20(c: Chart) -> None:
-    standard(c, "1975-02-02", "male", lambda c: c.condition(
-        "dx", icd(ICD10CM, "c92.02", "Acute myeloblastic leukemia, in relapse"), onset=380), skip=("lvef",))
+    standard(c, "1975-02-02", "male", lambda c: condition(
+        c, "dx", icd(ICD10CM, "c92.02", "Acute myeloblastic leukemia, in relapse"), onset=380), skip=("lvef",))
     lvef(c, 45)
 
 
@@ -597,15 +527,15 @@ def _p24(c: Chart) -> None:
 @case("p25", "D80.1 non-familial hypogammaglobulinaemia (not primary immunodeficiency); AML coded in SNOMED CT "
       "(91861009) with clinicalStatus recurrence", "candidate")
 def _p25(c: Chart) -> None:
-    standard(c, "1970-01-25", "male", lambda c: c.condition(
-        "dx", concept(coding(SNOMED, "91861009", "Acute myeloid leukemia")), clinical="recurrence", onset=610))
-    c.condition("d80", icd(ICD10, "D80.1", "Nonfamilial hypogammaglobulinaemia"), onset=200)
+    standard(c, "1970-01-25", "male", lambda c: condition(
+        c, "dx", concept(coding(SNOMED, "91861009", "Acute myeloid leukemia")), clinical="recurrence", onset=610))
+    condition(c, "d80", icd(ICD10, "D80.1", "Nonfamilial hypogammaglobulinaemia"), onset=200)
 
 
 @case("p26", "D81.9 combined immunodeficiency (primary)", "ineligible", exc_congenital_immunodeficiency="met")
 def _p26(c: Chart) -> None:
     standard(c, "2005-05-05", "male", aml_cm_relapse)
-    c.condition("d81", icd(ICD10, "D81.9", "Combined immunodeficiency, unspecified"), category="problem-list-item",
+    condition(c, "d81", icd(ICD10, "D81.9", "Combined immunodeficiency, unspecified"), category="problem-list-item",
                 recorded=900)
 
 
@@ -613,7 +543,7 @@ def _p26(c: Chart) -> None:
       exc_congenital_immunodeficiency="unknown")
 def _p27(c: Chart) -> None:
     standard(c, "1968-10-10", "male", aml_cm_relapse)
-    c.condition("d84", icd(ICD10, "D84.9", "Immunodeficiency, unspecified"), onset=120)
+    condition(c, "d84", icd(ICD10, "D84.9", "Immunodeficiency, unspecified"), onset=120)
 
 
 @case("p28", "CNS involvement: positive CSF finding (site code CNSL)", "ineligible", exc_cns_leukemia="met")
@@ -626,29 +556,29 @@ def _p28(c: Chart) -> None:
       exc_cns_leukemia="met")
 def _p44(c: Chart) -> None:
     standard(c, "2002-02-20", "female", aml_cm_relapse)
-    c.condition("cnsl", concept(coding(CLINICAL, "CNSL", "CNS leukemia")), onset=20)
+    condition(c, "cnsl", concept(coding(CLINICAL, "CNSL", "CNS leukemia")), onset=20)
 
 
 @case("p29", "sepsis A41.9 active", "ineligible", exc_active_infection="met")
 def _p29(c: Chart) -> None:
     standard(c, "1963-12-24", "male", aml_cm_relapse)
-    c.condition("sepsis", icd(ICD10, "A41.9", "Sepsis, unspecified organism"), onset=4)
+    condition(c, "sepsis", icd(ICD10, "A41.9", "Sepsis, unspecified organism"), onset=4)
 
 
 @case("p30", "pneumonia J18.9 with onset 10 days ago", "potential-candidate", exc_active_infection="unknown")
 def _p30(c: Chart) -> None:
     standard(c, "1981-08-18", "male", aml_cm_relapse)
-    c.condition("pneumonia", icd(ICD10, "J18.9", "Pneumonia, unspecified"), onset=10)
+    condition(c, "pneumonia", icd(ICD10, "J18.9", "Pneumonia, unspecified"), onset=10)
 
 
 @case("p31", "pneumonia J18.9 with onset 60 days ago (outside 30 days); superficial thrombophlebitis I80.0; old "
       "MI I21.9 eight months ago (outside 6 months)", "candidate")
 def _p31(c: Chart) -> None:
     standard(c, "1962-02-28", "male", aml_cm_relapse)
-    c.condition("pneumonia", icd(ICD10, "J18.9", "Pneumonia, unspecified"), onset=60, recorded=58)
-    c.condition("i80", icd(ICD10, "I80.0", "Phlebitis and thrombophlebitis of superficial vessels of lower "
+    condition(c, "pneumonia", icd(ICD10, "J18.9", "Pneumonia, unspecified"), onset=60, recorded=58)
+    condition(c, "i80", icd(ICD10, "I80.0", "Phlebitis and thrombophlebitis of superficial vessels of lower "
                            "extremities"), onset=25)
-    c.condition("mi", icd(ICD10, "I21.9", "Acute myocardial infarction, unspecified"), clinical="resolved",
+    condition(c, "mi", icd(ICD10, "I21.9", "Acute myocardial infarction, unspecified"), clinical="resolved",
                 onset=243, abated=200, recorded=243)
 
 
@@ -685,7 +615,7 @@ def _p36(c: Chart) -> None:
 @case("p37", "deep vein thrombosis ICD-10-CM I82.409 (I82.4) active", "ineligible", exc_thrombosis="met")
 def _p37(c: Chart) -> None:
     standard(c, "1961-07-07", "male", aml_cm_relapse)
-    c.condition("dvt", icd(ICD10CM, "I82.409", "Acute embolism and thrombosis of unspecified deep veins of "
+    condition(c, "dvt", icd(ICD10CM, "I82.409", "Acute embolism and thrombosis of unspecified deep veins of "
                            "unspecified lower extremity"), onset=15)
 
 
@@ -693,21 +623,21 @@ def _p37(c: Chart) -> None:
       exc_cardiac_event="met")
 def _p38(c: Chart) -> None:
     standard(c, "1964-03-19", "male", aml_cm_relapse)
-    c.condition("mi", icd(ICD10, "I21.9", "Acute myocardial infarction, unspecified"), clinical="resolved",
+    condition(c, "mi", icd(ICD10, "I21.9", "Acute myocardial infarction, unspecified"), clinical="resolved",
                 onset=91, abated=60, recorded=91)
 
 
 @case("p39", "old MI I25.2 with onset 2 months ago", "ineligible", exc_cardiac_event="met")
 def _p39(c: Chart) -> None:
     standard(c, "1960-12-31", "male", aml_cm_relapse)
-    c.condition("mi", icd(ICD10, "I25.2", "Old myocardial infarction"), onset=61)
+    condition(c, "mi", icd(ICD10, "I25.2", "Old myocardial infarction"), onset=61)
 
 
 @case("p40", "myocardial infarction I21.9 with no onset and no recorded date", "potential-candidate",
       exc_cardiac_event="unknown")
 def _p40(c: Chart) -> None:
     standard(c, "1967-05-15", "male", aml_cm_relapse)
-    c.condition("mi", icd(ICD10, "I21.9", "Acute myocardial infarction, unspecified"), category="problem-list-item",
+    condition(c, "mi", icd(ICD10, "I21.9", "Acute myocardial infarction, unspecified"), category="problem-list-item",
                 recorded=None)
 
 
@@ -721,8 +651,8 @@ def _p41(c: Chart) -> None:
 @case("p42", "ALL of unstated lineage (WHO C91.0, clinicalStatus relapse): CD7 decides, 8 % CD7+", "ineligible",
       inc_cd7_expression="not-met")
 def _p42(c: Chart) -> None:
-    standard(c, "2000-10-20", "male", lambda c: c.condition(
-        "dx", icd(ICD10, "C91.0", "Acute lymphoblastic leukaemia"), clinical="relapse", onset=330), skip=("cd7",))
+    standard(c, "2000-10-20", "male", lambda c: condition(
+        c, "dx", icd(ICD10, "C91.0", "Acute lymphoblastic leukaemia"), clinical="relapse", onset=330), skip=("cd7",))
     cd7(c, 8.0)
 
 
@@ -730,7 +660,7 @@ def _p42(c: Chart) -> None:
       inc_cd7_expression="unknown")
 def _p43(c: Chart) -> None:
     standard(c, "1989-03-23", "female", aml_cm_relapse, skip=("cd7",))
-    c.observation("cd7", concept(coding(LAB, "FC-CD7", "CD7+ % of leukemic blasts (flow)")),
+    observation(c, "cd7", concept(coding(LAB, "FC-CD7", "CD7+ % of leukemic blasts (flow)")),
                   {"valueQuantity": qty(50.0, "%", comparator="<")}, days_ago=5, category="laboratory")
 
 
@@ -738,20 +668,20 @@ def _p43(c: Chart) -> None:
 @case("p45", "quantitative serum hCG 2 mIU/mL (m[IU]/mL; < 5 is negative, not 'any number above 0')", "candidate")
 def _p45(c: Chart) -> None:
     standard(c, "1994-10-02", "female", aml_cm_relapse, skip=("hcg",))
-    c.observation("hcg", concept(coding(LOINC, "2118-8", "hCG [Presence] in Serum or Plasma")),
+    observation(c, "hcg", concept(coding(LOINC, "2118-8", "hCG [Presence] in Serum or Plasma")),
                   {"valueQuantity": qty(2, "m[IU]/mL", "mIU/mL")}, days_ago=4, category="laboratory")
 
 
 @case("p46", "HBsAg as a signal-to-cut-off index 0.35 {s_co_ratio} (< 1.0 is negative)", "candidate")
 def _p46(c: Chart) -> None:
     standard(c, "1976-03-14", "male", aml_cm_relapse, skip=("hbsag",))
-    c.observation("hbsag", concept(coding(LOINC, "5196-1", "Hepatitis B virus surface Ag [Presence] in Serum")),
+    observation(c, "hbsag", concept(coding(LOINC, "5196-1", "Hepatitis B virus surface Ag [Presence] in Serum")),
                   {"valueQuantity": qty(0.35, "{s_co_ratio}", "S/CO")}, days_ago=9, category="laboratory")
 
 
 def hbv_dna_as(c: Chart, value: float, unit: Json) -> Json:
     code = concept(coding(LOINC, "29615-2", "Hepatitis B virus DNA [#/volume] (viral load) in Serum or Plasma"))
-    return c.observation("hbv-dna", code, {"valueQuantity": {"value": value, **unit}}, days_ago=9,
+    return observation(c, "hbv-dna", code, {"valueQuantity": {"value": value, **unit}}, days_ago=9,
                          category="laboratory")
 
 
@@ -794,7 +724,7 @@ def _p51(c: Chart) -> None:
       "2.5x ULN, with a warning; no division by zero)", "candidate")
 def _p52(c: Chart) -> None:
     standard(c, "1966-09-04", "male", aml_cm_relapse, skip=("ast",))
-    c.observation("ast", concept(coding(LOINC, "1920-8", "AST [Enzymatic activity/volume] in Serum or Plasma")),
+    observation(c, "ast", concept(coding(LOINC, "1920-8", "AST [Enzymatic activity/volume] in Serum or Plasma")),
                   {"valueQuantity": qty(100, "U/L")}, days_ago=2, category="laboratory",
                   ranges=ref_range(0, 0, "U/L"))
 
@@ -821,7 +751,7 @@ def _p54(c: Chart) -> None:
       "candidate")
 def _p55(c: Chart) -> None:
     standard(c, "1988-12-12", "male", aml_cm_relapse)
-    c.resources[0]["meta"] = c._meta(2)
+    c.resources[0]["meta"] = c.meta(2)
     c.patient("1988-12-12", "female", version=1)
 
 
@@ -837,7 +767,7 @@ def _p56(c: Chart) -> None:
               "candidate's chart", "non-human")
 def _p57(c: Chart) -> None:
     c.patient("2019-03-01", "male", animal=concept(coding(SNOMED, "448771007", "Canis lupus subsp. familiaris")))
-    c.encounter()
+    encounter(c)
     aml_cm_relapse(c)
     workup(c, "male")
 
@@ -845,7 +775,7 @@ def _p57(c: Chart) -> None:
 @not_screened("p58", "known only from subject references: a diagnosis and a work-up, no Patient resource",
               "no-patient-resource")
 def _p58(c: Chart) -> None:
-    c.encounter()
+    encounter(c)
     aml_cm_relapse(c)
     workup(c, "male")
 
@@ -855,8 +785,8 @@ def _p58(c: Chart) -> None:
 def _cao(c: Chart) -> None:
     c.published = True
     c.patient("2008-11-03", "female")
-    c.encounter(True, days_ago=8)
-    c.condition("dx", icd(ICD10, *AML_CN), clinical="relapse", onset=420,
+    encounter(c, True, days_ago=8)
+    condition(c, "dx", icd(ICD10, *AML_CN), clinical="relapse", onset=420,
                 note="published: relapsed/refractory AML (Cao X et al., Exp Hematol Oncol 2022;11:67)")
     published = "published value (Cao X et al., Exp Hematol Oncol 2022;11:67)"
     marrow_blasts(c, 20.0, note=published)
@@ -940,7 +870,7 @@ def build_intent(cases: list[Case]) -> Json:
 def charts(cases: list[Case]) -> list[Chart]:
     out = []
     for cs in cases:
-        chart = Chart(cs.pid)
+        chart = new_chart(cs.pid)
         cs.build(chart)
         out.append(chart)
     return out
@@ -1015,9 +945,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         written = generate(args.out, schema_file(args.schema))
     except GenerationError as exc:
-        print(f"make_samples: {exc}", file=sys.stderr)
+        print(f"samplegen.prescreen: {exc}", file=sys.stderr)
         return 1
-    print(f"make_samples: {len(CASES)} patients, wrote {len(written)} files to {args.out}")
+    print(f"samplegen.prescreen: {len(CASES)} patients, wrote {len(written)} files to {args.out}")
     return 0
 
 

@@ -1,6 +1,7 @@
 """Write a synthetic Bulk Data export of N patients for the population-scale pre-screen benchmark.
 
-``python benchmarks/make_population.py N OUTDIR [--seed S] [--leukemia-rate R] [--as-of DATE]`` writes
+``python -m samplegen.population N OUTDIR [--seed S] [--leukemia-rate R] [--as-of DATE]`` (from the repository
+root) writes
 ``Patient.ndjson``, ``Encounter.ndjson``, ``Condition.ndjson``, ``Observation.ndjson`` and
 ``MedicationAdministration.ndjson`` into OUTDIR — about 100 resources per patient, of which:
 
@@ -16,7 +17,9 @@
 The variety of units and codings follows ``samples/prescreen`` (counts in 10*9/L, 10*3/uL or /uL,
 bilirubin in mg/dL or umol/L, a local coding before the LOINC one, lower-case or absolute references) and
 a small, fixed share of defects (an invalid date, a truncated line) exercises the skip reports. Values are
-synthetic; the output is deterministic for a seed; lines are built as dicts and written with orjson.
+synthetic; the output is deterministic for a seed -- it depends on the order the random values are drawn in,
+so each resource draws its values first and then hands them to ``samplegen.chart.Chart``, whose ``add`` writes
+the line (with orjson) here.
 """
 
 from __future__ import annotations
@@ -26,37 +29,40 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # the sample generators' shared kit
-from samplekit import (  # noqa: E402
+from samplegen.chart import Chart
+from samplegen.kit import (
+    ABSENT,
+    ACT_CODE,
     BASE_URL,
-    CLIN_STATUS,
+    CARDIO,
+    CART_CD7,
     CLINICAL,
     ICD10,
     ICD10CM,
     LAB,
     LOINC,
-    OBS_CAT,
+    NEG_LA,
+    NEG_SCT,
+    POS_LA,
+    POS_SCT,
+    PRESENT,
     SNOMED,
     UCUM,
-    VER_STATUS,
+    Json,
     coding,
     concept,
     qty,
 )
 
-Json = dict[str, Any]
-
 ICDO3 = "http://terminology.hl7.org/CodeSystem/icd-o-3"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-CARDIO = "http://hospital.example.org/cardio"
-PHARMACY = "http://hospital.example.org/pharmacy"
+HIS_DX = "http://hospital.example.org/his-dx"
 TYPES = ("Patient", "Encounter", "Condition", "Observation", "MedicationAdministration")
 
 # (code, display, unit, low, high, reference low, reference high); None: no reference range
@@ -106,35 +112,32 @@ DRUGS = [("197361", "Amlodipine 5 MG Oral Tablet"), ("860975", "Metformin 500 MG
          ("313782", "Acetaminophen 325 MG Oral Tablet"), ("1665060", "Ceftriaxone 1000 MG Injection")]
 ECOG_ANSWERS = [(LOINC, "LA9622-7", 0), (LOINC, "LA9623-5", 1), (LOINC, "LA9624-3", 2),
                 (SNOMED, "425389002", 0), (SNOMED, "422512005", 1)]
-POS, NEG = (LOINC, "LA6576-8", "Positive"), (LOINC, "LA6577-6", "Negative")
-POS_SCT, NEG_SCT = (SNOMED, "10828004", "Positive"), (SNOMED, "260385009", "Negative")
 
 
-@dataclass
-class Chart:
-    """The resources of one synthetic patient, grouped by resource type."""
+class PatientChart(Chart):
+    """One synthetic patient: the shared chart builder, whose ``add`` writes each resource as an NDJSON line of
+    its type (now and then truncated: the defects the skip reports are tested with)."""
 
-    gen: Generator
-    pid: str
-    sex: str
-    leukemia: bool
-    out: dict[str, list[bytes]] = field(default_factory=lambda: {t: [] for t in TYPES})
-    encounters: list[tuple[str, int]] = field(default_factory=list)
+    def __init__(self, gen: Generator, pid: str, sex: str, leukemia: bool) -> None:
+        super().__init__(pid, tagged=False, rng=gen.rng)
+        self.gen = gen
+        self.sex = sex
+        self.leukemia = leukemia
+        self.out: dict[str, list[bytes]] = {t: [] for t in TYPES}
+        self.encounters: list[tuple[str, int]] = []
 
-    @property
-    def rng(self) -> random.Random:
-        return self.gen.rng
-
-    def subject(self) -> Json:
+    def reference(self) -> Json:
+        """The subject reference, absolute in 3 % of resources."""
         absolute = self.rng.random() < 0.03
         return {"reference": f"{BASE_URL}/Patient/{self.pid}" if absolute else f"Patient/{self.pid}"}
 
-    def emit(self, rtype: str, resource: Json) -> None:
+    def add(self, resource: Json) -> Json:
         line = orjson.dumps(resource)
         defect = self.rng.random()
         if defect < self.gen.truncate_rate:
             line = line[: len(line) // 2]
-        self.out[rtype].append(line)
+        self.out[resource["resourceType"]].append(line)
+        return resource
 
     def encounter_ref(self) -> tuple[str, int]:
         return self.rng.choice(self.encounters)
@@ -144,7 +147,7 @@ class Generator:
     """Deterministic (seeded) writer of synthetic patients."""
 
     def __init__(self, seed: int, leukemia_rate: float, as_of: date, defects: bool = True) -> None:
-        self.rng = random.Random(seed)
+        self.rng = random.Random(seed)  # noqa: S311 - reproducible synthetic data, not secrets
         self.leukemia_rate = leukemia_rate
         self.as_of = as_of
         self.truncate_rate = 0.000005 if defects else 0.0  # about one line in 200 000
@@ -159,9 +162,9 @@ class Generator:
         return f"{self._days[max(0, min(days_ago, 799))]}T{hour:02d}:{self.rng.randrange(60):02d}:00+08:00"
 
     # -------------------------------------------------------------------- one patient
-    def chart(self) -> Chart:
+    def chart(self) -> PatientChart:
         leukemia = self.rng.random() < self.leukemia_rate
-        c = Chart(self, self.uid(), self.rng.choice(("male", "female")), leukemia)
+        c = PatientChart(self, self.uid(), self.rng.choice(("male", "female")), leukemia)
         self.patient(c)
         for _ in range(self.rng.randint(4, 7)):
             self.encounter(c)
@@ -176,46 +179,35 @@ class Generator:
             self.medication(c)
         return c
 
-    def patient(self, c: Chart) -> None:
+    def patient(self, c: PatientChart) -> None:
         age = self.rng.randint(8, 88) if not c.leukemia else self.rng.randint(10, 72)
         born = self.as_of - timedelta(days=age * 365 + self.rng.randrange(365))
         birth = born.isoformat() if self.rng.random() > 0.02 else born.isoformat()[:4]
-        c.emit("Patient", {"resourceType": "Patient", "id": c.pid, "meta": {"lastUpdated": self.when(1)},
-                           "identifier": [{"system": "http://hospital.example.org/mrn",
-                                           "value": f"SYN-{self.rng.getrandbits(40):010x}"}],
-                           "active": True, "name": [{"text": "Synthetic Patient"}], "gender": c.sex,
-                           "birthDate": birth})
+        updated = self.when(1)
+        mrn = f"SYN-{self.rng.getrandbits(40):010x}"
+        c.patient(birth, c.sex, mrn=mrn, name="Synthetic Patient", updated=updated)
 
-    def encounter(self, c: Chart) -> None:
+    def encounter(self, c: PatientChart) -> None:
         eid, days = self.uid(), self.rng.randrange(3, 720)
         inpatient = self.rng.random() < 0.3
-        res: Json = {"resourceType": "Encounter", "id": eid, "status": "finished",
-                     "class": coding("http://terminology.hl7.org/CodeSystem/v3-ActCode", "IMP" if inpatient else "AMB"),
-                     "type": [concept(coding(SNOMED, "185349003", "Encounter for check up"))],
-                     "subject": c.subject(),
-                     "period": {"start": self.when(days, 9),
-                                "end": self.when(max(0, days - (3 if inpatient else 0)), 17)}}
+        subject = c.reference()
+        start, end = self.when(days, 9), self.when(max(0, days - (3 if inpatient else 0)), 17)
         c.encounters.append((eid, days))
-        c.emit("Encounter", res)
+        c.encounter(eid, coding(ACT_CODE, "IMP" if inpatient else "AMB"), start, end,
+                    kind=concept(coding(SNOMED, "185349003", "Encounter for check up")), subject=subject)
 
-    def condition(self, c: Chart, system: str, code: str, display: str, *, clinical: str | None = "active",
+    def condition(self, c: PatientChart, system: str, code: str, display: str, *, clinical: str | None = "active",
                   onset: int | None = None) -> None:
         codings = [coding(system, code, display)]
         if self.rng.random() < 0.2:
-            codings.insert(0, coding("http://hospital.example.org/his-dx", f"HIS-{self.rng.randrange(9999):04d}",
-                                     display))
-        res: Json = {"resourceType": "Condition", "id": self.uid(), "meta": {"lastUpdated": self.when(2)}}
-        if clinical:
-            res["clinicalStatus"] = concept(coding(CLIN_STATUS, clinical))
-        res["verificationStatus"] = concept(coding(VER_STATUS, "confirmed"))
-        res |= {"category": [concept(coding("http://terminology.hl7.org/CodeSystem/condition-category",
-                                            "encounter-diagnosis"))],
-                "code": concept(*codings), "subject": c.subject(),
-                "onsetDateTime": self.when(onset if onset is not None else self.rng.randrange(5, 790)),
-                "recordedDate": self.when(self.rng.randrange(1, 60), 15)}
-        c.emit("Condition", res)
+            codings.insert(0, coding(HIS_DX, f"HIS-{self.rng.randrange(9999):04d}", display))
+        rid, updated, subject = self.uid(), self.when(2), c.reference()
+        onset_at = self.when(onset if onset is not None else self.rng.randrange(5, 790))
+        recorded = self.when(self.rng.randrange(1, 60), 15)
+        c.condition(rid, concept(*codings), clinical=clinical, onset=onset_at, recorded=recorded, subject=subject,
+                    updated=updated)
 
-    def conditions(self, c: Chart) -> None:
+    def conditions(self, c: PatientChart) -> None:
         for _ in range(self.rng.choice((1, 2, 2, 3, 3, 4))):
             system, code, display = self.rng.choice(BACKGROUND_DX)
             clinical = self.rng.choice(("active", "active", "resolved"))
@@ -225,24 +217,19 @@ class Generator:
             self.condition(c, system, code, display, clinical=status or "active", onset=self.rng.randrange(30, 700))
 
     # -------------------------------------------------------------------- observations
-    def observation(self, c: Chart, code: Json, value: Json, days_ago: int, category: str = "laboratory",
-                    extra: Json | None = None) -> None:
+    def observation(self, c: PatientChart, code: Json, value: Json, days_ago: int, category: str = "laboratory",
+                    ranges: list[Json] | None = None) -> None:
         eid, _ = c.encounter_ref()
         status = "final" if self.rng.random() > 0.02 else self.rng.choice(("amended", "corrected", "preliminary",
                                                                             "entered-in-error"))
-        res: Json = {"resourceType": "Observation", "id": self.uid(), "meta": {"lastUpdated": self.when(days_ago)},
-                     "status": status, "category": [concept(coding(OBS_CAT, category))], "code": code,
-                     "subject": c.subject(), "encounter": {"reference": f"Encounter/{eid}"},
-                     "effectiveDateTime": self.when(days_ago)}
+        rid, updated, subject, effective = self.uid(), self.when(days_ago), c.reference(), self.when(days_ago)
         if self.rng.random() < self.bad_date_rate:
-            res["effectiveDateTime"] = f"{self._days[days_ago][:4]}-13-45"
-        res["issued"] = self.when(days_ago, 14).replace("+08:00", ".000+08:00")
-        res |= value
-        if extra:
-            res |= extra
-        c.emit("Observation", res)
+            effective = f"{self._days[days_ago][:4]}-13-45"
+        issued = self.when(days_ago, 14).replace("+08:00", ".000+08:00")
+        c.observation(rid, code, value, effective, status=status, category=category, encounter=eid, issued=issued,
+                      ranges=ranges, subject=subject, updated=updated)
 
-    def analyte(self, c: Chart, row: tuple[str, str, str, float, float, float, float], days_ago: int) -> None:
+    def analyte(self, c: PatientChart, row: tuple[str, str, str, float, float, float, float], days_ago: int) -> None:
         code, display, unit, low, high, ref_low, ref_high = row
         scale = 1.0
         if code in COUNTS:
@@ -253,12 +240,11 @@ class Generator:
         codings = [coding(LOINC, code, display)]
         if self.rng.random() < 0.1:
             codings.insert(0, coding(LAB, f"CHEM-{code.replace('-', '')}", display.split(" [")[0]))
-        extra = {"referenceRange": [{"low": qty(round(ref_low * scale, 1), unit),
-                                     "high": qty(round(ref_high * scale, 1), unit)}]}
+        ranges = [{"low": qty(round(ref_low * scale, 1), unit), "high": qty(round(ref_high * scale, 1), unit)}]
         self.observation(c, concept(*codings, text=display.split(" [")[0]), {"valueQuantity": qty(value, unit)},
-                         days_ago, extra=extra)
+                         days_ago, ranges=ranges)
 
-    def labs(self, c: Chart) -> None:
+    def labs(self, c: PatientChart) -> None:
         for _ in range(4):
             days = self.rng.randrange(0, 400) if not c.leukemia else self.rng.randrange(0, 60)
             for row in CBC:
@@ -268,7 +254,7 @@ class Generator:
             for row in CHEM:
                 self.analyte(c, row, days)
 
-    def vitals(self, c: Chart) -> None:
+    def vitals(self, c: PatientChart) -> None:
         for _eid, days in c.encounters[:5]:
             fahrenheit = self.rng.random() < 0.2
             temp = round(self.rng.uniform(36.0, 39.2), 1)
@@ -288,12 +274,12 @@ class Generator:
             self.observation(c, concept(coding(LOINC, "85354-9", "Blood pressure panel")), {"component": bp}, days,
                              "vital-signs")
 
-    def qualitative(self, c: Chart, code: str, display: str, positive: bool, days: int, sct: bool = False) -> None:
-        answer = (POS_SCT if positive else NEG_SCT) if sct else (POS if positive else NEG)
-        self.observation(c, concept(coding(LOINC, code, display)), {"valueCodeableConcept": concept(coding(*answer))},
-                         days)
+    def qualitative(self, c: PatientChart, code: str, display: str, positive: bool, days: int,
+                    sct: bool = False) -> None:
+        answer = (POS_SCT if positive else NEG_SCT) if sct else (POS_LA if positive else NEG_LA)
+        self.observation(c, concept(coding(LOINC, code, display)), {"valueCodeableConcept": concept(answer)}, days)
 
-    def serology(self, c: Chart, recent: bool = False) -> None:
+    def serology(self, c: PatientChart, recent: bool = False) -> None:
         days = self.rng.randrange(1, 80) if recent else self.rng.randrange(1, 500)
         self.qualitative(c, "5196-1", "Hepatitis B virus surface Ag [Presence] in Serum", self.rng.random() < 0.03,
                          days)
@@ -302,7 +288,7 @@ class Generator:
         self.qualitative(c, "56888-1", "HIV 1+2 Ab+HIV1 p24 Ag [Presence] in Serum or Plasma by Immunoassay",
                          self.rng.random() < 0.01, days, sct=True)
 
-    def workup(self, c: Chart) -> None:
+    def workup(self, c: PatientChart) -> None:
         """The leukaemia work-up: ECOG, CD7, echo, NYHA, blasts, hCG, serology, findings."""
         for step in (self.ecog, self.cd7, self.echo, self.blasts, self.findings):
             step(c)
@@ -311,7 +297,7 @@ class Generator:
                              self.rng.random() < 0.05, self.rng.randrange(0, 20))
         self.serology(c, recent=True)
 
-    def ecog(self, c: Chart) -> None:
+    def ecog(self, c: PatientChart) -> None:
         days = self.rng.randrange(0, 45)
         code = concept(coding(LOINC, "89247-1", "ECOG Performance Status score"))
         pick = self.rng.random()
@@ -322,7 +308,7 @@ class Generator:
             value = {"valueCodeableConcept": concept(coding(system, answer))}
         self.observation(c, code, value, days, "exam")
 
-    def cd7(self, c: Chart) -> None:
+    def cd7(self, c: PatientChart) -> None:
         days, pct = self.rng.randrange(0, 45), round(self.rng.uniform(5, 99), 1)
         cd7_code = self.rng.choice(("FC-CD7", "FC-CD7", "fc-cd7"))
         if self.rng.random() < 0.4:  # CD7 as a component of a flow panel
@@ -335,7 +321,7 @@ class Generator:
         self.observation(c, concept(coding(LAB, cd7_code, "CD7+ % of leukemic blasts (flow)")),
                          {"valueQuantity": qty(pct, "%")}, days)
 
-    def echo(self, c: Chart) -> None:
+    def echo(self, c: PatientChart) -> None:
         days, lvef = self.rng.randrange(0, 120), self.rng.choice((38, 45, 52, 58, 60, 62, 65, 68))
         value = qty(lvef / 100, "1") if self.rng.random() < 0.3 else qty(lvef, "%")
         self.observation(c, concept(coding(LOINC, "10230-1", "Left ventricular Ejection fraction")),
@@ -344,33 +330,31 @@ class Generator:
             self.observation(c, concept(coding(CARDIO, "NYHA", "NYHA functional class")),
                              {"valueString": self.rng.choice(("class I", "class II", "II", "III"))}, days, "exam")
 
-    def blasts(self, c: Chart) -> None:
+    def blasts(self, c: PatientChart) -> None:
         days = self.rng.randrange(0, 60)
         self.observation(c, concept(coding(LOINC, "11150-0", "Blasts/100 leukocytes in Bone marrow")),
                          {"valueQuantity": qty(round(self.rng.uniform(3, 90), 1), "%")}, days)
         self.observation(c, concept(coding(LOINC, "26446-5", "Blasts/100 leukocytes in Blood")),
                          {"valueQuantity": qty(round(self.rng.uniform(0, 60), 1), "%")}, days)
 
-    def findings(self, c: Chart) -> None:
+    def findings(self, c: PatientChart) -> None:
         for code, display, rate in (("REFRACTORY", "Refractory disease", 0.3), ("CNSL", "CNS leukemia", 0.1)):
             if self.rng.random() < 0.6:
                 present = self.rng.random() < rate
-                answer = coding(SNOMED, "52101004" if present else "2667000", "Present" if present else "Absent")
+                answer = PRESENT if present else ABSENT
                 self.observation(c, concept(coding(CLINICAL, code, display)),
                                  {"valueCodeableConcept": concept(answer)}, self.rng.randrange(0, 40), "exam")
 
-    def medication(self, c: Chart) -> None:
+    def medication(self, c: PatientChart) -> None:
         code, display = self.rng.choice(DRUGS)
         eid, days = c.encounter_ref()
         med = concept(coding(RXNORM, code, display))
         dosage: Json = {"dose": {"value": self.rng.choice((1, 2, 500)), "unit": "mg", "system": UCUM, "code": "mg"}}
         if c.leukemia and self.rng.random() < 0.05:
-            med = concept(coding(PHARMACY, "CART-CD7", "Humanized CD7 CAR-T cells"))
+            med = concept(CART_CD7)
             dosage = {"dose": {"value": 2.5e8, "unit": "cells", "system": UCUM, "code": "{cells}"}}
-        c.emit("MedicationAdministration", {
-            "resourceType": "MedicationAdministration", "id": self.uid(), "status": "completed",
-            "medicationCodeableConcept": med, "subject": c.subject(), "context": {"reference": f"Encounter/{eid}"},
-            "effectiveDateTime": self.when(days, 11), "dosage": dosage})
+        rid, subject, effective = self.uid(), c.reference(), self.when(days, 11)
+        c.medication(rid, med, effective, dosage, encounter=eid, subject=subject)
 
 
 def write_population(n: int, outdir: Path, seed: int = 20260615, leukemia_rate: float = 0.03,

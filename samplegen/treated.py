@@ -28,11 +28,11 @@ Design rules that keep the intent exact (see samples/treated/README.md):
   written (RULES.md §4), so an engine that shifts to UTC gets them wrong;
 - no body temperature exists except for the patient whose CRS is derived from vital signs.
 
-Each resource is checked against the R4B model (``bridge.fhirmodels.parse_resource``) and the official R4 JSON
-Schema (Draft 6, ``$BRIDGE_FHIR_SCHEMA`` or ``<repo>/../shared/fhir-data/hl7-fhir-r4-schema/fhir.schema.json``);
-any failure stops the script with a non-zero exit.
+Resources are built by ``samplegen.chart.Chart``. Each is checked against the R4B model
+(``bridge.fhirmodels.parse_resource``) and the official R4 JSON Schema (Draft 6, ``$BRIDGE_FHIR_SCHEMA`` or
+``<repo>/../shared/fhir-data/hl7-fhir-r4-schema/fhir.schema.json``); any failure stops with a non-zero exit.
 
-Usage: ``python scripts/make_treated_samples.py [--out DIR] [--schema FILE]``
+Usage, from the repository root: ``python -m samplegen.treated [--out DIR] [--schema FILE]``
 """
 
 from __future__ import annotations
@@ -40,29 +40,28 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 from bridge.fhirmodels import parse_resource
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # samplekit.py, beside this script
-from samplekit import (  # noqa: E402
-    ACT_CODE,
-    CLIN_STATUS,
+from samplegen.chart import Chart
+from samplegen.kit import (
+    ABSENT,
+    AMBULATORY,
+    CART_CD7,
     CLINICAL,
-    COND_CAT,
-    HTEST,
     ICD10,
     ICD10CM,
+    INPATIENT,
     LAB,
     LOINC,
-    OBS_CAT,
-    SNOMED,
+    NEG_LA,
+    PRESENT,
     TZ,
-    VER_STATUS,
     GenerationError,
+    Json,
     bundle,
     coding,
     concept,
@@ -71,8 +70,6 @@ from samplekit import (  # noqa: E402
     validate,
     write,
 )
-
-Json = dict[str, Any]
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "samples" / "treated"
@@ -83,10 +80,8 @@ WITHDRAWN = frozenset({"t07"})
 
 NEURO = "http://hospital.example.org/neuro"
 ICU = "http://hospital.example.org/icu"
-PHARMACY = "http://hospital.example.org/pharmacy"
 
 PUBLISHED = "published value (Cao X et al., Exp Hematol Oncol 2022;11:67)"
-SYNTHETIC = "synthetic value"
 
 # AE terms (RULES.md §5; CTCAE v5.0 spelling) and grading systems
 NEUTROPENIA, THROMBOCYTOPENIA, ANEMIA = "Neutrophil count decreased", "Platelet count decreased", "Anemia"
@@ -98,11 +93,6 @@ RANK = ("CR", "CRi", "MLFS", "PR", "NR", "NE")  # best first (RULES.md §4)
 REMISSION = ("CR", "CRi", "MLFS")
 DOSE_RANGE = (0.5e6, 10e6)
 COURSE_DAYS = 14
-
-
-# ------------------------------------------------------------------------------------------ answer codes
-POS_LA, NEG_LA = coding(LOINC, "LA6576-8", "Positive"), coding(LOINC, "LA6577-6", "Negative")
-PRESENT, ABSENT = coding(SNOMED, "52101004", "Present"), coding(SNOMED, "2667000", "Absent")
 
 
 # ------------------------------------------------------------------------------------------ lab catalogue
@@ -155,104 +145,39 @@ def normal_cbc(day: int) -> tuple[float, float, float]:
     return round(2.6 + (day % 5) * 0.1, 2), float(190 + (day % 7) * 5), round(12.6 + (day % 4) * 0.1, 2)
 
 
-# ------------------------------------------------------------------------------------------ one chart
-@dataclass
-class Chart:
-    """The resources of one patient, built in order. ``day0`` anchors every ``day`` argument."""
+# ------------------------------------------------------------------------------------------ the chart's conventions
+# Ids are ``<prefix>-<suffix>`` (the prefix is the patient id, or ``cao2022-tx``); ``day`` counts from day 0, the
+# chart's anchor; results are drawn at 07:30 local time unless said otherwise and issued at 17:00.
+def encounter(c: Chart, suffix: str, klass: str, start: int, end: int, reason: str) -> None:
+    c.encounter(c.rid(suffix), {"AMB": AMBULATORY, "IMP": INPATIENT}[klass], c.at(start, 9),
+                c.at(end, 11 if start == end else 16), reason=reason)
 
-    pid: str
-    day0: date
-    prefix: str = ""
-    published: bool = False
-    resources: list[Json] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        self.prefix = self.prefix or self.pid
+def condition(c: Chart, suffix: str, code: Json, onset: int, *, clinical: str | None = "active",
+              verification: str = "confirmed", abated: int | None = None, note: str | None = None) -> None:
+    """Onset (also the recorded date) and abatement at 14:00."""
+    c.condition(c.rid(suffix), code, clinical=clinical, verification=verification, onset=c.at(onset, 14),
+                abated=None if abated is None else c.at(abated, 14), recorded=c.at(onset, 14), note=note)
 
-    def when(self, day: int, hour: int = 7, minute: int = 30) -> str:
-        return f"{(self.day0 + timedelta(days=day)).isoformat()}T{hour:02d}:{minute:02d}:00{TZ}"
 
-    def rid(self, suffix: str) -> str:
-        return f"{self.prefix}-{suffix}"
+def observation(c: Chart, suffix: str, code: Json, value: Json, day: int, *, category: str, status: str = "final",
+                ranges: list[Json] | None = None, note: str | None = None, hour: int = 7, minute: int = 30) -> None:
+    c.observation(c.rid(suffix), code, value, c.at(day, hour, minute), status=status, category=category,
+                  issued=c.at(day, 17), ranges=ranges, note=note)
 
-    def subject(self) -> Json:
-        return {"reference": f"Patient/{self.pid}"}
 
-    def add(self, resource: Json) -> Json:
-        resource["meta"] = {"security": [HTEST]}
-        ordered = {"resourceType": resource.pop("resourceType"), "id": resource.pop("id"), "meta": resource.pop("meta")}
-        self.resources.append(ordered | resource)
-        return ordered
+def infusion(c: Chart, suffix: str, day: int, value: float, unit: str, status: str = "completed",
+             note: str | None = None) -> None:
+    """An infusion of the CAR-T product at 10:00; a not-done one says why."""
+    dose = qty(value, unit, "10^6 cells" if unit.startswith("10*6") else "cells")
+    c.medication(c.rid(suffix), concept(CART_CD7, text="Humanized CD7 CAR-T cells"), c.at(day, 10),
+                 {"text": "intravenous infusion", "dose": dose}, status=status,
+                 reason="product not released" if status == "not-done" else None, note=note)
 
-    def consent(self, day: int, active: bool) -> None:
-        """A research Consent (registry packaging is gated on an active one, docs/registry.md)."""
-        self.add({"resourceType": "Consent", "id": self.rid("consent"), "status": "active" if active else "inactive",
-                  "scope": concept(coding("http://terminology.hl7.org/CodeSystem/consentscope", "research")),
-                  "category": [concept(coding("http://terminology.hl7.org/CodeSystem/consentcategorycodes",
-                                              "research"))],
-                  "patient": self.subject(), "dateTime": self.when(day, 10, 0)})
 
-    # -- Patient, Encounter, Condition
-    def patient(self, birth: str, gender: str, deceased: str | None = None) -> None:
-        res: Json = {"resourceType": "Patient", "id": self.pid,
-                     "identifier": [{"system": "http://hospital.example.org/mrn", "value": f"SYN-{self.pid.upper()}"}],
-                     "active": True, "name": [{"text": f"Synthetic {self.pid.upper()}"}], "gender": gender,
-                     "birthDate": birth}
-        if deceased:
-            res["deceasedDateTime"] = deceased
-        self.add(res)
-
-    def encounter(self, suffix: str, klass: str, start: int, end: int, reason: str) -> None:
-        display = {"AMB": "ambulatory", "IMP": "inpatient encounter"}[klass]
-        self.add({"resourceType": "Encounter", "id": self.rid(suffix), "status": "finished",
-                  "class": coding(ACT_CODE, klass, display), "subject": self.subject(),
-                  "period": {"start": self.when(start, 9, 0), "end": self.when(end, 11 if start == end else 16, 0)},
-                  "reasonCode": [concept(text=reason)]})
-
-    def condition(self, suffix: str, code: Json, onset: int, *, clinical: str | None = "active",
-                  verification: str = "confirmed", abated: int | None = None, note: str | None = None) -> None:
-        res: Json = {"resourceType": "Condition", "id": self.rid(suffix)}
-        if clinical is not None:
-            res["clinicalStatus"] = concept(coding(CLIN_STATUS, clinical))
-        res["verificationStatus"] = concept(coding(VER_STATUS, verification))
-        res |= {"category": [concept(coding(COND_CAT, "encounter-diagnosis"))], "code": code,
-                "subject": self.subject(), "onsetDateTime": self.when(onset, 14, 0)}
-        if abated is not None:
-            res["abatementDateTime"] = self.when(abated, 14, 0)
-        res["recordedDate"] = self.when(onset, 14, 0)
-        if note:
-            res["note"] = [{"text": note}]
-        self.add(res)
-
-    # -- Observation
-    def observation(self, suffix: str, code: Json, value: Json, day: int, *, category: str,
-                    status: str = "final", ranges: list[Json] | None = None, note: str | None = None,
-                    hour: int = 7, minute: int = 30) -> None:
-        res: Json = {"resourceType": "Observation", "id": self.rid(suffix), "status": status,
-                     "category": [concept(coding(OBS_CAT, category))], "code": code, "subject": self.subject(),
-                     "effectiveDateTime": self.when(day, hour, minute), "issued": self.when(day, 17, 0)}
-        res |= value
-        if ranges:
-            res["referenceRange"] = ranges
-        note = note or (SYNTHETIC if self.published else None)
-        if note:
-            res["note"] = [{"text": note}]
-        self.add(res)
-
-    # -- MedicationAdministration
-    def infusion(self, suffix: str, day: int, value: float, unit: str, status: str = "completed",
-                 note: str | None = None) -> None:
-        res: Json = {"resourceType": "MedicationAdministration", "id": self.rid(suffix), "status": status}
-        if status == "not-done":
-            res["statusReason"] = [concept(text="product not released")]
-        res |= {"medicationCodeableConcept": concept(coding(PHARMACY, "CART-CD7", "Humanized CD7 CAR-T cells"),
-                                                     text="Humanized CD7 CAR-T cells"),
-                "subject": self.subject(), "effectiveDateTime": self.when(day, 10, 0),
-                "dosage": {"text": "intravenous infusion",
-                           "dose": qty(value, unit, "10^6 cells" if unit.startswith("10*6") else "cells")}}
-        if note:
-            res["note"] = [{"text": note}]
-        self.add(res)
+def consent(c: Chart, day: int, active: bool) -> None:
+    """A research Consent (registry packaging is gated on an active one, docs/registry.md)."""
+    c.consent(c.rid("consent"), c.at(day, 10), active=active)
 
 
 def day_tag(day: int) -> str:
@@ -270,17 +195,17 @@ def lab(c: Chart, kind: str, value: float, day: int, unit: str | None = None, *,
     rng = spec.ranges[unit]
     ranges = [{"low": qty(rng[0], unit, UNIT_TEXT.get(unit)), "high": qty(rng[1], unit, UNIT_TEXT.get(unit))}] \
         if rng else None
-    c.observation(suffix or f"{kind}-{day_tag(day)}", concept(spec.code),
+    observation(c, suffix or f"{kind}-{day_tag(day)}", concept(spec.code),
                   {"valueQuantity": qty(value, unit, UNIT_TEXT.get(unit), comparator)}, day,
                   category=spec.category, ranges=ranges, **kw)
 
 
 def answer(c: Chart, suffix: str, code: Json, value: Json, day: int, category: str = "laboratory") -> None:
-    c.observation(suffix, concept(code), {"valueCodeableConcept": concept(value)}, day, category=category)
+    observation(c, suffix, concept(code), {"valueCodeableConcept": concept(value)}, day, category=category)
 
 
 def score(c: Chart, suffix: str, code: Json, value: int, day: int, category: str, hour: int = 14) -> None:
-    c.observation(suffix, concept(code), {"valueInteger": value}, day, category=category, hour=hour, minute=0)
+    observation(c, suffix, concept(code), {"valueInteger": value}, day, category=category, hour=hour, minute=0)
 
 
 UNIT_SCALE = {"10*9/L": 1.0, "10*3/uL": 1.0, "/uL": 1000.0}
@@ -375,12 +300,12 @@ def screening(c: Chart, *, birth: str, sex: str, dx: tuple[str, str, str], marro
     bilirubin, negative hCG (women), HBsAg, HCV antibody and HIV; the blood counts are those of active
     leukaemia (pre-infusion, so not adverse events).
     """
-    c.patient(birth, sex, deceased)
+    c.patient(birth, sex, deceased=deceased)
     relapse = dx[0] == ICD10
-    c.condition("dx", icd(*dx), -400, clinical="relapse" if relapse else "active",
+    condition(c, "dx", icd(*dx), -400, clinical="relapse" if relapse else "active",
                 note="published: relapsed/refractory AML (Cao X et al., Exp Hematol Oncol 2022;11:67)"
                 if published else None)
-    c.encounter("screening", "AMB", -14, -14, "CD7 CAR-T trial screening")
+    encounter(c, "screening", "AMB", -14, -14, "CD7 CAR-T trial screening")
     note = PUBLISHED if published else None
     marrow(c, -14, marrow_blasts, note=note)
     lab(c, "cd7", cd7, -14, hour=9, minute=30, note=note)
@@ -401,11 +326,11 @@ def screening(c: Chart, *, birth: str, sex: str, dx: tuple[str, str, str], marro
 def admission(c: Chart, weight: float, unit: str = "kg", discharge: int = 21) -> None:
     """Admission for lymphodepletion and infusion (day -6 to ``discharge``); weight on day -7."""
     lab(c, "weight", weight, -7, unit, hour=8, minute=0)
-    c.encounter("admission", "IMP", -6, discharge, "lymphodepletion and CD7 CAR-T infusion")
+    encounter(c, "admission", "IMP", -6, discharge, "lymphodepletion and CD7 CAR-T infusion")
 
 
 def follow_up(c: Chart, day: int) -> None:
-    c.encounter(f"visit-{day_tag(day)}", "AMB", day, day, "follow-up after CD7 CAR-T")
+    encounter(c, f"visit-{day_tag(day)}", "AMB", day, day, "follow-up after CD7 CAR-T")
 
 
 def syndrome(c: Chart, suffix: str, code: str, onset: int, abated: int) -> None:
@@ -413,7 +338,7 @@ def syndrome(c: Chart, suffix: str, code: str, onset: int, abated: int) -> None:
     grade = code[-1]
     name = "Cytokine release syndrome" if code.startswith("D89") else \
         "Immune effector cell-associated neurotoxicity syndrome"
-    c.condition(suffix, icd(ICD10CM, code, f"{name}, grade {grade}"), onset, clinical="resolved", abated=abated)
+    condition(c, suffix, icd(ICD10CM, code, f"{name}, grade {grade}"), onset, clinical="resolved", abated=abated)
 
 
 def treated(c: Chart, factor: float, last_day: int, cbc_days: tuple[int, ...] = (7, 14, 21),
@@ -499,7 +424,7 @@ def infused(day_zero: str, infusions: list[Json], weight_kg: float, course_cells
 def _t01(c: Chart) -> None:
     screening(c, birth="1991-05-14", sex="male", dx=AML_CM, marrow_blasts=35.0, cd7=88.2)
     admission(c, 60.0)
-    c.infusion("inf-1", 0, 120, "10*6{cells}")
+    infusion(c, "inf-1", 0, 120, "10*6{cells}")
     syndrome(c, "crs", "D89.831", 1, 3)
     lab(c, "anc", 0.2, 14, status="entered-in-error", suffix="anc-d14-error")
     treated(c, 1.0, 540, cbc_days=(7, 14, 21, 180, 540))
@@ -523,7 +448,7 @@ def _t01(c: Chart) -> None:
 def _t02(c: Chart) -> None:
     screening(c, birth="1997-08-02", sex="female", dx=ALL_CM, marrow_blasts=62.0, cd7=92.0)
     admission(c, 55.0)
-    c.infusion("inf-1", 0, 2.2e8, "{cells}")
+    infusion(c, "inf-1", 0, 2.2e8, "{cells}")
     syndrome(c, "crs", "D89.832", 2, 6)
     syndrome(c, "icans", "G92.01", 5, 7)
     treated(c, 0.5, 90, cbc_days=(7, 14, 21, 42, 90),
@@ -542,7 +467,7 @@ def _t02(c: Chart) -> None:
 def _t03(c: Chart) -> None:
     screening(c, birth="1980-10-21", sex="male", dx=AML_CM, marrow_blasts=28.0, cd7=76.5)
     admission(c, 72.0)
-    c.infusion("inf-1", 0, 3.6e8, "{cells}")
+    infusion(c, "inf-1", 0, 3.6e8, "{cells}")
     treated(c, 2.0, 90, cbc_days=(7, 14, 21, 42, 90),
             cbc_special={7: (2.6, 160.0, 12.9), 14: (2.9, 120.0, 12.8), 21: (3.1, 95.0, 13.0),
                          42: (2.8, 155.0, 13.1)}, anc_unit="/uL", plt_unit="10*3/uL")
@@ -564,7 +489,7 @@ def _t03(c: Chart) -> None:
 def _t04(c: Chart) -> None:
     screening(c, birth="1973-04-09", sex="female", dx=MPAL_CM, marrow_blasts=48.0, cd7=81.0)
     admission(c, 64.0, discharge=28)
-    c.infusion("inf-1", 0, 160, "10*6{cells}")
+    infusion(c, "inf-1", 0, 160, "10*6{cells}")
     treated(c, 1.5, 90, cbc_days=(7, 14, 21, 42, 90),
             cbc_special={7: (0.4, 40.0, 9.4), 14: (0.6, 35.0, 10.5), 21: (0.8, 42.0, 12.2),
                          42: (1.6, 110.0, 12.8)})
@@ -584,8 +509,8 @@ def _t05(c: Chart) -> None:
     screening(c, birth="1986-12-01", sex="male", dx=AML_CM, marrow_blasts=40.0, cd7=69.3)
     finding(c, "auer-dm14", coding(LAB, "AUER", "Auer rods seen"), True, -14)
     admission(c, 80.0)
-    c.infusion("inf-1", 0, 2.4e8, "{cells}")
-    c.condition("crs-error", icd(ICD10CM, "D89.834", "Cytokine release syndrome, grade 4"), 2, clinical=None,
+    infusion(c, "inf-1", 0, 2.4e8, "{cells}")
+    condition(c, "crs-error", icd(ICD10CM, "D89.834", "Cytokine release syndrome, grade 4"), 2, clinical=None,
                 verification="entered-in-error")
     treated(c, 0.8, 60, cbc_days=(7, 14, 21, 60), anc_unit="10*3/uL")
     assess(c, 28, 12.0, 2.1, 175.0, blasts_kind="blasts-count", anc_unit="10*3/uL")
@@ -601,7 +526,7 @@ def _t05(c: Chart) -> None:
 def _t06(c: Chart) -> None:
     screening(c, birth="1964-07-30", sex="female", dx=AML_CN, marrow_blasts=60.0, cd7=55.0)
     admission(c, 50.0)
-    c.infusion("inf-1", 0, 1.5e7, "{cells}")
+    infusion(c, "inf-1", 0, 1.5e7, "{cells}")
     treated(c, 0.1, 60, cbc_days=(7, 14, 21, 60))
     assess(c, 28, 45.0, 2.0, 160.0, blasts=12.0)
 
@@ -615,7 +540,7 @@ def _t06(c: Chart) -> None:
 def _t07(c: Chart) -> None:
     screening(c, birth="2002-09-15", sex="male", dx=ALL_CM, marrow_blasts=70.0, cd7=97.1)
     admission(c, 68.0)
-    c.infusion("inf-1", 0, 204, "10*6{cells}")
+    infusion(c, "inf-1", 0, 204, "10*6{cells}")
     treated(c, 1.2, 28, cbc_days=(7, 14, 21, 28))
 
 
@@ -630,7 +555,7 @@ def _t08(c: Chart) -> None:
     screening(c, birth="1978-11-11", sex="female", dx=AML_CM, marrow_blasts=22.0, cd7=84.4,
               deceased="2026-06-20T03:15:00+08:00")
     admission(c, 58.0)
-    c.infusion("inf-1", 0, 1.16e8, "{cells}")
+    infusion(c, "inf-1", 0, 1.16e8, "{cells}")
     syndrome(c, "crs", "D89.833", 1, 5)
     syndrome(c, "icans", "G92.03", 6, 10)
     treated(c, 1.0, 60, cbc_days=(7, 14, 21, 60))
@@ -652,7 +577,7 @@ QPCR_T09: tuple[tuple[int, float], ...] = (
 def _t09(c: Chart) -> None:
     screening(c, birth="1994-03-03", sex="male", dx=AML_CM, marrow_blasts=55.0, cd7=90.2)
     admission(c, 75.0)
-    c.infusion("inf-1", 0, 300, "10*6{cells}")
+    infusion(c, "inf-1", 0, 300, "10*6{cells}")
     syndrome(c, "crs", "D89.834", 3, 9)
     cbc_series(c, (7, 14, 21))
     chem_series(c, (7, 14, 28))
@@ -676,7 +601,7 @@ def _t09(c: Chart) -> None:
 def _t10(c: Chart) -> None:
     screening(c, birth="1989-06-18", sex="female", dx=AML_CM, marrow_blasts=30.0, cd7=73.8)
     admission(c, 62.0)
-    c.infusion("inf-1", 0, 1.86e8, "{cells}")
+    infusion(c, "inf-1", 0, 1.86e8, "{cells}")
     cbc_series(c, (7, 14, 21, 90))
     chem_series(c, (7, 14, 28), {7: {"bili-molar": 42.75}, 14: {"bili-molar": 15.0}}, molar_bili=True)
     qpcr(c, 0.6, 120)
@@ -697,8 +622,8 @@ def _t11(c: Chart) -> None:
     screening(c, birth="1983-02-27", sex="male", dx=AML_CM, marrow_blasts=33.0, cd7=86.0)
     lab(c, "weight", 80.0, -40, "kg", hour=8, minute=0)
     admission(c, 165.0, "[lb_av]")
-    c.infusion("inf-1", 0, 1.5e8, "{cells}", note="split dose 1 of 2")
-    c.infusion("inf-2", 2, 1.5e8, "{cells}", note="split dose 2 of 2")
+    infusion(c, "inf-1", 0, 1.5e8, "{cells}", note="split dose 1 of 2")
+    infusion(c, "inf-2", 2, 1.5e8, "{cells}", note="split dose 2 of 2")
     ice = coding(NEURO, "ICE", "ICE score")
     score(c, "ice-d5", ice, 5, 5, "exam")
     score(c, "ice-d8", ice, 10, 8, "exam")
@@ -717,8 +642,8 @@ def _t12(c: Chart) -> None:
     screening(c, birth="1999-12-05", sex="female", dx=AML_CM, marrow_blasts=26.0, cd7=91.5)
     admission(c, 58000.0, "g")
     for n, (day, cells) in enumerate(((0, 5.8e7), (1, 5.8e7), (2, 1.16e8)), start=1):
-        c.infusion(f"inf-{n}", day, cells, "{cells}", note=f"split dose {n} of 3")
-    c.infusion("inf-4", 15, 1.16e8, "{cells}", note="second infusion (not part of the first course)")
+        infusion(c, f"inf-{n}", day, cells, "{cells}", note=f"split dose {n} of 3")
+    infusion(c, "inf-4", 15, 1.16e8, "{cells}", note="second infusion (not part of the first course)")
     lab(c, "weight", 55000.0, 14, "g", hour=8, minute=0)
     treated(c, 1.1, 90, cbc_days=(7, 14, 21, 90))
     assess(c, 28, 1.1, 2.6, 200.0)
@@ -735,7 +660,7 @@ def _t12(c: Chart) -> None:
 def _t13(c: Chart) -> None:
     screening(c, birth="1975-08-19", sex="male", dx=AML_CM, marrow_blasts=42.0, cd7=79.9)
     admission(c, 70.0)
-    c.infusion("inf-1", 0, 840, "10*6{cells}")
+    infusion(c, "inf-1", 0, 840, "10*6{cells}")
     for day, temp, pressors, flow in ((2, 38.6, 1, 2.0), (5, 36.8, 0, 0.0)):
         lab(c, "temp", temp, day, hour=14, minute=0)
         score(c, f"vasopressors-{day_tag(day)}", coding(ICU, "VASOPRESSORS", "Number of vasopressors"), pressors,
@@ -758,9 +683,9 @@ def _t13(c: Chart) -> None:
 def _t14(c: Chart) -> None:
     screening(c, birth="1992-10-10", sex="female", dx=AML_CM, marrow_blasts=38.0, cd7=83.3)
     admission(c, 65.0)
-    c.infusion("inf-error", -1, 2.0e8, "{cells}", status="entered-in-error",
+    infusion(c, "inf-error", -1, 2.0e8, "{cells}", status="entered-in-error",
                note="recorded against the wrong date; see the completed administration")
-    c.infusion("inf-1", 0, 1.3e8, "{cells}")
+    infusion(c, "inf-1", 0, 1.3e8, "{cells}")
     treated(c, 0.9, 60, cbc_days=(7, 14, 21, 60),
             chem_special={7: {"ast": 90.0, "alt": 150.0}, 14: {"ast": 35.0, "alt": 45.0},
                           28: {"ast": 22.0, "alt": 30.0}})
@@ -783,8 +708,8 @@ def _cao(c: Chart) -> None:
     c.published = True
     screening(c, birth="2008-11-03", sex="female", dx=AML_CN, marrow_blasts=20.0, cd7=95.6, published=True)
     admission(c, 50.0, discharge=28)
-    c.infusion("inf-1", 0, 1.0e8, "{cells}", note="split dose 1 of 2 (total 5 x10^6 cells/kg, published)")
-    c.infusion("inf-2", 1, 1.5e8, "{cells}", note="split dose 2 of 2 (total 5 x10^6 cells/kg, published)")
+    infusion(c, "inf-1", 0, 1.0e8, "{cells}", note="split dose 1 of 2 (total 5 x10^6 cells/kg, published)")
+    infusion(c, "inf-2", 1, 1.5e8, "{cells}", note="split dose 2 of 2 (total 5 x10^6 cells/kg, published)")
     syndrome(c, "crs", "D89.833", 2, 7)
     treated(c, 2.5, 90, cbc_days=(7, 14, 28, 60, 90),
             cbc_special={7: (0.3, 40.0, 12.4), 14: (0.35, 28.0, 12.3), 28: (1.9, 155.0, 12.6)})
@@ -805,7 +730,7 @@ def _s01(c: Chart) -> None:
 def _s02(c: Chart) -> None:
     screening(c, birth="1967-09-09", sex="male", dx=AML_CM, marrow_blasts=50.0, cd7=80.0)
     admission(c, 70.0, discharge=-1)
-    c.infusion("inf-1", 0, 2.8e8, "{cells}", status="not-done")
+    infusion(c, "inf-1", 0, 2.8e8, "{cells}", status="not-done")
 
 
 # --- t15-t19 (issue 12): values a real EHR sends that cannot be used (RULES.md §3-§5)
@@ -819,8 +744,8 @@ def _s02(c: Chart) -> None:
 def _t15(c: Chart) -> None:
     screening(c, birth="1990-01-17", sex="male", dx=AML_CM, marrow_blasts=36.0, cd7=85.0)
     admission(c, 60.0)
-    c.infusion("inf-1", 0, 1.5e8, "{cells}", note="split dose 1 of 2")
-    c.infusion("inf-2", 1, 1.5e8, "{cells}", status="stopped",
+    infusion(c, "inf-1", 0, 1.5e8, "{cells}", note="split dose 1 of 2")
+    infusion(c, "inf-2", 1, 1.5e8, "{cells}", status="stopped",
                note="split dose 2 of 2, stopped early (infusion reaction); delivered volume not recorded")
     treated(c, 0.7, 90, cbc_days=(7, 14, 21, 90))
     assess(c, 28, 1.2, 2.8, 195.0)
@@ -835,7 +760,7 @@ def _t15(c: Chart) -> None:
 def _t16(c: Chart) -> None:
     screening(c, birth="1977-05-03", sex="female", dx=AML_CM, marrow_blasts=44.0, cd7=78.0)
     admission(c, 70.0)
-    c.infusion("inf-1", 0, -2.0e8, "{cells}", note="cell count entered with a sign error")
+    infusion(c, "inf-1", 0, -2.0e8, "{cells}", note="cell count entered with a sign error")
     treated(c, 1.3, 90, cbc_days=(7, 14, 21, 90))
     assess(c, 28, 0.9, 2.9, 205.0)
 
@@ -850,8 +775,8 @@ def _t16(c: Chart) -> None:
 def _t17(c: Chart) -> None:
     screening(c, birth="1985-09-29", sex="male", dx=ALL_CM, marrow_blasts=31.0, cd7=94.0)
     admission(c, 70.0)
-    c.infusion("inf-1", 0, 2.1e8, "{cells}")
-    c.condition("crs", icd(ICD10CM, "D89.839", "Cytokine release syndrome, grade unspecified"), 2,
+    infusion(c, "inf-1", 0, 2.1e8, "{cells}")
+    condition(c, "crs", icd(ICD10CM, "D89.839", "Cytokine release syndrome, grade unspecified"), 2,
                 clinical="resolved", abated=6)
     for day, temp, pressors, flow in ((2, 38.9, 1, 2.0), (5, 36.9, 0, 0.0)):
         lab(c, "temp", temp, day, hour=14, minute=0)
@@ -872,7 +797,7 @@ def _t17(c: Chart) -> None:
 def _t18(c: Chart) -> None:
     screening(c, birth="1995-02-08", sex="female", dx=MPAL_CM, marrow_blasts=27.0, cd7=88.0)
     admission(c, 60.0)
-    c.infusion("inf-1", 0, 1.8e8, "{cells}")
+    infusion(c, "inf-1", 0, 1.8e8, "{cells}")
     treated(c, 0.4, 90, cbc_days=(7, 14, 21, 90))
     marrow(c, 28, 1.1)
     blood_blasts(c, 28, 0.0)
@@ -887,7 +812,7 @@ def _t18(c: Chart) -> None:
 def _t19(c: Chart) -> None:
     screening(c, birth="1970-12-24", sex="male", dx=AML_CM, marrow_blasts=52.0, cd7=71.0)
     admission(c, 80.0)
-    c.infusion("inf-1", 0, 2.4e8, "{cells}")
+    infusion(c, "inf-1", 0, 2.4e8, "{cells}")
     treated(c, 0.2, 90, cbc_days=(7, 14, 21, 90))
     marrow(c, 28, 150.0)
     blood_blasts(c, 28, 0.0)
@@ -1037,9 +962,9 @@ def build_intent(cases: list[Case]) -> Json:
 def charts(cases: list[Case]) -> list[Chart]:
     out = []
     for cs in cases:
-        chart = Chart(cs.pid, cs.day0, prefix=cs.prefix)
+        chart = Chart(cs.pid, anchor=cs.day0, prefix=cs.prefix or None)
         cs.build(chart)
-        chart.consent(-20, active=cs.pid not in WITHDRAWN)
+        consent(chart, -20, active=cs.pid not in WITHDRAWN)
         out.append(chart)
     return out
 
@@ -1077,9 +1002,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         written = generate(args.out, schema_file(args.schema))
     except GenerationError as exc:
-        print(f"make_treated_samples: {exc}", file=sys.stderr)
+        print(f"samplegen.treated: {exc}", file=sys.stderr)
         return 1
-    print(f"make_treated_samples: {len(CASES)} patients, wrote {len(written)} files to {args.out}")
+    print(f"samplegen.treated: {len(CASES)} patients, wrote {len(written)} files to {args.out}")
     return 0
 
 
