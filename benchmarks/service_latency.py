@@ -1,6 +1,6 @@
 """Latency of the subscription-driven pre-screen: EHR admission -> ResearchSubject written on the EHR.
 
-``python benchmarks/service_latency.py [--patients N] [--rate R] [--mode classic|topic] [--workers W]``
+``python -m benchmarks.service_latency [--patients N] [--rate R] [--mode classic|topic] [--workers W]``
 
 Starts a fresh peer FHIR server (sekmet-fhir, ``tests/integration/peer.py``) and the bridge service
 (``server.py``) on loopback, loads N synthetic patients (clones of sample patient p01 under new ids), runs
@@ -30,14 +30,13 @@ from typing import Any
 import requests
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bridge.client import FhirClient
+from bridge.publish.subject import subject_identifier
+from bridge.state import open_state
+from tests.integration.loading import load_bundle, sample_resources
+from tests.integration.peer import PeerServer, find_sekmet, free_port
 
-from bridge.client import FhirClient  # noqa: E402 - after the repository is on the path
-from bridge.publish.subject import subject_identifier  # noqa: E402
-from bridge.store import SqliteStore  # noqa: E402
-from tests.integration.loading import load_bundle, sample_resources  # noqa: E402
-from tests.integration.peer import PeerServer, find_sekmet, free_port  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 Json = dict[str, Any]
 TEMPLATE = "p01"
@@ -129,7 +128,7 @@ def wait_written(client: FhirClient, pids: set[str], timeout: float) -> dict[str
 
 def report(sent: dict[str, float], written: dict[str, float], store_path: Path, args: argparse.Namespace) -> Json:
     latencies = [(written[p] - sent[p]) * 1000 for p in sent if p in written]
-    store = SqliteStore(store_path)
+    store = open_state(store_path)
     stats = store.stats()
     store.close()
     span = (max(written.values()) - min(sent.values())) if written else float("nan")

@@ -57,7 +57,8 @@ def coding(system: str, code: str, display: str | None = None) -> Json:
 
 
 def concept(*codings: Json, text: str | None = None) -> Json:
-    out: Json = {"coding": list(codings)}
+    """A CodeableConcept; no ``coding`` element when there is none (FHIR JSON has no empty arrays)."""
+    out: Json = {"coding": list(codings)} if codings else {}
     if text:
         out["text"] = text
     return out

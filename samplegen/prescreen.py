@@ -859,7 +859,7 @@ def build_intent(cases: list[Case]) -> Json:
     if statuses.count("candidate") < 4 or not {"potential-candidate", "ineligible"} <= set(statuses):
         raise GenerationError("the statuses candidate (>= 4), potential-candidate and ineligible must all appear")
     return {"description": "Intended pre-screen verdicts (RULES.md §2), hand-written per case in "
-                           "scripts/make_samples.py; not produced by the engine.",
+                           "samplegen/prescreen.py; not produced by the engine.",
             "as_of": AS_OF.isoformat(), "site_map": "samples/site-map.yaml",
             "impossible": IMPOSSIBLE, "patients": patients,
             "notScreened": skipped}

@@ -946,7 +946,7 @@ def _cohort_problems(cases: list[Case]) -> list[str]:
 def build_intent(cases: list[Case]) -> Json:
     check_intent(cases)
     return {"description": "Intended treated-cohort assessment (RULES.md §4-§5), hand-written per patient in "
-                           "scripts/make_treated_samples.py; not produced by the engine. Counts in 10*9/L, blasts "
+                           "samplegen/treated.py; not produced by the engine. Counts in 10*9/L, blasts "
                            "in %, cells as absolute numbers, dates as written (local); null where the result is not "
                            "usable (RULES.md §3) or the value cannot be known.",
             "asOf": AS_OF.isoformat(), "siteMap": "samples/site-map.yaml",
