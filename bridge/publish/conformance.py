@@ -43,7 +43,7 @@ from bridge.evaluate.grading import AE_GRADE_EXTENSION, GRADING_SYSTEM
 from bridge.normalize.mappings import profiles_dir
 from bridge.publish.outcomes import AE_TERM_SYSTEM, ASSESSMENT_SYSTEM, RESPONSE_SYSTEM, RESPONSES
 from bridge.publish.provenance import ACTIVITIES, ACTIVITY_SYSTEM
-from bridge.publish.study import BRIDGE_BASE, REGISTRY_STATUS_EXTENSION, criteria_system, study_logical_id
+from bridge.publish.study import BRIDGE_BASE, criteria_system, study_logical_id
 from bridge.publish.subject import PRESCREEN_EXTENSION, READINGS, RESULTS, SUBJECT_ID_SYSTEM
 from bridge.trial import Trial, load_trial
 
@@ -525,6 +525,23 @@ def profiles(trial: Trial | None = None) -> list[Json]:
     return [subject, response, adverse]
 
 
+def profile_for(resource: Mapping[str, Any]) -> str | None:
+    """The bridge profile a resource the bridge publishes claims, or None: a ResearchSubject with the bridge's
+    identifier, an Observation coded with the bridge's assessment codes, an AdverseEvent naming the study."""
+    rtype = resource.get("resourceType")
+    if rtype == "ResearchSubject" and any(isinstance(i, dict) and i.get("system") == SUBJECT_ID_SYSTEM
+                                          for i in resource.get("identifier") or []):
+        return SUBJECT_PROFILE
+    code = resource.get("code")
+    code = code if isinstance(code, dict) else {}
+    if rtype == "Observation" and any(isinstance(c, dict) and c.get("system") == ASSESSMENT_SYSTEM
+                                      for c in code.get("coding") or []):
+        return RESPONSE_PROFILE
+    if rtype == "AdverseEvent" and resource.get("identifier") and resource.get("study"):
+        return ADVERSE_EVENT_PROFILE
+    return None
+
+
 # ---------------------------------------------------------------------------------------------- all of them
 
 
@@ -590,8 +607,8 @@ def load_resources(trial: Trial | None = None) -> list[Json]:
 
 
 __all__ = ["ADVERSE_EVENT_PROFILE", "RESPONSE_PROFILE", "SUBJECT_PROFILE", "conformance_resources",
-           "criteria_code_system", "definitions_dir", "extension_definition", "load_resources", "profiles",
-           "terminology", "validator_dir", "value_set", "write_files"]
+           "criteria_code_system", "definitions_dir", "extension_definition", "load_resources", "profile_for",
+           "profiles", "terminology", "validator_dir", "value_set", "write_files"]
 
 
 if __name__ == "__main__":  # python -m bridge.publish.conformance: regenerate the committed files

@@ -9,6 +9,16 @@
   lifecycle status is kept and only the verdicts are refreshed.
 - Every written resource is accompanied by a Provenance naming the bridge version and the rule set.
 - Nothing is sent that fails the official R4 JSON Schema or our own code checks.
+- ``publish_study`` first writes the bridge's conformance resources (``bridge.publish.conformance``: its
+  StructureDefinitions, CodeSystems and ValueSets), each found again by its canonical ``url`` and written only
+  when its content changed: by conditional update ``PUT Type?url=…`` where the server's CapabilityStatement
+  offers the ``url`` search parameter for the type, else by id (the one found, with If-Match, or the bridge's
+  own stable id) — never a duplicate. One Provenance names what one run wrote.
+- Where the server's CapabilityStatement offers transactions (``rest.interaction`` ``transaction``), a
+  ResearchSubject and its Provenance travel in one transaction Bundle (``publish_prescreen`` asks once per
+  client): the subject by conditional update on its identifier (``PUT ResearchSubject?identifier=…``), the
+  Provenance targeting it by ``urn:uuid``; a server that rejects that as ``not-supported`` gets the same
+  transaction with the subject written by id (If-Match) or created. Otherwise two requests, as before.
 - Who gets a ResearchSubject at all is the one publication policy of ``bridge.publish.policy``, applied by
   ``publish_screenings`` / ``publish_prescreen`` (the CLI's ``--publish``) exactly as by the service:
   screened patients whose ``inc-diagnosis`` is not ``not-met``, or who already have a ResearchSubject; never a
@@ -17,15 +27,18 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import uuid
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from bridge.client import FhirClient, FhirResult
+from bridge.client import FhirClient, FhirResult, location_id, parse_etag, weak_etag
 from bridge.config import RuleOptions
-from bridge.errors import RemoteError, ServerRejected
+from bridge.errors import BridgeError, RemoteError, ServerRejected
 from bridge.evaluate.eligibility import Screening
 from bridge.model import NotScreened
 from bridge.publish.policy import select
@@ -53,8 +66,11 @@ def _now() -> datetime:
 
 
 def publish_study(client: FhirClient, organ_reading: str = "organ-function",
-                  clock: Callable[[], datetime] = _now) -> Written:
-    """``PUT ResearchStudy/nct04762485`` unless the server already holds the same content; Provenance."""
+                  clock: Callable[[], datetime] = _now, conformance: bool = True) -> Written:
+    """The bridge's conformance resources (``publish_conformance``, unless ``conformance`` is False), then
+    ``PUT ResearchStudy/nct04762485`` unless the server already holds the same content; Provenance."""
+    if conformance:
+        publish_conformance(client, clock)
     study = research_study(organ_reading=organ_reading)
     study["id"] = STUDY_LOGICAL_ID
     validate_output(study)
@@ -66,6 +82,96 @@ def publish_study(client: FhirClient, organ_reading: str = "organ-function",
     outcome = "created" if current is None else "updated"
     log.info("ResearchStudy/%s %s", STUDY_LOGICAL_ID, outcome)
     return Written(f"ResearchStudy/{STUDY_LOGICAL_ID}", outcome, result.version_id)
+
+
+# ---------------------------------------------------------------------------------------------- capabilities
+
+_CAPABILITIES: weakref.WeakKeyDictionary[FhirClient, Json] = weakref.WeakKeyDictionary()
+
+
+def server_capabilities(client: FhirClient) -> Json:
+    """The server's CapabilityStatement, read once per client; ``{}`` when it cannot be read (the caller then
+    takes the plain paths, which need nothing from it)."""
+    if client not in _CAPABILITIES:
+        try:
+            statement = client.capabilities()
+        except BridgeError as exc:
+            log.info("the server's CapabilityStatement cannot be read (%s): no transactions",
+                     type(exc).__name__)
+            statement = {}
+        _CAPABILITIES[client] = statement if isinstance(statement, dict) else {}
+    return _CAPABILITIES[client]
+
+
+def _server_rest(statement: Json) -> list[Json]:
+    return [r for r in statement.get("rest") or [] if isinstance(r, dict) and r.get("mode", "server") == "server"]
+
+
+def offers_transaction(client: FhirClient) -> bool:
+    """Whether the server's CapabilityStatement lists the system interaction ``transaction``."""
+    return any(isinstance(i, dict) and i.get("code") == "transaction"
+               for rest in _server_rest(server_capabilities(client)) for i in rest.get("interaction") or [])
+
+
+def offers_search_param(client: FhirClient, resource_type: str, name: str) -> bool:
+    """Whether the server declares search parameter ``name`` on ``resource_type`` and conditional updates."""
+    for rest in _server_rest(server_capabilities(client)):
+        for res in rest.get("resource") or []:
+            if isinstance(res, dict) and res.get("type") == resource_type and res.get("conditionalUpdate"):
+                return any(isinstance(p, dict) and p.get("name") == name for p in res.get("searchParam") or [])
+    return False
+
+
+# ---------------------------------------------------------------------------------------------- conformance
+
+
+def find_by_url(client: FhirClient, resource_type: str, url: str) -> Json | None:
+    """The resource of this type whose canonical ``url`` is ``url`` — checked client-side, since a server may
+    ignore the ``url`` parameter; of several, the first by id."""
+    found = [r for r in client.search(resource_type, {"url": url}, matches_only=True) if r.get("url") == url]
+    if len(found) > 1:
+        log.warning("%s: %d resources carry the same canonical url; updating the first", resource_type, len(found))
+    return min(found, key=lambda r: str(r.get("id"))) if found else None
+
+
+def _write_canonical(client: FhirClient, resource: Json, current: Json | None) -> FhirResult:
+    rtype = resource["resourceType"]
+    if current is not None:
+        return client.update({**resource, "id": current["id"]}, if_match=_version(current))
+    if offers_search_param(client, rtype, "url"):
+        try:
+            return client.conditional_update({k: v for k, v in resource.items() if k != "id"},
+                                             {"url": resource["url"]})
+        except ServerRejected as exc:
+            if not _not_supported(exc):
+                raise
+    return client.update(resource)  # the bridge's own stable id: update as create, never a duplicate
+
+
+def publish_conformance(client: FhirClient, clock: Callable[[], datetime] = _now) -> list[Written]:
+    """Write the bridge's StructureDefinitions, CodeSystems and ValueSets where the server does not hold them
+    as they are (found again by canonical url); one Provenance for what was written."""
+    from bridge.publish.conformance import load_resources  # local: reads the committed files
+
+    written: list[Written] = []
+    for resource in load_resources():
+        validate_output(resource)
+        rtype = resource["resourceType"]
+        current = find_by_url(client, rtype, resource["url"])
+        if current is not None and _same(current, resource):
+            written.append(Written(f"{rtype}/{current.get('id')}", "unchanged", _version(current)))
+            continue
+        result = _write_canonical(client, resource, current)
+        outcome = "created" if current is None else "updated"
+        written.append(Written(f"{rtype}/{result.id}", outcome, result.version_id))
+        log.info("%s/%s %s", rtype, result.id, outcome)
+    changed = [w for w in written if w.outcome != "unchanged"]
+    if changed:
+        targets = [f"{w.reference}/_history/{w.version}" if w.version else w.reference for w in changed]
+        prov = provenance(targets, "conformance-publication", clock())
+        validate_output(prov)
+        client.create(prov)
+    return written
 
 
 def _read_if_exists(client: FhirClient, resource_type: str, resource_id: str) -> Json | None:
@@ -152,8 +258,10 @@ def _checked_subject(patient_id: str, status: str, screening: Screening, options
 
 
 def publish_subject(client: FhirClient, screening: Screening, options: RuleOptions,
-                    clock: Callable[[], datetime] = _now) -> Written:
-    """Create or update the patient's one ResearchSubject (validated before any request), with Provenance."""
+                    clock: Callable[[], datetime] = _now, transaction: bool | None = False) -> Written:
+    """Create or update the patient's one ResearchSubject (validated before any request), with Provenance:
+    two requests, or one transaction Bundle when ``transaction`` is True (None: when the server offers
+    transactions, ``offers_transaction``)."""
     patient_id = screening.patient.removeprefix("Patient/")
     subject = _checked_subject(patient_id, screening.status, screening, options)
     current = find_subject(client, patient_id)
@@ -162,12 +270,77 @@ def publish_subject(client: FhirClient, screening: Screening, options: RuleOptio
         subject = _checked_subject(patient_id, str(current.get("status")), screening, options)
     if current is not None and subject_fingerprint(current) == subject_fingerprint(subject):
         return Written(f"ResearchSubject/{current.get('id')}", "unchanged", _version(current))
+    if transaction is None:
+        transaction = offers_transaction(client)
+    outcome = "created" if current is None else "updated"
+    if transaction:
+        written = _subject_transaction(client, subject, patient_id, current, [screening.patient], clock)
+        log.info("%s %s (transaction)", written.reference, outcome)
+        return Written(written.reference, outcome, written.version)
     result = _write_by_identifier(client, subject, identifier_query(patient_id), current)
     ref = f"ResearchSubject/{result.id}"
     _provenance(client, ref, result.version_id, "prescreen", [screening.patient], clock)
-    outcome = "created" if current is None else "updated"
     log.info("%s %s", ref, outcome)
     return Written(ref, outcome, result.version_id)
+
+
+def subject_transaction(client: FhirClient, subject: Json, patient_id: str, current: Json | None,
+                        entities: list[str], recorded: datetime, conditional: bool = True) -> Json:
+    """The transaction Bundle of one ResearchSubject and its Provenance. ``conditional``: the subject by
+    conditional update on its identifier (``fullUrl`` a ``urn:uuid`` the Provenance targets); else by id
+    with If-Match when ``current`` is known, or created (POST)."""
+    full_url = f"urn:uuid:{uuid.uuid4()}"
+    body = copy.deepcopy(subject)
+    if conditional:
+        request: Json = {"method": "PUT", "url": f"ResearchSubject?{identifier_query(patient_id)}"}
+        target = full_url
+    elif current is not None:
+        body["id"] = str(current["id"])
+        full_url = f"{client.base_url}/ResearchSubject/{body['id']}"
+        request = {"method": "PUT", "url": f"ResearchSubject/{body['id']}"}
+        if _version(current):
+            request["ifMatch"] = weak_etag(str(_version(current)))
+        target = f"ResearchSubject/{body['id']}"
+    else:
+        request = {"method": "POST", "url": "ResearchSubject"}
+        target = full_url
+    prov = provenance([target], "prescreen", recorded, entities)
+    return {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": full_url, "resource": body, "request": request},
+        {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": prov, "request": {"method": "POST", "url": "Provenance"}},
+    ]}
+
+
+def _subject_transaction(client: FhirClient, subject: Json, patient_id: str, current: Json | None,
+                         entities: list[str], clock: Callable[[], datetime]) -> Written:
+    recorded = clock()
+    bundle = subject_transaction(client, subject, patient_id, current, entities, recorded)
+    validate_output(bundle)
+    try:
+        result = client.transaction(bundle)
+    except ServerRejected as exc:
+        if not _not_supported(exc):
+            raise
+        log.info("ResearchSubject: conditional update in a transaction not supported, writing by id")
+        bundle = subject_transaction(client, subject, patient_id, current, entities, recorded, conditional=False)
+        validate_output(bundle)
+        result = client.transaction(bundle)
+    return _first_entry(result.resource)
+
+
+def _first_entry(response: Json) -> Written:
+    """The subject's reference and version from a transaction-response Bundle's first entry."""
+    entries = response.get("entry") or []
+    answer = (entries[0].get("response") or {}) if entries and isinstance(entries[0], dict) else {}
+    location = str(answer.get("location") or "")
+    rid = location_id(location.split("/_history/")[0]) if location else None
+    if rid is None and isinstance(entries[0].get("resource") if entries else None, dict):
+        rid = entries[0]["resource"].get("id")
+    if not rid:
+        raise ServerRejected("the transaction response names no ResearchSubject", status=200)
+    version = parse_etag(answer.get("etag")) or (location.split("/_history/")[1] if "/_history/" in location
+                                                   else None)
+    return Written(f"ResearchSubject/{rid}", "written", version)
 
 
 def _provenance(client: FhirClient, ref: str, version: str | None, activity: str, entities: list[str],
@@ -204,26 +377,32 @@ class Publication:
 
 
 def publish_prescreen(client: FhirClient, screenings: Iterable[Screening], options: RuleOptions,
-                      not_screened: Iterable[NotScreened] = (), clock: Callable[[], datetime] = _now) -> Publication:
+                      not_screened: Iterable[NotScreened] = (), clock: Callable[[], datetime] = _now,
+                      transaction: bool | None = None) -> Publication:
     """Publish the ResearchSubjects the publication policy allows (``bridge.publish.policy.select``): a patient
     without the study's diagnosis is published only when the EHR already holds its ResearchSubject (looked up
-    by identifier), and a patient of ``not_screened`` never."""
+    by identifier), and a patient of ``not_screened`` never. Each subject with its Provenance in one
+    transaction where the server offers transactions (``transaction`` None: asked once), else two requests."""
     selection = select(screenings, lambda pid: find_subject(client, pid) is not None, not_screened)
     if selection.withheld:
         log.info("ResearchSubjects withheld by the publication policy: %s", selection.withheld_text())
-    return Publication([publish_subject(client, s, options, clock) for s in selection.publish],
+    if selection.publish and transaction is None:
+        transaction = offers_transaction(client)
+    return Publication([publish_subject(client, s, options, clock, bool(transaction)) for s in selection.publish],
                        dict(selection.withheld))
 
 
 def publish_screenings(client: FhirClient, screenings: Iterable[Screening], options: RuleOptions,
-                       clock: Callable[[], datetime] = _now, not_screened: Iterable[NotScreened] = ()) -> list[Written]:
+                       clock: Callable[[], datetime] = _now, not_screened: Iterable[NotScreened] = (),
+                       transaction: bool | None = None) -> list[Written]:
     """``publish_prescreen``'s written subjects (the publication policy applies)."""
-    return publish_prescreen(client, screenings, options, not_screened, clock).written
+    return publish_prescreen(client, screenings, options, not_screened, clock, transaction).written
 
 
-__all__ = ["PRESCREEN_STATUSES", "Publication", "Written", "find_by_identifier", "find_subject", "publish_assessment",
-           "publish_prescreen", "publish_screenings", "publish_study", "publish_subject", "set_lifecycle_status",
-           "upsert"]
+__all__ = ["PRESCREEN_STATUSES", "Publication", "Written", "find_by_identifier", "find_by_url", "find_subject",
+           "offers_search_param", "offers_transaction", "publish_assessment", "publish_conformance",
+           "publish_prescreen", "publish_screenings", "publish_study", "publish_subject", "server_capabilities",
+           "set_lifecycle_status", "subject_transaction", "upsert"]
 
 
 def publish_assessment(client: FhirClient, doc: Json, as_of: date, comparators: str, cri_reading: str,

@@ -374,7 +374,7 @@ def test_the_study_is_created_by_id_when_absent(rsps: Any, client: FhirClient) -
     rsps.put(STUDY_URL, **created(STUDY_LOGICAL_ID, "1"))
     provenance_created(rsps)
 
-    written = publish_study(client, clock=clock)
+    written = publish_study(client, clock=clock, conformance=False)
 
     assert written == Written(f"ResearchStudy/{STUDY_LOGICAL_ID}", "created", "1")
     assert sent(rsps.calls[1]) == {**research_study(), "id": STUDY_LOGICAL_ID}
@@ -389,14 +389,15 @@ def test_a_deleted_study_is_written_again(rsps: Any, client: FhirClient) -> None
     rsps.put(STUDY_URL, **created(STUDY_LOGICAL_ID, "3"))
     provenance_created(rsps)
 
-    assert publish_study(client, clock=clock).outcome == "created"
+    assert publish_study(client, clock=clock, conformance=False).outcome == "created"
 
 
 def test_the_same_study_is_not_written_again(rsps: Any, client: FhirClient) -> None:
     rsps.get(STUDY_URL, json=study_on_server("2", text={"status": "generated", "div": "<div>x</div>"}),
              headers=FHIR)
 
-    assert publish_study(client, clock=clock) == Written(f"ResearchStudy/{STUDY_LOGICAL_ID}", "unchanged", "2")
+    assert publish_study(client, clock=clock, conformance=False) == Written(
+        f"ResearchStudy/{STUDY_LOGICAL_ID}", "unchanged", "2")
     assert len(rsps.calls) == 1
 
 
@@ -405,7 +406,8 @@ def test_a_different_study_is_updated(rsps: Any, client: FhirClient) -> None:
     rsps.put(STUDY_URL, **created(STUDY_LOGICAL_ID, "3", status=200))
     provenance_created(rsps)
 
-    assert publish_study(client, clock=clock) == Written(f"ResearchStudy/{STUDY_LOGICAL_ID}", "updated", "3")
+    assert publish_study(client, clock=clock, conformance=False) == Written(
+        f"ResearchStudy/{STUDY_LOGICAL_ID}", "updated", "3")
     assert sent(rsps.calls[1])["status"] == "active"
 
 
@@ -414,14 +416,14 @@ def test_a_failed_read_of_the_study_is_not_taken_for_absent(status: int, error: 
                                                             client: FhirClient) -> None:
     rsps.get(STUDY_URL, json=outcome("exception"), status=status, headers=FHIR)
     with pytest.raises(error):
-        publish_study(client, clock=clock)
+        publish_study(client, clock=clock, conformance=False)
     assert len(rsps.calls) == 1  # no blind PUT
 
 
 def test_an_invalid_study_sends_nothing(rsps: Any, client: FhirClient, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(publisher, "research_study", lambda **_: {**research_study(), "status": "bogus"})
     with pytest.raises(ValidationFailed):
-        publish_study(client, clock=clock)
+        publish_study(client, clock=clock, conformance=False)
     assert len(rsps.calls) == 0
 
 
@@ -502,3 +504,230 @@ def test_a_later_as_of_alone_leaves_an_unchanged_sample_subject_alone() -> None:
     subjects = [research_subject("p01", s.status, list(s.verdicts), r.options.as_of, "organ-function")
                 for s, r in zip(p01, runs, strict=True)]
     assert subject_fingerprint(subjects[0]) == subject_fingerprint(subjects[1])
+
+
+# ---------------------------------------------------------------------------------------------- transactions
+
+
+def capability(transaction: bool = True, url_param: bool = False) -> dict[str, Any]:
+    """A CapabilityStatement offering (or not) transactions and the ``url`` search on the canonical types."""
+    resources = [{"type": t, "conditionalUpdate": True,
+                  "searchParam": [{"name": "url", "type": "uri"}] if url_param else []}
+                 for t in ("StructureDefinition", "CodeSystem", "ValueSet")]
+    rest: dict[str, Any] = {"mode": "server", "resource": resources}
+    if transaction:
+        rest["interaction"] = [{"code": "transaction"}, {"code": "batch"}]
+    return {"resourceType": "CapabilityStatement", "status": "active", "date": "2026-01-01", "kind": "instance",
+            "fhirVersion": "4.0.1", "format": ["json"], "rest": [rest]}
+
+
+def transaction_response(rid: str, version: str, status: str = "201 Created") -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": "transaction-response", "entry": [
+        {"response": {"status": status, "location": f"{SUBJECTS}/{rid}/_history/{version}",
+                      "etag": f'W/"{version}"'}},
+        {"response": {"status": "201 Created", "location": f"{PROVENANCE}/prov-1/_history/1"}}]}
+
+
+def test_a_new_subject_and_its_provenance_travel_in_one_transaction(rsps: Any, client: FhirClient) -> None:
+    search_answers(rsps, searchset())
+    rsps.post(BASE, json=transaction_response("rs-1", "1"), headers=FHIR)
+
+    written = publish_subject(client, screening(), OPTIONS, clock, transaction=True)
+
+    assert written == Written("ResearchSubject/rs-1", "created", "1")
+    assert methods(rsps) == [("GET", "ResearchSubject"), ("POST", "/fhir")]
+    bundle = sent(rsps.calls[1])
+    validate_output(bundle)
+    subject_entry, prov_entry = bundle["entry"]
+    assert bundle["type"] == "transaction"
+    assert subject_entry["request"] == {"method": "PUT", "url": f"ResearchSubject?identifier={IDENT_P1}"}
+    assert subject_entry["resource"] == research_subject("p1", "candidate", list(verdicts()), AS_OF, "organ-function")
+    assert subject_entry["fullUrl"].startswith("urn:uuid:")
+    assert prov_entry["request"] == {"method": "POST", "url": "Provenance"}
+    assert prov_entry["resource"]["target"] == [{"reference": subject_entry["fullUrl"]}]
+    assert prov_entry["resource"]["policy"] == [RULESET_POLICY]
+
+
+def test_a_transaction_rejected_as_not_supported_is_sent_again_by_id(rsps: Any, client: FhirClient) -> None:
+    search_answers(rsps, searchset(stored_subject(version="3", inc_ecog="unknown"), outcome=True))
+    rsps.post(BASE, json=outcome("not-supported"), status=400, headers=FHIR)
+    rsps.post(BASE, json=transaction_response("rs-1", "4", "200 OK"), headers=FHIR)
+
+    written = publish_subject(client, screening(), OPTIONS, clock, transaction=True)
+
+    assert written == Written("ResearchSubject/rs-1", "updated", "4")
+    assert methods(rsps) == [("GET", "ResearchSubject"), ("POST", "/fhir"), ("POST", "/fhir")]
+    by_id = sent(rsps.calls[2])
+    validate_output(by_id)
+    subject_entry, prov_entry = by_id["entry"]
+    assert subject_entry["request"] == {"method": "PUT", "url": "ResearchSubject/rs-1", "ifMatch": 'W/"3"'}
+    assert subject_entry["fullUrl"] == f"{SUBJECTS}/rs-1"
+    assert subject_entry["resource"]["id"] == "rs-1"
+    assert prov_entry["resource"]["target"] == [{"reference": "ResearchSubject/rs-1"}]
+
+
+def test_a_transaction_without_a_subject_falls_back_to_create(rsps: Any, client: FhirClient) -> None:
+    search_answers(rsps, searchset(outcome=True))
+    rsps.post(BASE, json=outcome("not-supported"), status=400, headers=FHIR)
+    rsps.post(BASE, json=transaction_response("new-1", "1"), headers=FHIR)
+
+    assert publish_subject(client, screening(), OPTIONS, clock, transaction=True) == Written(
+        "ResearchSubject/new-1", "created", "1")
+    subject_entry, prov_entry = sent(rsps.calls[2])["entry"]
+    assert subject_entry["request"] == {"method": "POST", "url": "ResearchSubject"}
+    assert "id" not in subject_entry["resource"]
+    assert prov_entry["resource"]["target"] == [{"reference": subject_entry["fullUrl"]}]
+
+
+def test_another_rejection_of_the_transaction_is_raised(rsps: Any, client: FhirClient) -> None:
+    search_answers(rsps, searchset())
+    rsps.post(BASE, json=outcome("invalid"), status=400, headers=FHIR)
+
+    with pytest.raises(ServerRejected):
+        publish_subject(client, screening(), OPTIONS, clock, transaction=True)
+    assert methods(rsps) == [("GET", "ResearchSubject"), ("POST", "/fhir")]  # no second try
+
+
+def test_an_unchanged_subject_sends_no_transaction(rsps: Any, client: FhirClient) -> None:
+    search_answers(rsps, searchset(stored_subject(version="7")))
+    assert publish_subject(client, screening(), OPTIONS, clock, transaction=True).outcome == "unchanged"
+    assert methods(rsps) == [("GET", "ResearchSubject")]
+
+
+@pytest.mark.parametrize(("statement", "expected"), [
+    (capability(transaction=True), [("GET", "metadata"), ("GET", "ResearchSubject"), ("POST", "/fhir")]),
+    (capability(transaction=False), [("GET", "metadata"), ("GET", "ResearchSubject"), ("PUT", "ResearchSubject"),
+                                     ("POST", "Provenance")]),
+])
+def test_the_capability_statement_decides_one_transaction_or_two_requests(
+        statement: dict[str, Any], expected: list[tuple[str, str]], rsps: Any, client: FhirClient) -> None:
+    rsps.get(f"{BASE}/metadata", json=statement, headers=FHIR)
+    search_answers(rsps, searchset())
+    rsps.post(BASE, json=transaction_response("rs-1", "1"), headers=FHIR)
+    rsps.put(SUBJECTS, **created("rs-1", "1"))
+    provenance_created(rsps)
+
+    written = publish_screenings(client, [screening()], OPTIONS, clock)
+
+    assert written == [Written("ResearchSubject/rs-1", "created", "1")]
+    assert methods(rsps) == expected
+
+
+def test_an_unreadable_capability_statement_means_two_requests(rsps: Any, client: FhirClient) -> None:
+    rsps.get(f"{BASE}/metadata", json=outcome("forbidden"), status=404, headers=FHIR)
+    search_answers(rsps, searchset())
+    rsps.put(SUBJECTS, **created("rs-1", "1"))
+    provenance_created(rsps)
+
+    assert publish_screenings(client, [screening()], OPTIONS, clock)[0].outcome == "created"
+    assert [m for m, _ in methods(rsps)] == ["GET", "GET", "PUT", "POST"]
+
+
+def test_the_capability_statement_is_read_once_per_client(rsps: Any, client: FhirClient) -> None:
+    rsps.get(f"{BASE}/metadata", json=capability(), headers=FHIR)
+    assert publisher.offers_transaction(client) and publisher.offers_transaction(client)
+    assert not publisher.offers_search_param(client, "CodeSystem", "url")
+    assert len(rsps.calls) == 1
+
+
+# ---------------------------------------------------------------------------------------------- conformance
+
+
+class CanonicalServer:
+    """StructureDefinition / CodeSystem / ValueSet in memory, searched like the peer (the ``url`` parameter is
+    ignored: everything comes back), plus Provenance; a conditional update on ``url`` where ``url_param``."""
+
+    TYPES = ("StructureDefinition", "CodeSystem", "ValueSet")
+
+    def __init__(self, rsps: responses.RequestsMock, url_param: bool = False) -> None:
+        self.held: dict[str, dict[str, Any]] = {}
+        self.provenance: list[dict[str, Any]] = []
+        self.writes: list[str] = []
+        rsps.get(f"{BASE}/metadata", json=capability(url_param=url_param), headers=FHIR)
+        for rtype in self.TYPES:
+            rsps.add_callback("GET", f"{BASE}/{rtype}", self._search)
+            rsps.add_callback("PUT", re.compile(rf"{re.escape(BASE)}/{rtype}/[^/?]+$"), self._put)
+            rsps.add_callback("PUT", f"{BASE}/{rtype}", self._conditional)
+        rsps.add_callback("POST", PROVENANCE, self._provenance)
+
+    def _search(self, req: Any) -> tuple[int, dict[str, str], str]:
+        rtype = urlsplit(req.url).path.rsplit("/", 1)[-1]
+        found = [r for key, r in self.held.items() if key.startswith(f"{rtype}/")]
+        return 200, FHIR, json.dumps(searchset(*found, outcome=True))
+
+    def _store(self, key: str, body: dict[str, Any], status: int) -> tuple[int, dict[str, str], str]:
+        version = str(int(self.held.get(key, {}).get("meta", {}).get("versionId", "0")) + 1)
+        self.held[key] = {**body, "id": key.split("/")[1], "meta": {"versionId": version}}
+        self.writes.append(key)
+        return status, {**FHIR, "ETag": f'W/"{version}"'}, json.dumps(self.held[key])
+
+    def _put(self, req: Any) -> tuple[int, dict[str, str], str]:
+        key = "/".join(urlsplit(req.url).path.split("/")[-2:])
+        if key in self.held and req.headers.get("If-Match") != f'W/"{self.held[key]["meta"]["versionId"]}"':
+            return 412, FHIR, json.dumps(outcome("conflict"))
+        return self._store(key, json.loads(req.body), 200 if key in self.held else 201)
+
+    def _conditional(self, req: Any) -> tuple[int, dict[str, str], str]:
+        rtype = urlsplit(req.url).path.rsplit("/", 1)[-1]
+        url = query(type("C", (), {"request": req})())["url"][0]
+        match = [k for k, r in self.held.items() if k.startswith(f"{rtype}/") and r["url"] == url]
+        key = match[0] if match else f"{rtype}/srv-{len(self.held) + 1}"
+        return self._store(key, json.loads(req.body), 200 if match else 201)
+
+    def _provenance(self, req: Any) -> tuple[int, dict[str, str], str]:
+        self.provenance.append(json.loads(req.body))
+        return 201, FHIR, json.dumps({**self.provenance[-1], "id": f"prov-{len(self.provenance)}"})
+
+
+def test_the_conformance_resources_are_written_once_then_left_alone(rsps: Any, client: FhirClient) -> None:
+    from bridge.publish.conformance import load_resources
+
+    server = CanonicalServer(rsps)
+    expected = load_resources()
+
+    first = publisher.publish_conformance(client, clock)
+    second = publisher.publish_conformance(client, clock)
+
+    assert [w.outcome for w in first] == ["created"] * len(expected)
+    assert [w.outcome for w in second] == ["unchanged"] * len(expected)
+    assert sorted(server.writes) == sorted(f"{r['resourceType']}/{r['id']}" for r in expected)  # own stable ids
+    assert {r["url"] for r in server.held.values()} == {r["url"] for r in expected}  # never a duplicate
+    (prov,) = server.provenance  # one for the run that wrote, none for the one that did not
+    assert len(prov["target"]) == len(expected)
+    assert prov["activity"]["coding"][0]["code"] == "conformance-publication"
+
+
+def test_a_changed_conformance_resource_is_updated_by_the_id_it_was_found_under(rsps: Any,
+                                                                                 client: FhirClient) -> None:
+    from bridge.publish.conformance import load_resources
+
+    server = CanonicalServer(rsps)
+    publisher.publish_conformance(client, clock)
+    activity = next(r for r in load_resources() if r["id"] == "activity")
+    key = "CodeSystem/activity"
+    server.held["CodeSystem/elsewhere"] = {**server.held.pop(key), "id": "elsewhere", "title": "old"}
+    server.writes.clear()
+
+    written = publisher.publish_conformance(client, clock)
+
+    assert server.writes == ["CodeSystem/elsewhere"]
+    assert [w.reference for w in written if w.outcome == "updated"] == ["CodeSystem/elsewhere"]
+    assert {k: v for k, v in server.held["CodeSystem/elsewhere"].items() if k not in ("id", "meta")} == {
+        k: v for k, v in activity.items() if k != "id"}
+
+
+def test_a_server_with_the_url_search_gets_conditional_updates(rsps: Any, client: FhirClient) -> None:
+    server = CanonicalServer(rsps, url_param=True)
+    publisher.publish_conformance(client, clock)
+    assert all(key.split("/")[1].startswith("srv-") for key in server.writes)  # the server chose the ids
+    puts = [c for c in rsps.calls if c.request.method == "PUT"]
+    assert puts and all(query(c)["url"] for c in puts)
+
+
+def test_publish_study_writes_the_conformance_resources_first(rsps: Any, client: FhirClient) -> None:
+    server = CanonicalServer(rsps)
+    rsps.get(STUDY_URL, json=outcome("not-found"), status=404, headers=FHIR)
+    rsps.put(STUDY_URL, **created(STUDY_LOGICAL_ID, "1"))
+
+    assert publish_study(client, clock=clock).outcome == "created"
+    assert server.held and len(server.provenance) == 2  # the conformance run's and the study's
