@@ -3,10 +3,11 @@
 What each resource type can be searched by is data (``SEARCH_PARAMS``, shared with the CapabilityStatement);
 what a request says is parsed here, before anything is read:
 
-* search parameters (``Criterion``): ``token`` (``code``, ``system|code``, ``|code``, ``system|``), ``reference``
-  (``id``, ``Type/id``, an absolute URL) and ``date`` (``_lastUpdated`` with the prefixes ``eq ne gt lt ge le
-  sa eb``); a comma is OR inside one parameter, a repeated parameter is AND; ``\\,`` ``\\|`` ``\\$`` ``\\\\``
-  escape;
+* search parameters (``Criterion``): ``token`` (``code``, ``system|code``, ``|code``, ``system|``; on a code,
+  a Coding, a CodeableConcept or an Identifier), ``reference`` (``id``, ``Type/id``, an absolute URL; a bare
+  id of a parameter that may reference any type matches that id of any type) and ``date`` (``_lastUpdated``
+  with the prefixes ``eq ne gt lt ge le sa eb``); a comma is OR inside one parameter, a repeated parameter is
+  AND; ``\\,`` ``\\|`` ``\\$`` ``\\\\`` escape;
 * result parameters: ``_count`` and ``_offset`` (ASCII digits only: ``'²'.isdigit()`` is true, ``int('²')``
   fails), ``_sort``, ``_summary``, ``_elements``, ``_total`` (and fhirpy's ``_totalMethod``), ``_since``;
 * ``_format`` and the ``Accept`` header (``negotiate``): JSON or nothing, and ``_pretty``.
@@ -42,8 +43,10 @@ DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
 
 @dataclass(frozen=True)
 class SearchParam:
-    """One search parameter: ``path`` is the top-level element it reads (``id`` and ``meta.lastUpdated`` for
-    ``_id`` and ``_lastUpdated``); ``target`` the referenced type; ``system`` the implicit code system of a
+    """One search parameter: ``path`` is the element it reads, dotted through backbone elements
+    (``entity.what``), optionally spelled with the resource type first (``AdverseEvent.study``); ``id`` and
+    ``meta.lastUpdated`` for ``_id`` and ``_lastUpdated``. ``target`` is the referenced type (a bare id means
+    that type; empty: any type, and a bare id matches that id of any type); ``system`` the implicit code system of a
     ``code`` element (so ``system|code`` matches it)."""
 
     name: str
@@ -60,6 +63,7 @@ COMMON_PARAMS = (
     SearchParam("_lastUpdated", "date", "meta.lastUpdated", f"{SPEC}/Resource-lastUpdated",
                 "when this server last changed the resource (eq ne gt lt ge le sa eb)"),
 )
+_OBSERVATION_STATUS = "http://hl7.org/fhir/observation-status"
 SEARCH_PARAMS: dict[str, tuple[SearchParam, ...]] = {
     "ResearchStudy": (
         SearchParam("identifier", "token", "identifier", f"{SPEC}/ResearchStudy-identifier", "business identifier"),
@@ -78,6 +82,42 @@ SEARCH_PARAMS: dict[str, tuple[SearchParam, ...]] = {
                     system="http://hl7.org/fhir/research-subject-status"),
         SearchParam("identifier", "token", "identifier", f"{SPEC}/ResearchSubject-identifier",
                     "business identifier"),
+    ),
+    # response assessments: code response-assessment / best-overall-response, the response as value-concept
+    "Observation": (
+        SearchParam("patient", "reference", "subject", f"{SPEC}/clinical-patient", "the Patient", target="Patient"),
+        SearchParam("subject", "reference", "subject", f"{SPEC}/Observation-subject",
+                    "the Patient (the bridge's Observations are about patients)", target="Patient"),
+        SearchParam("focus", "reference", "focus", f"{SPEC}/Observation-focus",
+                    "what the Observation is about besides the subject: the ResearchStudy (Type/id)"),
+        SearchParam("code", "token", "code", f"{SPEC}/clinical-code",
+                    "the assessment (response-assessment, best-overall-response)"),
+        SearchParam("category", "token", "category", f"{SPEC}/Observation-category", "the category (exam)"),
+        SearchParam("value-concept", "token", "valueCodeableConcept", f"{SPEC}/Observation-value-concept",
+                    "the response (CR, CRi, MLFS, PR, NR, NE, relapse)"),
+        SearchParam("status", "token", "status", f"{SPEC}/Observation-status", "the status (final, ...)",
+                    system=_OBSERVATION_STATUS),
+        SearchParam("derived-from", "reference", "derivedFrom", f"{SPEC}/Observation-derived-from",
+                    "the results the assessment was made from", target="Observation"),
+        SearchParam("identifier", "token", "identifier", f"{SPEC}/clinical-identifier", "business identifier"),
+    ),
+    "AdverseEvent": (
+        SearchParam("subject", "reference", "subject", f"{SPEC}/AdverseEvent-subject", "the Patient",
+                    target="Patient"),
+        # spelled with the type: the read API narrows a path of plain "study" on the store's ResearchSubject
+        # column, which an AdverseEvent's list of studies does not fill
+        SearchParam("study", "reference", "AdverseEvent.study", f"{SPEC}/AdverseEvent-study", "the ResearchStudy",
+                    target="ResearchStudy"),
+        SearchParam("event", "token", "event", f"{SPEC}/AdverseEvent-event", "the adverse event term"),
+        SearchParam("severity", "token", "severity", f"{SPEC}/AdverseEvent-severity", "mild, moderate or severe"),
+        SearchParam("actuality", "token", "actuality", f"{SPEC}/AdverseEvent-actuality", "actual or potential",
+                    system="http://hl7.org/fhir/adverse-event-actuality"),
+    ),
+    "Provenance": (
+        SearchParam("target", "reference", "target", f"{SPEC}/Provenance-target",
+                    "what the Provenance is about (Type/id; any version of it)"),
+        SearchParam("entity", "reference", "entity.what", f"{SPEC}/Provenance-entity",
+                    "an input the activity used (Type/id)"),
     ),
 }
 SERVED_TYPES = tuple(SEARCH_PARAMS)
@@ -182,11 +222,22 @@ def _token(name: str, raw: str) -> tuple[str | None, str]:
     return system, code
 
 
+_TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{1,63}", re.ASCII)
+
+
 def _reference(param: SearchParam, raw: str) -> str:
-    """``id``, ``Type/id``, ``[base]/Type/id`` (``_history`` cut) -> ``Target/id``."""
+    """``id``, ``Type/id``, ``[base]/Type/id`` (``_history`` cut) -> ``Target/id``. For a parameter that may
+    reference any type, ``Type/id`` stays as it is and a bare ``id`` stays bare (it matches that id of any
+    type)."""
     parts = unescape(raw).split("/_history/")[0].rstrip("/").split("/")
     if not parts[-1]:
         raise problem(param.name, f"{param.name}: an empty reference")
+    if not param.target:
+        if len(parts) == 1:
+            return parts[0]
+        if not _TYPE_NAME.fullmatch(parts[-2]):
+            raise problem(param.name, f"{param.name}: {parts[-2]!r} is not a resource type (give Type/id or id)")
+        return f"{parts[-2]}/{parts[-1]}"
     if len(parts) > 1 and parts[-2] != param.target:
         raise problem(param.name, f"the {param.name} parameter must reference a {param.target}")
     return f"{param.target}/{parts[-1]}"

@@ -75,19 +75,39 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [] if value is None else [value]
 
 
-def tokens(param: SearchParam, resource: Json) -> list[tuple[str | None, str]]:
-    """(system, code) of each value of a token element: a code with its implicit system, an Identifier, the id."""
-    value = resource.get(param.path)
-    if param.path == "identifier":
-        return [(i.get("system"), i["value"]) for i in _as_list(value)
-                if isinstance(i, dict) and isinstance(i.get("value"), str)]
-    if isinstance(value, str):
-        return [(param.system or None, value)]
+def values_at(param: SearchParam, resource: Json) -> list[Any]:
+    """The values of ``param.path`` in ``resource``: dotted through objects and arrays (``entity.what``), a
+    leading ``<resourceType>.`` allowed."""
+    nodes: list[Any] = [resource]
+    for name in param.path.removeprefix(f"{resource.get('resourceType')}.").split("."):
+        nodes = [v for n in nodes if isinstance(n, dict) for v in _as_list(n.get(name))]
+    return nodes
+
+
+def _codes(node: Any, system: str) -> list[tuple[str | None, str]]:
+    """(system, code) of a code (with the element's implicit system), a Coding, each Coding of a
+    CodeableConcept, or an Identifier (system, value)."""
+    if isinstance(node, str):
+        return [(system or None, node)]
+    if not isinstance(node, dict):
+        return []
+    if "coding" in node:
+        return [pair for coding in _as_list(node["coding"]) for pair in _codes(coding, system) if coding]
+    for key in ("code", "value"):  # a Coding, else an Identifier
+        if isinstance(node.get(key), str):
+            found = node.get("system")
+            return [(found if isinstance(found, str) else None, node[key])]
     return []
 
 
+def tokens(param: SearchParam, resource: Json) -> list[tuple[str | None, str]]:
+    """(system, code) of each value of a token element: a code with its implicit system, a Coding, the codings
+    of a CodeableConcept, an Identifier, the id."""
+    return [pair for node in values_at(param, resource) for pair in _codes(node, param.system)]
+
+
 def references(param: SearchParam, resource: Json) -> list[str]:
-    return [r for r in (reference(n) for n in _as_list(resource.get(param.path))) if r]
+    return [r for r in (reference(n) for n in values_at(param, resource)) if r]
 
 
 def _token_matches(wanted: tuple[str | None, str], found: tuple[str | None, str]) -> bool:
@@ -97,6 +117,11 @@ def _token_matches(wanted: tuple[str | None, str], found: tuple[str | None, str]
     if system == "":
         return found[0] is None and code == found[1]
     return found[0] == system and code in ("", found[1])
+
+
+def _reference_matches(wanted: str, found: str) -> bool:
+    """``Type/id`` equal, or a bare id (a parameter of any target type) equal to the id of any type."""
+    return wanted == found if "/" in wanted else found.split("/")[-1] == wanted
 
 
 def _date_matches(wanted: tuple[str, float, float], when: float) -> bool:
@@ -110,7 +135,7 @@ def matches(criterion: Criterion, hit: Hit) -> bool:
     if param.type == "date":
         return any(_date_matches(v, hit.last_updated) for v in criterion.values)
     if param.type == "reference":
-        return bool(set(references(param, hit.resource)) & set(criterion.values))
+        return any(_reference_matches(w, f) for w in criterion.values for f in references(param, hit.resource))
     found = tokens(param, hit.resource)
     return any(_token_matches(w, f) for w in criterion.values for f in found)
 
@@ -218,4 +243,4 @@ def _history_entry(base: str, hit: Hit) -> Json:
 
 
 __all__ = ["SUBSETTED", "Hit", "history", "instant", "matches", "page_links", "prune", "references", "search",
-           "searchset", "served", "shape", "tokens"]
+           "searchset", "served", "shape", "tokens", "values_at"]
