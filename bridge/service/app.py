@@ -118,7 +118,7 @@ def _simple_outcome(code: str, message: str, where: tuple[str, ...] = ()) -> dic
 
 
 def _validation_paths(exc: RequestValidationError) -> tuple[str, ...]:
-    return tuple(".".join(str(p) for p in err.get("loc", ()) if p not in ("path", "query", "body"))
+    return tuple(".".join(str(p) for p in err.get("loc", ()) if p not in ("path", "query", "body", "cookie", "header"))
                  for err in exc.errors())
 
 
