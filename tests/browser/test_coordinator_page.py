@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import uvicorn
 from fastapi import FastAPI
 
@@ -212,10 +213,14 @@ def test_queue_patient_pages_and_sign_out(browser: Any, server: str, cohort: dic
     assert len(rows) == expected and rows[0].find_elements("css selector", "td")[1].text == "0"
     _screenshot(browser, "coordinator-treated-patient.png")
 
+    copied = browser.get_cookie(COOKIE)["value"]
+    assert _css(browser, 'header form input[name="csrf"]')  # sign-out carries the session's CSRF token
     _click_to(browser, _css(browser, "header form button")[0], f"{server}/ui/login")
     assert browser.get_cookie(COOKIE) is None
     browser.get(f"{server}/ui/patients/p01")
     assert browser.current_url == f"{server}/ui/login"
+    replay = requests.get(f"{server}/ui/patients/p01", cookies={COOKIE: copied}, allow_redirects=False, timeout=10)
+    assert (replay.status_code, replay.headers["location"]) == (303, "/ui/login")  # ended on the server too
 
 
 def _check_verdicts(browser: Any, screening: dict[str, Any]) -> None:
