@@ -497,9 +497,11 @@ def profiles(trial: Trial | None = None) -> list[Json]:
         "cd7-response-observation", "cd7-bridge response assessment",
         "A leukaemia response assessment (or the best overall response) of a trial patient, as the bridge "
         "publishes it: the category as a coded value, the study as focus.", "Observation",
-        {"Observation": {"constraint": [_invariant(
-            "cd7-ro-1", "The focus names the study", f"focus.where(reference = '{study}').exists()",
-            RESPONSE_PROFILE)]},
+        {"Observation": {"constraint": [
+            _invariant("cd7-ro-1", "The focus names the study", f"focus.where(reference = '{study}').exists()",
+                       RESPONSE_PROFILE),
+            _invariant("cd7-ro-2", "The value is a coded response category (a CodeableConcept)",
+                       "value.ofType(CodeableConcept).exists()", RESPONSE_PROFILE)]},
          "Observation.identifier": {"min": 1},
          "Observation.code": {"binding": _required(_value_set_url(ASSESSMENT_SYSTEM))},
          "Observation.subject": {"min": 1, "type": [{"code": "Reference",

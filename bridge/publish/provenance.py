@@ -28,7 +28,6 @@ ACTIVITY_SYSTEM = f"{BRIDGE_BASE}/CodeSystem/activity"
 AGENT_DISPLAY = f"cd7-bridge {__version__}"
 ACTIVITIES: dict[str, str] = {
     "study-publication": "Publication of the ResearchStudy and its eligibility criteria",
-    "conformance-publication": "Publication of the bridge's StructureDefinitions, CodeSystems and ValueSets",
     "prescreen": "Eligibility pre-screen",
     "lifecycle-update": "Research subject lifecycle update",
     "response-assessment": "Response assessment",

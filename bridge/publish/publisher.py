@@ -13,7 +13,7 @@
   StructureDefinitions, CodeSystems and ValueSets), each found again by its canonical ``url`` and written only
   when its content changed: by conditional update ``PUT Type?url=…`` where the server's CapabilityStatement
   offers the ``url`` search parameter for the type, else by id (the one found, with If-Match, or the bridge's
-  own stable id) — never a duplicate. One Provenance names what one run wrote.
+  own stable id) — never a duplicate. They carry their version and date; no Provenance of their own.
 - Where the server's CapabilityStatement offers transactions (``rest.interaction`` ``transaction``), a
   ResearchSubject and its Provenance travel in one transaction Bundle (``publish_prescreen`` asks once per
   client): the subject by conditional update on its identifier (``PUT ResearchSubject?identifier=…``), the
@@ -70,7 +70,7 @@ def publish_study(client: FhirClient, organ_reading: str = "organ-function",
     """The bridge's conformance resources (``publish_conformance``, unless ``conformance`` is False), then
     ``PUT ResearchStudy/nct04762485`` unless the server already holds the same content; Provenance."""
     if conformance:
-        publish_conformance(client, clock)
+        publish_conformance(client)
     study = research_study(organ_reading=organ_reading)
     study["id"] = STUDY_LOGICAL_ID
     validate_output(study)
@@ -148,9 +148,10 @@ def _write_canonical(client: FhirClient, resource: Json, current: Json | None) -
     return client.update(resource)  # the bridge's own stable id: update as create, never a duplicate
 
 
-def publish_conformance(client: FhirClient, clock: Callable[[], datetime] = _now) -> list[Written]:
+def publish_conformance(client: FhirClient) -> list[Written]:
     """Write the bridge's StructureDefinitions, CodeSystems and ValueSets where the server does not hold them
-    as they are (found again by canonical url); one Provenance for what was written."""
+    as they are (found again by canonical url). They carry no Provenance of their own: each names its version
+    and date, and the study's Provenance follows in the same run."""
     from bridge.publish.conformance import load_resources  # local: reads the committed files
 
     written: list[Written] = []
@@ -165,12 +166,6 @@ def publish_conformance(client: FhirClient, clock: Callable[[], datetime] = _now
         outcome = "created" if current is None else "updated"
         written.append(Written(f"{rtype}/{result.id}", outcome, result.version_id))
         log.info("%s/%s %s", rtype, result.id, outcome)
-    changed = [w for w in written if w.outcome != "unchanged"]
-    if changed:
-        targets = [f"{w.reference}/_history/{w.version}" if w.version else w.reference for w in changed]
-        prov = provenance(targets, "conformance-publication", clock())
-        validate_output(prov)
-        client.create(prov)
     return written
 
 

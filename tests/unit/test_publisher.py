@@ -685,16 +685,14 @@ def test_the_conformance_resources_are_written_once_then_left_alone(rsps: Any, c
     server = CanonicalServer(rsps)
     expected = load_resources()
 
-    first = publisher.publish_conformance(client, clock)
-    second = publisher.publish_conformance(client, clock)
+    first = publisher.publish_conformance(client)
+    second = publisher.publish_conformance(client)
 
     assert [w.outcome for w in first] == ["created"] * len(expected)
     assert [w.outcome for w in second] == ["unchanged"] * len(expected)
     assert sorted(server.writes) == sorted(f"{r['resourceType']}/{r['id']}" for r in expected)  # own stable ids
     assert {r["url"] for r in server.held.values()} == {r["url"] for r in expected}  # never a duplicate
-    (prov,) = server.provenance  # one for the run that wrote, none for the one that did not
-    assert len(prov["target"]) == len(expected)
-    assert prov["activity"]["coding"][0]["code"] == "conformance-publication"
+    assert server.provenance == []  # versioned and dated definitions, no Provenance of their own
 
 
 def test_a_changed_conformance_resource_is_updated_by_the_id_it_was_found_under(rsps: Any,
@@ -702,13 +700,13 @@ def test_a_changed_conformance_resource_is_updated_by_the_id_it_was_found_under(
     from bridge.publish.conformance import load_resources
 
     server = CanonicalServer(rsps)
-    publisher.publish_conformance(client, clock)
+    publisher.publish_conformance(client)
     activity = next(r for r in load_resources() if r["id"] == "activity")
     key = "CodeSystem/activity"
     server.held["CodeSystem/elsewhere"] = {**server.held.pop(key), "id": "elsewhere", "title": "old"}
     server.writes.clear()
 
-    written = publisher.publish_conformance(client, clock)
+    written = publisher.publish_conformance(client)
 
     assert server.writes == ["CodeSystem/elsewhere"]
     assert [w.reference for w in written if w.outcome == "updated"] == ["CodeSystem/elsewhere"]
@@ -718,7 +716,7 @@ def test_a_changed_conformance_resource_is_updated_by_the_id_it_was_found_under(
 
 def test_a_server_with_the_url_search_gets_conditional_updates(rsps: Any, client: FhirClient) -> None:
     server = CanonicalServer(rsps, url_param=True)
-    publisher.publish_conformance(client, clock)
+    publisher.publish_conformance(client)
     assert all(key.split("/")[1].startswith("srv-") for key in server.writes)  # the server chose the ids
     puts = [c for c in rsps.calls if c.request.method == "PUT"]
     assert puts and all(query(c)["url"] for c in puts)
@@ -730,4 +728,4 @@ def test_publish_study_writes_the_conformance_resources_first(rsps: Any, client:
     rsps.put(STUDY_URL, **created(STUDY_LOGICAL_ID, "1"))
 
     assert publish_study(client, clock=clock).outcome == "created"
-    assert server.held and len(server.provenance) == 2  # the conformance run's and the study's
+    assert server.held and len(server.provenance) == 1  # the study's
