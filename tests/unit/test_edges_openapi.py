@@ -3,7 +3,7 @@
 Every operation of ``/openapi.json`` — notifications (bodies generated from the declared notification models,
 on generated channel names, with each channel's own secret), health, the read API and the coordinator page — is
 called in-process with schema-conforming and schema-violating inputs; none may answer 5xx. The run is bounded
-(``MAX_EXAMPLES`` per operation and mode, about 20 s on two cores) and derandomized (the same cases every run);
+(``MAX_EXAMPLES`` per operation and mode, about 25 s on two cores) and derandomized (the same cases every run);
 ``BRIDGE_OPENAPI_EXAMPLES=500`` makes a deeper local run.
 """
 
@@ -28,7 +28,7 @@ from bridge.state.sqlite_state import SqliteState
 
 SECRET = "openapi-webhook-secret-0123456789abcdef"
 TOKEN = "openapi-api-token-0123456789abcdefghijk"
-MAX_EXAMPLES = int(os.environ.get("BRIDGE_OPENAPI_EXAMPLES", "25"))  # per operation and mode; more for a deep run
+MAX_EXAMPLES = int(os.environ.get("BRIDGE_OPENAPI_EXAMPLES", "15"))  # per operation and mode; more for a deep run
 
 
 def _seed(store: SqliteState) -> None:
