@@ -26,7 +26,6 @@ from bridge.cli.common import (
     SiteMapOption,
     TrialOption,
     check_patients,
-    client_for,
     err_console,
     handles_errors,
     out_console,
@@ -36,7 +35,7 @@ from bridge.cli.common import (
     settings_from,
     trial_from,
 )
-from bridge.cli.prescreen import report_problems
+from bridge.cli.prescreen import check_trial_version, report_problems
 from bridge.config import RuleOptions, Settings
 from bridge.evaluate.assessment import AssessFailure, PatientAssessment, cohort
 from bridge.evaluate.grading import CRS_TERM, ICANS_TERM
@@ -59,9 +58,14 @@ Examples:
     bridge assess samples/treated/bundle.json --as-of 2026-12-31 --site-map samples/site-map.yaml --format json
     bridge assess https://ehr.example/fhir --site-map site.yaml --publish https://ehr.example/fhir
 
+--save records, built as --publish would write them, the ResearchStudy, the response Observations, the
+AdverseEvents and the lifecycle status of ResearchSubjects the store holds, with Provenance, under stable local ids
+in the local state store (db_path): 'bridge serve' on the same db_path serves them at /fhir. --publish records what
+the EHR returned (its ids and versions) there.
+
 Exit codes: 0 ok, 1 a patient's assessment failed (a bug; the others are still printed), 2 bad input (or skipped
 resources with --strict), 3 unreadable source, 4 invalid site map, 5 configuration, 6 own output invalid, 7 remote
-server error.
+server error, 8 state store error (--save, --publish; e.g. the trial file changed under the same ruleset version).
 """
 
 
@@ -143,6 +147,9 @@ def command(
     = None,
     config: ConfigOption = None,
     trial_file: TrialOption = None,
+    save: Annotated[bool, typer.Option(
+        "--save", help="record the ResearchStudy, response Observations, AdverseEvents and subject status in the "
+                       "local state store (db_path), where bridge serve's /fhir serves them")] = False,
 ) -> None:
     settings = settings_from(config)
     trial = trial_from(trial_file, settings)
@@ -150,6 +157,8 @@ def command(
                                     cri_reading=cri_reading.value)
     cmap = load_code_map(site_map or settings.site_map)
     check_patients(source, patients)
+    if save:
+        check_trial_version(settings, trial)
     with progress("reading and assessing") as tick:
         run = assess(source, options, cmap, tick, settings=settings, patients=patients, trial=trial)
     if fmt_ is Format.json:
@@ -158,6 +167,8 @@ def command(
         out_console.print(render_table(run.assessments, options, trial.id))
         out_console.print(summary(run), highlight=False)
     report_problems(run.report)
+    if save and not publish:  # with --publish, the EHR's copies are recorded instead
+        save_assessment(settings, run)
     if publish:
         _publish(publish, settings, run)
     if run.failures:
@@ -175,18 +186,61 @@ def report_failures(failures: list[AssessFailure]) -> None:
         err_console.print(f"  {f.patient}: {f.error}", highlight=False)
 
 
-def _publish(base_url: str, settings: Settings, run: AssessRun) -> None:
+def _deceased(run: AssessRun) -> set[str]:
+    return {p.ref for p in run.patients if p.deceased}
+
+
+def save_assessment(settings: Settings, run: AssessRun) -> None:
+    """``--save``: every assessed patient's resources built as ``--publish`` builds them and recorded in the
+    store's published index under local ids, with the ResearchStudy they reference and a Provenance per new
+    version (``bridge.localfhir``); the store first records the trial version (exit 8 for a changed file)."""
+    from bridge.localfhir.record import LocalRecorder, summary
+    from bridge.state import open_state
+
     doc = run.as_json()
-    deceased = {p.ref for p in run.patients if p.deceased}
-    written: list[Written] = []
-    with client_for(base_url, settings) as client:
+    deceased = _deceased(run)
+    state = open_state(settings.db_path)
+    try:
+        state.record_trial(run.trial.id, run.trial.ruleset_version, run.trial.digest)
+        recorder = LocalRecorder(state, run.trial)
+        recorded = [recorder.ensure_study()]
         for patient in cast(list[dict[str, Any]], doc["patients"]):
-            written += publish_assessment(client, patient, run.options.as_of, run.options.comparators,
-                                          run.options.cri_reading, patient["patient"] in deceased)
+            recorded += recorder.assessment(patient, run.options.as_of, run.options.comparators,
+                                            run.options.cri_reading, patient["patient"] in deceased)
+    finally:
+        state.close()
+    err_console.print(f"recorded for /fhir in {settings.db_path}: {summary(recorded, recorder.provenances)}",
+                      highlight=False)
+
+
+def _publish(base_url: str, settings: Settings, run: AssessRun) -> None:
+    """``--publish``: each patient's resources written to the EHR, then recorded in the store's published index
+    as the EHR returned them (``bridge.localfhir.remote``); the store is opened before anything is written."""
+    from bridge.localfhir.record import LocalRecorder
+    from bridge.localfhir.remote import RecordingClient, record_publication
+    from bridge.state import open_state
+
+    doc = run.as_json()
+    deceased = _deceased(run)
+    written: list[Written] = []
+    state = open_state(settings.db_path)
+    try:
+        with RecordingClient(base_url, settings) as client:
+            try:
+                for patient in cast(list[dict[str, Any]], doc["patients"]):
+                    written += publish_assessment(client, patient, run.options.as_of, run.options.comparators,
+                                                  run.options.cri_reading, patient["patient"] in deceased)
+            finally:
+                count = record_publication(state, client, written)
+        LocalRecorder(state, run.trial).ensure_study()
+    finally:
+        state.close()
     counts = {k: sum(1 for w in written if w.outcome == k) for k in ("created", "updated", "unchanged")}
     err_console.print("published assessment resources: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
+                      highlight=False)
+    err_console.print(f"recorded for /fhir: {count} resources as the EHR returned them, in {settings.db_path}",
                       highlight=False)
 
 
 __all__ = ["HELP", "AssessRun", "ComparatorsOpt", "ComparatorsOption", "CriReadingOpt", "CriReadingOption", "command",
-           "render_table", "report_failures", "summary"]
+           "render_table", "report_failures", "save_assessment", "summary"]

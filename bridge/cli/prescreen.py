@@ -17,7 +17,6 @@ from bridge.cli.common import (
     SiteMapOption,
     TrialOption,
     check_patients,
-    client_for,
     err_console,
     handles_errors,
     out_console,
@@ -55,7 +54,12 @@ file); the JSON names the trial ("study") and its "rulesetVersion".
 
 Exit codes: 0 ok, 1 a patient's evaluation failed (a bug; the others are printed), 2 bad input (or skipped
 resources with --strict), 3 unreadable source, 4 invalid site map, 5 configuration, 6 own output invalid,
-7 remote server error, 8 state store error (--save; e.g. the trial file changed under the same ruleset version).
+7 remote server error, 8 state store error (--save, --publish; e.g. the trial file changed under the same
+ruleset version).
+
+--save records the screenings (coordinator page) and, built as --publish would write them, the ResearchStudy
+and the ResearchSubjects the publication policy allows, with Provenance, under stable local ids: 'bridge serve'
+on the same db_path serves them at /fhir. --publish records what the EHR returned (its ids and versions).
 """
 
 
@@ -115,12 +119,15 @@ def report_problems(report: ReadReport) -> None:
         err_console.print(f"  ... and {len(lines) - 50} more", highlight=False)
 
 
-def save_screenings(settings: Settings, run: PrescreenRun) -> None:
+def save_screenings(settings: Settings, run: PrescreenRun, record: bool = True) -> None:
     """Record the run in the state store (``db_path``), as the service does (``save_prescreen``): each screening
     replaces the patient's older one, naming the trial and its ruleset version; a patient not screened (RULES.md
     §2) is marked so and its older screening deleted, so the coordinator page never lists it. A patient whose
     evaluation failed is left as it was. First the store records the trial version: it refuses a file whose
-    ruleset version it already holds with other content (``StoreError``, exit 8), and nothing is saved."""
+    ruleset version it already holds with other content (``StoreError``, exit 8), and nothing is saved.
+
+    With ``record`` (no ``--publish``) the resources a publication would write are recorded for ``/fhir`` too
+    (``record_locally``)."""
     from bridge.state import save_prescreen
 
     trial = run.trial
@@ -128,10 +135,52 @@ def save_screenings(settings: Settings, run: PrescreenRun) -> None:
     try:
         saved, excluded = save_prescreen(state, run.screenings, run.not_screened, run.options.as_of, time.time(),
                                          trial=trial.id, ruleset_version=trial.ruleset_version)
+        recorded = record_locally(state, run) if record else None
     finally:
         state.close()
     extra = f" ({excluded} not screened)" if excluded else ""
     err_console.print(f"saved {saved} screenings to {settings.db_path}{extra}", highlight=False)
+    if recorded:
+        err_console.print(f"recorded for /fhir: {recorded}", highlight=False)
+
+
+def record_locally(state: State, run: PrescreenRun) -> str:
+    """The ResearchStudy and the ResearchSubjects the publication policy allows, built as ``--publish`` builds
+    them and recorded in the store's published index under local ids, each new version with its Provenance
+    (``bridge.localfhir``); returns the summary line."""
+    from bridge.localfhir.record import LocalRecorder, summary
+
+    recorder = LocalRecorder(state, run.trial)
+    study = recorder.study(run.options.organ_function_reading)
+    subjects = recorder.screenings(run.screenings, run.options, run.not_screened)
+    withheld = ", ".join(f"{n} {reason}" for reason, n in sorted(subjects.withheld.items()))
+    return summary([study, *subjects.recorded], recorder.provenances) + (
+        f"; withheld by the publication policy: {withheld}" if withheld else "")
+
+
+def publish_recorded(settings: Settings, base_url: str, run: PrescreenRun) -> None:
+    """``--publish``: the ResearchSubjects written to the EHR (``publish_screenings``), then recorded in the
+    store's published index as the EHR returned them (``bridge.localfhir.remote``), beside the ResearchStudy the
+    subjects reference. The store is opened before anything is written (exit 8 when it cannot be)."""
+    from bridge.localfhir.record import LocalRecorder
+    from bridge.localfhir.remote import RecordingClient, record_publication
+    from bridge.publish.publisher import publish_screenings
+    from bridge.state import open_state
+
+    state = open_state(settings.db_path)
+    try:
+        written: list[Written] = []
+        with RecordingClient(base_url, settings) as client:
+            try:
+                written = publish_screenings(client, run.screenings, run.options, not_screened=run.not_screened)
+            finally:
+                count = record_publication(state, client, written)
+        LocalRecorder(state, run.trial).study(run.options.organ_function_reading)
+    finally:
+        state.close()
+    report_published(written)
+    err_console.print(f"recorded for /fhir: {count} resources as the EHR returned them, in {settings.db_path}",
+                      highlight=False)
 
 
 def _recorded(settings: Settings, trial: Trial) -> State:
@@ -185,15 +234,17 @@ def command(
                                              help="inclusion 6: organ-function (default) or literal record text")]
     = Reading.organ_function,
     patients: PatientOption = None,
-    publish: Annotated[str | None, typer.Option("--publish", help="FHIR base URL to publish ResearchSubjects to")
-                       ] = None,
+    publish: Annotated[str | None, typer.Option(
+        "--publish", help="FHIR base URL to publish ResearchSubjects to; what the EHR returns is recorded in the "
+                          "local state store (db_path) for /fhir")] = None,
     config: ConfigOption = None,
     strict: Annotated[bool, typer.Option("--strict", help="exit 2 when any resource was skipped")] = False,
     all_patients: Annotated[bool, typer.Option(
         "--all-patients", help="NDJSON directory: evaluate every patient, not only those with an acute-leukaemia "
                                "Condition (population mode, the fast default)")] = False,
-    save: Annotated[bool, typer.Option("--save", help="record the results in the local state store (db_path), "
-                                                      "where the coordinator page (bridge serve, /ui) shows them")]
+    save: Annotated[bool, typer.Option("--save", help="record the results in the local state store (db_path): the "
+                                                      "screenings for the coordinator page (bridge serve, /ui), "
+                                                      "the ResearchStudy and ResearchSubjects for /fhir")]
     = False,
     trial_file: TrialOption = None,
 ) -> None:
@@ -221,18 +272,16 @@ def command(
         err_console.print(f"population mode: the {reported} patients with an acute-leukaemia Condition "
                           "are reported; --all-patients evaluates every patient", highlight=False)
     report_failed(run)
-    if save:
-        save_screenings(settings, run)  # the screened patients only: never those not screened or failed
+    if save:  # the screened patients only: never those not screened or failed
+        save_screenings(settings, run, record=not publish)  # with --publish, the EHR's copies are recorded
     if publish:
-        from bridge.publish.publisher import publish_screenings
-
-        with client_for(publish, settings) as client:
-            report_published(publish_screenings(client, run.screenings, options, not_screened=run.not_screened))
+        publish_recorded(settings, publish, run)
     if run.failed:
         raise typer.Exit(1)
     if strict and run.report.skipped:
         raise typer.Exit(2)
 
 
-__all__ = ["HELP", "NOT_SCREENED_REASONS", "check_trial_version", "command", "render_table", "report_failed",
-           "report_no_patient_data", "report_problems", "report_published", "save_screenings", "summary"]
+__all__ = ["HELP", "NOT_SCREENED_REASONS", "check_trial_version", "command", "publish_recorded", "record_locally",
+           "render_table", "report_failed", "report_no_patient_data", "report_problems", "report_published",
+           "save_screenings", "summary"]
