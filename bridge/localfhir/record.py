@@ -36,7 +36,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from bridge.config import RuleOptions
-from bridge.errors import ConfigError
+from bridge.errors import ConfigError, InvalidResource
 from bridge.evaluate.eligibility import Screening
 from bridge.model import NotScreened
 from bridge.publish.policy import select
@@ -125,9 +125,13 @@ def content_fingerprint(resource: Json) -> str:
 
 
 def fingerprint(resource: Json) -> str:
-    """The subject fingerprint for a ResearchSubject (the as-of date alone is no change), else the content's."""
+    """The subject fingerprint for a ResearchSubject (the as-of date alone is no change), else — and for a
+    subject without the pre-screen extension, as an EHR may hold one — the content's."""
     if resource.get("resourceType") == "ResearchSubject":
-        return subject_fingerprint(resource)
+        try:
+            return subject_fingerprint(resource)
+        except InvalidResource:
+            pass
     return content_fingerprint(resource)
 
 
