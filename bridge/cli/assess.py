@@ -210,7 +210,7 @@ def save_assessment(settings: Settings, run: AssessRun) -> None:
     finally:
         state.close()
     err_console.print(f"recorded for /fhir in {settings.db_path}: {summary(recorded, recorder.provenances)}",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
 
 
 def _publish(base_url: str, settings: Settings, run: AssessRun) -> None:
@@ -239,7 +239,7 @@ def _publish(base_url: str, settings: Settings, run: AssessRun) -> None:
     err_console.print("published assessment resources: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
                       highlight=False)
     err_console.print(f"recorded for /fhir: {count} resources as the EHR returned them, in {settings.db_path}",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
 
 
 __all__ = ["HELP", "AssessRun", "ComparatorsOpt", "ComparatorsOption", "CriReadingOpt", "CriReadingOption", "command",

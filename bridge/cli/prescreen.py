@@ -141,7 +141,7 @@ def save_screenings(settings: Settings, run: PrescreenRun, record: bool = True) 
     extra = f" ({excluded} not screened)" if excluded else ""
     err_console.print(f"saved {saved} screenings to {settings.db_path}{extra}", highlight=False)
     if recorded:
-        err_console.print(f"recorded for /fhir: {recorded}", highlight=False)
+        err_console.print(f"recorded for /fhir: {recorded}", highlight=False, soft_wrap=True)
 
 
 def record_locally(state: State, run: PrescreenRun) -> str:
@@ -180,7 +180,7 @@ def publish_recorded(settings: Settings, base_url: str, run: PrescreenRun) -> No
         state.close()
     report_published(written)
     err_console.print(f"recorded for /fhir: {count} resources as the EHR returned them, in {settings.db_path}",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
 
 
 def _recorded(settings: Settings, trial: Trial) -> State:

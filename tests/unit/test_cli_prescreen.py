@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,8 @@ import pytest
 
 from bridge import __version__
 from bridge.evaluate.eligibility import CRITERIA
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
 
 def bridge(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
@@ -155,3 +159,41 @@ def test_the_command_is_read_from_the_arguments(argv: list[str], command: str | 
     from bridge.cli import command_in
 
     assert command_in(argv) == command
+
+
+def test_the_demos_save_runs_fill_fhir_and_a_second_run_adds_nothing(tmp_path: Path) -> None:
+    """``scripts/demo``'s commands (``prescreen --save``, ``assess --save``) on one store, the pre-screen twice:
+    the second run records nothing new, and the service on that store serves the subjects and the treated
+    cohort's Observations at ``/fhir`` with no EHR."""
+    from fastapi.testclient import TestClient
+
+    from bridge.config import Settings
+    from bridge.service.app import create_app
+    from bridge.state.sqlite_state import SqliteState
+
+    db = tmp_path / "bridge-state.sqlite3"
+    env = {**os.environ, "BRIDGE_DB_PATH": str(db)}
+    site = ["--site-map", str(SAMPLES / "site-map.yaml")]
+    screen = [sys.executable, "-m", "bridge", "prescreen", str(SAMPLES / "prescreen" / "bundle.json"), *site,
+              "--as-of", "2026-06-15", "--save"]
+    first = subprocess.run(screen, capture_output=True, text=True, timeout=120, check=False, env=env)
+    assert first.returncode == 0, first.stderr
+    made = re.search(r"recorded for /fhir: (\d+) resources \(1 ResearchStudy, \d+ ResearchSubject\): \1 created, "
+                     r"0 updated, 0 unchanged; \1 new Provenance", first.stderr)
+    assert made, first.stderr
+    again = subprocess.run(screen, capture_output=True, text=True, timeout=120, check=False, env=env)
+    assert again.returncode == 0
+    assert f"0 created, 0 updated, {made.group(1)} unchanged; 0 new Provenance" in again.stderr
+    treated = subprocess.run([sys.executable, "-m", "bridge", "assess", str(SAMPLES / "treated" / "bundle.json"),
+                              *site, "--as-of", "2026-12-31", "--save"],
+                             capture_output=True, text=True, timeout=120, check=False, env=env)
+    assert treated.returncode == 0, treated.stderr
+    store = SqliteState(db)
+    token = "t" * 32
+    try:
+        with TestClient(create_app(Settings(api_token=token, webhook_secret="w" * 32), store)) as client:
+            for rtype in ("ResearchStudy", "ResearchSubject", "Observation", "AdverseEvent", "Provenance"):
+                got = client.get(f"/fhir/{rtype}", headers={"Authorization": f"Bearer {token}"})
+                assert got.status_code == 200 and got.json().get("entry"), (rtype, got.text)
+    finally:
+        store.close()
