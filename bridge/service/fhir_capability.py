@@ -1,5 +1,7 @@
 """The CapabilityStatement of ``/fhir``: exactly what ``fhir_api`` serves, built from the same tables.
 
+The types are those of ``fhir_params.SEARCH_PARAMS``: ResearchStudy, ResearchSubject, Observation (response
+assessments), AdverseEvent and Provenance — what the bridge published, or recorded locally with ``--save``.
 Per type: read, vread, search-type, history-instance and history-type; versioned with past versions
 readable; conditional read by ``If-None-Match`` and ``If-Modified-Since``; every search parameter
 (``fhir_params.COMMON_PARAMS`` and ``SEARCH_PARAMS``) with its definition, and every result parameter it
@@ -44,7 +46,8 @@ def capability_statement(base_url: str) -> Json:
         "resourceType": "CapabilityStatement", "status": "active", "date": CAPABILITY_DATE,
         "publisher": "cd7-bridge", "kind": "instance",
         "software": {"name": "cd7-bridge", "version": __version__},
-        "implementation": {"description": "cd7-bridge: what the bridge published (read-only)", "url": base_url},
+        "implementation": {"description": "cd7-bridge: what the bridge published or recorded (read-only)",
+                           "url": base_url},
         "fhirVersion": "4.0.1", "format": ["application/fhir+json", "json"],
         "rest": [{"mode": "server",
                   "documentation": "Comma is OR within a parameter, a repeated parameter is AND; tokens take "
