@@ -39,9 +39,10 @@ Json = dict[str, Any]
 class FakeEhr:
     """Resources by (type, id), versioned; ``writes`` counts the requests that changed something."""
 
-    def __init__(self, rsps: responses.RequestsMock, bodies: bool = True, fail_on: int | None = None) -> None:
+    def __init__(self, rsps: responses.RequestsMock, bodies: bool = True, fail_on: int | None = None,
+                 transactions: bool = False) -> None:
         self.resources: dict[tuple[str, str], Json] = {}
-        self.bodies, self.fail_on = bodies, fail_on
+        self.bodies, self.fail_on, self.transactions = bodies, fail_on, transactions
         self.writes = 0
         pattern = re.compile(re.escape(BASE) + r"(/.*)?$")
         rsps.add_callback("GET", pattern, self._get)
@@ -94,9 +95,12 @@ class FakeEhr:
     def _get(self, req: Any) -> tuple[int, dict[str, str], str]:
         parts, query = self._parts(req.url)
         if parts == ["metadata"]:
+            rest: Json = {"mode": "server"}
+            if self.transactions:
+                rest["interaction"] = [{"code": "transaction"}]
             return 200, FHIR, json.dumps({"resourceType": "CapabilityStatement", "status": "active",
                                           "date": "2026-01-01", "kind": "instance", "fhirVersion": "4.0.1",
-                                          "format": ["json"], "rest": [{"mode": "server"}]})
+                                          "format": ["json"], "rest": [rest]})
         if len(parts) == 2:
             found = self.resources.get((parts[0], parts[1]))
             if found is None:
@@ -139,12 +143,22 @@ class FakeEhr:
             text = json.dumps(entry["resource"])
             for full, ref in assigned.items():  # references to earlier entries become what was assigned
                 text = text.replace(json.dumps(full), json.dumps(ref))
-            resource = json.loads(text)
-            stored, created = self._store(resource["resourceType"], None, resource)
-            ref = f"{stored['resourceType']}/{stored['id']}/_history/{stored['meta']['versionId']}"
-            assigned[entry["fullUrl"]] = ref
-            reply: Json = {"response": {"status": "201 Created" if created else "200 OK", "location": ref,
-                                        "etag": f'W/"{stored["meta"]["versionId"]}"'}}
+            resource, request = json.loads(text), entry["request"]
+            path, _, query = request["url"].partition("?")
+            parts = path.split("/")
+            if request["method"] == "PUT" and len(parts) == 2:
+                rid: str | None = parts[1]
+            elif request["method"] == "PUT":
+                match = self._matches(parts[0], parse_qs(query))
+                rid = match[0]["id"] if match else None
+            else:
+                rid = None
+            stored, created = self._store(resource["resourceType"], rid, resource)
+            ref = f"{stored['resourceType']}/{stored['id']}"
+            assigned[entry["fullUrl"]] = ref  # unversioned, as servers commonly rewrite
+            version = stored["meta"]["versionId"]
+            reply: Json = {"response": {"status": "201 Created" if created else "200 OK",
+                                        "location": f"{ref}/_history/{version}", "etag": f'W/"{version}"'}}
             if self.bodies:
                 reply["resource"] = stored
             replies.append(reply)
@@ -228,6 +242,25 @@ def test_prescreen_publish_records_the_ehrs_ids_and_versions(db: Path, rsps: res
     assert saved.exit_code == 0, saved.output
     after = records(db)
     assert of_type(after, "ResearchSubject") == subjects and history(db) == versions
+
+
+@pytest.mark.parametrize("bodies", [True, False])
+def test_subjects_published_in_transactions_are_recorded(db: Path, rsps: responses.RequestsMock,
+                                                         bodies: bool) -> None:
+    ehr = FakeEhr(rsps, bodies=bodies, transactions=True)
+    out = prescreen("--publish", BASE)
+    assert out.exit_code == 0, out.output
+    recorded = records(db)
+    subjects = of_type(recorded, "ResearchSubject")
+    assert subjects and {v[1] for v in subjects.values()} == {r["id"] for r in ehr.of_type("ResearchSubject")}
+    assert all(v[2] == "1" and v[4]["id"] == v[1] for v in subjects.values())
+    provenance = {v[1]: v[4] for v in of_type(recorded, "Provenance").values() if v[2] is not None}
+    assert set(provenance) == {r["id"] for r in ehr.of_type("Provenance")}
+    targets = {t["reference"].split("/_history/")[0] for p in provenance.values() for t in p["target"]}
+    assert targets == {f"ResearchSubject/{v[1]}" for v in subjects.values()}  # never a urn:uuid
+    writes, versions = ehr.writes, history(db)
+    assert prescreen("--publish", BASE).exit_code == 0
+    assert (ehr.writes, records(db), history(db)) == (writes, recorded, versions)
 
 
 def test_answers_without_bodies_are_recorded_from_location_and_etag(db: Path, rsps: responses.RequestsMock) -> None:
@@ -329,7 +362,8 @@ def test_a_transaction_through_the_recording_client_is_recorded(tmp_path: Path, 
             recorded = record_writes(store, client.writes)
         assert recorded == ["ResearchSubject/srv-1", "Provenance/srv-2"]
         (prov,) = store.find_published("Provenance")
-        assert prov.resource["target"] == [{"reference": "ResearchSubject/srv-1/_history/1"}]
+        assert prov.resource["target"] == [{"reference": "ResearchSubject/srv-1" if bodies  # as the EHR rewrote it
+                                            else "ResearchSubject/srv-1/_history/1"}]  # what was assigned
         if bodies:
             assert prov.resource == ehr.resources[("Provenance", "srv-2")]
         (subject,) = store.find_published("ResearchSubject", patient="Patient/p1")
