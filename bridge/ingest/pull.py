@@ -29,6 +29,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from bridge.client import FhirClient
+from bridge.errors import ServerRejected
 from bridge.ingest.readers import Entry, Item
 from bridge.normalize.fhirpath import local_date, ref_id
 from bridge.normalize.mappings import CodeMap
@@ -93,7 +94,9 @@ def fetch_patient(client: FhirClient, patient_id: str, cmap: CodeMap, as_of: dat
                   trial: Trial | None = None) -> Iterator[Item]:
     """Every resource of one patient that a criterion of ``trial`` (default: the shipped one) or the assessment
     can use."""
-    yield Entry(client.read("Patient", patient_id).resource, f"Patient/{patient_id}")
+    patient = _patient(client, patient_id)
+    if patient is not None:  # a patient known only from subject references is listed as not screened
+        yield Entry(patient, f"Patient/{patient_id}")
     yield from _entries(client.search("Condition", {"patient": patient_id}, matches_only=True),
                         f"Condition?patient={patient_id}")
     seen: set[str] = set()
@@ -105,6 +108,17 @@ def fetch_patient(client: FhirClient, patient_id: str, cmap: CodeMap, as_of: dat
     if medications:
         yield from _entries(client.search("MedicationAdministration", {"patient": patient_id}, matches_only=True),
                             f"MedicationAdministration?patient={patient_id}")
+
+
+def _patient(client: FhirClient, patient_id: str) -> dict[str, Any] | None:
+    """The Patient resource, or None when the server has none (404 / 410): the patient's other resources are
+    still read, and RULES.md §2 makes it ``no-patient-resource`` — never a failed run."""
+    try:
+        return client.read("Patient", patient_id).resource
+    except ServerRejected as exc:
+        if exc.status in (404, 410):
+            return None
+        raise
 
 
 def admission_queries(as_of: date, recent_days: int = 7) -> list[dict[str, str]]:

@@ -5,8 +5,9 @@ ids and every reference in the samples (``Patient/p01``, ``Observation/p04-cd7``
 entries are sent in transactions of ``chunk_size``, Patients first (for servers that check references).
 
 A resource present more than once (``p04-cd7``: a preliminary version 1, then the amended version 2) cannot
-appear twice in one transaction, so its later copies go into later "rounds": the server ends up holding the
-last copy, with the earlier ones in its history — as if the laboratory had sent the amendment afterwards.
+appear twice in one transaction, so its copies go into successive "rounds" in version order: the server ends
+up holding the newest version, with the earlier ones in its history — as if the laboratory had sent the
+amendment afterwards.
 ``meta.versionId`` and ``meta.lastUpdated`` are the server's to set and are dropped; other ``meta`` (the
 HTEST security label) is kept.
 
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.client import FhirClient
+from bridge.normalize.patients import VersionKey, version_key
 
 from .peer import PeerServer
 
@@ -44,15 +46,18 @@ def _key(resource: Json) -> str:
 
 
 def rounds(resources: Iterable[Json]) -> list[list[Json]]:
-    """The resources split so that no ``Type/id`` repeats within a round; the n-th copy goes to round n."""
-    out: list[list[Json]] = []
-    copies: Counter[str] = Counter()
-    for res in resources:
-        n = copies[_key(res)]
-        copies[_key(res)] += 1
-        if n == len(out):
-            out.append([])
-        out[n].append(res)
+    """The resources split so that no ``Type/id`` repeats within a round. The copies of one resource go to
+    rounds in version order (RULES.md §2, ``bridge.normalize.patients.version_key``: versionId, lastUpdated
+    instant, status, arrival), so the server ends up holding the version the bridge takes as the newest —
+    a sample's preliminary listed after its amended version lands before it, as the laboratory sent them."""
+    listed = list(resources)
+    by_key: dict[str, list[tuple[VersionKey, int]]] = {}
+    for index, res in enumerate(listed):
+        by_key.setdefault(_key(res), []).append((version_key(res, index), index))
+    round_of = {index: n for copies in by_key.values() for n, (_, index) in enumerate(sorted(copies))}
+    out: list[list[Json]] = [[] for _ in range(max(round_of.values(), default=-1) + 1)]
+    for index, res in enumerate(listed):
+        out[round_of[index]].append(res)
     return out
 
 

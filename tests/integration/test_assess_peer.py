@@ -59,6 +59,11 @@ def publish_runs(server: PeerServer, expected: dict[str, Any]) -> list[Done]:
     patients = [a for pid in ids for a in ("--patient", pid)]
     screened = bridge("prescreen", server.base_url, *patients, *COMMON, "--publish", server.base_url)
     assert screened.code == 0, screened.err
+    # t08 died on 2026-06-20: on 2026-12-31 it is not screened (RULES.md §2) and gets no ResearchSubject, so it
+    # is pre-screened as it was while alive, before its infusion; its assessment then moves it to off-study
+    alive = [a if a != "2026-12-31" else "2026-04-01" for a in COMMON]
+    before = bridge("prescreen", server.base_url, "--patient", "t08", *alive, "--publish", server.base_url)
+    assert before.code == 0, before.err
     return [bridge("assess", str(BUNDLE), *COMMON, "--format", "json", "--publish", server.base_url)
             for _ in range(2)]
 

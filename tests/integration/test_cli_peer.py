@@ -145,7 +145,7 @@ def test_each_write_has_one_provenance(client: FhirClient, prescreen_runs: list[
 
 
 def test_pulling_each_patient_prints_the_file_results(server: PeerServer, expected: dict[str, Any]) -> None:
-    ids = [r["patient"].removeprefix("Patient/") for r in expected["results"]]
+    ids = [r["patient"].removeprefix("Patient/") for r in expected["results"] + expected["notScreened"]]
     named = [arg for pid in ids for arg in ("--patient", pid)]
 
     done = bridge("prescreen", server.base_url, *named, *COMMON)
@@ -163,9 +163,10 @@ def test_pulling_the_admitted_patients_prints_their_file_results(server: PeerSer
 
     assert done.code == 0, done.err
     printed = done.json()
-    assert {r["patient"] for r in printed["results"]} == inpatients
+    assert {r["patient"] for r in printed["results"] + printed["notScreened"]} == inpatients
     by_patient = {r["patient"]: r for r in printed["results"]}
     assert [by_patient[r["patient"]] for r in expected["results"] if r["patient"] in inpatients] == [
         r for r in expected["results"] if r["patient"] in inpatients]
-    assert {k: v for k, v in printed.items() if k != "results"} == {
-        k: v for k, v in expected.items() if k != "results"}
+    assert printed["notScreened"] == [n for n in expected["notScreened"] if n["patient"] in inpatients]
+    assert {k: v for k, v in printed.items() if k not in ("results", "notScreened")} == {
+        k: v for k, v in expected.items() if k not in ("results", "notScreened")}

@@ -24,6 +24,7 @@ from responses import matchers
 
 from bridge.client import FhirClient
 from bridge.config import RuleOptions, Settings
+from bridge.errors import RemoteError
 from bridge.evaluate.eligibility import screen
 from bridge.ingest import pull as pull_module
 from bridge.ingest.pull import (
@@ -104,6 +105,26 @@ def serve_patient(rsps: responses.RequestsMock, pid: str = "p1", observations: t
 
 
 # ---------------------------------------------------------------------------------------------- one patient
+
+
+@pytest.mark.parametrize("status", [404, 410])
+def test_a_patient_without_a_patient_resource_is_still_read(rsps: Any, client: FhirClient, cmap: CodeMap,
+                                                            status: int) -> None:
+    """RULES.md §2: known only from subject references -> not screened (no-patient-resource), never a failed run."""
+    serve_patient(rsps)
+    rsps.replace(responses.GET, f"{BASE}/Patient/p1", status=status, headers=FHIR,
+                 json={"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "not-found"}]})
+    items = list(fetch_patient(client, "p1", cmap, AS_OF))
+    assert [i.where for i in items] == ["Condition?patient=p1 #0", "Encounter?patient=p1 #0"]
+
+
+def test_other_patient_read_errors_still_fail(rsps: Any, client: FhirClient, cmap: CodeMap) -> None:
+    serve_patient(rsps)
+    rsps.replace(responses.GET, f"{BASE}/Patient/p1", status=403, headers=FHIR,
+                 json={"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "forbidden"}]})
+    with pytest.raises(RemoteError):
+        list(fetch_patient(client, "p1", cmap, AS_OF))
+
 
 
 def test_the_queries_of_one_patient(rsps: Any, client: FhirClient, cmap: CodeMap) -> None:
