@@ -220,6 +220,7 @@ def create_app(settings: Settings, store: AppState, worker: Worker | None = None
 
     app = FastAPI(title="cd7-bridge pre-screening service", version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None,
+                  redirect_slashes=False,  # a trailing-slash redirect would be built from the Host header
                   description="Receives EHR subscription notifications, pre-screens patients for NCT04762485 "
                               "and serves the published ResearchStudy / ResearchSubject read-only.")
     install_error_handlers(app)

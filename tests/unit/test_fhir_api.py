@@ -310,6 +310,11 @@ def test_absolute_urls_come_from_the_configured_base_never_from_host(client: Tes
     assert "evil" not in json.dumps(bundle) + json.dumps(cap) + json.dumps(history)
 
 
+def test_a_trailing_slash_is_not_redirected_to_the_host_header(client: TestClient, populated: SqliteState) -> None:
+    resp = client.get("/fhir/ResearchSubject/", headers={"Host": "evil.example"}, follow_redirects=False)
+    assert resp.status_code == 404 and "evil" not in resp.headers.get("location", "")
+
+
 def test_the_default_base_is_the_listen_address() -> None:
     assert public_base(Settings()) == "http://127.0.0.1:8080"
     assert public_base(Settings(listen_host="::1", listen_port=9000)) == "http://[::1]:9000"
