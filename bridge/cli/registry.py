@@ -30,12 +30,13 @@ from bridge.ingest.sources import is_url, open_source
 from bridge.model import Item
 from bridge.normalize.mappings import CodeMap, load_code_map
 from bridge.registry.export import assessment_for, export, load_assessment, write_packages
-from bridge.registry.outbox import STATES, Outbox, OutboxRow
 from bridge.registry.package import BuildResult, Context
 from bridge.registry.pseudonym import centre_label, site_secret
 from bridge.registry.submit import EventHook, SubmitReport, submit_pending, sync_directory
 from bridge.registry.timepoints import KINDS
 from bridge.registry.transport import RegistryClient
+from bridge.state import STATES, OutboxRow
+from bridge.state.sqlite_outbox import SqliteOutbox as Outbox
 from bridge.trial import Trial
 
 KILL_AFTER_ENV = "BRIDGE_TEST_REGISTRY_KILL_AFTER"

@@ -14,7 +14,7 @@ screening of a patient listed as not screened (the store keeps the two apart alr
 
 A screening is a plain dict ``{"patient", "status", "criteria": {id: {result, evidence, reason}}, "asOf",
 "updatedAt", "ruleset"}`` where ``patient`` is the bare resource id (``p01``) and ``updatedAt`` epoch seconds.
-``StoreData`` adapts the state store (``bridge.store.Store``: ``screenings()`` / ``screening(id)``, records
+``StoreData`` adapts the state store (``bridge.state.Screenings``: ``screenings()`` / ``screening(id)``, records
 with ``verdicts`` as a list or a mapping); ``MemoryData`` holds documents in memory (tests, demos) and can be
 filled from a ``bridge prescreen --format json`` document.
 
@@ -139,7 +139,7 @@ class MemoryData:
 
 
 class StoreData:
-    """``CoordinatorData`` over the state store's screenings (``bridge.store.Store``)."""
+    """``CoordinatorData`` over the state store's screenings (``bridge.state.Screenings``)."""
 
     def __init__(self, store: Any, assessments: Callable[[str], Json | None] | None = None) -> None:
         self._store = store

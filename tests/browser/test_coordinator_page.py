@@ -34,7 +34,8 @@ from bridge.report.coordinator import StoreData, bare_id
 from bridge.report.data import gather
 from bridge.report.render import write_report
 from bridge.service.ui import COOKIE, ui_router
-from bridge.store import NotScreenedRecord, ScreeningRecord, SqliteStore
+from bridge.state import NotScreenedRecord, ScreeningRecord
+from bridge.state.sqlite_state import SqliteState as SqliteStore
 
 pytestmark = pytest.mark.browser
 

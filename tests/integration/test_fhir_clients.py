@@ -26,6 +26,7 @@ from fhirclient.models.researchsubject import ResearchSubject
 from fhirclient.server import FHIRServer
 from fhirpy import SyncFHIRClient
 
+from bridge.service.fhir_params import SEARCH_PARAMS
 from bridge.state import PublishedRecord
 from bridge.state.sqlite_state import SqliteState
 from tests.processes import free_port, wait_until_healthy
@@ -171,7 +172,7 @@ def test_fhirclient_reads_the_capability_statement(smart: FHIRServer, service: S
     cap = smart.capabilityStatement
     assert isinstance(cap, CapabilityStatement) and cap.fhirVersion == "4.0.1"
     assert cap.implementation.url == service.fhir
-    assert [r.type for r in cap.rest[0].resource] == ["ResearchStudy", "ResearchSubject"]
+    assert [r.type for r in cap.rest[0].resource] == list(SEARCH_PARAMS)
 
 
 def test_fhirclient_reads_and_vreads(smart: FHIRServer) -> None:

@@ -29,7 +29,7 @@ from bridge.normalize.mappings import load_code_map
 from bridge.pipeline import prescreen_items
 from bridge.publish.subject import subject_identifier, verdicts_from_subject
 from bridge.service.triggers import patient_of
-from bridge.store import SqliteStore
+from bridge.state.sqlite_state import SqliteState as SqliteStore
 from tests.processes import free_port, wait_until_healthy
 
 from .loading import load_bundle, sample_resources

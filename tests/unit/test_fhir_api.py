@@ -21,6 +21,7 @@ from bridge.config import Settings
 from bridge.publish.validate import validate_r4
 from bridge.service.app import create_app
 from bridge.service.fhir_api import public_base
+from bridge.service.fhir_params import SEARCH_PARAMS
 from bridge.state import PublishedRecord
 from bridge.state.sqlite_state import SqliteState
 
@@ -368,7 +369,7 @@ def test_other_methods_are_405(client: TestClient, populated: SqliteState) -> No
 
 
 SAMPLES = {"token": "x", "reference": "x", "date": "2026", "number": "1", "_sort": "-_lastUpdated",
-           "_elements": "status", "_summary": "count", "_total": "accurate", "_totalMethod": "count",
+           "_elements": "extension", "_summary": "count", "_total": "accurate", "_totalMethod": "count",
            "_format": "json", "_pretty": "true"}
 
 
@@ -381,7 +382,7 @@ def test_the_capability_statement_says_exactly_what_is_served(client: TestClient
     assert "service" not in rest["security"] and "OAuth" not in json.dumps(rest["security"]).replace("not OAuth", "")
     assert "static bearer token" in rest["security"]["description"] and rest["security"]["cors"] is False
     assert cap["format"] == ["application/fhir+json", "json"] and cap["fhirVersion"] == "4.0.1"
-    assert [r["type"] for r in rest["resource"]] == ["ResearchStudy", "ResearchSubject"]
+    assert [r["type"] for r in rest["resource"]] == list(SEARCH_PARAMS)
     for resource in rest["resource"]:
         assert [i["code"] for i in resource["interaction"]] == ["read", "vread", "search-type", "history-instance",
                                                                  "history-type"]

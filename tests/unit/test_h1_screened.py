@@ -31,7 +31,7 @@ from bridge.normalize.mappings import load_code_map
 from bridge.normalize.patients import assemble
 from bridge.pipeline import prescreen, prescreen_items, prescreen_json, write_prescreen_json
 from bridge.population import Failed
-from bridge.store import SqliteStore
+from bridge.state.sqlite_state import SqliteState as SqliteStore
 from tests.shared import EXAMPLES
 
 REPO = Path(__file__).resolve().parents[2]

@@ -248,7 +248,7 @@ def test_the_winner_does_not_depend_on_arrival_except_for_full_ties(versions: li
 
 def test_positioned_entries_keep_the_rule() -> None:
     """The population path's assembler (arrival = position in the directory) applies the same key."""
-    from bridge.bulk import PositionedAssembler
+    from bridge.population.assembler import PositionedAssembler
 
     asm = PositionedAssembler(CMAP)
     asm.add_at(Entry(obs("o1", 50, status="amended"), "x"), order=100)

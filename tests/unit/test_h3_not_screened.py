@@ -40,7 +40,8 @@ from bridge.service import rescreen as rescreen_module
 from bridge.service.rescreen import NOT_PUBLISHED, NOT_SCREENED, PublishingRescreen
 from bridge.service.triggers import patient_of
 from bridge.service.ui import ui_router
-from bridge.store import NotScreenedRecord, ScreeningRecord, SqliteStore, save_prescreen
+from bridge.state import NotScreenedRecord, ScreeningRecord, save_prescreen
+from bridge.state.sqlite_state import SqliteState as SqliteStore
 from tests.unit.test_publisher import BASE, OPTIONS, FakeServer, clock, screening, stored_subject
 from tests.unit.test_report import data_values, images, tags, treated_bundle
 from tests.unit.test_rescreen import FakeClient

@@ -663,7 +663,8 @@ def test_security_headers_and_the_style_hash(signed_in: TestClient) -> None:
 
 
 def test_store_data_reads_the_state_store(tmp_path: Path) -> None:
-    from bridge.store import ScreeningRecord, SqliteStore
+    from bridge.state import ScreeningRecord
+    from bridge.state.sqlite_state import SqliteState as SqliteStore
 
     store = SqliteStore(tmp_path / "state.sqlite3")
     try:

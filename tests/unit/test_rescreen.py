@@ -16,7 +16,7 @@ from bridge.publish.subject import research_subject
 from bridge.service import rescreen as module
 from bridge.service.rescreen import NOT_PUBLISHED, NOT_SCREENED, STUDY_KEY, PublishingRescreen
 from bridge.service.triggers import patient_of
-from bridge.store import SqliteStore
+from bridge.state.sqlite_state import SqliteState as SqliteStore
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "samples" / "prescreen" / "bundle.json"

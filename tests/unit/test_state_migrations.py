@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from bridge.errors import StoreError
-from bridge.registry.outbox import Outbox
 from bridge.state import Delivery, InboxEvent, NotScreenedRecord, PublishedRecord, ScreeningRecord
 from bridge.state.sqlite import SqliteDatabase
 from bridge.state.sqlite_migrations import MIGRATIONS, Migration
+from bridge.state.sqlite_outbox import SqliteOutbox as Outbox
 from bridge.state.sqlite_state import SqliteState
 
 T0 = 1_780_000_000.0

@@ -12,9 +12,6 @@ from pathlib import Path
 
 import pytest
 
-import bridge.registry.outbox as old_outbox
-import bridge.state
-import bridge.store as old_store
 from bridge.state import (
     Inbox,
     Intake,
@@ -90,18 +87,13 @@ def test_only_the_sqlite_modules_know_sqlite() -> None:
             assert not any("sqlite" in name for name in imports - {"bridge.state.sqlite_state"}), path.name
     sqlite_users = {p.relative_to(ROOT).as_posix() for p in (ROOT / "bridge").rglob("*.py")
                     if not p.is_relative_to(STATE) and any("sqlite" in n for n in _imports(p))}
-    assert sqlite_users == {"bridge/store.py", "bridge/registry/outbox.py"}  # the transitional re-exports
+    assert sqlite_users == set()
 
 
-def test_the_old_modules_keep_every_name() -> None:
-    assert old_store.SqliteStore is SqliteState and old_store.Store is State
-    assert old_outbox.Outbox is SqliteOutbox
-    for name in old_store.__all__:
-        if name not in ("SqliteStore", "Store"):
-            assert getattr(old_store, name) is getattr(bridge.state, name), name
-    for name in old_outbox.__all__:
-        if name != "Outbox":
-            assert getattr(old_outbox, name) is getattr(bridge.state, name), name
+def test_the_transitional_modules_are_gone() -> None:
+    """bridge/store.py, bridge/registry/outbox.py and bridge/bulk.py were re-exports while the seam moved in."""
+    for old in ("store.py", "registry/outbox.py", "bulk.py"):
+        assert not (ROOT / "bridge" / old).exists(), old
 
 
 def test_callers_name_only_the_protocols_they_use() -> None:
