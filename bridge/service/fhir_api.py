@@ -182,21 +182,52 @@ def _narrowing(query: SearchQuery) -> dict[str, str]:
     return out
 
 
-class Reader:
-    """Reads ``store`` for the routes (blocking: called in the thread pool)."""
+CONFORMANCE_TYPES = ("StructureDefinition", "CodeSystem", "ValueSet")
+CONFORMANCE_UPDATED = 1767225600.0  # 2026-01-01T00:00:00Z: the packaged definitions are one version, read-only
 
-    def __init__(self, store: PublishedIndex) -> None:
+
+class Conformance:
+    """The bridge's own conformance resources (``bridge.publish.conformance``, generated for the service's
+    trial): served read-only as version 1, straight from the package — they are definitions, not records."""
+
+    def __init__(self, trial_file: str | None) -> None:
+        from bridge.publish.conformance import load_resources  # loaded when the API is built, not at import
+        from bridge.trial import load_trial
+
+        resources = load_resources(load_trial(trial_file))
+        self.hits = {(r["resourceType"], r["id"]): served(r, r["id"], 1, CONFORMANCE_UPDATED) for r in resources}
+
+    def of(self, resource_type: str, resource_id: str | None = None) -> list[Hit]:
+        return [h for (rtype, rid), h in sorted(self.hits.items())
+                if rtype == resource_type and resource_id in (None, rid)]
+
+
+class Reader:
+    """Reads ``store`` for the routes (blocking: called in the thread pool); the conformance resources come
+    from the package."""
+
+    def __init__(self, store: PublishedIndex, conformance: Conformance) -> None:
         self.store = store
+        self.conformance = conformance
 
     def current(self, resource_type: str, query: SearchQuery) -> list[Hit]:
+        if resource_type in CONFORMANCE_TYPES:
+            return self.conformance.of(resource_type)
         records = self.store.find_published(resource_type, **_narrowing(query))
         return [hit for hit in map(_current, records) if hit is not None]
 
     def versions(self, resource_type: str, resource_id: str | None, since: float | None) -> list[Hit]:
+        if resource_type in CONFORMANCE_TYPES:
+            return [h for h in self.conformance.of(resource_type, resource_id)
+                    if since is None or h.last_updated >= since]
         return [_hit(v) for v in self.store.published_history(resource_type, resource_id, since)]
 
     def version(self, resource_type: str, resource_id: str, version_id: str | None) -> Hit:
-        if version_id is None:
+        if resource_type in CONFORMANCE_TYPES:
+            packaged = self.conformance.of(resource_type, resource_id)
+            if packaged and version_id in (None, "1"):
+                return packaged[0]
+        elif version_id is None:
             found = self.store.published_history(resource_type, resource_id)
             if found:
                 return _hit(found[0])
@@ -237,7 +268,7 @@ METADATA_OPENAPI = _query_parameters([("mode", "token", "full (the only mode ser
 def fhir_router(store: PublishedIndex, settings: Settings) -> APIRouter:
     """The ``/fhir`` routes over ``store``, guarded by ``settings.api_token``."""
     base = public_base(settings) + "/fhir"
-    reader = Reader(store)
+    reader = Reader(store, Conformance(settings.trial))
 
     def authorised(request: Request) -> None:
         if not settings.api_token:

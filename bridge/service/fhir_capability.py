@@ -22,6 +22,10 @@ SECURITY = ("A static bearer token: every request except GET/HEAD /metadata need
             "<token>', the token being the bridge's api_token setting. This is not OAuth and not SMART on FHIR: "
             "there is no authorization server, no token endpoint and no scopes. No CORS headers are sent.")
 Json = dict[str, Any]
+# the bridge's own profiles of what it publishes (profiles/StructureDefinition-*.json), served under /fhir too
+_OWN = "https://cd7-bridge.example.org/fhir/StructureDefinition/"
+BRIDGE_PROFILES = ((f"{_OWN}cd7-research-subject", "ResearchSubject"),
+                   (f"{_OWN}cd7-response-observation", "Observation"), (f"{_OWN}cd7-adverse-event", "AdverseEvent"))
 
 
 def _search_param(param: SearchParam) -> Json:
@@ -33,7 +37,9 @@ def _resource(resource_type: str) -> Json:
     params = [_search_param(p) for p in (*COMMON_PARAMS, *SEARCH_PARAMS[resource_type])]
     params += [{"name": name, "type": kind, "documentation": doc} for name, kind, doc in RESULT_PARAMS]
     sorts = ", ".join(["_id", "_lastUpdated", *(p.name for p in SEARCH_PARAMS[resource_type])])
+    own = [url for url, rtype in BRIDGE_PROFILES if rtype == resource_type]
     return {"type": resource_type, "profile": f"http://hl7.org/fhir/StructureDefinition/{resource_type}",
+            **({"supportedProfile": own} if own else {}),
             "documentation": f"Read-only. _sort by {sorts} ('-' for descending).",
             "interaction": [{"code": code} for code in INTERACTIONS],
             "versioning": "versioned", "readHistory": True, "updateCreate": False,

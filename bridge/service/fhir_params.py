@@ -28,7 +28,7 @@ from typing import Any, Literal, cast
 from bridge.errors import InputError, Issue
 from bridge.fhirmodels import model_class
 
-ParamType = Literal["token", "reference", "date"]
+ParamType = Literal["token", "reference", "date", "uri", "string"]
 Summary = Literal["true", "false", "text", "data", "count"]
 Items = Sequence[tuple[str, str]]
 
@@ -119,6 +119,15 @@ SEARCH_PARAMS: dict[str, tuple[SearchParam, ...]] = {
         SearchParam("entity", "reference", "entity.what", f"{SPEC}/Provenance-entity",
                     "an input the activity used (Type/id)"),
     ),
+    # the bridge's own conformance resources (profiles/, bridge.publish.conformance): found by canonical url
+    **{rtype: (
+        SearchParam("url", "uri", "url", f"{SPEC}/conformance-url", "the canonical URL (exact)"),
+        SearchParam("name", "string", "name", f"{SPEC}/conformance-name",
+                    "the computer-friendly name (starts with, case-insensitive)"),
+        SearchParam("status", "token", "status", f"{SPEC}/conformance-status", "draft, active or retired",
+                    system="http://hl7.org/fhir/publication-status"),
+        SearchParam("version", "token", "version", f"{SPEC}/conformance-version", "the business version"),
+    ) for rtype in ("StructureDefinition", "CodeSystem", "ValueSet")},
 }
 SERVED_TYPES = tuple(SEARCH_PARAMS)
 # (name, type, documentation) of the parameters that shape results rather than select them
@@ -307,6 +316,8 @@ def _values(param: SearchParam, raw: str) -> tuple[Any, ...]:
         return tuple(_date(param.name, unescape(a)) for a in alternatives)
     if param.type == "token":
         return tuple(_token(param.name, a) for a in alternatives)
+    if param.type in ("uri", "string"):
+        return tuple(unescape(a) for a in alternatives)
     return tuple(_reference(param, a) for a in alternatives)
 
 

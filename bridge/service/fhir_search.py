@@ -136,6 +136,11 @@ def matches(criterion: Criterion, hit: Hit) -> bool:
         return any(_date_matches(v, hit.last_updated) for v in criterion.values)
     if param.type == "reference":
         return any(_reference_matches(w, f) for w in criterion.values for f in references(param, hit.resource))
+    if param.type in ("uri", "string"):
+        found_text = [v for v in values_at(param, hit.resource) if isinstance(v, str)]
+        if param.type == "uri":  # exact (RULES of FHIR uri search: no normalisation)
+            return any(w == f for w in criterion.values for f in found_text)
+        return any(f.casefold().startswith(w.casefold()) for w in criterion.values for f in found_text)
     found = tokens(param, hit.resource)
     return any(_token_matches(w, f) for w in criterion.values for f in found)
 
@@ -153,6 +158,8 @@ def _sort_value(param: SearchParam, hit: Hit) -> Any:
         return hit.last_updated
     if param.type == "reference":
         return min(references(param, hit.resource), default=None)
+    if param.type in ("uri", "string"):
+        return min((v for v in values_at(param, hit.resource) if isinstance(v, str)), default=None)
     return min((code for _, code in tokens(param, hit.resource)), default=None)
 
 

@@ -368,7 +368,8 @@ def test_other_methods_are_405(client: TestClient, populated: SqliteState) -> No
 # ------------------------------------------------------------------------------------------ CapabilityStatement
 
 
-SAMPLES = {"token": "x", "reference": "x", "date": "2026", "number": "1", "_sort": "-_lastUpdated",
+SAMPLES = {"token": "x", "reference": "x", "date": "2026", "number": "1", "uri": "http://x.example", "string": "x",
+           "_sort": "-_lastUpdated",
            "_elements": "extension", "_summary": "count", "_total": "accurate", "_totalMethod": "count",
            "_format": "json", "_pretty": "true"}
 
@@ -407,3 +408,31 @@ def test_the_openapi_declares_head_and_the_query_parameters(client: TestClient) 
     for path in ("/fhir/metadata", "/fhir/ResearchSubject/{resource_id}/_history/{version_id}",
                  "/fhir/ResearchSubject/_history", "/fhir/ResearchSubject/{resource_id}/_history"):
         assert {"get", "head"} <= set(paths[path])
+
+
+# ------------------------------------------------------------------------------------------ conformance resources
+
+
+def test_the_bridges_conformance_resources_are_served(client: TestClient) -> None:
+    """Issue #14 item 3: the profiles, CodeSystems and ValueSets the bridge defines, found by url and read by id."""
+    from bridge.publish.conformance import load_resources
+    from bridge.service.fhir_capability import BRIDGE_PROFILES
+
+    packaged = load_resources()
+    for rtype in ("StructureDefinition", "CodeSystem", "ValueSet"):
+        listed = get(client, f"/fhir/{rtype}?_count=1000")
+        assert {e["resource"]["url"] for e in listed["entry"]} == {r["url"] for r in packaged
+                                                                    if r["resourceType"] == rtype}
+    for resource in packaged:
+        found = get(client, f"/fhir/{resource['resourceType']}?url={resource['url']}")
+        assert found["total"] == 1
+        read = client.get(f"/fhir/{resource['resourceType']}/{resource['id']}", headers=AUTH)
+        assert read.status_code == 200 and read.headers["etag"] == 'W/"1"'
+        assert {k: v for k, v in read.json().items() if k != "meta"} == {k: v for k, v in resource.items()
+                                                                         if k != "meta"}
+    assert get(client, "/fhir/CodeSystem?url=http://nowhere.example")["total"] == 0
+    assert client.get("/fhir/CodeSystem/activity/_history/2", headers=AUTH).status_code == 404
+    urls = {r["url"] for r in packaged}
+    cap = client.get("/fhir/metadata").json()
+    supported = {p for r in cap["rest"][0]["resource"] for p in r.get("supportedProfile", [])}
+    assert supported == {url for url, _ in BRIDGE_PROFILES} and supported <= urls
