@@ -35,8 +35,7 @@ from bridge.registry.pseudonym import centre_label, site_secret
 from bridge.registry.submit import EventHook, SubmitReport, submit_pending, sync_directory
 from bridge.registry.timepoints import KINDS
 from bridge.registry.transport import RegistryClient
-from bridge.state import STATES, OutboxRow
-from bridge.state.sqlite_outbox import SqliteOutbox as Outbox
+from bridge.state import STATES, OutboxRow, open_outbox
 from bridge.trial import Trial
 
 KILL_AFTER_ENV = "BRIDGE_TEST_REGISTRY_KILL_AFTER"
@@ -219,7 +218,7 @@ def submit_command(
     settings = settings_from(config)
     centre = centre_label(settings.registry_centre)
     withdrawn = 0
-    with Outbox(settings.db_path) as outbox, RegistryClient(settings) as client:
+    with open_outbox(settings.db_path) as outbox, RegistryClient(settings) as client:
         if directory is not None:
             _, _, withdrawn = sync_directory(outbox, directory)
         if withdrawn:
@@ -281,7 +280,7 @@ def status_command(
 ) -> None:
     settings = settings_from(config)
     wanted = tuple(s.value for s in states) if states else STATES
-    with Outbox(settings.db_path) as outbox:
+    with open_outbox(settings.db_path) as outbox:
         rows, counts = outbox.rows(wanted), outbox.counts()
     if fmt is Format.json:
         print_json({"counts": counts, "packages": [r.as_json() for r in rows]})

@@ -79,15 +79,8 @@ IdPath = Annotated[str, Path(pattern=FHIR_ID.pattern, description="the resource 
 AuthorizationHeader = Annotated[str | None, Header(description="Bearer <api_token> for the details")]
 
 
-class WriteProbe(Protocol):
-    """How ``/readyz`` learns that the store takes a write: ``purge(0.0)`` is a write transaction (``BEGIN
-    IMMEDIATE``, the write lock) that deletes nothing, so a read-only, locked or closed store fails it."""
-
-    def purge(self, before: float) -> int: ...
-
-
-class AppState(Intake, PublishedIndex, Screenings, WriteProbe, Protocol):
-    """What the routes use of the state: notifications in and ``/readyz`` (``Intake``, ``WriteProbe``), the read
+class AppState(Intake, PublishedIndex, Screenings, Protocol):
+    """What the routes use of the state: notifications in and ``/readyz`` (``Intake``: its write probe), the read
     API (``PublishedIndex``) and the coordinator page (``Screenings``)."""
 
 
@@ -334,7 +327,7 @@ class Readiness:
         self.writable = CachedProbe(self._store_takes_a_write, ttl=STORE_PROBE_SECONDS)
 
     def _store_takes_a_write(self) -> bool:
-        self.store.purge(0.0)  # see WriteProbe; any exception means "cannot write" (CachedProbe)
+        self.store.probe_write(time.time())  # a committed write; any exception means "cannot write" (CachedProbe)
         return True
 
     async def _state(self, probe: CachedProbe) -> str:
@@ -411,5 +404,5 @@ def build_app(settings: Settings, worker_config: WorkerConfig | None = None, nam
     return create_app(settings, state, worker, ehr_probe=ehr_probe(settings))
 
 
-__all__ = ["AppState", "CachedProbe", "Readiness", "WriteProbe", "build_app", "build_worker", "create_app", "ehr_probe",
+__all__ = ["AppState", "CachedProbe", "Readiness", "build_app", "build_worker", "create_app", "ehr_probe",
            "install_error_handlers", "outcome_response", "read_body", "status_for"]

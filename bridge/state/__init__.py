@@ -71,6 +71,22 @@ def open_state(location: str | os.PathLike[str]) -> State:
     return SqliteState(location)
 
 
+class ClosingOutbox(RegistryOutbox, Protocol):
+    """A registry outbox opened on its own: closed after use (``with open_outbox(...) as outbox``)."""
+
+    def __enter__(self) -> ClosingOutbox: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+def open_outbox(location: str | os.PathLike[str]) -> ClosingOutbox:
+    """The registry outbox at ``location`` on its own (``bridge registry``: no service state is needed); like
+    ``open_state``, the one place that picks the backend."""
+    from bridge.state.sqlite_outbox import SqliteOutbox  # the backend loads only when an outbox is opened
+
+    return SqliteOutbox(location)
+
+
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
     "STATES",
@@ -99,6 +115,8 @@ __all__ = [
     "TrialVersions",
     "find_holes",
     "not_screened_record",
+    "ClosingOutbox",
+    "open_outbox",
     "open_state",
     "owner_gone",
     "save_prescreen",

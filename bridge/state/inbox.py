@@ -127,6 +127,11 @@ class Intake(Protocol):
         """Inbox and re-screen counts by state, the last event and the last notification time."""
         ...
 
+    def probe_write(self, now: float) -> None:
+        """Commit one small write (``/readyz``): raises when the store cannot take one — read-only, locked,
+        full disk, closed."""
+        ...
+
 
 class Inbox(Intake, Protocol):
     """The durable inbox, the coalesced re-screen queue, known patients and seen versions (the worker's view)."""

@@ -245,6 +245,11 @@ class SqliteInbox(SqliteBackend):
             last_note = db.execute("SELECT MAX(last_seen_at) FROM subscriptions").fetchone()[0]
         return StoreStats(inbox, rescreens, last_event, last_note)
 
+    def probe_write(self, now: float) -> None:
+        with self._db.write("probe a write") as db:
+            db.execute("INSERT INTO write_probe(id, at) VALUES (1, ?) ON CONFLICT(id) DO UPDATE SET at = excluded.at",
+                       (now,))
+
     def purge(self, before: float) -> int:
         with self._db.write("purge") as db:
             n = db.execute("DELETE FROM inbox WHERE state = 'done' AND done_at < ?", (before,)).rowcount

@@ -234,6 +234,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "drop meta (its schema_version 1 is now schema_migrations)", ("DROP TABLE IF EXISTS meta",)),
     Migration(7, "published index: versions, last updated, kept history", PUBLISHED_VERSIONS,
               apply=_published_first_versions),
+    Migration(8, "write probe: one row /readyz rewrites to learn that the store takes a committed write", (
+        "CREATE TABLE write_probe(id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL)",)),
 )
 
 __all__ = ["MIGRATIONS", "Migration"]

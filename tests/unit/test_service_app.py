@@ -324,6 +324,22 @@ def test_readyz_is_not_ready_while_the_store_cannot_write(settings: Settings, tm
         store.close()
 
 
+def test_readyz_commits_a_write_and_is_not_ready_when_it_fails(settings: Settings, store: SqliteStore,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    with TestClient(create_app(settings, store)) as c:
+        assert c.get("/readyz", headers=bearer()).json()["store"] == "ok"
+    probe = sqlite3.connect(store.path).execute("SELECT at FROM write_probe").fetchall()
+    assert len(probe) == 1  # a committed write, not a transaction that changes nothing
+
+    def full(now: float) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store, "probe_write", full)
+    with TestClient(create_app(settings, store)) as c:
+        resp = c.get("/readyz", headers=bearer())
+    assert resp.status_code == 503 and resp.json()["store"] == "unavailable"
+
+
 def test_the_probe_is_cached() -> None:
     calls, now = [], [0.0]
     probe = CachedProbe(lambda: calls.append(1) or True, ttl=30, clock=lambda: now[0])
