@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from bridge.trial import Trial, load_trial
 
@@ -171,7 +171,7 @@ class StoreData:
 def as_data(store: Any) -> CoordinatorData:
     """The page's read interface for ``store``: used as is when it already is one, else adapted."""
     if all(hasattr(store, m) for m in ("list_screenings", "get_screening", "get_assessment")):
-        return store  # duck-typed CoordinatorData
+        return cast(CoordinatorData, store)  # duck-typed CoordinatorData
     return StoreData(store)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 from bridge.service.fhir_params import Criterion, Items, Paging, SearchParam, SearchQuery, Shape, elements_of
@@ -227,7 +227,7 @@ def searchset(base: str, resource_type: str, hits: Sequence[Hit], query: SearchQ
     bundle["link"] = page_links(f"{base}/{resource_type}", items, paging, len(hits))
     bundle["entry"] = [{"fullUrl": f"{base}/{resource_type}/{h.id}", "resource": shape(h.resource, query.shape),
                         "search": {"mode": "match"}} for h in page]
-    return prune(bundle)
+    return cast(Json, prune(bundle))
 
 
 def history(base: str, url: str, hits: Sequence[Hit], paging: Paging, items: Items) -> Json:
@@ -237,7 +237,7 @@ def history(base: str, url: str, hits: Sequence[Hit], paging: Paging, items: Ite
     entries = [_history_entry(base, h) for h in page]
     bundle = {"resourceType": "Bundle", "type": "history", "total": len(hits),
               "link": page_links(url, items, paging, len(hits)), "entry": entries}
-    return prune(bundle)
+    return cast(Json, prune(bundle))
 
 
 def _history_entry(base: str, hit: Hit) -> Json:
