@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from bridge.config import RuleOptions
-from bridge.evaluate.eligibility import CRITERIA, Screening, screen
+from bridge.evaluate.eligibility import Screening, screen
 from bridge.evaluate.screened import assessable, not_screened
 from bridge.ingest.sources import check_source, is_url, open_source
 from bridge.model import Item, NotScreened, PatientFacts
@@ -278,6 +278,6 @@ def prescreen_json(screenings: Iterable[Screening], options: RuleOptions,
             "notScreened": _not_screened_json(not_screened)}
 
 
-__all__ = ["CRITERIA", "AssessRun", "Failed", "PrescreenRun", "assess", "assess_loaded", "evaluate_patient", "is_url",
+__all__ = ["AssessRun", "Failed", "PrescreenRun", "assess", "assess_loaded", "evaluate_patient", "is_url",
            "load_patients", "named", "open_source", "prescreen", "prescreen_items", "prescreen_json",
            "prescreen_patients", "screen_each", "screen_one", "screen_run", "screening_json", "write_prescreen_json"]

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.fhirmodels import parse_resource
+from bridge.trial import load_trial
 from samplegen.chart import Chart
 from samplegen.kit import (
     ABSENT,
@@ -71,11 +72,6 @@ AS_OF = date(2026, 6, 15)
 SEED = 20260615
 
 HIS_DX = "http://hospital.example.org/diagnosis"
-
-INCLUSIONS = ("inc-diagnosis", "inc-age", "inc-ecog", "inc-cd7-expression", "inc-cardiac", "inc-organ-function")
-EXCLUSIONS = ("exc-pregnancy", "exc-congenital-immunodeficiency", "exc-cns-leukemia", "exc-active-infection",
-              "exc-hepatitis", "exc-hiv", "exc-thrombosis", "exc-cardiac-event", "exc-investigator")
-ADVISORY = "exc-investigator"
 
 # No data can make these criteria `unknown` (RULES.md §2 defines only met / not-met for them).
 IMPOSSIBLE = {
@@ -807,16 +803,18 @@ def _cao(c: Chart) -> None:
 
 # ------------------------------------------------------------------------------------------ intent
 def default_verdicts() -> dict[str, str]:
-    out = {cid: "met" for cid in INCLUSIONS}
-    out |= {cid: "not-met" for cid in EXCLUSIONS}
-    out[ADVISORY] = "unknown"
+    trial = load_trial()  # the samples are written for the shipped trial: its criteria, in its file's order
+    out = {cid: "met" for cid in trial.inclusions}
+    out |= {cid: "not-met" for cid in trial.exclusions}
+    out |= {cid: "unknown" for cid in trial.advisory}
     return out
 
 
 def status_of(verdicts: dict[str, str]) -> str:
     """RULES.md §2 overall status, restated independently of the engine, to check each hand-written status."""
-    inc = [verdicts[c] for c in INCLUSIONS]
-    exc = [verdicts[c] for c in EXCLUSIONS if c != ADVISORY]
+    trial = load_trial()
+    inc = [verdicts[c] for c in trial.inclusions]
+    exc = [verdicts[c] for c in trial.exclusions if c not in trial.advisory]
     if "not-met" in inc or "met" in exc:
         return "ineligible"
     if all(r == "met" for r in inc) and all(r == "not-met" for r in exc):
@@ -839,8 +837,9 @@ def intent_of(case: Case) -> Json:
 def coverage(patients: dict[str, Json]) -> dict[str, list[str]]:
     """Per automated criterion, the outcomes that no patient is intended to have (minus documented ones)."""
     missing: dict[str, list[str]] = {}
-    for cid in INCLUSIONS + EXCLUSIONS:
-        if cid == ADVISORY:
+    trial = load_trial()
+    for cid in trial.criterion_ids:
+        if cid in trial.advisory:
             continue
         seen = {p["criteria"][cid] for p in patients.values()}
         gap = [r for r in ("met", "not-met", "unknown") if r not in seen and r not in IMPOSSIBLE.get(cid, {})]

@@ -229,7 +229,8 @@ def _publish(base_url: str, settings: Settings, run: AssessRun) -> None:
             try:
                 for patient in cast(list[dict[str, Any]], doc["patients"]):
                     written += publish_assessment(client, patient, run.options.as_of, run.options.comparators,
-                                                  run.options.cri_reading, patient["patient"] in deceased)
+                                                  run.options.cri_reading, patient["patient"] in deceased,
+                                                  trial=run.trial)
             finally:
                 count = record_publication(state, client, written)
         LocalRecorder(state, run.trial).ensure_study()

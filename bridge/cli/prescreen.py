@@ -172,7 +172,8 @@ def publish_recorded(settings: Settings, base_url: str, run: PrescreenRun) -> No
         written: list[Written] = []
         with RecordingClient(base_url, settings) as client:
             try:
-                written = publish_screenings(client, run.screenings, run.options, not_screened=run.not_screened)
+                written = publish_screenings(client, run.screenings, run.options, not_screened=run.not_screened,
+                                                 trial=run.trial)
             finally:
                 count = record_publication(state, client, written)
         LocalRecorder(state, run.trial).study(run.options.organ_function_reading)

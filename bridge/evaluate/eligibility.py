@@ -4,18 +4,16 @@ Pure: ``PatientFacts``, ``RuleOptions`` and a ``Trial`` in, ``Verdict``s out. No
 criterion of the trial file names a rule building block (``bridge.evaluate.blocks``) and its parameters; this
 module runs them in the file's order, through ``decide`` (``bridge.evaluate.unknowns``) over the not-usable
 values of the fact concepts each block declares, and derives the overall status. For an exclusion, ``met`` means
-the excluding condition is present. ``trial=None`` is the shipped default trial (``bridge.trial.load_trial``).
-
-The module-level names ``CRITERIA``, ``INCLUSIONS``, ``EXCLUSIONS``, ``ADVISORY`` and ``RULE_CONCEPTS`` are the
-default trial's, for callers that do not pass a trial yet.
+the excluding condition is present. ``trial=None`` is the shipped default trial (``bridge.trial.load_trial``);
+the criterion ids, their kinds and the concepts they read are the ``Trial``'s to say (``criterion_ids``,
+``inclusions``, ``exclusions``, ``advisory``, ``reads``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 from bridge.config import RuleOptions
 from bridge.evaluate.blocks import Context, completed_years, run_block
@@ -70,20 +68,6 @@ def screen(pf: PatientFacts, options: RuleOptions, site_uln: Mapping[str, float]
     ctx = Context(options, site_uln or {})
     vs = tuple(decide(partial(_verdict, c, ctx), pf, t.reads(c.id).facts, options.as_of) for c in t.criteria)
     return Screening(pf.ref, overall_status(vs, t), vs)
-
-
-def __getattr__(name: str) -> Any:
-    """The default trial's ids and concept lists under their former module-level names."""
-    t = load_trial()
-    derived: dict[str, Callable[[], Any]] = {
-        "CRITERIA": lambda: t.criterion_ids, "INCLUSIONS": lambda: t.inclusions,
-        "EXCLUSIONS": lambda: t.exclusions, "ADVISORY": lambda: t.advisory,
-        "RULE_CONCEPTS": lambda: {c.id: tuple(sorted(t.reads(c.id).facts)) for c in t.criteria
-                                  if t.reads(c.id).facts},
-    }
-    if name in derived:
-        return derived[name]()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["Screening", "completed_years", "evaluate_criterion", "inc_age", "overall_status", "screen"]

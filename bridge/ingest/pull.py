@@ -180,12 +180,5 @@ def pull(client: FhirClient, cmap: CodeMap, as_of: date, patient_ids: Iterable[s
         yield from fetch_patient(client, pid, cmap, as_of, lookback, medications=medications, trial=trial)
 
 
-def __getattr__(name: str) -> frozenset[str]:
-    """``ANY_AGE_CONCEPTS``: the shipped trial's any-age concepts, under the name callers know."""
-    if name == "ANY_AGE_CONCEPTS":
-        return load_trial().any_age_concepts()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = ["LOOKBACK_DAYS", "admission_queries", "admitted_patients", "fetch_patient", "infused_patients",
            "is_admission", "observation_queries", "prescreen_lookback", "pull"]

@@ -17,8 +17,8 @@ Every new version gets a Provenance (``activity`` as the publisher names it, tar
 the trial's rule set as policy). Nothing changed, nothing written: a second identical run adds no resource,
 no version and no Provenance.
 
-Local ids (``local_id``): the resource's identifier value when it is a valid FHIR id (``NCT04762485-p01``,
-``NCT04762485-p01-response-2026-07-10``), else ``sha256-`` and 48 hex digits of ``system|value``; the
+Local ids (``local_id``): the resource's identifier value when it is a valid FHIR id (``<trial id>-p01``,
+``<trial id>-p01-response-2026-07-10``), else ``sha256-`` and 48 hex digits of ``system|value``; the
 ResearchStudy keeps its logical id; a Provenance is ``prov-`` and 40 hex digits of its activity and versioned
 target. The same input gives the same ids on every machine.
 """
@@ -199,18 +199,18 @@ class LocalRecorder:
         return LocalPublication([self.subject(s, options) for s in selection.publish], dict(selection.withheld))
 
     def has_subject(self, patient_id: str) -> bool:
-        return self.index.get_published(_subject_key(patient_id)) is not None
+        return self.index.get_published(_subject_key(patient_id, self.trial)) is not None
 
     def subject(self, screening: Screening, options: RuleOptions) -> Recorded:
         from bridge.publish.publisher import PRESCREEN_STATUSES
 
         patient_id = screening.patient.removeprefix("Patient/")
-        current = self.index.get_published(_subject_key(patient_id))
+        current = self.index.get_published(_subject_key(patient_id, self.trial))
         status = screening.status
         if current is not None and current.resource.get("status") not in PRESCREEN_STATUSES:
             status = str(current.resource.get("status"))  # past pre-screening: keep the lifecycle status
         subject = research_subject(patient_id, status, list(screening.verdicts), options.as_of,
-                                   options.organ_function_reading, study_ref=self.study_reference)
+                                   options.organ_function_reading, study_ref=self.study_reference, trial=self.trial)
         return self.put(subject, "prescreen", [screening.patient])
 
     def assessment(self, doc: Json, as_of: date, comparators: str, cri_reading: str,
@@ -220,20 +220,20 @@ class LocalRecorder:
 
         pid = str(doc["patient"]).removeprefix("Patient/")
         patient = [f"Patient/{pid}"]
-        recorded = [self.put(outcomes.response_observation(pid, a, comparators, cri_reading), "response-assessment",
-                             patient) for a in doc.get("assessments") or []]
-        best = outcomes.best_response_observation(pid, doc, as_of)
+        recorded = [self.put(outcomes.response_observation(pid, a, comparators, cri_reading, self.trial),
+                             "response-assessment", patient) for a in doc.get("assessments") or []]
+        best = outcomes.best_response_observation(pid, doc, as_of, self.trial)
         if best is not None:
             recorded.append(self.put(best, "response-assessment", patient))
         suspect = next((i.get("evidence") for i in doc.get("infusions") or []), None)
-        recorded += [self.put(outcomes.adverse_event(pid, ae, suspect), "adverse-event-grading", patient)
+        recorded += [self.put(outcomes.adverse_event(pid, ae, suspect, self.trial), "adverse-event-grading", patient)
                      for ae in doc.get("adverseEvents") or []]
         status = self.lifecycle(pid, outcomes.lifecycle_status(doc, as_of, deceased))
         return recorded + ([status] if status else [])
 
     def lifecycle(self, patient_id: str, status: str) -> Recorded | None:
         """Move the patient's recorded ResearchSubject to ``status`` (None when the index holds none)."""
-        current = self.index.get_published(_subject_key(patient_id))
+        current = self.index.get_published(_subject_key(patient_id, self.trial))
         if current is None:
             return None
         return self.put({**current.resource, "status": status}, "lifecycle-update", [f"Patient/{patient_id}"])
@@ -272,8 +272,8 @@ class LocalRecorder:
         self.provenances += 1
 
 
-def _subject_key(patient_id: str) -> str:
-    system, value = subject_identifier(patient_id)
+def _subject_key(patient_id: str, trial: Trial) -> str:
+    system, value = subject_identifier(patient_id, trial)
     return f"ResearchSubject|{system}|{value}"
 
 

@@ -41,7 +41,14 @@ from typing import Any
 from bridge.errors import ConfigError
 from bridge.evaluate.grading import AE_GRADE_EXTENSION, GRADING_SYSTEM
 from bridge.normalize.mappings import profiles_dir
-from bridge.publish.outcomes import AE_TERM_SYSTEM, ASSESSMENT_SYSTEM, RESPONSE_SYSTEM, RESPONSES
+from bridge.publish.outcomes import (
+    AE_TERM_SYSTEM,
+    ASSESSMENT_NAMES,
+    ASSESSMENT_SYSTEM,
+    RESPONSE_SYSTEM,
+    RESPONSES,
+    assessment_display,
+)
 from bridge.publish.provenance import ACTIVITIES, ACTIVITY_SYSTEM
 from bridge.publish.study import BRIDGE_BASE, criteria_system, study_logical_id
 from bridge.publish.subject import PRESCREEN_EXTENSION, READINGS, RESULTS, SUBJECT_ID_SYSTEM
@@ -72,8 +79,6 @@ RESPONSE_PROFILE = f"{SD}/cd7-response-observation"
 ADVERSE_EVENT_PROFILE = f"{SD}/cd7-adverse-event"
 UCUM = "http://unitsofmeasure.org"
 
-ASSESSMENTS = {"response-assessment": "Leukemia response assessment (NCT04762485 protocol)",
-               "best-overall-response": "Best overall response (NCT04762485 protocol)"}
 RESULT_DISPLAY = {"met": "Met", "not-met": "Not met", "unknown": "Unknown"}
 RESULT_DEFINITION = {"met": "The record shows the criterion is fulfilled.",
                      "not-met": "The record shows the criterion is not fulfilled.",
@@ -165,12 +170,13 @@ def criteria_code_system(trial: Trial | None = None) -> Json:
                        t.ruleset_version, properties)
 
 
-def _code_systems() -> list[Json]:
+def _code_systems(trial: Trial | None = None) -> list[Json]:
+    """The bridge's other CodeSystems; the assessment codes' displays name the trial's protocol."""
     activity = [Concept(code, display) for code, display in ACTIVITIES.items()]
     results = [Concept(r, RESULT_DISPLAY[r], RESULT_DEFINITION[r]) for r in RESULTS]
     readings = [Concept(r, READING_DISPLAY[r], READING_DEFINITION[r]) for r in READINGS]
     responses = [Concept(code, display) for code, display in RESPONSES.items()]
-    assessments = [Concept(code, display) for code, display in ASSESSMENTS.items()]
+    assessments = [Concept(code, assessment_display(code, trial)) for code in ASSESSMENT_NAMES]
     terms = [Concept(_slug(term), term, f"{term}, graded by {system}.") for term, system in GRADING_SYSTEM.items()]
     return [
         code_system(ACTIVITY_SYSTEM, "cd7-bridge Provenance activities",
@@ -549,7 +555,7 @@ def profile_for(resource: Mapping[str, Any]) -> str | None:
 
 def terminology(trial: Trial | None = None) -> list[Json]:
     """The CodeSystems (the trial's criteria first) and their ValueSets: needs no base definitions."""
-    systems = [criteria_code_system(trial), *_code_systems()]
+    systems = [criteria_code_system(trial), *_code_systems(trial)]
     return [*systems, *(value_set(cs) for cs in systems)]
 
 
@@ -593,11 +599,13 @@ def _load(folder: str) -> tuple[Json, ...]:
 
 
 def load_resources(trial: Trial | None = None) -> list[Json]:
-    """The conformance resources to publish: the committed files, with the criteria CodeSystem and ValueSet
-    generated for ``trial`` (the shipped one by default, equal to the committed files)."""
-    own = {r["url"]: r for r in terminology(trial)[:1]}
-    own_vs = value_set(next(iter(own.values())))
-    replaced = {**own, own_vs["url"]: own_vs}
+    """The conformance resources to publish: the committed files, with what depends on the trial generated for
+    ``trial`` (the shipped one by default, equal to the committed files): the criteria CodeSystem and ValueSet,
+    and the assessment CodeSystem (its displays name the trial's protocol)."""
+    generated = terminology(trial)
+    criteria, assessment = generated[0], next(r for r in generated if r["url"] == ASSESSMENT_SYSTEM)
+    replaced = {criteria["url"]: criteria, _value_set_url(criteria["url"]): value_set(criteria),
+                ASSESSMENT_SYSTEM: assessment}
     shipped_criteria = criteria_system(load_trial())
     out = []
     for resource in _load(str(profiles_dir())):

@@ -5,13 +5,11 @@ Where the record has an erratum (RULES.md §1) the criterion also carries ``appl
 actually evaluates by default, and a ``note`` that says why; a ``switchable`` criterion (the organ-function
 reading) evaluates the record's text again under ``organ_function_reading: literal``. The ResearchStudy's
 enrollment Group publishes these texts (``bridge.publish.study``).
-
-``CRITERIA`` and ``CRITERION_IDS`` are the shipped default trial's, for callers that do not pass a trial yet.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from bridge.trial import Criterion, Trial, load_trial
 
@@ -27,15 +25,6 @@ def criteria(trial: Trial | None = None) -> tuple[Criterion, ...]:
 def criterion(criterion_id: str, trial: Trial | None = None) -> Criterion:
     """The criterion with this id; ``KeyError`` for an id not in the trial."""
     return (trial or load_trial()).criterion(criterion_id)
-
-
-def __getattr__(name: str) -> Any:
-    """``CRITERIA`` / ``CRITERION_IDS`` of the shipped trial, under the names callers know."""
-    if name == "CRITERIA":
-        return list(load_trial().criteria)
-    if name == "CRITERION_IDS":
-        return load_trial().criterion_ids
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["CriterionText", "Kind", "criteria", "criterion"]

@@ -11,6 +11,9 @@ is built through the R4B models; ``validate_output`` checks it before it is sent
   nearest mild/moderate/severe, ``study`` the ResearchStudy, the CAR-T infusion as ``suspectEntity``, the
   grading system (CTCAE v5.0 or ASTCT 2019) named in ``event.text``, and the Conditions / results it was graded
   from as ``subjectMedicalHistory``.
+
+Every builder takes the ``Trial`` (None: the shipped one): the identifiers begin with its id, the ResearchStudy
+referenced is its, and the assessment codes name its protocol.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import re
 from datetime import date
 from typing import Any
 
-from bridge import STUDY_ID
 from bridge.evaluate.grading import (
     AE_GRADE_EXTENSION,
     GRADING_SYSTEM,
@@ -30,7 +32,8 @@ from bridge.evaluate.grading import (
     severity_for,
 )
 from bridge.fhirmodels import build
-from bridge.publish.study import BRIDGE_BASE, STUDY_LOGICAL_ID
+from bridge.publish.study import BRIDGE_BASE, study_logical_id
+from bridge.trial import Trial, load_trial
 
 Json = dict[str, Any]
 RESPONSE_SYSTEM = f"{BRIDGE_BASE}/CodeSystem/response"
@@ -40,18 +43,29 @@ AE_TERM_SYSTEM = f"{BRIDGE_BASE}/CodeSystem/ae-term"
 RESPONSES = {"CR": "Complete remission", "CRi": "CR with incomplete hematologic recovery",
              "MLFS": "Morphologic leukemia-free state", "PR": "Partial remission", "NR": "No response",
              "NE": "Not evaluable", "relapse": "Relapse"}
-STUDY_REF = {"reference": f"ResearchStudy/{STUDY_LOGICAL_ID}"}
+ASSESSMENT_NAMES = {"response-assessment": "Leukemia response assessment",
+                    "best-overall-response": "Best overall response"}
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def outcome_identifier(patient_id: str, kind: str, *parts: str) -> Json:
-    """A stable identifier: study, patient id, kind and key parts, hashed when it would grow too long."""
-    value = "-".join([STUDY_ID, patient_id, kind, *parts])
+def assessment_display(code: str, trial: Trial | None = None) -> str:
+    """The display of an assessment code for ``trial``: ``<name> (<trial id> protocol)``."""
+    return f"{ASSESSMENT_NAMES[code]} ({(trial or load_trial()).id} protocol)"
+
+
+def _study_ref(trial: Trial | None) -> Json:
+    return {"reference": f"ResearchStudy/{study_logical_id(trial)}"}
+
+
+def outcome_identifier(patient_id: str, kind: str, *parts: str, trial: Trial | None = None) -> Json:
+    """A stable identifier: trial id, patient id, kind and key parts, hashed when it would grow too long."""
+    study = (trial or load_trial()).id
+    value = "-".join([study, patient_id, kind, *parts])
     if len(value) > 120:
-        value = f"{STUDY_ID}-{kind}-" + hashlib.sha256(value.encode()).hexdigest()[:32]
+        value = f"{study}-{kind}-" + hashlib.sha256(value.encode()).hexdigest()[:32]
     return {"system": OUTCOME_ID_SYSTEM, "value": value}
 
 
@@ -59,19 +73,21 @@ def identifier_query(identifier: Json) -> str:
     return f"identifier={identifier['system']}|{identifier['value']}"
 
 
-def response_observation(patient_id: str, item: Json, comparators: str, cri_reading: str = "operational") -> Json:
+def response_observation(patient_id: str, item: Json, comparators: str, cri_reading: str = "operational",
+                         trial: Trial | None = None) -> Json:
     """One response assessment (an ``assessments[]`` item of the assess JSON) as an Observation."""
+    t = trial or load_trial()
     category = str(item["response"])
     data: Json = {
-        "identifier": [outcome_identifier(patient_id, "response", str(item["date"]))],
+        "identifier": [outcome_identifier(patient_id, "response", str(item["date"]), trial=t)],
         "status": "final",
         "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
                                   "code": "exam", "display": "Exam"}]}],
         "code": {"coding": [{"system": ASSESSMENT_SYSTEM, "code": "response-assessment",
-                             "display": "Leukemia response assessment (NCT04762485 protocol)"}],
+                             "display": assessment_display("response-assessment", t)}],
                  "text": "Response assessment"},
         "subject": {"reference": f"Patient/{patient_id}"},
-        "focus": [STUDY_REF],
+        "focus": [_study_ref(t)],
         "effectiveDateTime": str(item["date"]),
         "valueCodeableConcept": {"coding": [{"system": RESPONSE_SYSTEM, "code": category,
                                              "display": RESPONSES[category]}], "text": category},
@@ -84,35 +100,36 @@ def response_observation(patient_id: str, item: Json, comparators: str, cri_read
     return build("Observation", data)
 
 
-def best_response_observation(patient_id: str, doc: Json, as_of: date) -> Json | None:
+def best_response_observation(patient_id: str, doc: Json, as_of: date, trial: Trial | None = None) -> Json | None:
     best = doc.get("bestResponse")
     if not best:
         return None
+    t = trial or load_trial()
     data: Json = {
-        "identifier": [outcome_identifier(patient_id, "best-response")],
+        "identifier": [outcome_identifier(patient_id, "best-response", trial=t)],
         "status": "final",
         "code": {"coding": [{"system": ASSESSMENT_SYSTEM, "code": "best-overall-response",
-                             "display": "Best overall response (NCT04762485 protocol)"}]},
+                             "display": assessment_display("best-overall-response", t)}]},
         "subject": {"reference": f"Patient/{patient_id}"},
-        "focus": [STUDY_REF],
+        "focus": [_study_ref(t)],
         "effectiveDateTime": as_of.isoformat(),
         "valueCodeableConcept": {"coding": [{"system": RESPONSE_SYSTEM, "code": best, "display": RESPONSES[best]}]},
     }
     return build("Observation", data)
 
 
-def adverse_event(patient_id: str, ae: Json, suspect: str | None) -> Json:
+def adverse_event(patient_id: str, ae: Json, suspect: str | None, trial: Trial | None = None) -> Json:
     """One graded AE episode (an ``adverseEvents[]`` item of the assess JSON) as an AdverseEvent."""
     term = str(ae["term"])
     system = GRADING_SYSTEM.get(term, "CTCAE v5.0")
     data: Json = {
-        "identifier": outcome_identifier(patient_id, "ae", _slug(term), str(ae["onset"])),
+        "identifier": outcome_identifier(patient_id, "ae", _slug(term), str(ae["onset"]), trial=trial),
         "actuality": "actual",
         "event": {"coding": [{"system": AE_TERM_SYSTEM, "code": _slug(term), "display": term}],
                   "text": f"{term} (graded by {system})"},
         "subject": {"reference": f"Patient/{patient_id}"},
         "date": str(ae["onset"]),
-        "study": [STUDY_REF],
+        "study": [_study_ref(trial)],
     }
     if ae.get("grade") is None:  # e.g. D89.839 / G92.00: the episode is recorded, its grade is not
         data["event"]["text"] = f"{term} (grade not stated; {system})"
@@ -140,6 +157,6 @@ def lifecycle_status(doc: Json, as_of: date, deceased: bool = False) -> str:
     return "follow-up" if (as_of - day0).days > 28 else "on-study-intervention"
 
 
-__all__ = ["ASSESSMENT_SYSTEM", "OUTCOME_ID_SYSTEM", "RESPONSES", "RESPONSE_SYSTEM", "adverse_event",
-           "best_response_observation", "identifier_query", "lifecycle_status", "outcome_identifier",
-           "response_observation"]
+__all__ = ["ASSESSMENT_NAMES", "ASSESSMENT_SYSTEM", "OUTCOME_ID_SYSTEM", "RESPONSES", "RESPONSE_SYSTEM",
+           "adverse_event", "assessment_display", "best_response_observation", "identifier_query",
+           "lifecycle_status", "outcome_identifier", "response_observation"]

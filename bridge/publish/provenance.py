@@ -7,6 +7,7 @@ Shape (R4 4.0.1)::
     activity  <ACTIVITY_SYSTEM>|<activity>, e.g. prescreen, response-assessment, adverse-event-grading
     policy    <BRIDGE_BASE>/ruleset/<ruleset version> — the rule set the results were computed under; the
               version begins with the trial's id (``bridge.trial`` checks it), so it names the trial too
+              (``ruleset_policy``; every builder here and in the publisher takes the ``Trial``)
     reason    v3-ActReason CLINTRCH (clinical trial research)
     agent     type provenance-participant-type ``assembler``, who.display ``cd7-bridge <version>``
     entity    role ``source`` for each input resource (the verdicts' evidence), when given
@@ -67,8 +68,12 @@ def _agent() -> dict[str, Any]:
 
 
 def ruleset_policy(trial: Trial | None = None) -> str:
-    """The policy URI of a trial's rule set: ``<BRIDGE_BASE>/ruleset/<ruleset version>``."""
-    return f"{BRIDGE_BASE}/ruleset/{(trial or load_trial()).ruleset_version}"
+    """The policy URI of a trial's rule set (None: the shipped trial's): ``<BRIDGE_BASE>/ruleset/<ruleset
+    version>``, which names the trial too, since a loaded trial's version begins with its id; for a ``Trial``
+    built otherwise whose version does not, ``<BRIDGE_BASE>/ruleset/<trial id>/<ruleset version>``."""
+    t = trial or load_trial()
+    version = t.ruleset_version if t.ruleset_version.startswith(t.id) else f"{t.id}/{t.ruleset_version}"
+    return f"{BRIDGE_BASE}/ruleset/{version}"
 
 
 def provenance(targets: list[str], activity: str, recorded: datetime,
@@ -89,13 +94,6 @@ def provenance(targets: list[str], activity: str, recorded: datetime,
     if not data["entity"]:
         del data["entity"]
     return build("Provenance", data)
-
-
-def __getattr__(name: str) -> str:
-    """``RULESET_POLICY``: the shipped trial's policy URI, under the name callers know."""
-    if name == "RULESET_POLICY":
-        return ruleset_policy()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["ACTIVITIES", "ACTIVITY_SYSTEM", "AGENT_DISPLAY", "provenance", "ruleset_policy"]

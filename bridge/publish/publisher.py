@@ -1,13 +1,16 @@
 """Write what the bridge computed to the EHR, idempotently, validated first, with Provenance.
 
-- The ResearchStudy is written by id (``PUT ResearchStudy/nct04762485``, update-as-create).
-- One ResearchSubject per (study, patient), found again by its stable identifier: the current one is looked
+- Everything is built for a ``Trial`` (``trial=``; None: the shipped one): its ResearchStudy, its subjects'
+  identifiers (``<trial id>-<patient id>``), its criteria system, and its rule set in every Provenance.
+- The ResearchStudy is written by id (``PUT ResearchStudy/<the trial's logical id>``, update-as-create).
+- One ResearchSubject per (trial, patient), found again by its stable identifier: the current one is looked
   up by identifier (results are re-checked client-side, so a server that ignores the parameter cannot fool
   us), skipped when its fingerprint (status + verdicts + reading, not the as-of date) is unchanged, else
   written by conditional update on the identifier — never a duplicate.
 - A pre-screen never moves a subject back: once a subject is past pre-screening (screening, on-study, …) its
   lifecycle status is kept and only the verdicts are refreshed.
-- Every written resource is accompanied by a Provenance naming the bridge version and the rule set.
+- Every written resource is accompanied by a Provenance naming the bridge version and the trial's rule set
+  (``ruleset_policy``: the ruleset version, which begins with the trial id).
 - Nothing is sent that fails the official R4 JSON Schema or our own code checks.
 - ``publish_study`` first writes the bridge's conformance resources (``bridge.publish.conformance``: its
   StructureDefinitions, CodeSystems and ValueSets), each found again by its canonical ``url`` and written only
@@ -43,9 +46,10 @@ from bridge.evaluate.eligibility import Screening
 from bridge.model import NotScreened
 from bridge.publish.policy import select
 from bridge.publish.provenance import provenance
-from bridge.publish.study import STUDY_LOGICAL_ID, research_study
+from bridge.publish.study import research_study, study_logical_id
 from bridge.publish.subject import identifier_query, research_subject, subject_fingerprint, subject_identifier
 from bridge.publish.validate import validate_output
+from bridge.trial import Trial, load_trial
 
 log = logging.getLogger("bridge.publish")
 PRESCREEN_STATUSES = frozenset({"candidate", "potential-candidate", "ineligible", "eligible", "not-registered"})
@@ -66,22 +70,26 @@ def _now() -> datetime:
 
 
 def publish_study(client: FhirClient, organ_reading: str = "organ-function",
-                  clock: Callable[[], datetime] = _now, conformance: bool = True) -> Written:
-    """The bridge's conformance resources (``publish_conformance``, unless ``conformance`` is False), then
-    ``PUT ResearchStudy/nct04762485`` unless the server already holds the same content; Provenance."""
+                  clock: Callable[[], datetime] = _now, conformance: bool = True,
+                  trial: Trial | None = None) -> Written:
+    """The bridge's conformance resources for ``trial`` (``publish_conformance``, unless ``conformance`` is
+    False), then ``PUT ResearchStudy/<the trial's logical id>`` unless the server already holds the same
+    content; Provenance naming the trial's rule set."""
+    t = trial or load_trial()
     if conformance:
-        publish_conformance(client)
-    study = research_study(organ_reading=organ_reading)
-    study["id"] = STUDY_LOGICAL_ID
+        publish_conformance(client, t)
+    rid = study_logical_id(t)
+    study = research_study(organ_reading=organ_reading, trial=t)
+    study["id"] = rid
     validate_output(study)
-    current = _read_if_exists(client, "ResearchStudy", STUDY_LOGICAL_ID)
+    current = _read_if_exists(client, "ResearchStudy", rid)
     if current is not None and _same(current, study):
-        return Written(f"ResearchStudy/{STUDY_LOGICAL_ID}", "unchanged", _version(current))
+        return Written(f"ResearchStudy/{rid}", "unchanged", _version(current))
     result = client.update(study)
-    _provenance(client, f"ResearchStudy/{STUDY_LOGICAL_ID}", result.version_id, "study-publication", [], clock)
+    _provenance(client, f"ResearchStudy/{rid}", result.version_id, "study-publication", [], clock, t)
     outcome = "created" if current is None else "updated"
-    log.info("ResearchStudy/%s %s", STUDY_LOGICAL_ID, outcome)
-    return Written(f"ResearchStudy/{STUDY_LOGICAL_ID}", outcome, result.version_id)
+    log.info("ResearchStudy/%s %s", rid, outcome)
+    return Written(f"ResearchStudy/{rid}", outcome, result.version_id)
 
 
 # ---------------------------------------------------------------------------------------------- capabilities
@@ -148,14 +156,14 @@ def _write_canonical(client: FhirClient, resource: Json, current: Json | None) -
     return client.update(resource)  # the bridge's own stable id: update as create, never a duplicate
 
 
-def publish_conformance(client: FhirClient) -> list[Written]:
+def publish_conformance(client: FhirClient, trial: Trial | None = None) -> list[Written]:
     """Write the bridge's StructureDefinitions, CodeSystems and ValueSets where the server does not hold them
     as they are (found again by canonical url). They carry no Provenance of their own: each names its version
     and date, and the study's Provenance follows in the same run."""
     from bridge.publish.conformance import load_resources  # local: reads the committed files
 
     written: list[Written] = []
-    for resource in load_resources():
+    for resource in load_resources(trial):
         validate_output(resource)
         rtype = resource["resourceType"]
         current = find_by_url(client, rtype, resource["url"])
@@ -193,9 +201,9 @@ def _version(resource: Json) -> str | None:
     return str(meta.get("versionId")) if isinstance(meta, dict) and meta.get("versionId") else None
 
 
-def find_subject(client: FhirClient, patient_id: str) -> Json | None:
-    """The ResearchSubject carrying this patient's identifier, if any (checked client-side)."""
-    system, value = subject_identifier(patient_id)
+def find_subject(client: FhirClient, patient_id: str, trial: Trial | None = None) -> Json | None:
+    """The patient's ResearchSubject in ``trial`` (its identifier), if any (checked client-side)."""
+    system, value = subject_identifier(patient_id, trial)
     return find_by_identifier(client, "ResearchSubject", system, value, {"patient": patient_id})
 
 
@@ -231,8 +239,9 @@ def find_by_identifier(client: FhirClient, resource_type: str, system: str, valu
 
 
 def upsert(client: FhirClient, resource: Json, activity: str, entities: list[str],
-           clock: Callable[[], datetime] = _now) -> Written:
-    """Write ``resource`` found again by its (first) identifier; unchanged content is not written again."""
+           clock: Callable[[], datetime] = _now, trial: Trial | None = None) -> Written:
+    """Write ``resource`` found again by its (first) identifier; unchanged content is not written again. The
+    Provenance names ``trial``'s rule set."""
     validate_output(resource)
     ident = resource["identifier"][0] if isinstance(resource["identifier"], list) else resource["identifier"]
     rtype = resource["resourceType"]
@@ -241,53 +250,57 @@ def upsert(client: FhirClient, resource: Json, activity: str, entities: list[str
         return Written(f"{rtype}/{current.get('id')}", "unchanged", _version(current))
     result = _write_by_identifier(client, resource, f"identifier={ident['system']}|{ident['value']}", current)
     ref = f"{rtype}/{result.id}"
-    _provenance(client, ref, result.version_id, activity, entities, clock)
+    _provenance(client, ref, result.version_id, activity, entities, clock, trial)
     return Written(ref, "created" if current is None else "updated", result.version_id)
 
 
-def _checked_subject(patient_id: str, status: str, screening: Screening, options: RuleOptions) -> Json:
+def _checked_subject(patient_id: str, status: str, screening: Screening, options: RuleOptions,
+                     trial: Trial) -> Json:
     subject = research_subject(patient_id, status, list(screening.verdicts), options.as_of,
-                               options.organ_function_reading)
+                               options.organ_function_reading, trial=trial)
     validate_output(subject)
     return subject
 
 
 def publish_subject(client: FhirClient, screening: Screening, options: RuleOptions,
-                    clock: Callable[[], datetime] = _now, transaction: bool | None = False) -> Written:
-    """Create or update the patient's one ResearchSubject (validated before any request), with Provenance:
-    two requests, or one transaction Bundle when ``transaction`` is True (None: when the server offers
-    transactions, ``offers_transaction``)."""
+                    clock: Callable[[], datetime] = _now, transaction: bool | None = False,
+                    trial: Trial | None = None) -> Written:
+    """Create or update the patient's one ResearchSubject in ``trial`` (validated before any request), with
+    Provenance: two requests, or one transaction Bundle when ``transaction`` is True (None: when the server
+    offers transactions, ``offers_transaction``)."""
+    t = trial or load_trial()
     patient_id = screening.patient.removeprefix("Patient/")
-    subject = _checked_subject(patient_id, screening.status, screening, options)
-    current = find_subject(client, patient_id)
+    subject = _checked_subject(patient_id, screening.status, screening, options, t)
+    current = find_subject(client, patient_id, t)
     if current is not None and current.get("status") not in PRESCREEN_STATUSES:
         # past pre-screening: keep the lifecycle status, refresh only the verdicts
-        subject = _checked_subject(patient_id, str(current.get("status")), screening, options)
+        subject = _checked_subject(patient_id, str(current.get("status")), screening, options, t)
     if current is not None and subject_fingerprint(current) == subject_fingerprint(subject):
         return Written(f"ResearchSubject/{current.get('id')}", "unchanged", _version(current))
     if transaction is None:
         transaction = offers_transaction(client)
     outcome = "created" if current is None else "updated"
     if transaction:
-        written = _subject_transaction(client, subject, patient_id, current, [screening.patient], clock)
+        written = _subject_transaction(client, subject, patient_id, current, [screening.patient], clock, t)
         log.info("%s %s (transaction)", written.reference, outcome)
         return Written(written.reference, outcome, written.version)
-    result = _write_by_identifier(client, subject, identifier_query(patient_id), current)
+    result = _write_by_identifier(client, subject, identifier_query(patient_id, t), current)
     ref = f"ResearchSubject/{result.id}"
-    _provenance(client, ref, result.version_id, "prescreen", [screening.patient], clock)
+    _provenance(client, ref, result.version_id, "prescreen", [screening.patient], clock, t)
     log.info("%s %s", ref, outcome)
     return Written(ref, outcome, result.version_id)
 
 
 def subject_transaction(client: FhirClient, subject: Json, patient_id: str, current: Json | None,
-                        entities: list[str], recorded: datetime, conditional: bool = True) -> Json:
-    """The transaction Bundle of one ResearchSubject and its Provenance. ``conditional``: the subject by
-    conditional update on its identifier (``fullUrl`` a ``urn:uuid`` the Provenance targets); else by id
-    with If-Match when ``current`` is known, or created (POST)."""
+                        entities: list[str], recorded: datetime, conditional: bool = True,
+                        trial: Trial | None = None) -> Json:
+    """The transaction Bundle of one ResearchSubject of ``trial`` and its Provenance. ``conditional``: the
+    subject by conditional update on its identifier (``fullUrl`` a ``urn:uuid`` the Provenance targets); else
+    by id with If-Match when ``current`` is known, or created (POST)."""
     full_url = f"urn:uuid:{uuid.uuid4()}"
     body = copy.deepcopy(subject)
     if conditional:
-        request: Json = {"method": "PUT", "url": f"ResearchSubject?{identifier_query(patient_id)}"}
+        request: Json = {"method": "PUT", "url": f"ResearchSubject?{identifier_query(patient_id, trial)}"}
         target = full_url
     elif current is not None:
         body["id"] = str(current["id"])
@@ -299,7 +312,7 @@ def subject_transaction(client: FhirClient, subject: Json, patient_id: str, curr
     else:
         request = {"method": "POST", "url": "ResearchSubject"}
         target = full_url
-    prov = provenance([target], "prescreen", recorded, entities)
+    prov = provenance([target], "prescreen", recorded, entities, trial)
     return {"resourceType": "Bundle", "type": "transaction", "entry": [
         {"fullUrl": full_url, "resource": body, "request": request},
         {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": prov, "request": {"method": "POST", "url": "Provenance"}},
@@ -307,9 +320,9 @@ def subject_transaction(client: FhirClient, subject: Json, patient_id: str, curr
 
 
 def _subject_transaction(client: FhirClient, subject: Json, patient_id: str, current: Json | None,
-                         entities: list[str], clock: Callable[[], datetime]) -> Written:
+                         entities: list[str], clock: Callable[[], datetime], trial: Trial) -> Written:
     recorded = clock()
-    bundle = subject_transaction(client, subject, patient_id, current, entities, recorded)
+    bundle = subject_transaction(client, subject, patient_id, current, entities, recorded, trial=trial)
     validate_output(bundle)
     try:
         result = client.transaction(bundle)
@@ -317,7 +330,8 @@ def _subject_transaction(client: FhirClient, subject: Json, patient_id: str, cur
         if not _not_supported(exc):
             raise
         log.info("ResearchSubject: conditional update in a transaction not supported, writing by id")
-        bundle = subject_transaction(client, subject, patient_id, current, entities, recorded, conditional=False)
+        bundle = subject_transaction(client, subject, patient_id, current, entities, recorded, conditional=False,
+                                     trial=trial)
         validate_output(bundle)
         result = client.transaction(bundle)
     return _first_entry(result.resource)
@@ -339,17 +353,18 @@ def _first_entry(response: Json) -> Written:
 
 
 def _provenance(client: FhirClient, ref: str, version: str | None, activity: str, entities: list[str],
-                clock: Callable[[], datetime]) -> None:
+                clock: Callable[[], datetime], trial: Trial | None) -> None:
     target = f"{ref}/_history/{version}" if version else ref
-    prov = provenance([target], activity, clock(), entities)
+    prov = provenance([target], activity, clock(), entities, trial)
     validate_output(prov)
     client.create(prov)
 
 
 def set_lifecycle_status(client: FhirClient, patient_id: str, status: str,
-                         clock: Callable[[], datetime] = _now) -> Written | None:
-    """Move the patient's ResearchSubject along its lifecycle (verdicts kept); None when there is none yet."""
-    current = find_subject(client, patient_id)
+                         clock: Callable[[], datetime] = _now, trial: Trial | None = None) -> Written | None:
+    """Move the patient's ResearchSubject in ``trial`` along its lifecycle (verdicts kept); None when there is
+    none yet."""
+    current = find_subject(client, patient_id, trial)
     if current is None:
         return None
     ref = f"ResearchSubject/{current['id']}"
@@ -358,7 +373,7 @@ def set_lifecycle_status(client: FhirClient, patient_id: str, status: str,
     changed = {**current, "status": status}
     validate_output(changed)
     result = client.update(changed, if_match=_version(current))
-    _provenance(client, ref, result.version_id, "lifecycle-update", [f"Patient/{patient_id}"], clock)
+    _provenance(client, ref, result.version_id, "lifecycle-update", [f"Patient/{patient_id}"], clock, trial)
     return Written(ref, "updated", result.version_id)
 
 
@@ -373,25 +388,27 @@ class Publication:
 
 def publish_prescreen(client: FhirClient, screenings: Iterable[Screening], options: RuleOptions,
                       not_screened: Iterable[NotScreened] = (), clock: Callable[[], datetime] = _now,
-                      transaction: bool | None = None) -> Publication:
+                      transaction: bool | None = None, trial: Trial | None = None) -> Publication:
     """Publish the ResearchSubjects the publication policy allows (``bridge.publish.policy.select``): a patient
     without the study's diagnosis is published only when the EHR already holds its ResearchSubject (looked up
     by identifier), and a patient of ``not_screened`` never. Each subject with its Provenance in one
-    transaction where the server offers transactions (``transaction`` None: asked once), else two requests."""
-    selection = select(screenings, lambda pid: find_subject(client, pid) is not None, not_screened)
+    transaction where the server offers transactions (``transaction`` None: asked once), else two requests.
+    The subjects are ``trial``'s (None: the shipped one), as the screenings were."""
+    t = trial or load_trial()
+    selection = select(screenings, lambda pid: find_subject(client, pid, t) is not None, not_screened)
     if selection.withheld:
         log.info("ResearchSubjects withheld by the publication policy: %s", selection.withheld_text())
     if selection.publish and transaction is None:
         transaction = offers_transaction(client)
-    return Publication([publish_subject(client, s, options, clock, bool(transaction)) for s in selection.publish],
-                       dict(selection.withheld))
+    return Publication([publish_subject(client, s, options, clock, bool(transaction), t)
+                        for s in selection.publish], dict(selection.withheld))
 
 
 def publish_screenings(client: FhirClient, screenings: Iterable[Screening], options: RuleOptions,
                        clock: Callable[[], datetime] = _now, not_screened: Iterable[NotScreened] = (),
-                       transaction: bool | None = None) -> list[Written]:
+                       transaction: bool | None = None, trial: Trial | None = None) -> list[Written]:
     """``publish_prescreen``'s written subjects (the publication policy applies)."""
-    return publish_prescreen(client, screenings, options, not_screened, clock, transaction).written
+    return publish_prescreen(client, screenings, options, not_screened, clock, transaction, trial).written
 
 
 __all__ = ["PRESCREEN_STATUSES", "Publication", "Written", "find_by_identifier", "find_by_url", "find_subject",
@@ -401,20 +418,22 @@ __all__ = ["PRESCREEN_STATUSES", "Publication", "Written", "find_by_identifier",
 
 
 def publish_assessment(client: FhirClient, doc: Json, as_of: date, comparators: str, cri_reading: str,
-                       deceased: bool = False, clock: Callable[[], datetime] = _now) -> list[Written]:
-    """One patient's assessment (a ``patients[]`` item of the assess JSON): response Observations, the best
-    response, AdverseEvents, and the ResearchSubject's lifecycle status."""
+                       deceased: bool = False, clock: Callable[[], datetime] = _now,
+                       trial: Trial | None = None) -> list[Written]:
+    """One patient's assessment in ``trial`` (a ``patients[]`` item of the assess JSON): response Observations,
+    the best response, AdverseEvents, and the ResearchSubject's lifecycle status."""
     from bridge.publish import outcomes  # local: outcomes pulls in the grading tables
 
+    t = trial or load_trial()
     pid = str(doc["patient"]).removeprefix("Patient/")
     patient = [f"Patient/{pid}"]
-    written = [upsert(client, outcomes.response_observation(pid, a, comparators, cri_reading),
-                      "response-assessment", patient, clock) for a in doc.get("assessments") or []]
-    best = outcomes.best_response_observation(pid, doc, as_of)
+    written = [upsert(client, outcomes.response_observation(pid, a, comparators, cri_reading, t),
+                      "response-assessment", patient, clock, t) for a in doc.get("assessments") or []]
+    best = outcomes.best_response_observation(pid, doc, as_of, t)
     if best is not None:
-        written.append(upsert(client, best, "response-assessment", patient, clock))
+        written.append(upsert(client, best, "response-assessment", patient, clock, t))
     suspect = next((i.get("evidence") for i in doc.get("infusions") or []), None)
-    written += [upsert(client, outcomes.adverse_event(pid, ae, suspect), "adverse-event-grading", patient, clock)
-                for ae in doc.get("adverseEvents") or []]
-    status = set_lifecycle_status(client, pid, outcomes.lifecycle_status(doc, as_of, deceased), clock)
+    written += [upsert(client, outcomes.adverse_event(pid, ae, suspect, t), "adverse-event-grading", patient,
+                       clock, t) for ae in doc.get("adverseEvents") or []]
+    status = set_lifecycle_status(client, pid, outcomes.lifecycle_status(doc, as_of, deceased), clock, t)
     return written + ([status] if status else [])

@@ -6,10 +6,7 @@ through the R4B model (``bridge.fhirmodels.build``): valid FHIR R4 4.0.1 on the 
 no code for, the identifier systems, the criterion code system, contained sponsor/site/enrollment — are
 explained in ``docs/published-resources.md``. The bridge's own canonical URLs (code systems, extensions, naming
 systems) all live under ``BRIDGE_BASE`` and are defined in this module; a trial's criterion code system is
-``<BRIDGE_BASE>/CodeSystem/<logical id>-criteria``.
-
-``CRITERIA_SYSTEM``, ``STUDY_LOGICAL_ID``, ``SECONDARY_ID``, ``CONDITIONS`` and ``NOTES`` are the shipped default
-trial's, for callers that do not pass a trial yet.
+``<BRIDGE_BASE>/CodeSystem/<logical id>-criteria``. Every function takes the ``Trial`` (None: the shipped one).
 """
 
 from __future__ import annotations
@@ -195,16 +192,6 @@ def research_study(base_identifier_system: str = BRIDGE_BASE, status: str = "act
         "objective": [_objective(o["type"], o["name"]) for o in s.get("objectives", ())],
     }
     return build("ResearchStudy", data)
-
-
-def __getattr__(name: str) -> Any:
-    """The shipped trial's study constants, under the names callers know."""
-    derived = {"CRITERIA_SYSTEM": criteria_system, "STUDY_LOGICAL_ID": study_logical_id, "NOTES": notes,
-               "CONDITIONS": conditions,
-               "SECONDARY_ID": lambda: (load_trial().study.get("secondary_identifier") or {}).get("value")}
-    if name in derived:
-        return derived[name]()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

@@ -3,7 +3,8 @@
 Every resource carries the centre's security label in ``meta.security`` and references the package's
 ``Patient`` by its ``urn:uuid`` full URL. Ids are version-5 UUIDs derived from the pseudonym (Patient and
 ResearchSubject: the same in every package of a patient) or from the package id (the rest), so a package
-rebuilt from the same data is byte-for-byte the same.
+rebuilt from the same data is byte-for-byte the same. The study referenced is the ``Frame``'s trial (None: the
+shipped one), by its registry id.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from bridge import STUDY_ID
 from bridge.evaluate.grading import (
     AE_GRADE_EXTENSION,
     GRADING_SYSTEM,
@@ -25,6 +25,7 @@ from bridge.evaluate.grading import (
 )
 from bridge.publish.study import BRIDGE_BASE
 from bridge.registry.deid import age_quantity, birth_year, dated, generalised_address
+from bridge.trial import Trial, load_trial
 
 CENTRE_SYSTEM = "http://terminology.cibmtr.org/codesystem/transplant-center"
 PSEUDONYM_SYSTEM = f"{BRIDGE_BASE}/NamingSystem/registry-pseudonym"
@@ -56,12 +57,14 @@ Json = dict[str, Any]
 
 @dataclass(frozen=True)
 class Frame:
-    """What every resource of one package shares: who (pseudonym), where (centre), when (day 0), which."""
+    """What every resource of one package shares: who (pseudonym), where (centre), when (day 0), which, and for
+    which trial (None: the shipped one)."""
 
     pseudonym: str
     centre: str
     day0: date
     package_id: str
+    trial: Trial | None = None
 
     def uid(self, name: str, per_patient: bool = False) -> str:
         base = self.pseudonym if per_patient else self.package_id
@@ -79,8 +82,10 @@ class Frame:
         return {"reference": self.patient_url}
 
 
-def study_reference() -> Json:
-    return {"identifier": {"system": STUDY_SYSTEM, "value": STUDY_ID}, "display": STUDY_ID}
+def study_reference(trial: Trial | None = None) -> Json:
+    """The trial's ResearchStudy, by its registry id (the package holds no ResearchStudy)."""
+    study = (trial or load_trial()).id
+    return {"identifier": {"system": STUDY_SYSTEM, "value": study}, "display": study}
 
 
 def pseudonym_identifier(pseudonym: str) -> Json:
@@ -107,7 +112,7 @@ def patient(frame: Frame, source: Json | None, as_of: date, dead: bool) -> Json:
 def research_subject(frame: Frame, status: str) -> Json:
     out = frame.head("ResearchSubject", frame.uid("ResearchSubject", per_patient=True))
     out.update({"identifier": [pseudonym_identifier(frame.pseudonym)], "status": status,
-                "study": study_reference(), "individual": frame.subject()})
+                "study": study_reference(frame.trial), "individual": frame.subject()})
     return out
 
 
@@ -185,7 +190,7 @@ def adverse_event(frame: Frame, n: int, term: str, grade: int | None, onset: dat
         extensions.append({"url": GRADING_SYSTEM_EXT, "valueString": GRADING_SYSTEM[term]})
     if extensions:
         out["extension"] = extensions
-    out["study"] = [study_reference()]
+    out["study"] = [study_reference(frame.trial)]
     return out
 
 

@@ -4,7 +4,8 @@ Exactly what ``bridge prescreen`` does for one patient, with the EHR as the sour
 pulled with the bridge's own credentials (``bridge.ingest.pull.fetch_patient``, what a pull of one named
 patient fetches), then normalized and screened as of today (``today`` is injected) by the pipeline's
 ``screen_one`` — the same load and screen as every command — and the ResearchSubject is published idempotently
-(``bridge.publish.publisher.publish_subject``: conditional update on its identifier, skipped when unchanged).
+(``bridge.publish.publisher.publish_subject``: conditional update on its identifier, skipped when unchanged;
+with its Provenance in one transaction Bundle where the EHR's CapabilityStatement offers transactions).
 
 Who is screened (RULES.md §2): a patient without a valid Patient resource (absent, or rejected by validation),
 a non-human patient or one deceased on the as-of date is **not screened**: nothing is published, nothing is
@@ -22,7 +23,8 @@ store records the screening (coordinator page) and what was published (served re
 The trial is the service's ``trial`` setting (``BRIDGE_TRIAL``; default the shipped file: ``from_settings``).
 Before its first re-screen publishes or saves anything, the store records the trial version and refuses a changed
 file under a ruleset version it already holds (``StoreError``, one line); every saved screening names the trial
-id and ruleset version.
+id and ruleset version, and the ResearchStudy, the ResearchSubjects and their Provenance are the trial's (its
+logical id, ``<trial id>-<patient id>``, its rule set).
 """
 
 from __future__ import annotations
@@ -42,13 +44,18 @@ from bridge.normalize.mappings import CodeMap
 from bridge.pipeline import screen_one
 from bridge.publish.policy import publishable
 from bridge.publish.publisher import Written, find_subject, publish_study, publish_subject
+from bridge.publish.study import study_logical_id
 from bridge.publish.subject import subject_fingerprint, subject_identifier
 from bridge.state import PublishedIndex, PublishedRecord, Screenings, TrialVersions, save_prescreen
 from bridge.trial import Trial, load_trial
 
-STUDY_KEY = "ResearchStudy|nct04762485"
 NOT_PUBLISHED = "not-published"  # the status returned for an admitted patient without the study's diagnosis
 NOT_SCREENED = "not-screened"  # the status returned for a patient RULES.md §2 does not screen
+
+
+def study_key(trial: Trial | None = None) -> str:
+    """The published-index key of the trial's ResearchStudy (``ResearchStudy|<logical id>``)."""
+    return f"ResearchStudy|{study_logical_id(trial)}"
 
 
 class RescreenState(PublishedIndex, Screenings, TrialVersions, Protocol):
@@ -86,16 +93,16 @@ class PublishingRescreen:
         if not publishable(result, self._has_subject):
             return NOT_PUBLISHED
         self._ensure_study()
-        written = publish_subject(self.client, result, options)
+        written = publish_subject(self.client, result, options, transaction=None, trial=self.trial)
         self._record(patient_id, result, options, written)
         return result.status
 
     def _has_subject(self, patient_id: str) -> bool:
         """The patient already has a ResearchSubject: recorded here, or found on the EHR by identifier."""
-        system, value = subject_identifier(patient_id)
+        system, value = subject_identifier(patient_id, self.trial)
         if self.store.get_published(f"ResearchSubject|{system}|{value}") is not None:
             return True
-        return find_subject(self.client, patient_id) is not None
+        return find_subject(self.client, patient_id, self.trial) is not None
 
     def screen(self, patient_id: str, options: RuleOptions) -> Screening | NotScreened:
         """The patient's screening, or why it is not screened (RULES.md §2; a Patient resource that failed
@@ -107,8 +114,8 @@ class PublishingRescreen:
         with self._study_lock:
             if self._study_done:
                 return
-            written = publish_study(self.client, self.organ_reading)
-            self._remember(STUDY_KEY, written)
+            written = publish_study(self.client, self.organ_reading, trial=self.trial)
+            self._remember(study_key(self.trial), written)
             self._study_done = True
 
     def _remember(self, key: str, written: Written) -> None:
@@ -137,8 +144,8 @@ class PublishingRescreen:
 
     def _record(self, patient_id: str, screening: Screening, options: RuleOptions, written: Written) -> None:
         self._save([screening], (), options)
-        system, value = subject_identifier(patient_id)
+        system, value = subject_identifier(patient_id, self.trial)
         self._remember(f"ResearchSubject|{system}|{value}", written)
 
 
-__all__ = ["NOT_PUBLISHED", "NOT_SCREENED", "STUDY_KEY", "PublishingRescreen", "RescreenState"]
+__all__ = ["NOT_PUBLISHED", "NOT_SCREENED", "PublishingRescreen", "RescreenState", "study_key"]

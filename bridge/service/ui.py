@@ -53,11 +53,11 @@ from fastapi import APIRouter, Cookie, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment
 
-from bridge import RULESET_VERSION, STUDY_ID
 from bridge.config import Settings
 from bridge.report import coordinator as view
 from bridge.report.render import environment
 from bridge.state import Screenings
+from bridge.trial import Trial, load_trial
 
 PREFIX = "/ui"
 COOKIE = "bridge_ui"
@@ -181,8 +181,10 @@ def security_headers() -> dict[str, str]:
             "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY"}
 
 
-def _page(template: str, status: int = 200, **values: Any) -> HTMLResponse:
-    html = _env().get_template(template).render(study=STUDY_ID, base=PREFIX, ruleset=RULESET_VERSION, **values)
+def _page(template: str, status: int = 200, trial: Trial | None = None, **values: Any) -> HTMLResponse:
+    """A page naming ``trial`` (None: the shipped one) and its ruleset version."""
+    t = trial or load_trial()
+    html = _env().get_template(template).render(study=t.id, base=PREFIX, ruleset=t.ruleset_version, **values)
     return HTMLResponse(html, status_code=status, headers=security_headers())
 
 
@@ -190,8 +192,8 @@ def _redirect(to: str) -> RedirectResponse:
     return RedirectResponse(to, status_code=303, headers=security_headers())
 
 
-def _too_many(wait: int) -> HTMLResponse:
-    response = _page("ui_message.html.j2", 429, signed_in=False, heading="Too many attempts",
+def _too_many(wait: int, trial: Trial | None = None) -> HTMLResponse:
+    response = _page("ui_message.html.j2", 429, trial, signed_in=False, heading="Too many attempts",
                      message=f"Too many sign-in attempts from this address: try again in {wait} s.")
     response.headers["Retry-After"] = str(wait)
     return response
@@ -219,11 +221,16 @@ FORM_BODY = {"requestBody": {"required": False, "content": {"application/x-www-f
 
 # ------------------------------------------------------------------ the router
 class _Pages:
-    """The route handlers, sharing settings, data, the clock, the sessions and the sign-in throttle."""
+    """The route handlers, sharing settings, data, the clock, the sessions, the sign-in throttle and the trial
+    (the ``trial`` setting, else the shipped one) the pages name."""
 
     def __init__(self, settings: Settings, data: view.CoordinatorData, clock: Callable[[], float]) -> None:
         self.settings, self.data, self.clock = settings, data, clock
         self.sessions, self.throttle = Sessions(clock), LoginThrottle(clock)
+        self.trial = load_trial(settings.trial)
+
+    def page(self, template: str, status: int = 200, **values: Any) -> HTMLResponse:
+        return _page(template, status, self.trial, **values)
 
     def visitor(self, request: Request, cookie: str | None) -> tuple[Response | None, Session | None]:
         """(the answer to give instead of the page, or None; the visitor's session, if it has one)."""
@@ -238,16 +245,15 @@ class _Pages:
             return _redirect(f"{PREFIX}/login"), None
         wait = self.throttle.retry_after(_client(request))
         if wait:
-            return _too_many(wait), None
+            return _too_many(wait, self.trial), None
         if bearer_valid(header, token):
             return None, None
         self.throttle.failed(_client(request))
         return _redirect(f"{PREFIX}/login"), None
 
-    @staticmethod
-    def disabled() -> Response:
-        return _page("ui_message.html.j2", 503, signed_in=False, heading="Coordinator page disabled",
-                     message="No access token (api_token) is configured for this service.")
+    def disabled(self) -> Response:
+        return self.page("ui_message.html.j2", 503, signed_in=False, heading="Coordinator page disabled",
+                          message="No access token (api_token) is configured for this service.")
 
     async def login(self, request: Request) -> Response:
         token = self.settings.api_token
@@ -256,11 +262,11 @@ class _Pages:
         client = _client(request)
         wait = self.throttle.retry_after(client)
         if wait:
-            return _too_many(wait)
+            return _too_many(wait, self.trial)
         given = (await _form(request)).get("token", "")
         if not given or not hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8")):
             self.throttle.failed(client)
-            return _page("ui_login.html.j2", 401, signed_in=False, error="That token was not accepted.")
+            return self.page("ui_login.html.j2", 401, signed_in=False, error="That token was not accepted.")
         self.throttle.succeeded(client)
         session_id, _ = self.sessions.open()
         response = _redirect(PREFIX)
@@ -271,16 +277,16 @@ class _Pages:
     def login_form(self) -> Response:
         if not self.settings.api_token:
             return self.disabled()
-        return _page("ui_login.html.j2", signed_in=False, error=None)
+        return self.page("ui_login.html.j2", signed_in=False, error=None)
 
     async def logout(self, request: Request, bridge_ui: SessionCookie = None) -> Response:
         session = self.sessions.find(bridge_ui)
         if session is not None:
             given = (await _form(request)).get("csrf", "")
             if not hmac.compare_digest(given.encode("utf-8"), session.csrf.encode("ascii")):
-                return _page("ui_message.html.j2", 403, signed_in=False, heading="Not signed out",
-                             message="The sign-out form was not this session's: reload the page and sign out "
-                                     "again.")
+                return self.page("ui_message.html.j2", 403, signed_in=False, heading="Not signed out",
+                                  message="The sign-out form was not this session's: reload the page and sign out "
+                                          "again.")
             self.sessions.close(str(bridge_ui))
         response = _redirect(f"{PREFIX}/login")
         response.delete_cookie(COOKIE, path=PREFIX, httponly=True, samesite="strict",
@@ -294,10 +300,10 @@ class _Pages:
         selected = status if status in view.STATUS_ORDER else None
         excluded = view.not_screened_of(self.data)
         screenings = view.screened_only(self.data.list_screenings(), excluded)
-        return _page("ui_queue.html.j2", signed_in=True, csrf=session.csrf if session else None,
-                     groups=view.queue(screenings, selected), statuses=view.STATUS_ORDER[:3], selected=selected,
-                     total=len(screenings), not_screened=view.not_screened_summary(excluded),
-                     not_screened_total=len(excluded))
+        return self.page("ui_queue.html.j2", signed_in=True, csrf=session.csrf if session else None,
+                          groups=view.queue(screenings, selected), statuses=view.STATUS_ORDER[:3], selected=selected,
+                          total=len(screenings), not_screened=view.not_screened_summary(excluded),
+                          not_screened_total=len(excluded))
 
     def patient(self, request: Request, patient_id: str, bridge_ui: SessionCookie = None) -> Response:
         denied, session = self.visitor(request, bridge_ui)
@@ -308,17 +314,17 @@ class _Pages:
         excluded = next((n for n in view.not_screened_of(self.data) if n.get("patient") == patient_id), None)
         if excluded is not None:
             label = view.NOT_SCREENED_LABELS.get(str(excluded.get("reason")), str(excluded.get("reason")))
-            return _page("ui_message.html.j2", 404, signed_in=True, csrf=csrf, heading="Not screened",
-                         message=f"This patient is not pre-screened ({label}, RULES.md §2 \"Who is screened\").")
+            return self.page("ui_message.html.j2", 404, signed_in=True, csrf=csrf, heading="Not screened",
+                              message=f"This patient is not pre-screened ({label}, RULES.md §2 \"Who is screened\").")
         if screening is None:
-            return _page("ui_message.html.j2", 404, signed_in=True, csrf=csrf, heading="Not found",
-                         message="No screening is stored for that patient id.")
+            return self.page("ui_message.html.j2", 404, signed_in=True, csrf=csrf, heading="Not found",
+                              message="No screening is stored for that patient id.")
         base_url = self.settings.ehr_base_url
         assessment = self.data.get_assessment(patient_id)
-        return _page("ui_patient.html.j2", signed_in=True, csrf=csrf, s=screening, ehr_linked=bool(base_url),
-                     rows=view.criterion_rows(screening, base_url), assessment=assessment,
-                     events=view.timeline(assessment, base_url) if assessment else [],
-                     dose=_dose_text(assessment) if assessment else "")
+        return self.page("ui_patient.html.j2", signed_in=True, csrf=csrf, s=screening, ehr_linked=bool(base_url),
+                          rows=view.criterion_rows(screening, base_url), assessment=assessment,
+                          events=view.timeline(assessment, base_url) if assessment else [],
+                          dose=_dose_text(assessment) if assessment else "")
 
 
 def _dose_text(assessment: dict[str, Any]) -> str:

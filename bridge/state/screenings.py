@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any, Protocol
 
-from bridge import RULESET_VERSION, STUDY_ID
-
 if TYPE_CHECKING:
     from bridge.evaluate.eligibility import Screening
     from bridge.model import NotScreened
@@ -71,9 +69,21 @@ class Screenings(Protocol):
         ...
 
 
-def screening_record(screening: Screening, as_of: date | str, now: float, trial: str | None = STUDY_ID,
-                     ruleset_version: str | None = RULESET_VERSION) -> ScreeningRecord:
-    """The stored form of one screening (bare patient id, verdicts as ``{criterion, result, evidence, reason}``)."""
+def _named(trial: str | None, ruleset_version: str | None) -> tuple[str | None, str | None]:
+    """(trial, ruleset version) as given, or the shipped trial's when neither is given."""
+    if trial is None and ruleset_version is None:
+        from bridge.trial import load_trial  # here: the state layer reads no trial file unless asked to
+
+        shipped = load_trial()
+        return shipped.id, shipped.ruleset_version
+    return trial, ruleset_version
+
+
+def screening_record(screening: Screening, as_of: date | str, now: float, trial: str | None = None,
+                     ruleset_version: str | None = None) -> ScreeningRecord:
+    """The stored form of one screening (bare patient id, verdicts as ``{criterion, result, evidence, reason}``),
+    naming the trial id and ruleset version it was evaluated under (neither given: the shipped trial's)."""
+    trial, ruleset_version = _named(trial, ruleset_version)
     verdicts = [{"criterion": v.criterion, **v.as_json()} for v in screening.verdicts]
     return ScreeningRecord(screening.patient.removeprefix("Patient/"), screening.status, verdicts, _iso(as_of), now,
                            trial, ruleset_version)
@@ -88,12 +98,12 @@ def _iso(as_of: date | str) -> str:
 
 
 def save_prescreen(store: Screenings, screenings: Iterable[Screening], not_screened: Iterable[NotScreened],
-                   as_of: date | str, now: float, *, trial: str | None = STUDY_ID,
-                   ruleset_version: str | None = RULESET_VERSION) -> tuple[int, int]:
+                   as_of: date | str, now: float, *, trial: str | None = None,
+                   ruleset_version: str | None = None) -> tuple[int, int]:
     """Record a pre-screen run for the coordinator page — what ``bridge prescreen --save`` and the service both
     call: each screening replaces the patient's older one, and each not-screened patient (RULES.md §2) is marked
     so, its older screening deleted, so the page never lists it. ``trial`` / ``ruleset_version`` name what the
-    run evaluated (today the one built-in trial). Returns (screenings saved, not screened)."""
+    run evaluated (neither given: the shipped trial's). Returns (screenings saved, not screened)."""
     records = [screening_record(s, as_of, now, trial, ruleset_version) for s in screenings]
     excluded = [not_screened_record(ns, as_of, now) for ns in not_screened]
     store.record_prescreen(records, excluded)

@@ -27,7 +27,7 @@ from bridge.client import FhirClient
 from bridge.config import RuleOptions
 from bridge.normalize.mappings import load_code_map
 from bridge.pipeline import prescreen
-from bridge.publish.study import STUDY_LOGICAL_ID, research_study
+from bridge.publish.study import research_study, study_logical_id
 from bridge.publish.subject import SUBJECT_ID_SYSTEM, research_subject, verdicts_from_subject
 from bridge.publish.validate import REPO_ROOT
 
@@ -100,10 +100,10 @@ def prescreen_runs(server: PeerServer, study_runs: list[Done]) -> list[Done]:
 def test_publish_study_twice(client: FhirClient, study_runs: list[Done]) -> None:
     assert [r.code for r in study_runs] == [0, 0], study_runs[0].err
     assert [r.json() for r in study_runs] == [
-        {"reference": f"ResearchStudy/{STUDY_LOGICAL_ID}", "outcome": "created", "version": "1"},
-        {"reference": f"ResearchStudy/{STUDY_LOGICAL_ID}", "outcome": "unchanged", "version": "1"},
+        {"reference": f"ResearchStudy/{study_logical_id()}", "outcome": "created", "version": "1"},
+        {"reference": f"ResearchStudy/{study_logical_id()}", "outcome": "unchanged", "version": "1"},
     ]
-    held = client.read("ResearchStudy", STUDY_LOGICAL_ID).resource
+    held = client.read("ResearchStudy", study_logical_id()).resource
     assert {k: v for k, v in held.items() if k not in ("meta", "text")} == research_study()  # id included
 
 
@@ -141,7 +141,7 @@ def test_one_research_subject_per_patient_as_printed(client: FhirClient, prescre
 def test_each_write_has_one_provenance(client: FhirClient, prescreen_runs: list[Done]) -> None:
     targets = provenance_targets(client)
     subjects = {f"ResearchSubject/{s['id']}" for s in all_resources(client, "ResearchSubject")}
-    assert targets == Counter({f"ResearchStudy/{STUDY_LOGICAL_ID}": 1, **{ref: 1 for ref in subjects}})
+    assert targets == Counter({f"ResearchStudy/{study_logical_id()}": 1, **{ref: 1 for ref in subjects}})
 
 
 def test_pulling_each_patient_prints_the_file_results(server: PeerServer, expected: dict[str, Any]) -> None:

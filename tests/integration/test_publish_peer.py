@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from bridge import RULESET_VERSION, __version__
+from bridge import __version__
 from bridge.client import FhirClient
 from bridge.config import RuleOptions
 from bridge.evaluate.eligibility import Screening
@@ -32,7 +32,7 @@ from bridge.normalize.mappings import CodeMap, load_code_map
 from bridge.pipeline import PrescreenRun, prescreen, prescreen_items
 from bridge.publish.policy import concerns_the_study
 from bridge.publish.publisher import Written, publish_screenings, publish_study
-from bridge.publish.study import STUDY_LOGICAL_ID, research_study
+from bridge.publish.study import research_study, study_logical_id
 from bridge.publish.subject import (
     SUBJECT_ID_SYSTEM,
     research_subject,
@@ -40,6 +40,7 @@ from bridge.publish.subject import (
     verdicts_from_subject,
 )
 from bridge.publish.validate import REPO_ROOT
+from bridge.trial import load_trial
 
 from .loading import all_resources, provenance_targets, sample_resources
 from .peer import PeerServer
@@ -53,7 +54,7 @@ OPTIONS = RuleOptions(as_of=date(2026, 6, 15))
 N = sum(1 for s in prescreen(str(BUNDLE), OPTIONS, load_code_map(SITE_MAP)).screenings if concerns_the_study(s))
 LATER = RuleOptions(as_of=date(2026, 6, 16))
 RECORDED = datetime(2026, 6, 15, 9, 30, tzinfo=timezone(timedelta(hours=8)))
-STUDY_REF = f"ResearchStudy/{STUDY_LOGICAL_ID}"
+STUDY_REF = f"ResearchStudy/{study_logical_id()}"
 Json = dict[str, Any]
 
 
@@ -126,7 +127,7 @@ def outcomes(written: list[Written]) -> Counter[str]:
 def test_the_study_is_created_once_then_left_alone(client: FhirClient, runs: Runs) -> None:
     assert [(w.reference, w.outcome, w.version) for w in runs.study] == [
         (STUDY_REF, "created", "1"), (STUDY_REF, "unchanged", "1")]
-    held = client.read("ResearchStudy", STUDY_LOGICAL_ID).resource
+    held = client.read("ResearchStudy", study_logical_id()).resource
     assert content(held) == content(research_study())
     assert len(all_resources(client, "ResearchStudy")) == 1
 
@@ -160,7 +161,7 @@ def test_every_write_has_its_provenance(client: FhirClient, runs: Runs) -> None:
     targets = provenance_targets(client)
     assert targets == Counter({w.reference: 1 for w in [runs.study[0], *runs.first]})
     for prov in all_resources(client, "Provenance"):
-        assert prov["policy"] == [f"https://cd7-bridge.example.org/fhir/ruleset/{RULESET_VERSION}"]
+        assert prov["policy"] == [f"https://cd7-bridge.example.org/fhir/ruleset/{load_trial().ruleset_version}"]
         assert prov["agent"][0]["who"]["display"] == f"cd7-bridge {__version__}"
         target = prov["target"][0]["reference"]
         # a Provenance sent in one transaction with its subject (issue #14 item 5) cannot name the version the

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bridge import __version__
-from bridge.evaluate.eligibility import CRITERIA
+from bridge.trial import load_trial
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
@@ -54,7 +54,7 @@ def test_json_contract(tmp_path: Path) -> None:
         "NCT04762485", "NCT04762485-rules/2026-11", "2026-06-15", "organ-function")
     (result,) = doc["results"]
     assert result["patient"] == "Patient/p1" and result["status"] == "ineligible"
-    assert list(result["criteria"]) == list(CRITERIA)
+    assert list(result["criteria"]) == list(load_trial().criterion_ids)
     assert result["criteria"]["inc-age"] == {"result": "met", "evidence": ["Patient/p1"],
                                              "reason": "age 36 on 2026-06-15"}
     assert "1 resource(s) skipped" in out.stderr and "Observation.valueQuantity.value" in out.stderr

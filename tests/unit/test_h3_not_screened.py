@@ -198,11 +198,11 @@ def service(store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> dict[str, An
     monkeypatch.setattr(rescreen_module, "fetch_patient", lambda client, pid, cmap, as_of: iter(
         [Entry(r, f"{r['resourceType']}/{r['id']}") for r in records
          if (r["resourceType"] == "Patient" and r["id"] == pid) or patient_of(r.get("subject")) == pid]))
-    monkeypatch.setattr(rescreen_module, "publish_study", lambda client, reading: rescreen_module.Written(
+    monkeypatch.setattr(rescreen_module, "publish_study", lambda client, reading, **_: rescreen_module.Written(
         "ResearchStudy/nct04762485", "created", "1"))
-    monkeypatch.setattr(rescreen_module, "publish_subject", lambda client, s, options: calls["published"].append(
+    monkeypatch.setattr(rescreen_module, "publish_subject", lambda client, s, options, **_: calls["published"].append(
         s.patient) or rescreen_module.Written("ResearchSubject/rs1", "created", "1"))
-    monkeypatch.setattr(rescreen_module, "find_subject", lambda client, pid: calls["found"].append(pid))
+    monkeypatch.setattr(rescreen_module, "find_subject", lambda client, pid, *_: calls["found"].append(pid))
     run = PublishingRescreen(FakeClient(), load_code_map(SITE_MAP), store, today=lambda: AS_OF,  # type: ignore[arg-type]
                              clock=lambda: T0)
     return {"run": run, "calls": calls}

@@ -21,7 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bridge.config import RuleOptions, Settings
-from bridge.evaluate.eligibility import CRITERIA, Screening
+from bridge.evaluate.eligibility import Screening
 from bridge.localfhir.record import LocalRecorder, local_id, record_key
 from bridge.model import Verdict
 from bridge.normalize.mappings import load_code_map
@@ -30,6 +30,7 @@ from bridge.publish.subject import SUBJECT_ID_SYSTEM, verdicts_from_subject
 from bridge.publish.validate import REPO_ROOT, validate_r4
 from bridge.service.app import create_app
 from bridge.state.sqlite_state import SqliteState
+from bridge.trial import load_trial
 
 TOKEN = "local-fhir-api-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -163,7 +164,7 @@ def test_saving_twice_creates_no_duplicate_and_no_version(store: SqliteState, sc
 def test_a_changed_verdict_is_one_new_version_with_its_provenance(store: SqliteState) -> None:
     options = RuleOptions(as_of=AS_OF)
     recorder = LocalRecorder(store, clock=Clock())
-    verdicts = [Verdict(v, "met" if v.startswith("inc") else "not-met", "", ()) for v in CRITERIA]
+    verdicts = [Verdict(v, "met" if v.startswith("inc") else "not-met", "", ()) for v in load_trial().criterion_ids]
     first = recorder.subject(Screening("Patient/q1", "candidate", tuple(verdicts)), options)
     changed = [replace(v, result="unknown") if v.criterion == "inc-ecog" else v for v in verdicts]
     second = recorder.subject(Screening("Patient/q1", "potential-candidate", tuple(changed)), options)

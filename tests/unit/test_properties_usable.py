@@ -33,11 +33,12 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from bridge.config import RuleOptions
-from bridge.evaluate.eligibility import CRITERIA, Screening, screen
+from bridge.evaluate.eligibility import Screening, screen
 from bridge.ingest.readers import Entry
 from bridge.model import Fact, PatientFacts, Quantity
 from bridge.normalize.mappings import CodeMap, load_code_map
 from bridge.normalize.patients import assemble
+from bridge.trial import load_trial
 
 ROOT = Path(__file__).resolve().parents[2]
 AS_OF = date(2026, 6, 15)
@@ -414,7 +415,7 @@ def new_facts(patients: list[PatientFacts], refs: set[str]) -> list[Fact]:
 
 def assert_tri(screenings: dict[str, Screening]) -> None:
     for s in screenings.values():
-        assert [v.criterion for v in s.verdicts] == list(CRITERIA)
+        assert [v.criterion for v in s.verdicts] == list(load_trial().criterion_ids)
         assert all(v.result in TRI for v in s.verdicts)
         assert s.status in ("candidate", "potential-candidate", "ineligible")
 
@@ -460,7 +461,7 @@ def check_addition(pid: str, extra: list[dict[str, Any]]) -> None:
         assert after == before
         return
     # (b) not-usable values only: each verdict stays, or becomes unknown
-    changed = {c: (before[c], after[c]) for c in CRITERIA if after[c] != before[c]}
+    changed = {c: (before[c], after[c]) for c in load_trial().criterion_ids if after[c] != before[c]}
     assert all(now == "unknown" for _, now in changed.values()), (changed, [f.problem for f in facts])
     for criterion in changed:  # and the reason names the resource
         verdict = screenings[pid].verdict(criterion)
@@ -511,7 +512,7 @@ def check_unknown_exactly_where_it_matters(pid: str, res: dict[str, Any], fact: 
         if not placed.usable:  # e.g. a reference range the unit parser chokes on: the oracle cannot be built
             return
         differs |= {c for c, r in results(screenings[pid]).items() if r != before[c]}
-    for criterion in CRITERIA:
+    for criterion in load_trial().criterion_ids:
         wanted = "unknown" if criterion in differs else before[criterion]
         assert after[criterion] == wanted, (criterion, before[criterion], after[criterion], fact.problem)
 

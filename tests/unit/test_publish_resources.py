@@ -11,12 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge import RULESET_VERSION, __version__
+from bridge import __version__
 from bridge.errors import InputError, InvalidResource, ValidationFailed
 from bridge.fhirmodels import parse_resource
 from bridge.model import Tri, Verdict
 from bridge.publish import criteria, provenance, study, subject
 from bridge.publish.validate import validate_output
+from bridge.trial import load_trial
 from tests.shared import TRIAL
 
 RECORD = TRIAL / "NCT04762485-record.txt"
@@ -301,8 +302,9 @@ def test_provenance_names_bridge_version_and_rule_set() -> None:
     assert prov["recorded"] == "2026-06-15T09:30:00+08:00"
     assert prov["agent"][0]["who"] == {"display": f"cd7-bridge {__version__}"}
     assert prov["agent"][0]["type"]["coding"][0]["code"] == "assembler"
-    assert prov["policy"] == [f"https://cd7-bridge.example.org/fhir/ruleset/{RULESET_VERSION}"]
-    assert RULESET_VERSION == "NCT04762485-rules/2026-11"  # the trial file's version: it names the trial and its rules
+    version = load_trial().ruleset_version
+    assert prov["policy"] == [f"https://cd7-bridge.example.org/fhir/ruleset/{version}"]
+    assert version == "NCT04762485-rules/2026-11"  # the trial file's version: it names the trial and its rules
     assert prov["activity"]["coding"][0]["code"] == "prescreen"
     assert prov["reason"][0]["coding"][0]["code"] == "CLINTRCH"
     assert [e["what"]["reference"] for e in prov["entity"]] == ["Observation/o1", "Condition/c1"]

@@ -22,18 +22,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from responses import matchers
 
-from bridge import RULESET_VERSION, __version__
+from bridge import __version__
 from bridge.client import FhirClient
 from bridge.config import RuleOptions, Settings
 from bridge.errors import AuthError, ServerRejected, ValidationFailed
-from bridge.evaluate.eligibility import CRITERIA, Screening
+from bridge.evaluate.eligibility import Screening
 from bridge.model import Verdict
 from bridge.normalize.mappings import load_code_map
 from bridge.pipeline import prescreen
 from bridge.publish import publisher
-from bridge.publish.provenance import AGENT_DISPLAY, RULESET_POLICY
+from bridge.publish.provenance import AGENT_DISPLAY, ruleset_policy
 from bridge.publish.publisher import Written, find_subject, publish_screenings, publish_study, publish_subject
-from bridge.publish.study import STUDY_LOGICAL_ID, research_study
+from bridge.publish.study import research_study, study_logical_id
 from bridge.publish.subject import (
     SUBJECT_ID_SYSTEM,
     research_subject,
@@ -41,7 +41,11 @@ from bridge.publish.subject import (
     verdicts_from_subject,
 )
 from bridge.publish.validate import REPO_ROOT, validate_output
+from bridge.trial import load_trial
 
+TRIAL = load_trial()  # the shipped trial: the published content must stay what it was
+STUDY_LOGICAL_ID = study_logical_id(TRIAL)
+RULESET_POLICY = ruleset_policy(TRIAL)
 BASE = "https://ehr.example.org/fhir"
 FHIR = {"Content-Type": "application/fhir+json"}
 AS_OF = date(2026, 6, 15)
@@ -62,7 +66,7 @@ def clock() -> datetime:
 def verdicts(**results: str) -> tuple[Verdict, ...]:
     """A clean candidate's 15 verdicts, with ``results`` overriding some (``inc_ecog="unknown"``)."""
     out = []
-    for cid in CRITERIA:
+    for cid in TRIAL.criterion_ids:
         default = "unknown" if cid == "exc-investigator" else ("met" if cid.startswith("inc") else "not-met")
         result = results.get(cid.replace("-", "_"), default)
         evidence = ("Patient/p1",) if cid == "inc-age" else ()
@@ -310,7 +314,7 @@ def test_the_provenance_names_the_write_the_bridge_version_and_the_rule_set(rsps
     validate_output(prov)
     assert prov["target"] == [{"reference": "ResearchSubject/rs-1/_history/1"}]
     assert prov["recorded"] == RECORDED.isoformat()
-    assert prov["policy"] == [RULESET_POLICY] and RULESET_POLICY.endswith(RULESET_VERSION)
+    assert prov["policy"] == [RULESET_POLICY] and RULESET_POLICY.endswith(TRIAL.ruleset_version)
     assert prov["agent"][0]["who"] == {"display": AGENT_DISPLAY} and AGENT_DISPLAY.endswith(__version__)
     assert prov["activity"]["coding"][0]["code"] == "prescreen"
     assert prov["reason"][0]["coding"][0]["code"] == "CLINTRCH"
@@ -473,7 +477,7 @@ RESULTS = st.sampled_from(["met", "not-met", "unknown"])
        days=st.integers(0, 400))
 def test_publishing_twice_writes_only_what_changed(first: list[str], second: list[str], days: int) -> None:
     def scr(results: list[str]) -> Screening:
-        return screening(**{c.replace("-", "_"): r for c, r in zip(CRITERIA, results, strict=True)})
+        return screening(**{c.replace("-", "_"): r for c, r in zip(TRIAL.criterion_ids, results, strict=True)})
 
     later = RuleOptions(as_of=AS_OF + timedelta(days=days))
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps, FhirClient(BASE) as fhir:

@@ -28,7 +28,6 @@ from bridge.errors import RemoteError
 from bridge.evaluate.eligibility import screen
 from bridge.ingest import pull as pull_module
 from bridge.ingest.pull import (
-    ANY_AGE_CONCEPTS,
     CODES_PER_QUERY,
     LOOKBACK_DAYS,
     admission_queries,
@@ -159,7 +158,8 @@ def test_every_mapped_code_is_asked_once_with_the_right_date_rule(rsps: Any, cli
         for token in tokens(q["code"][0]):
             assert token not in asked, "a code is asked twice"
             asked[token] = "date" in q
-    expected = {f"{s}|{c}": concept not in ANY_AGE_CONCEPTS for (s, c), concept in cmap.observations.items()}
+    any_age = load_trial().any_age_concepts()
+    expected = {f"{s}|{c}": concept not in any_age for (s, c), concept in cmap.observations.items()}
     assert {t: w for t, w in asked.items() if t in expected} == expected
     extra = set(asked) - set(expected)  # only the lower-case spellings of codes with letters
     assert extra == {f"{s}|{c.lower()}" for (s, c) in cmap.observations if c.lower() != c}
@@ -335,9 +335,10 @@ def test_no_fact_older_than_the_look_back_changes_a_verdict_unless_fetched_at_an
                 with_old.facts.append(Fact(concept, value, old, "Observation/old"))
                 if screen(with_old, options, cmap.uln).verdicts != screen(base, options, cmap.uln).verdicts:
                     decisive.add(concept)
-    assert decisive <= ANY_AGE_CONCEPTS, f"fetch these without a date: {sorted(decisive - ANY_AGE_CONCEPTS)}"
+    any_age = load_trial().any_age_concepts()
+    assert decisive <= any_age, f"fetch these without a date: {sorted(decisive - any_age)}"
     assert {"hbsag", "hiv-test", "cns-involvement", "refractory-disease"} <= decisive  # the guard does bite
 
 
 def test_any_age_concepts_are_catalogue_concepts(cmap: CodeMap) -> None:
-    assert set(cmap.concepts) >= ANY_AGE_CONCEPTS
+    assert set(cmap.concepts) >= load_trial().any_age_concepts()

@@ -34,7 +34,6 @@ from typer.testing import CliRunner
 from bridge.cli import app as cli_app
 from bridge.config import RuleOptions, Settings
 from bridge.errors import InputError
-from bridge.evaluate.eligibility import CRITERIA
 from bridge.ingest.readers import read_source
 from bridge.normalize.mappings import load_code_map
 from bridge.report import coordinator, plots
@@ -50,6 +49,7 @@ from bridge.report.render import (
     write_report,
 )
 from bridge.service.ui import COOKIE, SESSION_SECONDS, ui_router
+from bridge.trial import load_trial
 
 ROOT = Path(__file__).resolve().parents[2]
 SITE_MAP = ROOT / "samples" / "site-map.yaml"
@@ -299,7 +299,8 @@ def _expected_keys(assess: dict[str, Any]) -> set[str]:
                                                   "weightKg", "crs.worst", "icans.worst")}
         keys |= {f"patients.{ref}.kinetics.{c}.{m}" for c in p["kinetics"]
                  for m in ("cmax", "tmaxDay", "auc0to28", "lastDetectedDay")}
-    keys |= {f"criteria.{c}.{w}" for c in CRITERIA if c != "exc-investigator" for w in ("excluding", "unknown")}
+    keys |= {f"criteria.{c}.{w}" for c in load_trial().criterion_ids if c != "exc-investigator"
+             for w in ("excluding", "unknown")}
     return keys
 
 
@@ -376,8 +377,9 @@ def test_kinetic_series_and_follow_up(treated_doc: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------------------------------------- rendering from JSON
 def _minimal_doc(patient: str = "Patient/x1") -> dict[str, Any]:
-    verdicts = {c: {"result": "met" if c.startswith("inc-") else "not-met", "evidence": [], "reason": "r"}
-                for c in CRITERIA}
+    verdicts: dict[str, dict[str, Any]] = {
+        c: {"result": "met" if c.startswith("inc-") else "not-met", "evidence": [], "reason": "r"}
+        for c in load_trial().criterion_ids}
     verdicts["inc-ecog"] = {"result": "unknown", "evidence": [], "reason": "no ECOG"}
     verdicts["exc-investigator"] = {"result": "unknown", "evidence": [], "reason": "investigator judgement"}
     cohort = {"infused": 0, "orr": {"responders": 0, "n": 0, "rate": None, "ci95": None},
@@ -421,7 +423,7 @@ def test_blockers_count_excluding_and_unknown_and_skip_the_investigator() -> Non
     second["criteria"]["exc-pregnancy"]["result"] = "unknown"
     doc["results"].append(second)
     rows = {r["criterion"]: r for r in blockers(doc)}
-    assert "exc-investigator" not in rows and len(rows) == len(CRITERIA) - 1
+    assert "exc-investigator" not in rows and len(rows) == len(load_trial().criterion_ids) - 1
     assert (rows["inc-ecog"]["excluding"], rows["inc-ecog"]["unknown"]) == (0, 2)
     assert (rows["inc-age"]["excluding"], rows["exc-hiv"]["excluding"], rows["exc-pregnancy"]["unknown"]) == (1, 1, 1)
     assert rows["exc-hiv"]["unknown"] == 0 and rows["inc-diagnosis"] == {
@@ -495,7 +497,7 @@ NOW = 1_781_500_000.0  # 2026-06-15, a fixed clock
 
 def _screening(pid: str, status: str, updated: float, **results: str) -> dict[str, Any]:
     criteria = {c: {"result": "met" if c.startswith("inc-") else "not-met", "evidence": [f"Patient/{pid}"],
-                    "reason": f"reason of {c}"} for c in CRITERIA}
+                    "reason": f"reason of {c}"} for c in load_trial().criterion_ids}
     for cid, result in results.items():
         criteria[cid.replace("_", "-")]["result"] = result
     return coordinator.screening_view(f"Patient/{pid}", status, criteria, "2026-06-15", updated, "rules-x")
@@ -619,7 +621,7 @@ def test_patient_page_shows_every_verdict_with_linked_evidence(signed_in: TestCl
     assert answer.status_code == 200
     page = answer.text
     rows = {a["data-criterion"]: a["data-result"] for _, a in tags(page) if a.get("data-criterion")}
-    assert list(rows) == list(CRITERIA) and rows["inc-age"] == "met" and rows["exc-hiv"] == "not-met"
+    assert list(rows) == list(load_trial().criterion_ids) and rows["inc-age"] == "met" and rows["exc-hiv"] == "not-met"
     assert "reason of inc-cardiac" in page and 'id="ruleset">rules-x' in page and 'id="as-of">2026-06-15' in page
     links = [a["href"] for t, a in tags(page) if t == "a" and (a.get("href") or "").startswith("https://")]
     assert "https://ehr.example.org/fhir/Observation/c-old-ecog" in links

@@ -14,7 +14,7 @@ from bridge.normalize.mappings import load_code_map
 from bridge.publish.publisher import Written
 from bridge.publish.subject import research_subject
 from bridge.service import rescreen as module
-from bridge.service.rescreen import NOT_PUBLISHED, NOT_SCREENED, STUDY_KEY, PublishingRescreen
+from bridge.service.rescreen import NOT_PUBLISHED, NOT_SCREENED, PublishingRescreen, study_key
 from bridge.service.triggers import patient_of
 from bridge.state.sqlite_state import SqliteState as SqliteStore
 
@@ -57,11 +57,12 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Publi
     calls: dict[str, list[Any]] = {"published": [], "study": [], "found": []}
     monkeypatch.setattr(module, "fetch_patient", lambda client, pid, cmap, as_of: iter(
         [Entry(r, f"{r['resourceType']}/{r['id']}") for r in sample(pid)]))
-    monkeypatch.setattr(module, "publish_study", lambda client, reading: calls["study"].append(reading) or Written(
-        "ResearchStudy/nct04762485", "created", "1"))
-    monkeypatch.setattr(module, "publish_subject", lambda client, screening, options: calls["published"].append(
-        (screening.patient, screening.status, options.as_of)) or Written("ResearchSubject/rs1", "created", "1"))
-    monkeypatch.setattr(module, "find_subject", lambda client, pid: calls["found"].append(pid))
+    monkeypatch.setattr(module, "publish_study", lambda client, reading, trial: calls["study"].append(
+        (reading, trial.id)) or Written("ResearchStudy/nct04762485", "created", "1"))
+    monkeypatch.setattr(module, "publish_subject", lambda client, screening, options, transaction, trial: calls[
+        "published"].append((screening.patient, screening.status, options.as_of, transaction, trial.id)) or Written(
+        "ResearchSubject/rs1", "created", "1"))
+    monkeypatch.setattr(module, "find_subject", lambda client, pid, trial: calls["found"].append(pid))
     rescreen = PublishingRescreen(FakeClient(), load_code_map(REPO / "samples" / "site-map.yaml"), store,  # type: ignore[arg-type]
                                   today=lambda: AS_OF, clock=lambda: T0)
     yield rescreen, store, calls
@@ -71,15 +72,18 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Publi
 def test_a_leukaemia_patient_is_screened_published_and_recorded(env: Any) -> None:
     rescreen, store, calls = env
     assert rescreen("p01") == "candidate"  # samples/prescreen/intent.json
-    assert calls["published"] == [("Patient/p01", "candidate", AS_OF)] and calls["study"] == ["organ-function"]
+    # the re-screen passes its trial, and lets the publisher use a transaction where the EHR offers one
+    assert calls["published"] == [("Patient/p01", "candidate", AS_OF, None, "NCT04762485")]
+    assert calls["study"] == [("organ-function", "NCT04762485")]
     record = store.screening("p01")
     assert record is not None and (record.status, record.as_of, record.updated_at) == ("candidate", "2026-06-15", T0)
     assert {v["criterion"]: v["result"] for v in record.verdicts}["inc-diagnosis"] == "met"
     published = store.find_published("ResearchSubject", patient="Patient/p01")
     assert [(p.resource_id, p.version) for p in published] == [("rs1", "1")]
-    assert store.get_published(STUDY_KEY) is not None
+    assert store.get_published(study_key(rescreen.trial)) is not None
+    assert study_key(rescreen.trial) == "ResearchStudy|nct04762485"
     rescreen("p01")
-    assert calls["study"] == ["organ-function"]  # once per process
+    assert len(calls["study"]) == 1  # once per process
 
 
 def test_a_patient_without_the_diagnosis_gets_no_research_subject(env: Any) -> None:
@@ -90,9 +94,10 @@ def test_a_patient_without_the_diagnosis_gets_no_research_subject(env: Any) -> N
 
 def test_but_an_existing_subject_is_kept_up_to_date(env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     rescreen, _store, calls = env
-    monkeypatch.setattr(module, "find_subject", lambda client, pid: {"resourceType": "ResearchSubject", "id": "x"})
+    monkeypatch.setattr(module, "find_subject", lambda client, pid, trial: {"resourceType": "ResearchSubject",
+                                                                           "id": "x"})
     assert rescreen("p08") == "ineligible"
-    assert calls["published"] == [("Patient/p08", "ineligible", AS_OF)]
+    assert calls["published"] == [("Patient/p08", "ineligible", AS_OF, None, "NCT04762485")]
 
 
 def test_a_patient_with_nothing_usable_is_not_screened(env: Any) -> None:

@@ -23,11 +23,12 @@ from typing import Any
 import pytest
 
 from bridge.config import RuleOptions
-from bridge.evaluate.eligibility import ADVISORY, CRITERIA, EXCLUSIONS, INCLUSIONS, Screening, screen
+from bridge.evaluate.eligibility import Screening, screen
 from bridge.evaluate.screened import not_screened
 from bridge.ingest.readers import read_source
 from bridge.normalize.mappings import load_code_map
 from bridge.normalize.patients import ReadReport, assemble
+from bridge.trial import load_trial
 from samplegen import kit, prescreen
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,7 +83,7 @@ def _params() -> list[Any]:
 
 def _differences(pid: str, got: Screening, want: dict[str, Any]) -> list[str]:
     lines = []
-    for cid in CRITERIA:
+    for cid in load_trial().criterion_ids:
         v = got.verdict(cid)
         if v.result != want["criteria"][cid]:
             lines.append(f"  {cid}: intended {want['criteria'][cid]}, engine {v.result} ({v.reason})")
@@ -96,7 +97,7 @@ def test_patient_screens_as_intended(source: str, pid: str) -> None:
     want = intended(source)[pid]
     got = screenings(source).get(pid)
     assert got is not None, f"{source}: patient {pid} not found by the engine"
-    assert set(want["criteria"]) == set(CRITERIA), f"{pid}: intent must name every criterion"
+    assert set(want["criteria"]) == set(load_trial().criterion_ids), f"{pid}: intent must name every criterion"
     diff = _differences(pid, got, want)
     assert not diff, f"{source} {pid} ({want['exercises']}):\n" + "\n".join(diff)
 
@@ -140,7 +141,8 @@ def test_bundle_and_ndjson_agree_verdict_for_verdict() -> None:
 
 def test_every_automated_criterion_has_every_outcome() -> None:
     doc = intent()
-    automated = [c for c in INCLUSIONS + EXCLUSIONS if c not in ADVISORY]
+    trial = load_trial()
+    automated = [c for c in trial.criterion_ids if c not in trial.advisory]
     assert len(automated) == 14
     for cid in automated:
         seen = {p["criteria"][cid] for p in doc["patients"].values()}

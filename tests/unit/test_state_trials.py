@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from bridge import RULESET_VERSION, STUDY_ID
 from bridge.errors import StoreError
 from bridge.evaluate.eligibility import Screening
 from bridge.model import NotScreened, Verdict
 from bridge.state import NotScreenedRecord, ScreeningRecord, save_prescreen, screening_record
 from bridge.state.sqlite_state import SqliteState
+from bridge.trial import load_trial
 
 T0 = 1_780_000_000.0
 REFUSAL = ("trial NCT04762485 ruleset r1 is already recorded with different content: "
@@ -72,7 +72,8 @@ def test_every_saved_screening_names_its_trial_and_ruleset_version(state: Sqlite
     assert save_prescreen(state, [screening("p1")], [NotScreened("Patient/d1", "deceased")], "2026-06-15",
                           T0) == (1, 1)
     [saved] = state.screenings()
-    assert (saved.patient_id, saved.trial, saved.ruleset_version) == ("p1", STUDY_ID, RULESET_VERSION)
+    shipped = load_trial()  # neither given: the shipped trial's
+    assert (saved.patient_id, saved.trial, saved.ruleset_version) == ("p1", shipped.id, shipped.ruleset_version)
     assert saved.verdicts == [{"criterion": "inc-age", "result": "met", "evidence": ["Patient/p1"],
                                "reason": "age 36 on 2026-06-15"}]
     assert state.not_screened() == [NotScreenedRecord("d1", "deceased", "2026-06-15", T0)]
@@ -84,5 +85,5 @@ def test_every_saved_screening_names_its_trial_and_ruleset_version(state: Sqlite
 def test_a_screening_saved_without_them_reads_back_with_none(state: SqliteState) -> None:
     state.save_screening(ScreeningRecord("p1", "candidate", [], "2026-06-15", T0))
     assert state.screening("p1") == ScreeningRecord("p1", "candidate", [], "2026-06-15", T0, None, None)
-    record = screening_record(screening("p2"), "2026-06-15", T0, None, None)
-    assert (record.trial, record.ruleset_version) == (None, None)
+    record = screening_record(screening("p2"), "2026-06-15", T0, "NCT00000000", "t2")
+    assert (record.trial, record.ruleset_version) == ("NCT00000000", "t2")

@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 import yaml
 
-import bridge
 from bridge.config import ResponseThresholds, RuleOptions
 from bridge.errors import MappingError, SourceUnreadable
 from bridge.evaluate import eligibility as E
@@ -84,7 +83,6 @@ def problems(data: Any) -> dict[str, str]:
 def test_the_shipped_trial() -> None:
     t = load_trial()
     assert (t.id, t.ruleset_version, t.source) == ("NCT04762485", "NCT04762485-rules/2026-11", DEFAULT_FILE)
-    assert (t.id, t.ruleset_version) == (bridge.STUDY_ID, bridge.RULESET_VERSION)
     assert t.criterion_ids == RULES_ORDER
     assert t.inclusions == RULES_ORDER[:6] and t.exclusions == RULES_ORDER[6:]
     assert [c.number for c in t.criteria] == [*range(1, 7), *range(1, 10)]
@@ -106,7 +104,8 @@ def test_digest_is_the_sha256_of_the_canonical_json_and_equality_follows_it() ->
 
 def test_the_blocks_declare_what_the_former_hand_lists_held() -> None:
     t = load_trial()
-    assert E.RULE_CONCEPTS == FORMER_RULE_CONCEPTS
+    assert {c.id: tuple(sorted(t.reads(c.id).facts)) for c in t.criteria if t.reads(c.id).facts} == \
+        FORMER_RULE_CONCEPTS
     assert t.any_age_concepts() == FORMER_ANY_AGE
     assert t.fact_concepts() | t.condition_concepts() == FORMER_ELIGIBILITY_CONCEPTS
     assert t.windows() == {"inc-ecog": 30, "inc-cd7-expression": 30, "inc-cardiac": 90, "inc-organ-function": 30,
@@ -147,16 +146,28 @@ def test_rule_options_take_the_assessment_numbers_from_the_trial() -> None:
     assert RuleOptions.for_trial(t, AS_OF, course_days=3).course_days == 3
 
 
-# Modules that still name the shipped trial (texts and docstrings), to be switched by their owners; the test
-# fails when one of them no longer does, so that the entry is removed.
-STILL_NAMING = {"bridge/publish/subject.py", "bridge/publish/publisher.py", "bridge/publish/outcomes.py"}
-
-
 def test_no_layer_below_the_trial_names_the_shipped_trial() -> None:
+    """Nothing under normalize, evaluate, publish or report names NCT04762485: ids, texts and docstrings all
+    come from the Trial."""
     named = {str(p.relative_to(ROOT)) for folder in ("normalize", "evaluate", "publish", "report")
              for p in (ROOT / "bridge" / folder).rglob("*") if p.is_file() and p.suffix in (".py", ".j2")
              and "nct04762485" in p.read_text(encoding="utf-8").lower()}
-    assert named == STILL_NAMING
+    assert named == set()
+
+
+def test_the_former_module_level_trial_names_are_gone() -> None:
+    """The compatibility names derived from the shipped trial are gone: callers take a ``Trial``."""
+    import importlib
+
+    gone = {"bridge": ("STUDY_ID", "RULESET_VERSION"),
+            "bridge.evaluate.eligibility": ("CRITERIA", "INCLUSIONS", "EXCLUSIONS", "ADVISORY", "RULE_CONCEPTS"),
+            "bridge.publish.criteria": ("CRITERIA", "CRITERION_IDS"),
+            "bridge.publish.study": ("CRITERIA_SYSTEM", "STUDY_LOGICAL_ID", "SECONDARY_ID", "CONDITIONS", "NOTES"),
+            "bridge.publish.provenance": ("RULESET_POLICY",), "bridge.ingest.pull": ("ANY_AGE_CONCEPTS",),
+            "bridge.pipeline": ("CRITERIA",)}
+    for module, names in gone.items():
+        loaded = importlib.import_module(module)
+        assert [n for n in names if hasattr(loaded, n)] == [], module
 
 
 # ---------------------------------------------------------------------------------------------- blocks on facts

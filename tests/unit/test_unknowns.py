@@ -7,11 +7,12 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.evaluate.eligibility import RULE_CONCEPTS, screen
+from bridge.evaluate.eligibility import screen
 from bridge.evaluate.unknowns import decide, substitutes
 from bridge.model import Fact, PatientFacts, Quantity, Span
 from bridge.normalize.facts import span_of
 from bridge.normalize.mappings import load_code_map
+from bridge.trial import load_trial
 from tests.factories import OPTS, ago, dx, flag, patient, q, score
 
 CMAP = load_code_map()
@@ -83,7 +84,7 @@ def test_decided_patient_stays_a_candidate_beside_unusable_values_of_unread_conc
     assert screen(pf, OPTS).status == "candidate"
 
 
-ALL_READ = sorted({c for cs in RULE_CONCEPTS.values() for c in cs})
+ALL_READ = sorted(load_trial().fact_concepts())
 DECIDED = [candidate(), patient(dx("acute-leukemia", "aml", code="C92.00"), score("ecog", 4), q("lvef", 30),
                                  score("nyha-class", 4), q("ast", 500, uln=40), flag("hbsag", True),
                                  flag("hiv-test", True), sex="male")]
