@@ -171,7 +171,7 @@ def test_publish_gets_no_one_who_is_not_screened(tmp_path: Path, monkeypatch: py
     seen: dict[str, Any] = {}
 
     def fake(client: Any, screenings: list[Screening], options: RuleOptions, clock: Any = None,
-             not_screened: Any = ()) -> list[Any]:
+             not_screened: Any = (), trial: Any = None) -> list[Any]:
         seen["screenings"], seen["not_screened"] = [s.patient for s in screenings], list(not_screened)
         return []
 
