@@ -107,7 +107,7 @@ def _validator(path: str, resource_type: str) -> Any:
 def _codes_table(path: str) -> Json:
     try:
         with open(path, encoding="utf-8") as fh:
-            table = json.load(fh)
+            table: Json = json.load(fh)
     except (OSError, ValueError):
         raise ConfigError(f"code table {path} cannot be read as JSON") from None
     if not all(isinstance(table.get(k), dict) for k in ("bindings", "present", "nonEmpty")):
