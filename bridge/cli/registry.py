@@ -79,8 +79,8 @@ registry_centre), 6 a package failed its checks (nothing written).
 """
 
 
-def _context(settings: Settings) -> Context:
-    return Context(site_secret(settings), centre_label(settings.registry_centre))
+def _context(settings: Settings, trial: Trial | None = None) -> Context:
+    return Context(site_secret(settings), centre_label(settings.registry_centre), trial)
 
 
 def _assessment(items: list[Item], assessment: Path | None, as_of: str | None, options: RuleOptions,
@@ -140,8 +140,8 @@ def export_command(
     trial_file: TrialOption = None,
 ) -> None:
     settings = settings_from(config)
-    context = _context(settings)
     trial = trial_from(trial_file, settings)
+    context = _context(settings, trial)
     if is_url(source):  # a pull fetches no Consent: every patient would be skipped
         raise typer.BadParameter("registry export reads a Bundle file, '-' or an NDJSON directory (a pull does not "
                                  "fetch the Consent resources it needs)", param_hint="SOURCE")

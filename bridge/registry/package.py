@@ -33,6 +33,7 @@ from bridge.registry.pseudonym import centre_label, pseudonym
 from bridge.registry.sources import PatientRecords
 from bridge.registry.timepoints import KINDS, Death, Timepoint, due_follow_ups, infusion_timepoints
 from bridge.registry.validate import package_issues
+from bridge.trial import Trial
 
 Json = dict[str, Any]
 RESPONSE_ORDER = ("CR", "CRi", "MLFS", "PR", "NR", "NE")
@@ -44,6 +45,7 @@ class Context:
 
     secret: str
     centre: str
+    trial: Trial | None = None  # the trial the packages are for (None: the shipped one)
 
     def __post_init__(self) -> None:
         centre_label(self.centre)
@@ -311,8 +313,8 @@ class _Patient:
     as_of: date
 
 
-def _package(p: _Patient, tp: Timepoint, centre: str, guard: frozenset[str]) -> Package:
-    frame = R.Frame(p.pseudonym, centre, p.course.day0, f"{p.pseudonym}-{tp.code}")
+def _package(p: _Patient, tp: Timepoint, context: Context, guard: frozenset[str]) -> Package:
+    frame = R.Frame(p.pseudonym, context.centre, p.course.day0, f"{p.pseudonym}-{tp.code}", context.trial)
     if tp.kind == "infusion":
         contents, status, dead = _infusion_contents(frame, tp, p.course, p.records), "on-study-intervention", False
     else:
@@ -332,7 +334,7 @@ def patient_packages(doc: Json, path: str, records: PatientRecords, context: Con
     p = _Patient(course, records, pseudonym(course.patient.removeprefix("Patient/"), context.secret), death,
                  tuple(due_follow_ups(course.day0, as_of, death)), as_of)
     guard = _guard(course, records, doc)
-    return [_package(p, tp, context.centre, guard) for tp in _timepoints(course, as_of, death, kinds)]
+    return [_package(p, tp, context, guard) for tp in _timepoints(course, as_of, death, kinds)]
 
 
 def build_packages(assessment: Json, records: Mapping[str, PatientRecords], context: Context,
