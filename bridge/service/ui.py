@@ -301,7 +301,8 @@ class _Pages:
         excluded = view.not_screened_of(self.data)
         screenings = view.screened_only(self.data.list_screenings(), excluded)
         return self.page("ui_queue.html.j2", signed_in=True, csrf=session.csrf if session else None,
-                          groups=view.queue(screenings, selected), statuses=view.STATUS_ORDER[:3], selected=selected,
+                          groups=view.queue(screenings, selected, self.trial), statuses=view.STATUS_ORDER[:3],
+                          selected=selected,
                           total=len(screenings), not_screened=view.not_screened_summary(excluded),
                           not_screened_total=len(excluded))
 
@@ -322,7 +323,7 @@ class _Pages:
         base_url = self.settings.ehr_base_url
         assessment = self.data.get_assessment(patient_id)
         return self.page("ui_patient.html.j2", signed_in=True, csrf=csrf, s=screening, ehr_linked=bool(base_url),
-                          rows=view.criterion_rows(screening, base_url), assessment=assessment,
+                          rows=view.criterion_rows(screening, base_url, self.trial), assessment=assessment,
                           events=view.timeline(assessment, base_url) if assessment else [],
                           dose=_dose_text(assessment) if assessment else "")
 
