@@ -74,7 +74,7 @@ class PatientAssessment:
         return {
             "patient": self.patient, "dayZero": d.day0.isoformat(),
             "infusions": [i.as_json() for i in d.infusions], "weightKg": d.weight_kg,
-            "cellsPerKg": d.cells_per_kg, "doseWithinProtocol": d.within_protocol,
+            "cellsPerKg": d.cells_per_kg, "doseWithinProtocol": d.within_protocol, "doseReason": d.reason,
             "baselineMarrowBlasts": r.baseline_marrow_blasts, "assessments": [a.as_json() for a in r.assessments],
             "bestResponse": r.best_response, "remissionDate": _iso(r.remission_date),
             "relapseDate": _iso(r.relapse_date), "adverseEvents": [e.as_json() for e in self.adverse_events],

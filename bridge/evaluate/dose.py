@@ -80,6 +80,7 @@ class Dose:
     within_protocol: bool | None
     flags: tuple[str, ...] = ()
     ignored: tuple[tuple[str, str], ...] = ()
+    reason: str = ""  # one line: why the protocol check is what it is (RULES.md §4: a null check says why)
 
     @property
     def evidence(self) -> list[str]:
@@ -199,8 +200,32 @@ def course(pf: PatientFacts, options: RuleOptions) -> Dose | None:
         flags.append("out-of-range")
     infusions = tuple(CountedInfusion(i.when or day0, c, i.source, i.status) for i, c in zip(parts.course, cells,
                                                                                             strict=True))
+    why = _reason(per_kg, within, options.dose_range_cells_per_kg, parts, weight, [
+        i.source for i, c in zip(parts.course, cells, strict=True) if c is None])
     return Dose(day0, infusions, total, kg, weight.source if weight else None, per_kg, within, tuple(flags),
-                tuple(parts.ignored))
+                tuple(parts.ignored), why)
+
+
+def _reason(per_kg: float | None, within: bool | None, bounds: tuple[float, float], parts: _Sorted,
+            weight: Fact | None, no_cells: list[str]) -> str:
+    """The protocol check in one line, without patient values other than the dose itself."""
+    low, high = bounds
+    if within is not None and per_kg is not None:
+        where = "within" if within else "outside"
+        return (f"{per_kg / 1e6:.4g}x10^6 cells/kg, {where} the protocol range {low / 1e6:g}-{high / 1e6:g}x10^6 "
+                "cells/kg")
+    why: list[str] = []
+    if parts.incomplete:
+        why += [f"{src}: {what}" for src, what in parts.ignored if "not known" in what]
+    if parts.undated:
+        why.append("an infusion without a date: the course total is not known")
+    if no_cells:
+        why.append(f"no usable cell count ({', '.join(no_cells)})")
+    if weight is None:
+        why.append("no body weight on or before day 0")
+    elif usable_weight(weight) is None:
+        why.append(f"the latest body weight on or before day 0 is not usable ({weight.source})")
+    return "dose not decidable: " + ("; ".join(why) or "unknown")
 
 
 __all__ = ["INCOMPLETE", "CountedInfusion", "Dose", "course", "day_zero", "dosing_weight", "in_range",

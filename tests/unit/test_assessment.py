@@ -25,7 +25,7 @@ from bridge.model import Diagnosis, Fact, Infusion, PatientFacts, Quantity
 from tests.unit.test_response import OPTS, condition, day, finding, infusion, obs, patient
 
 SITE_MAP = Path(__file__).resolve().parents[2] / "samples" / "site-map.yaml"
-PATIENT_KEYS = {"patient", "dayZero", "infusions", "weightKg", "cellsPerKg", "doseWithinProtocol",
+PATIENT_KEYS = {"patient", "dayZero", "infusions", "weightKg", "cellsPerKg", "doseWithinProtocol", "doseReason",
                 "baselineMarrowBlasts", "assessments", "bestResponse", "remissionDate", "relapseDate",
                 "adverseEvents", "kinetics"}
 

@@ -183,3 +183,17 @@ def test_dose_never_raises_and_never_gives_a_negative_or_infinite_dose(
     if d.within_protocol is not None:
         assert not {"incomplete-infusion", "undated-infusion", "unusable-weight", "missing-weight",
                     "missing-cell-count"} & set(d.flags)
+
+
+def test_a_null_protocol_check_says_why() -> None:
+    """RULES.md §4: a stopped infusion in the course makes doseWithinProtocol null, with a reason."""
+    import json
+    from pathlib import Path
+
+    doc = json.loads((Path(__file__).resolve().parents[2] / "samples" / "treated" / "expected.json").read_text())
+    by = {p["patient"]: p for p in doc["patients"]}
+    assert by["Patient/t15"]["doseWithinProtocol"] is None
+    assert "MedicationAdministration/t15-inf-2" in by["Patient/t15"]["doseReason"]
+    assert "not known" in by["Patient/t15"]["doseReason"]
+    assert by["Patient/t16"]["doseWithinProtocol"] is None and "cell count" in by["Patient/t16"]["doseReason"]
+    assert by["Patient/t13"]["doseWithinProtocol"] is False and "outside" in by["Patient/t13"]["doseReason"]
