@@ -10,8 +10,6 @@ follow is the default one built from ``listen_host`` and ``listen_port``.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +18,6 @@ from typing import Any
 
 import pytest
 import requests
-import yaml
 from fhirclient.models.capabilitystatement import CapabilityStatement
 from fhirclient.models.researchsubject import ResearchSubject
 from fhirclient.server import FHIRServer
@@ -29,11 +26,10 @@ from fhirpy import SyncFHIRClient
 from bridge.service.fhir_params import SEARCH_PARAMS
 from bridge.state import PublishedRecord
 from bridge.state.sqlite_state import SqliteState
-from tests.processes import free_port, wait_until_healthy
+from tests.processes import ServiceProcess
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
 TOKEN = "fhir-clients-api-token-0123456789abcdef"  # at least 32 bytes, as the service requires
 STATUS_SYSTEM = "http://hl7.org/fhir/research-subject-status"
 STATUSES = ["candidate", "ineligible", "potential-candidate", "ineligible", "candidate", "ineligible",
@@ -59,34 +55,11 @@ def publish(db: Path, resource: dict[str, Any], at: float) -> None:
         state.close()
 
 
-class Service:
-    """``server.py`` on a free loopback port over a state file of its own."""
+class Service(ServiceProcess):
+    """``server.py`` on a free loopback port over a state file of its own, with the API token."""
 
     def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.fhir = f"{self.url}/fhir"
-        self.db, self.log, self.config = workdir / "state.sqlite3", workdir / "service.log", workdir / "bridge.yaml"
-        settings = {"db_path": str(self.db), "api_token": TOKEN, "webhook_secret": "w" * 40,
-                    "listen_host": "127.0.0.1", "listen_port": self.port, "log_level": "WARNING"}
-        self.config.write_text(yaml.safe_dump(settings), encoding="utf-8")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Service:
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "server.py", "--config", str(self.config)], cwd=REPO,
-                                         stdout=log, stderr=subprocess.STDOUT)
-        wait_until_healthy(self.proc, self.url, self.log)
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        super().__init__(workdir, {"api_token": TOKEN, "webhook_secret": "w" * 40, "log_level": "WARNING"})
 
 
 @pytest.fixture(scope="module")

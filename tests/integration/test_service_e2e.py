@@ -30,7 +30,7 @@ from bridge.pipeline import prescreen_items
 from bridge.publish.subject import subject_identifier, verdicts_from_subject
 from bridge.service.triggers import patient_of
 from bridge.state.sqlite_state import SqliteState as SqliteStore
-from tests.processes import free_port, wait_until_healthy
+from tests.processes import ServiceProcess
 
 from .loading import load_bundle, sample_resources
 from .peer import PeerServer
@@ -53,36 +53,12 @@ def patient_resources(pid: str) -> list[dict[str, Any]]:
             or patient_of(r.get("subject")) == pid or patient_of(r.get("patient")) == pid]
 
 
-class Service:
-    """The bridge service as a child process (``server.py``), with its settings file and log."""
+class Service(ServiceProcess):
+    """The bridge service as a child process (``server.py``) over the peer EHR."""
 
     def __init__(self, workdir: Path, ehr_base_url: str) -> None:
-        self.workdir, self.port = workdir, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.config = workdir / "bridge.yaml"
-        self.db = workdir / "state.sqlite3"
-        self.log = workdir / "service.log"
-        settings = {"ehr_base_url": ehr_base_url, "db_path": str(self.db), "webhook_secret": SECRET,
-                    "api_token": API_TOKEN, "listen_port": self.port, "site_map": str(SITE_MAP),
-                    "log_level": "INFO"}
-        self.config.write_text(yaml.safe_dump(settings), encoding="utf-8")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Service:
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "server.py", "--config", str(self.config)], cwd=REPO,
-                                         stdout=log, stderr=subprocess.STDOUT)
-        wait_until_healthy(self.proc, self.url, self.log)
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        super().__init__(workdir, {"ehr_base_url": ehr_base_url, "webhook_secret": SECRET, "api_token": API_TOKEN,
+                                   "site_map": str(SITE_MAP), "log_level": "INFO"})
 
     def subscribe(self, peer: PeerServer, *args: str) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-m", "bridge", "subscribe", peer.base_url, "--endpoint", f"{self.url}/notify",
