@@ -225,6 +225,19 @@ class NotScreened:
 
 
 @dataclass(frozen=True)
+class Failed:
+    """A patient whose evaluation or assessment raised an unexpected exception (a bug): ``error`` is the
+    exception's type (and where it was raised) — never its message, which may quote a value. The others go on."""
+
+    patient: str
+    error: str
+    stage: str = "evaluation"  # or "assessment"
+
+    def line(self) -> str:
+        return f"{self.patient}: {self.stage} failed ({self.error}); left out of the results — a bug, please report it"
+
+
+@dataclass(frozen=True)
 class Verdict:
     """One criterion's result with its evidence (resource refs) and a one-line reason free of names."""
 
@@ -237,5 +250,5 @@ class Verdict:
         return {"result": self.result, "evidence": list(self.evidence), "reason": self.reason}
 
 
-__all__ = ["Diagnosis", "Entry", "Fact", "Infusion", "Item", "NonClinical", "NotScreened", "PartialDate",
+__all__ = ["Diagnosis", "Entry", "Fact", "Failed", "Infusion", "Item", "NonClinical", "NotScreened", "PartialDate",
            "PatientFacts", "Quantity", "Skipped", "Span", "Stay", "Tri", "Verdict"]

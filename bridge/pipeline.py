@@ -35,15 +35,15 @@ from bridge.config import RuleOptions
 from bridge.evaluate.eligibility import Screening, screen
 from bridge.evaluate.screened import assessable, not_screened
 from bridge.ingest.sources import check_source, is_url, open_source
-from bridge.model import Item, NotScreened, PatientFacts
+from bridge.model import Failed, Item, NotScreened, PatientFacts
 from bridge.normalize.mappings import CodeMap
 from bridge.normalize.patients import PatientAssembler, ReadReport
-from bridge.population import Failed, guarded, population_map
+from bridge.population import guarded, population_map
 from bridge.trial import Trial, load_trial
 
 if TYPE_CHECKING:  # the assessment engine loads only when an assessment runs
     from bridge.config import Settings
-    from bridge.evaluate.assessment import AssessFailure, PatientAssessment
+    from bridge.evaluate.assessment import PatientAssessment
 
 
 @dataclass
@@ -179,7 +179,7 @@ class AssessRun:
     patients: list[PatientFacts]
     assessments: list[PatientAssessment]
     report: ReadReport
-    failures: list[AssessFailure] = field(default_factory=list)
+    failures: list[Failed] = field(default_factory=list)
     trial: Trial = field(default_factory=load_trial)  # the trial assessed for
 
     def as_json(self) -> dict[str, object]:
@@ -196,7 +196,7 @@ def assess_loaded(patients: Iterable[PatientFacts], options: RuleOptions, cmap: 
     from bridge.evaluate.assessment import assess_patients
 
     kept = [p for p in patients if assessable(p, options.as_of)]
-    failures: list[AssessFailure] = []
+    failures: list[Failed] = []
     assessed = _renderable(assess_patients(kept, options, cmap.uln, cmap.lln, failures=failures), kept, options,
                            failures)
     failed = {f.patient for f in failures}
@@ -205,9 +205,9 @@ def assess_loaded(patients: Iterable[PatientFacts], options: RuleOptions, cmap: 
 
 
 def _renderable(assessed: list[PatientAssessment], patients: list[PatientFacts], options: RuleOptions,
-                failures: list[AssessFailure]) -> list[PatientAssessment]:
+                failures: list[Failed]) -> list[PatientAssessment]:
     """The assessments whose JSON and CIR entry can be built; one that raises joins ``failures``."""
-    from bridge.evaluate.assessment import AssessFailure, cir_subject
+    from bridge.evaluate.assessment import cir_subject
 
     facts = {p.ref: p for p in patients}
     out = []
@@ -217,7 +217,7 @@ def _renderable(assessed: list[PatientAssessment], patients: list[PatientFacts],
             if pa.patient in facts:
                 cir_subject(pa, facts[pa.patient], options)
         except Exception as exc:  # a bug in one patient's output must not lose the others
-            failures.append(AssessFailure(pa.patient, type(exc).__name__))
+            failures.append(Failed(pa.patient, type(exc).__name__, "assessment"))
             continue
         out.append(pa)
     return out

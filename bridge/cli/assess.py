@@ -37,9 +37,10 @@ from bridge.cli.common import (
 )
 from bridge.cli.prescreen import check_trial_version, report_problems
 from bridge.config import RuleOptions, Settings
-from bridge.evaluate.assessment import AssessFailure, PatientAssessment, cohort
+from bridge.evaluate.assessment import PatientAssessment, cohort
 from bridge.evaluate.grading import CRS_TERM, ICANS_TERM
 from bridge.evaluate.logic import fmt
+from bridge.model import Failed
 from bridge.normalize.mappings import load_code_map
 from bridge.pipeline import AssessRun, assess
 from bridge.publish.publisher import Written, publish_assessment
@@ -178,7 +179,7 @@ def command(
         raise typer.Exit(2)
 
 
-def report_failures(failures: list[AssessFailure]) -> None:
+def report_failures(failures: list[Failed]) -> None:
     """Name each patient whose assessment failed (reference and exception type only): a bug to report."""
     err_console.print(f"{len(failures)} patient(s) could not be assessed (a bug: please report it); the others "
                       "were assessed:", highlight=False)

@@ -41,7 +41,7 @@ from bridge.evaluate.kinetics import KineticPoint, kinetics
 from bridge.evaluate.response import RESPONDERS, RESPONSES, ResponseResult, assess_response
 from bridge.evaluate.safety import AdverseEvent, adverse_events
 from bridge.evaluate.stats import CirSubject, Event, cir_summary, orr
-from bridge.model import PatientFacts, Quantity
+from bridge.model import Failed, PatientFacts, Quantity
 from bridge.trial import Trial, load_trial
 
 KINETIC_CONCEPTS = ("car-t-copies", "car-t-percent")
@@ -122,19 +122,10 @@ def assess_patient(pf: PatientFacts, options: RuleOptions, site_uln: Mapping[str
         patient_kinetics(pf, day0, options.as_of), transplant_date(pf, day0, options.as_of))
 
 
-@dataclass(frozen=True)
-class AssessFailure:
-    """A patient whose assessment raised an unexpected exception (a bug): the reference and the exception type
-    only — never a message, which could carry a value."""
-
-    patient: str
-    error: str
-
-
 def assess_patients(patients: Iterable[PatientFacts], options: RuleOptions,
                     site_uln: Mapping[str, float] | None = None,
                     site_lln: Mapping[str, float] | None = None,
-                    failures: list[AssessFailure] | None = None) -> list[PatientAssessment]:
+                    failures: list[Failed] | None = None) -> list[PatientAssessment]:
     """The assessments of every infused patient, in input order.
 
     With ``failures`` given, a patient whose assessment raises is recorded there (reference and exception type)
@@ -147,7 +138,7 @@ def assess_patients(patients: Iterable[PatientFacts], options: RuleOptions,
         except Exception as exc:  # one patient's bug must not lose the others (issue #12)
             if failures is None:
                 raise
-            failures.append(AssessFailure(p.ref, type(exc).__name__))
+            failures.append(Failed(p.ref, type(exc).__name__, "assessment"))
             continue
         if found is not None:
             out.append(found)
@@ -231,6 +222,6 @@ def assessment_json(assessments: Sequence[PatientAssessment], patients: Iterable
     return dict(rounded(doc))
 
 
-__all__ = ["KINETIC_CONCEPTS", "AssessFailure", "PatientAssessment", "assess_patient", "assess_patients",
+__all__ = ["KINETIC_CONCEPTS", "PatientAssessment", "assess_patient", "assess_patients",
            "assessment_json", "cir_subject", "cohort", "death_date", "patient_kinetics", "rounded",
            "transplant_date"]

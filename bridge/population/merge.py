@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy
 
-from bridge.model import PatientFacts, Skipped
+from bridge.model import Failed, PatientFacts, Skipped
 from bridge.normalize.facts import Normalized
 from bridge.normalize.mappings import CodeMap
 from bridge.normalize.patients import ReadReport, VersionKey, conflict_warning, describe_exception
@@ -181,18 +181,6 @@ def finish_batch(pids: list[str]) -> list[Any]:
     assert isinstance(state, FinalPhase)
     facts = [pf for pid in pids for pf in state.merge.assemble(pid)]
     return facts if state.then is None else [guarded(state.then, pf) for pf in facts]
-
-
-@dataclass(frozen=True)
-class Failed:
-    """A patient whose evaluation raised an unexpected exception (a bug): ``error`` is the exception's type
-    and where it was raised — never its message, which may quote a value."""
-
-    patient: str
-    error: str
-
-    def line(self) -> str:
-        return f"{self.patient}: evaluation failed ({self.error}); left out of the results — a bug, please report it"
 
 
 def guarded(then: Callable[[PatientFacts], Any], pf: PatientFacts) -> Any:

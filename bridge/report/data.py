@@ -66,9 +66,7 @@ def gather_patients(patients: Sequence[PatientFacts], options: RuleOptions, cmap
         "prescreen": {**prescreen_json(run.screenings, options, trial=trial),
                       "notScreened": [ns.as_json() for ns in excluded.values()]},
         # patients whose evaluation raised (a bug): left out of the report, named by `bridge report` (exit 1)
-        "failed": [f.line() for f in run.failed] + [
-            f"{f.patient}: assessment failed ({f.error}); left out of the report — a bug, please report it"
-            for f in assessment.failures],
+        "failed": [f.line() for f in [*run.failed, *assessment.failures]],
         "assessment": assessment.as_json(),
         "followUp": {pa.patient: follow_up(pa, facts[pa.patient], options.as_of) for pa in assessed},
         "cir": cir_curve(_subjects(assessed, facts, options), max(options.cir_months)),

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 from bridge.cli import app
 from bridge.evaluate import assessment
-from bridge.evaluate.assessment import AssessFailure, assess_patient, assess_patients, cir_subject
+from bridge.evaluate.assessment import assess_patient, assess_patients, cir_subject
 from bridge.evaluate.grading import CRS_TERM
 from bridge.evaluate.stats import CirSubject
-from bridge.model import PatientFacts
+from bridge.model import Failed, PatientFacts
 from tests.unit.test_response import OPTS, day, infusion, obs, patient
 
 SITE_MAP = Path(__file__).resolve().parents[2] / "samples" / "site-map.yaml"
@@ -152,9 +152,10 @@ def test_assess_patients_records_failures_only_when_asked(monkeypatch: pytest.Mo
 
     real = assessment.course
     monkeypatch.setattr(assessment, "course", boom)
-    failures: list[AssessFailure] = []
+    failures: list[Failed] = []
     found = assess_patients([bad, good], OPTS, failures=failures)
-    assert [pa.patient for pa in found] == ["Patient/good"] and failures == [AssessFailure("Patient/bad", "KeyError")]
+    assert [pa.patient for pa in found] == ["Patient/good"]
+    assert failures == [Failed("Patient/bad", "KeyError", "assessment")]
     with pytest.raises(KeyError):
         assess_patients([bad, good], OPTS)
 
