@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from bridge import __version__
+from bridge.publish.conformance import ADVERSE_EVENT_PROFILE, RESPONSE_PROFILE, SUBJECT_PROFILE
 from bridge.service.fhir_params import COMMON_PARAMS, RESULT_PARAMS, SEARCH_PARAMS, SERVED_TYPES, SearchParam
 
 CAPABILITY_DATE = "2026-01-01"
@@ -23,9 +24,8 @@ SECURITY = ("A static bearer token: every request except GET/HEAD /metadata need
             "there is no authorization server, no token endpoint and no scopes. No CORS headers are sent.")
 Json = dict[str, Any]
 # the bridge's own profiles of what it publishes (profiles/StructureDefinition-*.json), served under /fhir too
-_OWN = "https://cd7-bridge.example.org/fhir/StructureDefinition/"
-BRIDGE_PROFILES = ((f"{_OWN}cd7-research-subject", "ResearchSubject"),
-                   (f"{_OWN}cd7-response-observation", "Observation"), (f"{_OWN}cd7-adverse-event", "AdverseEvent"))
+BRIDGE_PROFILES = ((SUBJECT_PROFILE, "ResearchSubject"), (RESPONSE_PROFILE, "Observation"),
+                   (ADVERSE_EVENT_PROFILE, "AdverseEvent"))
 
 
 def _search_param(param: SearchParam) -> Json:
