@@ -107,20 +107,35 @@ def _arbitrary_iu(unit: str) -> str:
     return _BARE_IU.sub(lambda m: f"{m.group(1)}[IU]", unit)
 
 
+def _number(q: Any) -> float | None:
+    """The numeric ``value`` of a FHIR Quantity (JSON number, not a boolean), else None."""
+    if not isinstance(q, dict) or isinstance(q.get("value"), bool) or not isinstance(q.get("value"), int | float):
+        return None
+    return float(q["value"])
+
+
+def _to_unit(value: float, unit: str, target: str, molar: float | None = None) -> float | None:
+    """``value`` in ``unit`` converted to ``target`` (``IU`` as text meaning ``[IU]`` where the target is
+    ``[IU]``-based); None when the unit cannot be converted."""
+    try:
+        return convert(value, _arbitrary_iu(unit) if "[IU]" in target else unit, target, molar)
+    except (UnitError, ArithmeticError, ValueError):
+        return None
+
+
 def _convert_value(cmap: CodeMap, concept: str, q: Any, path: str, site_code: str | None, target: str,
                    molar: float | None = None) -> tuple[Quantity | None, str | None]:
     """A FHIR Quantity converted to ``target``, checked against the concept's plausible range."""
-    if not isinstance(q, dict) or not isinstance(q.get("value"), int | float) or isinstance(q.get("value"), bool):
+    number = _number(q)
+    if number is None:
         return None, f"{path}: no numeric value"
     unit = q.get("code") or q.get("unit") or (cmap.site_units.get(site_code or "") if site_code else None)
     if not isinstance(unit, str) or not target:
         return None, f"{path}: no unit"
-    if "[IU]" in target:
-        unit = _arbitrary_iu(unit)
-    try:
-        value = convert(float(q["value"]), unit, target, molar)
-    except (UnitError, ArithmeticError, ValueError):
-        return None, f"{path}.code: unit {shown_unit(unit)} cannot be converted to {target!r}"
+    value = _to_unit(number, unit, target, molar)
+    if value is None:
+        shown = _arbitrary_iu(unit) if "[IU]" in target else unit
+        return None, f"{path}.code: unit {shown_unit(shown)} cannot be converted to {target!r}"
     return _plausible(cmap, concept, Quantity(value, target, _comparator(q)), path)
 
 
@@ -292,14 +307,13 @@ def _ref_limit(cmap: CodeMap, concept: str, rng: Any, bound: str, path: str) -> 
         return None, None
     info = cmap.concepts[concept]
     q = rng[bound]
-    if not isinstance(q, dict) or not isinstance(q.get("value"), int | float) or isinstance(q.get("value"), bool):
+    number = _number(q)
+    if number is None:
         return None, f"{path}.{bound}: no numeric value; {_DEFAULT_LIMIT}"
     unit = str(q.get("code") or q.get("unit") or info.unit)
-    try:
-        value = convert(float(q["value"]), _arbitrary_iu(unit) if "[IU]" in (info.unit or "") else unit,
-                        info.unit or "", info.molar)
-    except (UnitError, ArithmeticError, ValueError):
-        return None, f"{path}.{bound}.code: unit {shown_unit(str(unit))} cannot be converted; {_DEFAULT_LIMIT}"
+    value = _to_unit(number, unit, info.unit or "", info.molar)
+    if value is None:
+        return None, f"{path}.{bound}.code: unit {shown_unit(unit)} cannot be converted; {_DEFAULT_LIMIT}"
     if not math.isfinite(value) or value < 0 or (bound == "high" and value <= 0):
         return None, f"{path}.{bound}: {'zero or negative' if bound == 'high' else 'negative'}; {_DEFAULT_LIMIT}"
     return Quantity(value, info.unit or ""), None
@@ -449,12 +463,12 @@ def medication_administration(resource: dict[str, Any], cmap: CodeMap,
     dosage = resource.get("dosage")
     dose = dosage.get("dose") if isinstance(dosage, dict) else None
     cells, problem = None, None
-    if isinstance(dose, dict) and isinstance(dose.get("value"), int | float):
-        unit = dose.get("code") or dose.get("unit") or "{cells}"
-        try:
-            cells = convert(float(dose["value"]), str(unit), "{cells}")
-        except (UnitError, ArithmeticError, ValueError):
-            problem = f"MedicationAdministration.dosage.dose.code: unit {shown_unit(str(unit))} is not a cell count"
+    number = _number(dose)
+    if isinstance(dose, dict) and number is not None:
+        unit = str(dose.get("code") or dose.get("unit") or "{cells}")
+        cells = _to_unit(number, unit, "{cells}")
+        if cells is None:
+            problem = f"MedicationAdministration.dosage.dose.code: unit {shown_unit(unit)} is not a cell count"
         rng = cmap.plausible.get(concept)
         if cells is not None and (not math.isfinite(cells) or (rng is not None and not rng.holds(cells))):
             cells = None
