@@ -225,8 +225,7 @@ def _qualitative(cmap: CodeMap, concept: str, node: dict[str, Any], path: str) -
     answer = _answer(cmap, node)
     if answer is not None:
         return answer, None
-    q = node.get("valueQuantity")
-    if isinstance(q, dict) and isinstance(q.get("value"), int | float) and not isinstance(q.get("value"), bool):
+    if _number(node.get("valueQuantity")) is not None:
         return _number_reading(cmap, concept, node, f"{path}.valueQuantity")
     return None, f"{path}.value[x]: no usable result"
 
@@ -265,9 +264,8 @@ def _viral_load(cmap: CodeMap, concept: str, node: dict[str, Any], path: str,
 def _score(cmap: CodeMap, concept: str, resource: dict[str, Any]) -> int | float | None:
     if isinstance(resource.get("valueInteger"), int) and not isinstance(resource.get("valueInteger"), bool):
         return int(resource["valueInteger"])
-    q = resource.get("valueQuantity")
-    if isinstance(q, dict) and isinstance(q.get("value"), int | float) and not isinstance(q.get("value"), bool):
-        value = float(q["value"])
+    value = _number(resource.get("valueQuantity"))
+    if value is not None:
         return int(value) if value.is_integer() else value
     for system, code in codings(resource.get("valueCodeableConcept")):
         hit = cmap.score(system, code)
