@@ -32,6 +32,12 @@ class ScreeningRecord:
     updated_at: float
     trial: str | None = None
     ruleset_version: str | None = None
+    # the screening log (issue #17): when the patient was first screened (kept when a screening is replaced;
+    # None on a record not yet saved: the store sets it to updated_at), and age (completed years on the as-of
+    # date) and administrative sex at this screening, None when unknown
+    first_screened_at: float | None = None
+    age: int | None = None
+    sex: str | None = None
 
 
 @dataclass(frozen=True)

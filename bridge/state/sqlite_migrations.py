@@ -206,6 +206,49 @@ PUBLISHED_VERSIONS = (
 )
 
 
+# issue #17: never updated or deleted, but for the write-back columns (bridge/state/actions.py)
+ACTION_TABLES = (
+    """CREATE TABLE actions(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    trial TEXT NOT NULL,
+    patient_id TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('judgement', 'reviewed', 'contacted', 'consented', 'eligible',
+                                       'screen-failure', 'undo')),
+    user_name TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('coordinator', 'investigator')),
+    at REAL NOT NULL,
+    request_key TEXT NOT NULL UNIQUE,
+    verdicts_digest TEXT NOT NULL,
+    note TEXT,
+    value TEXT,
+    reason TEXT,
+    undoes INTEGER REFERENCES actions(seq),
+    written_back_at REAL,
+    writeback_error TEXT,
+    writeback_attempts INTEGER NOT NULL DEFAULT 0
+)""",
+    "CREATE INDEX actions_patient ON actions(trial, patient_id, seq)",
+    "CREATE INDEX actions_pending ON actions(seq) WHERE written_back_at IS NULL",
+)
+
+# issue #17 / #15: sessions by the SHA-256 of their id (the cookie value itself is never stored)
+SESSION_TABLES = (
+    """CREATE TABLE ui_sessions(
+    id_hash TEXT PRIMARY KEY,
+    user_name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+)""",
+    "CREATE INDEX ui_sessions_expiry ON ui_sessions(expires_at)",
+    """CREATE TABLE login_failures(
+    client TEXT PRIMARY KEY,
+    failures INTEGER NOT NULL,
+    last_at REAL NOT NULL
+)""",
+)
+
 def _published_first_versions(db: sqlite3.Connection) -> None:
     """Every resource already in the index becomes its version 1, last updated when it was recorded."""
     rows = db.execute("SELECT key, resource_type, resource_id, resource, updated_at FROM published").fetchall()
@@ -236,6 +279,14 @@ MIGRATIONS: tuple[Migration, ...] = (
               apply=_published_first_versions),
     Migration(8, "write probe: one row /readyz rewrites to learn that the store takes a committed write", (
         "CREATE TABLE write_probe(id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL)",)),
+    Migration(9, "study-team actions: the append-only audit trail and each action's write-back", ACTION_TABLES),
+    Migration(10, "coordinator page sessions and login throttle, shared by every replica", SESSION_TABLES),
+    Migration(11, "screenings: when first screened, and age and sex at screening (the screening log)", (
+        "ALTER TABLE screenings ADD COLUMN first_screened_at REAL",
+        "ALTER TABLE screenings ADD COLUMN age INTEGER",
+        "ALTER TABLE screenings ADD COLUMN sex TEXT",
+        "UPDATE screenings SET first_screened_at = updated_at",
+    )),
 )
 
 __all__ = ["MIGRATIONS", "Migration"]

@@ -9,11 +9,15 @@ from bridge.state.screenings import NotScreenedRecord, ScreeningRecord
 from bridge.state.sqlite import SqliteBackend, dumps, loads
 
 _SAVE_SCREENING = """
-INSERT INTO screenings(patient_id, status, verdicts, as_of, updated_at, trial, ruleset_version)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+INSERT INTO screenings(patient_id, status, verdicts, as_of, updated_at, trial, ruleset_version, first_screened_at,
+                       age, sex)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT(patient_id) DO UPDATE SET status = excluded.status, verdicts = excluded.verdicts,
     as_of = excluded.as_of, updated_at = excluded.updated_at, trial = excluded.trial,
-    ruleset_version = excluded.ruleset_version
+    ruleset_version = excluded.ruleset_version,
+    first_screened_at = MIN(COALESCE(screenings.first_screened_at, excluded.first_screened_at),
+                            excluded.first_screened_at),
+    age = excluded.age, sex = excluded.sex
 """
 
 _MARK_NOT_SCREENED = """
@@ -25,7 +29,8 @@ ON CONFLICT(patient_id) DO UPDATE SET reason = excluded.reason, as_of = excluded
 
 def _screening(row: sqlite3.Row) -> ScreeningRecord:
     return ScreeningRecord(row["patient_id"], row["status"], loads(row["verdicts"]), row["as_of"],
-                           row["updated_at"], row["trial"], row["ruleset_version"])
+                           row["updated_at"], row["trial"], row["ruleset_version"], row["first_screened_at"],
+                           row["age"], row["sex"])
 
 
 def _not_screened(row: sqlite3.Row) -> NotScreenedRecord:
@@ -33,8 +38,10 @@ def _not_screened(row: sqlite3.Row) -> NotScreenedRecord:
 
 
 def _save_screening(db: sqlite3.Connection, record: ScreeningRecord) -> None:
+    first = record.first_screened_at if record.first_screened_at is not None else record.updated_at
     db.execute(_SAVE_SCREENING, (record.patient_id, record.status, dumps(record.verdicts), record.as_of,
-                                 record.updated_at, record.trial, record.ruleset_version))
+                                 record.updated_at, record.trial, record.ruleset_version, first, record.age,
+                                 record.sex))
     db.execute("DELETE FROM not_screened WHERE patient_id = ?", (record.patient_id,))
 
 

@@ -232,7 +232,9 @@ def test_a_fresh_file_records_every_migration(tmp_path: Path) -> None:
         state.close()
     got = shape(tmp_path / "state.sqlite3")
     assert "meta" not in got["columns"]  # type: ignore[operator]
-    assert [c[0] for c in got["columns"]["screenings"]][-2:] == ["trial", "ruleset_version"]  # type: ignore[index]
+    assert [c[0] for c in got["columns"]["screenings"]][-5:] == [  # type: ignore[index]
+        "trial", "ruleset_version", "first_screened_at", "age", "sex"]
+    assert {"actions", "ui_sessions", "login_failures"} <= set(got["columns"])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("outbox_ddl", [OUTBOX_DDL_336FDFB, OUTBOX_DDL_74616D1, None],
@@ -249,11 +251,12 @@ def test_a_state_file_from_before_migrations_opens_with_its_rows(tmp_path: Path,
         assert state.known(["p1", "p2"]) == {"p1"} and state.seen_versions(["Encounter/e1/_history/1"])
         assert state.subscription("channel/c1").last_seen_at == T0  # type: ignore[union-attr]
         assert state.get_published("ResearchSubject|s|p1").resource_id == "rs1"  # type: ignore[union-attr]
-        assert state.screenings() == [ScreeningRecord("p1", "candidate", [], "2026-06-15", T0, None, None)]
+        # migration 11: a screening from before it was first screened when it was last saved
+        assert state.screenings() == [ScreeningRecord("p1", "candidate", [], "2026-06-15", T0, None, None, T0)]
         assert state.not_screened() == [NotScreenedRecord("d1", "deceased", "2026-06-15", T0)]
         state.save_screening(ScreeningRecord("p1", "ineligible", [], "2026-06-16", T0 + 1, "NCT04762485", "r2"))
         assert state.screening("p1") == ScreeningRecord("p1", "ineligible", [], "2026-06-16", T0 + 1,
-                                                        "NCT04762485", "r2")
+                                                        "NCT04762485", "r2", T0)  # still first screened at T0
         state.accept(Delivery("c1", "channel/c1", "rest-hook", (InboxEvent("k2", "query", "c1"),)), T0 + 2)
         box = state.registry_outbox(clock=lambda: T0)
         if outbox_ddl is not None:
