@@ -116,6 +116,8 @@ class Settings:
     max_body_bytes: int = 2_000_000
     workers: int = 1
     heartbeat_grace_seconds: float = 120.0
+    # how long a patient's re-screen waits after the first request, so a burst of events is one re-screen
+    rescreen_delay_seconds: float = 0.5
     listen_host: str = "127.0.0.1"  # where server.py / `bridge serve` listen (loopback unless told otherwise)
     listen_port: int = 8080
     # the service as clients reach it; /fhir URLs (fullUrl, paging links) start with it. None: http://listen_host:port

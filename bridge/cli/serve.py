@@ -15,9 +15,13 @@ Notifications are accepted on /notify (see `bridge subscribe`), written to the d
 and processed by the worker threads (Settings.workers). Logs are JSON lines on stderr carrying ids only.
 Same as `python server.py`.
 
-The port is bound first, then the worker's name (serve@<host>) is claimed with a lock file beside db_path; only
-then is the database opened and the worker started. A busy port or a second service on the same database stops
-there, with one line and exit 5, having touched nothing.
+Several `bridge serve` processes on one database (PostgreSQL, db_url; or one SQLite file on one host) are
+replicas of one service: each accepted event is processed once, re-screens are coalesced per patient in the
+database, one replica at a time runs the catch-up and heartbeat checks, and the claims of a replica that dies
+are taken over by the others within seconds. Put them behind one reverse proxy (docs/deployment.md).
+
+The port is bound first, then the database opened and a replica slot taken; only then is the worker started.
+A busy port, or every one of the 16 replica slots held, stops there with one line and exit 5.
 
 Example:
 
@@ -30,8 +34,8 @@ Exit codes:
   1  unexpected error (a bug)
   3  the site map or the trial file cannot be read
   4  the site map or the trial file fails its schema
-  5  configuration error: a secret shorter than 32 bytes, the port in use or not bindable, another service
-     on the same database, a bad setting or key file
+  5  configuration error: a secret shorter than 32 bytes, the port in use or not bindable, 16 replicas
+     already on the database, a bad setting or key file
   8  state store unusable (cannot open, a schema newer than this bridge)
 """
 

@@ -26,7 +26,7 @@ Every error leaves as an ``OperationOutcome``: one exception handler maps ``brid
 ``/readyz`` is ready when the store takes a write (a write transaction that changes nothing, at most every
 ``STORE_PROBE_SECONDS``), the EHR is not known unreachable and the worker, if any, runs. Anonymous callers learn
 only ``ready`` / ``not-ready``; the counts, times and reachability need ``Authorization: Bearer <api_token>``.
-Start-up (binding the port first, one service per database) is ``bridge.service.startup``.
+Start-up (binding the port first, then the state and a replica slot) is ``bridge.service.startup``.
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ from bridge.service.edges import FHIR_ID, RESOURCE_TYPE, openapi_schemas, reques
 from bridge.service.fhir_api import FhirResponse, fhir_router
 from bridge.service.logs import event
 from bridge.service.notifications import parse_post, parse_put
+from bridge.service.replicas import Election, election_for
 from bridge.service.rescreen import PublishingRescreen
+from bridge.service.startup import state_location
 from bridge.service.ui import ui_router
 from bridge.service.worker import ClientEhr, Worker, WorkerConfig
 from bridge.state import Delivery, Intake, PublishedIndex, Screenings, State, open_state
@@ -380,27 +382,32 @@ def ehr_probe(settings: Settings) -> Callable[[], bool]:
 
 
 def build_worker(settings: Settings, name: str, worker_config: WorkerConfig | None = None,
-                 store: State | None = None) -> Worker:
-    """The worker from settings: EHR client, code map (with the site map), the state (``db_path``), publishing
-    re-screen of the ``trial`` setting's trial."""
+                 store: State | None = None, election: Election | None = None, slot: int | None = None) -> Worker:
+    """The worker from settings: EHR client, code map (with the site map), the state (``state_location``),
+    publishing re-screen of the ``trial`` setting's trial; ``election`` and ``slot`` make it one replica of
+    several (``bridge.service.replicas``)."""
     client = FhirClient.from_settings(settings)
     cmap = load_code_map(settings.site_map)
-    store = store or open_state(settings.db_path)
+    store = store or open_state(state_location(settings))
     config = worker_config or WorkerConfig.from_settings(settings)
     rescreen = PublishingRescreen.from_settings(client, cmap, store, settings)  # the ``trial`` setting's trial
-    return Worker(store, rescreen, ClientEhr(client), cmap, config, name=name, threads=settings.workers)
+    election = election or election_for(store, settings.db_path)  # `bridge watch` beside replicas: one monitor
+    return Worker(store, rescreen, ClientEhr(client), cmap, config, name=name, threads=settings.workers,
+                  election=election, slot=slot)
 
 
-def build_app(settings: Settings, worker_config: WorkerConfig | None = None, name: str | None = None) -> FastAPI:
-    """The whole service from settings (what ``bridge.service.startup.run`` serves); ``name`` is the worker's.
+def build_app(settings: Settings, worker_config: WorkerConfig | None = None, name: str | None = None,
+              state: State | None = None, election: Election | None = None, slot: int | None = None) -> FastAPI:
+    """The whole service from settings (what ``bridge.service.startup.run`` serves); ``name`` is the worker's,
+    ``state`` the opened store (else opened here), ``election`` / ``slot`` the replica's (``startup``).
 
     Without ``ehr_base_url`` (the embedded default) there is no worker: the coordinator page and the read
     API serve the local store, and notifications are kept in the inbox until an EHR is configured."""
+    state = state or open_state(state_location(settings))
     if not settings.ehr_base_url:
         event(log, "config.warning", logging.WARNING, reason="no-ehr-configured-worker-not-started")
-        return create_app(settings, open_state(settings.db_path))
-    state = open_state(settings.db_path)
-    worker = build_worker(settings, name or f"serve@{socket.gethostname()}", worker_config, state)
+        return create_app(settings, state)
+    worker = build_worker(settings, name or f"serve@{socket.gethostname()}", worker_config, state, election, slot)
     return create_app(settings, state, worker, ehr_probe=ehr_probe(settings))
 
 

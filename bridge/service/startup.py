@@ -4,40 +4,36 @@ The order, each step only after the one before succeeded::
 
     1. settings      every service secret at least 32 bytes (config.check_service_secrets)      exit 5
     2. the port      bind + listen on listen_host:listen_port                                  exit 5
-    3. the identity  an exclusive lock on <db_path>.<worker name>.lock, held while serving      exit 5
-    4. the state     the database opened and migrated; the worker and the app built            exit 8 / 5
-    5. serving       uvicorn on the bound socket; its lifespan starts the worker, which only now releases the
-                     stale claims of its name and queues the start-up catch-ups
+    3. the state     the database opened and migrated                                          exit 8 / 5
+    4. the slot      a free replica slot held while serving (``bridge.service.replicas``)     exit 5
+    5. serving       the worker and the app built, uvicorn on the bound socket; its lifespan starts the
+                     worker, which only now releases the claims left in its slot by a dead replica and, unless
+                     another replica runs the checks, queues the start-up catch-ups
 
-A second ``bridge serve`` started while the port is taken therefore stops at step 2 with one line and exit 5,
-having opened no database, released no claim, queued no catch-up and asked the EHR nothing. One started on
-another port over the same database from the same host stops at step 3: the worker name (``serve@<host>``) is
-what its claims are recorded under, and a second worker of that name would release the first one's claims.
-The heavy modules (FastAPI, the rules, pint) load only after step 3, so a refused start prints nothing else.
+Several ``bridge serve`` processes on one database are *replicas* of one service (issue #15): each takes the
+first free slot and a name of its own (``serve/<slot>@<host>:<pid>:<random>``), so none can release another's
+claims. A second ``bridge serve`` started while the port is taken stops at step 2 with one line and exit 5,
+having opened no database, released no claim, queued no catch-up and asked the EHR nothing; one started when
+``MAX_REPLICAS`` replicas already hold every slot stops at step 4 the same way. The heavy modules (FastAPI,
+the rules, pint) load only after step 4, so a refused start prints nothing else.
 """
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import logging
-import os
 import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import IO
+from typing import TYPE_CHECKING
 
 from bridge.config import Settings, check_service_secrets
 from bridge.errors import ConfigError
 
+if TYPE_CHECKING:
+    from bridge.service.replicas import Election
+    from bridge.state import State
+
 log = logging.getLogger("bridge.service")
 BACKLOG = 2048
-
-
-def worker_name() -> str:
-    """The name the service's worker records its claims under."""
-    return f"serve@{socket.gethostname()}"
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -60,54 +56,42 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def lock_path(db_path: str, name: str) -> Path:
-    return Path(f"{db_path}.{name}.lock")
-
-
-@contextmanager
-def identity(db_path: str, name: str) -> Iterator[Path]:
-    """Hold the exclusive lock that makes ``name`` this process's own on the database at ``db_path``."""
-    path = lock_path(db_path, name)
-    if not path.parent.is_dir():
-        raise ConfigError(f"cannot claim the worker name {name}: the directory of db_path {db_path} does not exist")
-    handle: IO[str] = path.open("a+", encoding="utf-8")
-    try:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"another bridge serve already runs as {name} on {db_path} "
-                              f"(it holds {path.name}): stop it first") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        yield path
-    finally:
-        handle.close()  # closing releases the lock; the file stays (removing it would race a new owner)
-
-
 def run(settings: Settings) -> None:
     """Serve ``settings`` in the order of the module docstring; returns when uvicorn stops."""
     check_service_secrets(settings)
     sock = bind(settings.listen_host, settings.listen_port)
     try:
-        name = worker_name()
-        with identity(settings.db_path, name):
-            _serve(settings, sock, name)
+        from bridge.service.replicas import election_for, replica_name, replica_slot
+        from bridge.state import open_state
+
+        state = open_state(state_location(settings))
+        try:
+            election = election_for(state, settings.db_path)
+            with replica_slot(election) as slot:
+                _serve(settings, sock, state, election, slot, replica_name(slot))
+        finally:
+            state.close()
     finally:
         sock.close()
 
 
-def _serve(settings: Settings, sock: socket.socket, name: str) -> None:
-    import uvicorn  # the heavy modules load only once the port and the identity are ours
+def state_location(settings: Settings) -> str:
+    """Where the state is: ``db_url`` (PostgreSQL) when set, else the SQLite file ``db_path``."""
+    url = getattr(settings, "db_url", None)  # the PostgreSQL setting (issue #15 part A), when there is one
+    return str(url) if url else settings.db_path
+
+
+def _serve(settings: Settings, sock: socket.socket, state: State, election: Election, slot: int,
+           name: str) -> None:
+    import uvicorn  # the heavy modules load only once the port, the state and the slot are ours
 
     from bridge.service.app import build_app
     from bridge.service.logs import event
 
-    app = build_app(settings, name=name)
+    app = build_app(settings, name=name, state=state, election=election, slot=slot)
     event(log, "service.listening", path=f"{settings.listen_host}:{settings.listen_port}", worker=name)
     config = uvicorn.Config(app, access_log=False, log_config=None, timeout_graceful_shutdown=10)
     uvicorn.Server(config).run(sockets=[sock])
 
 
-__all__ = ["BACKLOG", "bind", "identity", "lock_path", "run", "worker_name"]
+__all__ = ["BACKLOG", "bind", "run", "state_location"]

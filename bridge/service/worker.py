@@ -2,20 +2,25 @@
 
 One pass (``Worker.step``):
 
-1. *monitor* (thread 0, once a second): holes in a topic subscription's event numbers and subscriptions
-   silent past their heartbeat period + ``heartbeat_grace_seconds`` queue a catch-up (logged as such);
+1. *monitor* (thread 0, once a second, in the one replica that wins ``leader("monitor")`` for that pass): holes
+   in a topic subscription's event numbers and subscriptions silent past their heartbeat period +
+   ``heartbeat_grace_seconds`` queue a catch-up (logged as such); every ``takeover_interval_seconds`` the claims
+   of replicas that are gone (their slot's lock is free) go back to pending (``bridge.service.replicas``);
 2. *inbox*: claim a batch (lease), resolve each entry — a digest from the payload, or the resource read
    from the EHR by id (``id-only``), or a ``_lastUpdated`` query (empty ping, catch-up, poll) — into
    ``Resolution``\\ s (patients to re-screen, patients now known, versions seen), applied atomically with
    marking the entry done;
-3. *re-screens*: claim due patients (one row per patient, so a burst of events is one re-screen), call the
-   injected ``rescreen(patient_id) -> status``, mark done (or pending again if requested meanwhile).
+3. *re-screens*: claim due patients (one row per patient, so a burst of events is one re-screen — across
+   replicas too, the row is in the database; due ``coalesce_seconds`` after the first request, the setting
+   ``rescreen_delay_seconds``), call the injected ``rescreen(patient_id) -> status``, mark done (or pending
+   again if requested meanwhile).
 
 Failures: a ``RemoteError`` (EHR down, 5xx, timeout) is retried with exponential backoff; after
 ``max_attempts`` the entry or re-screen is *failed* — kept, visible in ``/readyz``, re-queued by
 ``requeue_failed`` — never dropped. Another ``BridgeError`` (bad data, own output invalid, configuration)
-fails at once. A crash anywhere leaves a claim whose lease expires (or that ``recover`` releases when the
-same worker name starts again), so the work is done again; re-screens are idempotent (the publisher skips an
+fails at once. A crash anywhere leaves a claim whose lease expires, or that another replica releases as soon
+as it sees the crashed replica's slot free (or the next replica in that slot at its start), so the work is done
+again; re-screens are idempotent (the publisher skips an
 unchanged ResearchSubject), which makes delivery exactly-once in effect.
 """
 
@@ -35,6 +40,7 @@ from bridge.config import Settings
 from bridge.errors import BridgeError, InputError, RemoteError, ServerRejected, StoreError
 from bridge.normalize.mappings import CodeMap
 from bridge.service.logs import event
+from bridge.service.replicas import MAX_REPLICAS, MONITOR, Alone, Election, slot_lock, slot_prefix
 from bridge.service.triggers import TRIGGER_TYPES, Digest, decide, digest, is_admission
 from bridge.state import Inbox, InboxEntry, RescreenTask, Resolution, Subscriptions, SubscriptionState
 
@@ -94,12 +100,16 @@ class WorkerConfig:
     first_query_window_seconds: float = 86400.0
     monitor_interval_seconds: float = 1.0
     retention_seconds: float = 14 * 86400.0
+    takeover_interval_seconds: float = 5.0
+    replica_slots: int = MAX_REPLICAS
     catch_up_on_start: bool = True
     trigger_types: tuple[str, ...] = TRIGGER_TYPES
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> WorkerConfig:
-        return cls(heartbeat_grace_seconds=settings.heartbeat_grace_seconds, **overrides)
+        values = {"heartbeat_grace_seconds": settings.heartbeat_grace_seconds,
+                  "coalesce_seconds": settings.rescreen_delay_seconds, **overrides}
+        return cls(**values)
 
 
 def describe(exc: BaseException) -> str:
@@ -113,16 +123,23 @@ def _criteria_type(criteria: str | None) -> str | None:
 
 
 class Worker:
-    """Processes the inbox of ``store``; ``threads`` loops when started, or ``step()`` driven by hand."""
+    """Processes the inbox of ``store``; ``threads`` loops when started, or ``step()`` driven by hand.
+
+    ``election`` and ``slot`` make it one replica of several (``bridge.service.replicas``): ``slot`` is the
+    replica slot this process holds, ``name`` starts with its prefix. Without them it is alone."""
 
     def __init__(self, store: WorkerState, rescreen: Rescreen, ehr: Ehr, cmap: CodeMap,
                  config: WorkerConfig | None = None, clock: Callable[[], float] = time.time,
-                 name: str | None = None, threads: int = 1) -> None:
+                 name: str | None = None, threads: int = 1, election: Election | None = None,
+                 slot: int | None = None) -> None:
         self.store, self.rescreen, self.ehr, self.cmap = store, rescreen, ehr, cmap
         self.config = config or WorkerConfig()
         self.clock = clock
         self.name = name or f"worker@{socket.gethostname()}"
         self.threads = max(1, threads)
+        self.election: Election = election or Alone()
+        self.slot = slot
+        self._next_takeover = 0.0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._next_monitor = 0.0
@@ -150,11 +167,20 @@ class Worker:
         return any(t.is_alive() for t in self._threads)
 
     def recover(self) -> None:
-        released = self.store.release_claims(f"{self.name}#")
+        """Release the claims left by this name, or by the last process of this replica slot (it is gone: the
+        slot is ours); queue start-up catch-ups unless another replica is running the checks."""
+        prefix = f"{self.name}#" if self.slot is None else slot_prefix(self.slot, self._role)
+        released = self.store.release_claims(prefix)
         if released:
             event(log, "worker.recovered", count=released, worker=self.name)
         if self.config.catch_up_on_start:
-            self._catch_up_on_start(self.clock())
+            with self.election.leader(MONITOR) as leading:
+                if leading:
+                    self._catch_up_on_start(self.clock())
+
+    @property
+    def _role(self) -> str:
+        return self.name.split("/", 1)[0]
 
     def _catch_up_on_start(self, now: float) -> None:
         for sub in self.store.subscriptions():
@@ -202,10 +228,16 @@ class Worker:
         return total
 
     def monitor(self, force: bool = False) -> None:
+        """The periodic checks, in whichever replica holds ``leader("monitor")`` for this pass."""
         now = self.clock()
         if not force and now < self._next_monitor:
             return
         self._next_monitor = now + self.config.monitor_interval_seconds
+        with self.election.leader(MONITOR) as leading:
+            if leading:
+                self._checks(now)
+
+    def _checks(self, now: float) -> None:
         types = self.config.trigger_types
         for gap in self.store.detect_gaps(now, self.config.gap_grace_seconds, types):
             event(log, "catch-up.queued", logging.WARNING, reason="gap", subscription=gap.subscription,
@@ -215,6 +247,23 @@ class Worker:
         if now >= self._next_purge:
             self._next_purge = now + 3600.0
             self.store.purge(now - self.config.retention_seconds)
+        if self.slot is not None and now >= self._next_takeover:
+            self._next_takeover = now + self.config.takeover_interval_seconds
+            self.take_over()
+
+    def take_over(self) -> int:
+        """Release the claims of every replica slot no live process holds (its replica died)."""
+        total = 0
+        for slot in range(self.config.replica_slots):
+            if slot == self.slot:
+                continue
+            with self.election.leader(slot_lock(slot)) as free:
+                released = self.store.release_claims(slot_prefix(slot, self._role)) if free else 0
+            if released:
+                event(log, "worker.took-over", logging.WARNING, worker=slot_prefix(slot, self._role),
+                      count=released)
+            total += released
+        return total
 
     # ------------------------------------------------------------------ inbox entries
 

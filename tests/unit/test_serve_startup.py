@@ -1,14 +1,16 @@
 """Start-up and hardening of ``bridge serve`` / ``server.py`` (issue #14 item 7).
 
-The port is bound and the worker's name claimed before the database is opened or the worker started: a second
-service started while the port is taken, or over a database another service of the same host already serves,
-exits 5 with one line on stderr and leaves the running instance's claimed work, subscriptions and the EHR alone.
+The port is bound before the database is opened or the worker started: a second service started while the port
+is taken exits 5 with one line on stderr and leaves the running instance's claimed work, subscriptions and the
+EHR alone. A second service on another port over the same database is a replica (issue #15): it takes the next
+replica slot; only when every slot is held is it refused, with exit 5 and the claims untouched.
 Secrets shorter than 32 bytes are refused before anything else; every log line is JSON, Python warnings and
 pint's included; ``serve --help`` lists every exit code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -32,7 +34,8 @@ from bridge.config import MIN_SECRET_BYTES, Settings, check_service_secrets
 from bridge.errors import ConfigError
 from bridge.service.logs import configure_logging
 from bridge.service.notifications import parse_post, parse_put
-from bridge.service.startup import bind, identity, worker_name
+from bridge.service.replicas import MAX_REPLICAS, FileElection, replica_name, replica_slot, slot_lock
+from bridge.service.startup import bind
 from bridge.state.sqlite_state import SqliteState
 from tests.processes import free_port, wait_until_healthy
 
@@ -41,6 +44,7 @@ from .test_notifications import backport_bundle, encounter, raw
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "startup-webhook-secret-0123456789abcdef"
 TOKEN = "startup-api-token-0123456789abcdefghijk"
+CLAIMER = "serve/0@elsewhere:1:abcdef"  # a replica of another host, alive (its claim must stay)
 
 
 class Recorder:
@@ -95,7 +99,7 @@ def _seed(db: Path) -> None:
     try:
         store.accept(parse_put("default", "Encounter", "e1", raw(encounter())), time.time())
         store.accept(parse_post("adm", raw(backport_bundle("handshake", 0))), time.time())
-        claimed = store.claim_inbox(f"{worker_name()}#0", time.time(), 3600, 10, 6)
+        claimed = store.claim_inbox(f"{CLAIMER}#0", time.time(), 3600, 10, 6)
         assert len(claimed) == 1
     finally:
         store.close()
@@ -144,34 +148,80 @@ def test_a_busy_port_exits_5_with_one_line_having_touched_nothing(running: tuple
     assert second.stdout == "" and second.stderr.splitlines() == [
         f"error: cannot listen on 127.0.0.1:{port}: the port is in use (another bridge serve?)"]
     assert _state(db) == before  # its claim still held, no start-up catch-up queued
-    assert [row[2:] for row in before] == [("claimed", f"{worker_name()}#0")]
+    assert [row[2:] for row in before] == [("claimed", f"{CLAIMER}#0")]
     for line in first_log.read_text(encoding="utf-8").splitlines():  # the first one's log: JSON, pint included
         json.loads(line)
 
 
 @pytest.mark.slow
-def test_a_second_service_on_the_same_database_exits_5_before_opening_it(tmp_path: Path) -> None:
+def test_a_second_service_on_the_same_database_is_a_replica(running: tuple[str, Path, int],
+                                                            tmp_path: Path) -> None:
+    first_url, first_log, _ = running
+    port = free_port()
+    config = _config(tmp_path / "second.yaml", listen_port=port)
+    log = tmp_path / "second.log"
+    with log.open("wb") as out:
+        second = subprocess.Popen(_serve(config), cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until_healthy(second, f"http://127.0.0.1:{port}", log)
+        names = [_listening(path)["worker"] for path in (first_log, log)]
+        assert names[0].startswith("serve/0@") and names[1].startswith("serve/1@") and len(set(names)) == 2
+    finally:
+        second.terminate()
+        second.wait(15)
+    assert _state(tmp_path / "state.sqlite3")[0][2:] == ("claimed", f"{CLAIMER}#0")  # nobody released it
+
+
+def _listening(log: Path) -> dict[str, Any]:
+    lines = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    [listening] = [line for line in lines if line.get("event") == "service.listening"]
+    return dict(listening)
+
+
+@pytest.mark.slow
+def test_a_service_beyond_the_last_replica_slot_exits_5(tmp_path: Path) -> None:
     db = tmp_path / "state.sqlite3"
     _seed(db)
     before = _state(db)
-    with Recorder() as ehr, identity(str(db), worker_name()):  # as a running `bridge serve` holds it
-        config = _config(tmp_path / "second.yaml", listen_port=free_port(), ehr_base_url=ehr.url)
-        second = subprocess.run(_serve(config), cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    election = FileElection(str(db))
+    with Recorder() as ehr, contextlib.ExitStack() as held:
+        for slot in range(MAX_REPLICAS):  # as MAX_REPLICAS running replicas hold them
+            assert held.enter_context(election.leader(slot_lock(slot)))
+        config = _config(tmp_path / "extra.yaml", listen_port=free_port(), ehr_base_url=ehr.url)
+        extra = subprocess.run(_serve(config), cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
         assert ehr.requests == []
-    assert second.returncode == 5 and len(second.stderr.splitlines()) == 1
-    assert second.stderr.startswith(f"error: another bridge serve already runs as {worker_name()} on {db}")
+    assert extra.returncode == 5 and extra.stderr.splitlines() == [
+        f"error: {MAX_REPLICAS} replicas already serve this database (every replica slot is held): stop one first"]
     assert _state(db) == before
 
 
-def test_the_identity_lock_is_exclusive_and_released(tmp_path: Path) -> None:
+def test_replica_slots_are_exclusive_released_and_named(tmp_path: Path) -> None:
+    election = FileElection(str(tmp_path / "state.sqlite3"))
+    with replica_slot(election, limit=2) as first, replica_slot(election, limit=2) as second:
+        assert (first, second) == (0, 1)
+        with pytest.raises(ConfigError, match="2 replicas already serve"), replica_slot(election, limit=2):
+            pass
+    with replica_slot(election, limit=2) as again:  # released when the block ended
+        assert again == 0
+    a, b = replica_name(3), replica_name(3)
+    assert a.startswith("serve/3@") and a != b and not a.startswith("serve/30@")
+
+
+def test_a_dead_process_releases_its_file_lock(tmp_path: Path) -> None:
     db = str(tmp_path / "state.sqlite3")
-    refused = pytest.raises(ConfigError, match="another bridge serve already runs as serve@h")
-    with identity(db, "serve@h"), refused, identity(db, "serve@h"):
-        pass
-    with identity(db, "serve@h"), identity(db, "watch@h"):  # released; another name is another identity
-        pass
-    with pytest.raises(ConfigError, match="directory"), identity(str(tmp_path / "no" / "state.sqlite3"), "serve@h"):
-        pass
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from bridge.service.replicas import FileElection\n"
+        f"with FileElection({db!r}).leader('replica-slot:0') as held:\n"
+        "    print(held, flush=True); time.sleep(60)")], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "True"
+        with FileElection(db).leader("replica-slot:0") as mine:
+            assert mine is False
+    finally:
+        holder.kill()  # SIGKILL: no clean-up in the holder
+        holder.wait(10)
+    with FileElection(db).leader("replica-slot:0") as mine:
+        assert mine is True
 
 
 def test_bind_refuses_a_port_in_use() -> None:
