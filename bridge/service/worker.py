@@ -190,15 +190,27 @@ class Worker:
                 event(log, "catch-up.queued", reason="startup", subscription=sub.id)
 
     def _loop(self, index: int) -> None:
-        me = f"{self.name}#{index}"
+        me, stranded = f"{self.name}#{index}", False
         while not self._stop.is_set():
             try:
+                if stranded:  # a pass broke off (the store was down): what it still holds is nobody's work
+                    self._release_own(me)
+                    stranded = False
                 busy = self.step(me, monitor=index == 0)
             except Exception as exc:  # noqa: BLE001 - the loop must survive a store outage or a bug
                 event(log, "worker.error", logging.ERROR, worker=me, error=describe(exc))
-                busy = 0
+                busy, stranded = 0, True
             if not busy:
                 self._stop.wait(self.config.idle_seconds)
+
+    def _release_own(self, me: str) -> None:
+        """Release the claims of the thread ``me`` between two passes, when it holds nothing in hand: those of a
+        pass that broke off (a finish the store did not take) would otherwise wait for their lease. With more
+        than ten threads ``…#1`` is a prefix of ``…#10``: that thread's claims are released too and done twice,
+        which the idempotent re-screen allows."""
+        released = self.store.release_claims(me)
+        if released:
+            event(log, "worker.recovered", count=released, worker=me)
 
     # ------------------------------------------------------------------ one pass
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from bridge.config import Settings
-from bridge.errors import InvalidResource, ServerRejected, TransportError, ValidationFailed
+from bridge.errors import InvalidResource, ServerRejected, StoreError, TransportError, ValidationFailed
 from bridge.normalize.mappings import CodeMap, load_code_map
 from bridge.service.notifications import parse_bundle, parse_post, parse_put
 from bridge.service.replicas import FileElection, replica_name, slot_lock
@@ -396,3 +396,36 @@ def test_only_the_replica_that_leads_runs_the_checks(tmp_path: Path, cmap: CodeM
 def test_the_rescreen_delay_is_a_setting() -> None:
     assert WorkerConfig.from_settings(Settings(rescreen_delay_seconds=3.5)).coalesce_seconds == 3.5
     assert WorkerConfig.from_settings(Settings()).coalesce_seconds == Settings().rescreen_delay_seconds
+
+
+class FlakyStore:
+    """The store, whose first ``finish_rescreen`` fails as a store that went away would."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store, self.failures = store, 1
+
+    def finish_rescreen(self, *args: Any) -> bool:
+        if self.failures:
+            self.failures -= 1
+            raise StoreError("state store: finish re-screen failed: connection lost")
+        return self.store.finish_rescreen(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def test_a_pass_broken_off_by_the_store_releases_its_claims_without_waiting_for_the_lease(
+        tmp_path: Path, cmap: CodeMap) -> None:
+    store, rescreen = SqliteStore(tmp_path / "state.sqlite3"), FakeRescreen()
+    config = WorkerConfig(coalesce_seconds=0, catch_up_on_start=False, idle_seconds=0.01, lease_seconds=3600)
+    worker = Worker(FlakyStore(store), rescreen, FakeEhr(), cmap, config, name="flaky")  # type: ignore[arg-type]
+    put(store, encounter(), now=time.time())
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while store.stats().rescreens != {"done": 1} and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        worker.stop()
+        store.close()
+    assert rescreen.calls == ["p1", "p1"]  # done again at once, not after the hour's lease
