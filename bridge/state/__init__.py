@@ -9,6 +9,8 @@
     screenings, not screened       Screenings (screenings.py)               sqlite_screenings.SqliteScreenings
     trial versions seen            TrialVersions (trials.py)                sqlite_trials.SqliteTrialVersions
     registry outbox, CRID cache    RegistryOutbox (outbox.py)               sqlite_outbox.SqliteOutbox
+    study-team actions (audit)     Actions (actions.py)                     sqlite_actions.SqliteActions
+    coordinator page sessions      UiSessions (sessions.py)                 sqlite_sessions.SqliteUiSessions
     all of the above on one file   State (here)                             sqlite_state.SqliteState
 
 Callers name only what they use: the HTTP routes an ``Intake``, the worker ``Inbox`` and ``Subscriptions``,
@@ -28,6 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from bridge.state.actions import Actions, NewAction, WriteBack
 from bridge.state.inbox import (
     AcceptResult,
     Delivery,
@@ -50,11 +53,12 @@ from bridge.state.screenings import (
     save_prescreen,
     screening_record,
 )
+from bridge.state.sessions import LoginFailures, UiSession, UiSessions
 from bridge.state.subscriptions import CatchUp, Subscriptions, SubscriptionState, find_holes
 from bridge.state.trials import TrialVersions
 
 
-class State(Inbox, Subscriptions, PublishedIndex, Screenings, TrialVersions, Protocol):
+class State(Inbox, Subscriptions, PublishedIndex, Screenings, TrialVersions, Actions, UiSessions, Protocol):
     """Everything the service keeps, on one database; the registry outbox is reached through it."""
 
     def registry_outbox(self, clock: Callable[[], float] = time.time,
@@ -89,6 +93,12 @@ def open_outbox(location: str | os.PathLike[str]) -> ClosingOutbox:
 
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
+    "Actions",
+    "LoginFailures",
+    "NewAction",
+    "UiSession",
+    "UiSessions",
+    "WriteBack",
     "STATES",
     "WITHDRAWN",
     "AcceptResult",

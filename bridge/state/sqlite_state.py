@@ -2,9 +2,9 @@
 
 The service, ``bridge watch``, ``bridge subscribe`` and ``bridge prescreen --save`` open the same file; each
 concern's implementation (``sqlite_inbox``, ``sqlite_subscriptions``, ``sqlite_published``,
-``sqlite_screenings``, ``sqlite_trials``) shares the one ``SqliteDatabase``. The registry outbox is an object of
-its own (``registry_outbox()``): it carries a clock, a lease and an owner, and its method names (``enqueue``,
-``requeue_failed``) mean other things than the inbox's.
+``sqlite_screenings``, ``sqlite_trials``, ``sqlite_actions``, ``sqlite_sessions``) shares the one
+``SqliteDatabase``. The registry outbox is an object of its own (``registry_outbox()``): it carries a clock, a
+lease and an owner, and its method names (``enqueue``, ``requeue_failed``) mean other things than the inbox's.
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING
 from bridge.errors import StoreError
 from bridge.state.outbox import DEFAULT_LEASE_SECONDS
 from bridge.state.sqlite import MEMORY, SqliteDatabase
+from bridge.state.sqlite_actions import SqliteActions
 from bridge.state.sqlite_inbox import SqliteInbox
 from bridge.state.sqlite_outbox import SqliteOutbox
 from bridge.state.sqlite_published import SqlitePublishedIndex
 from bridge.state.sqlite_screenings import SqliteScreenings
+from bridge.state.sqlite_sessions import SqliteUiSessions
 from bridge.state.sqlite_subscriptions import SqliteSubscriptions
 from bridge.state.sqlite_trials import SqliteTrialVersions
 
@@ -29,7 +31,8 @@ if TYPE_CHECKING:
     from bridge.state import State
 
 
-class SqliteState(SqliteInbox, SqliteSubscriptions, SqlitePublishedIndex, SqliteScreenings, SqliteTrialVersions):
+class SqliteState(SqliteInbox, SqliteSubscriptions, SqlitePublishedIndex, SqliteScreenings, SqliteTrialVersions,
+                  SqliteActions, SqliteUiSessions):
     """The embedded state: one SQLite file in WAL mode, one connection per thread.
 
     ``path`` must be a file (``:memory:`` would give every thread its own empty database).
