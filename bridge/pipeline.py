@@ -27,18 +27,20 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from bridge.config import RuleOptions
+from bridge.evaluate.blocks import completed_years
 from bridge.evaluate.eligibility import Screening, screen
 from bridge.evaluate.screened import assessable, not_screened
 from bridge.ingest.sources import check_source, is_url, open_source
 from bridge.model import Failed, Item, NotScreened, PatientFacts
 from bridge.normalize.mappings import CodeMap
 from bridge.normalize.patients import PatientAssembler, ReadReport
-from bridge.population import guarded, population_map
+from bridge.population import all_patients_map, guarded, population_map
 from bridge.trial import Trial, load_trial
 
 if TYPE_CHECKING:  # the assessment engine loads only when an assessment runs
@@ -89,10 +91,43 @@ def _counting(items: Iterable[Item], progress: Callable[[int], None]) -> Iterabl
         yield item
 
 
+@dataclass(frozen=True, eq=False)
+class ScreenedPatient(Screening):
+    """A ``Screening`` that also carries the patient's age (completed years on the as-of date) and administrative
+    sex, None when unknown — what the screening log needs (``bridge.state.save_prescreen`` stores them), and
+    nothing else reads. Equal to (and hashed as) the plain ``Screening`` of the same patient, status and
+    verdicts; the JSON documents do not show them."""
+
+    age: int | None = None
+    sex: str | None = None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Screening):
+            return NotImplemented
+        return (self.patient, self.status, self.verdicts) == (other.patient, other.status, other.verdicts)
+
+    def __hash__(self) -> int:
+        return hash((self.patient, self.status, self.verdicts))
+
+
+def age_on(pf: PatientFacts, as_of: date) -> int | None:
+    """Completed years on ``as_of``; None without a birth date, or when a partial one leaves it undecided."""
+    if pf.birth_date is None:
+        return None
+    oldest, youngest = (completed_years(pf.birth_date.earliest(), as_of),
+                        completed_years(pf.birth_date.latest(), as_of))
+    return oldest if oldest == youngest and oldest >= 0 else None
+
+
 def evaluate_patient(pf: PatientFacts, options: RuleOptions, site_uln: dict[str, float] | None = None,
                      trial: Trial | None = None) -> Screening | NotScreened:
-    """One patient's pre-screen against ``trial``, or why the patient is not screened (RULES.md §2)."""
-    return not_screened(pf, options.as_of) or screen(pf, options, site_uln, trial=trial)
+    """One patient's pre-screen against ``trial`` (a ``ScreenedPatient``: with age and sex), or why the patient
+    is not screened (RULES.md §2)."""
+    excluded = not_screened(pf, options.as_of)
+    if excluded is not None:
+        return excluded
+    s = screen(pf, options, site_uln, trial=trial)
+    return ScreenedPatient(s.patient, s.status, s.verdicts, age_on(pf, options.as_of), pf.sex or None)
 
 
 def screen_each(patients: Iterable[PatientFacts], options: RuleOptions, cmap: CodeMap, trial: Trial | None = None
@@ -147,17 +182,20 @@ def prescreen(source: str, options: RuleOptions, cmap: CodeMap,
 
     A directory goes through the population fast path (``bridge.population``): only patients with a Condition
     of the trial's gate criterion (the shipped trial: an acute leukaemia) are reported, each with the verdicts the
-    per-patient path gives; ``all_patients`` evaluates every patient of the directory instead. With ``lazy``
+    per-patient path gives; ``all_patients`` evaluates every patient of the directory instead, with the per-patient
+    path's verdicts, in bounded memory (``bridge.population.partition``). With ``lazy``
     the population's screenings are left in ``PrescreenRun.stream``, computed one patient at a time as it is
     consumed (``screenings`` stays empty), so a JSON writer holds one patient's verdicts at a time.
     """
     check_source(source, patients)
     trial = trial or load_trial()
-    if not all_patients and not is_url(source) and source != "-" and Path(source).is_dir():
+    if not is_url(source) and source != "-" and Path(source).is_dir():
         evaluate = partial(evaluate_patient, options=options, site_uln=cmap.uln, trial=trial)
-        outcomes, report = population_map(Path(source), cmap, evaluate, progress, trial=trial)
-        # the patients are assembled and evaluated in the workers, in patient order
-        run = PrescreenRun(options, [], report, population=True, trial=trial)
+        # the patients are assembled and evaluated in the workers, in patient order: population mode, or every
+        # patient through partitions by patient (bounded memory; the verdicts of the per-patient path)
+        mapper = all_patients_map if all_patients else population_map
+        outcomes, report = mapper(Path(source), cmap, evaluate, progress, trial=trial)
+        run = PrescreenRun(options, [], report, population=not all_patients, trial=trial)
         if lazy:
             run.stream = run.take(outcomes)
         else:
@@ -278,6 +316,7 @@ def prescreen_json(screenings: Iterable[Screening], options: RuleOptions,
             "notScreened": _not_screened_json(not_screened)}
 
 
-__all__ = ["AssessRun", "Failed", "PrescreenRun", "assess", "assess_loaded", "evaluate_patient", "is_url",
-           "load_patients", "named", "open_source", "prescreen", "prescreen_items", "prescreen_json",
-           "prescreen_patients", "screen_each", "screen_one", "screen_run", "screening_json", "write_prescreen_json"]
+__all__ = ["AssessRun", "Failed", "PrescreenRun", "ScreenedPatient", "age_on", "assess", "assess_loaded",
+           "evaluate_patient", "is_url", "load_patients", "named", "open_source", "prescreen", "prescreen_items",
+           "prescreen_json", "prescreen_patients", "screen_each", "screen_one", "screen_run", "screening_json",
+           "write_prescreen_json"]

@@ -29,6 +29,8 @@ COMMANDS = {
     "watch": "bridge.cli.watch",
     "bulk-export": "bridge.cli.bulk_export",
     "trial": "bridge.cli.trial",
+    "users": "bridge.cli.users",
+    "screening-log": "bridge.cli.screening_log",
 }
 _GLOBAL_WITH_VALUE = ("--log-level",)
 

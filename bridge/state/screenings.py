@@ -51,8 +51,19 @@ class NotScreenedRecord:
     updated_at: float
 
 
-class Screenings(Protocol):
-    """The latest screening per patient and the patients not screened."""
+class ScreeningNumbers(Protocol):
+    """The screening log's pseudonymous screening numbers (issue #17): the store assigns each patient a number
+    the first time one of its screenings is saved — 1, 2, 3 … in the order patients were first screened — and
+    keeps it for ever (a patient later not screened, then screened again, keeps its number). The number is
+    never derived from the patient id; only the subject identification list maps it back."""
+
+    def screening_numbers(self) -> dict[str, int]:
+        """Patient id -> screening number, for every patient ever screened."""
+        ...
+
+
+class Screenings(ScreeningNumbers, Protocol):
+    """The latest screening per patient and the patients not screened (and their screening numbers)."""
 
     def save_screening(self, record: ScreeningRecord) -> None:
         """Record the patient's latest screening (and forget that it was not screened, if it was)."""
@@ -88,11 +99,15 @@ def _named(trial: str | None, ruleset_version: str | None) -> tuple[str | None, 
 def screening_record(screening: Screening, as_of: date | str, now: float, trial: str | None = None,
                      ruleset_version: str | None = None) -> ScreeningRecord:
     """The stored form of one screening (bare patient id, verdicts as ``{criterion, result, evidence, reason}``),
-    naming the trial id and ruleset version it was evaluated under (neither given: the shipped trial's)."""
+    naming the trial id and ruleset version it was evaluated under (neither given: the shipped trial's), with the
+    patient's age and sex where the screening carries them (``bridge.pipeline.ScreenedPatient``: what the
+    pipeline's ``evaluate_patient`` returns), else None."""
     trial, ruleset_version = _named(trial, ruleset_version)
     verdicts = [{"criterion": v.criterion, **v.as_json()} for v in screening.verdicts]
+    age, sex = getattr(screening, "age", None), getattr(screening, "sex", None)
     return ScreeningRecord(screening.patient.removeprefix("Patient/"), screening.status, verdicts, _iso(as_of), now,
-                           trial, ruleset_version)
+                           trial, ruleset_version, age=age if isinstance(age, int) else None,
+                           sex=sex if isinstance(sex, str) else None)
 
 
 def not_screened_record(ns: NotScreened, as_of: date | str, now: float) -> NotScreenedRecord:
@@ -118,6 +133,7 @@ def save_prescreen(store: Screenings, screenings: Iterable[Screening], not_scree
 
 __all__ = [
     "NotScreenedRecord",
+    "ScreeningNumbers",
     "ScreeningRecord",
     "Screenings",
     "not_screened_record",

@@ -287,6 +287,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         "ALTER TABLE screenings ADD COLUMN sex TEXT",
         "UPDATE screenings SET first_screened_at = updated_at",
     )),
+    Migration(12, "screening numbers: the screening log's pseudonym of each patient ever screened", (
+        """CREATE TABLE screening_numbers(
+    number INTEGER PRIMARY KEY AUTOINCREMENT,
+    patient_id TEXT NOT NULL UNIQUE,
+    assigned_at REAL NOT NULL
+)""",
+        """INSERT INTO screening_numbers(patient_id, assigned_at)
+SELECT patient_id, COALESCE(first_screened_at, updated_at) FROM screenings
+ORDER BY COALESCE(first_screened_at, updated_at), patient_id""",
+    )),
 )
 
 __all__ = ["MIGRATIONS", "Migration"]

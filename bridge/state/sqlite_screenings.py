@@ -20,6 +20,12 @@ ON CONFLICT(patient_id) DO UPDATE SET status = excluded.status, verdicts = exclu
     age = excluded.age, sex = excluded.sex
 """
 
+# the screening log's number, assigned once (never reused: AUTOINCREMENT), on the patient's first saved screening
+_NUMBER = """
+INSERT INTO screening_numbers(patient_id, assigned_at) SELECT ?, ?
+WHERE NOT EXISTS (SELECT 1 FROM screening_numbers WHERE patient_id = ?)
+"""
+
 _MARK_NOT_SCREENED = """
 INSERT INTO not_screened(patient_id, reason, as_of, updated_at) VALUES (?, ?, ?, ?)
 ON CONFLICT(patient_id) DO UPDATE SET reason = excluded.reason, as_of = excluded.as_of,
@@ -42,6 +48,7 @@ def _save_screening(db: sqlite3.Connection, record: ScreeningRecord) -> None:
     db.execute(_SAVE_SCREENING, (record.patient_id, record.status, dumps(record.verdicts), record.as_of,
                                  record.updated_at, record.trial, record.ruleset_version, first, record.age,
                                  record.sex))
+    db.execute(_NUMBER, (record.patient_id, first, record.patient_id))
     db.execute("DELETE FROM not_screened WHERE patient_id = ?", (record.patient_id,))
 
 
@@ -77,6 +84,11 @@ class SqliteScreenings(SqliteBackend):
     def screenings(self) -> list[ScreeningRecord]:
         with self._db.read("list screenings") as db:
             return [_screening(r) for r in db.execute("SELECT * FROM screenings ORDER BY patient_id").fetchall()]
+
+    def screening_numbers(self) -> dict[str, int]:
+        with self._db.read("list screening numbers") as db:
+            return {r["patient_id"]: r["number"] for r in db.execute("SELECT patient_id, number FROM "
+                                                                     "screening_numbers")}
 
     def not_screened(self) -> list[NotScreenedRecord]:
         with self._db.read("list not screened") as db:
