@@ -113,6 +113,9 @@ class Settings:
     trial: str | None = None  # the trial definition file (same as --trial); None: the shipped NCT04762485 file
     webhook_secret: str | None = field(default=None, repr=False)
     api_token: str | None = field(default=None, repr=False)
+    # the study team (issue #17): a YAML list of {name, role, password_hash | token_sha256}; None: the coordinator
+    # page is read-only behind api_token (bridge.service.users)
+    users_file: str | None = None
     max_body_bytes: int = 2_000_000
     workers: int = 1
     heartbeat_grace_seconds: float = 120.0
@@ -163,12 +166,21 @@ SERVICE_SECRETS = ("webhook_secret", "api_token")
 
 def check_service_secrets(settings: Settings) -> None:
     """Refuse (``ConfigError``, exit 5) every configured service secret shorter than ``MIN_SECRET_BYTES`` bytes
-    of UTF-8, naming them all at once; an unset one is allowed (that side of the service stays closed)."""
+    of UTF-8, naming them all at once; an unset one is allowed (that side of the service stays closed). A
+    configured ``users_file`` is read and checked here too, every problem listed (``bridge.service.users``)."""
     short = [name for name in SERVICE_SECRETS
              if getattr(settings, name) is not None and len(str(getattr(settings, name)).encode()) < MIN_SECRET_BYTES]
-    if short:
-        raise ConfigError(f"{', '.join(short)} must be at least {MIN_SECRET_BYTES} bytes long "
-                          "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)")
+    problems = [f"{', '.join(short)} must be at least {MIN_SECRET_BYTES} bytes long "
+                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"] if short else []
+    if settings.users_file:
+        from bridge.service.users import load_users  # argon2 loads only when a users file is configured
+
+        try:
+            load_users(settings.users_file)
+        except ConfigError as exc:
+            problems.append(exc.message)
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def _coerce(kind: str, raw: str) -> Any:
