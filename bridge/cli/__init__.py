@@ -30,7 +30,6 @@ COMMANDS = {
     "bulk-export": "bridge.cli.bulk_export",
     "trial": "bridge.cli.trial",
     "users": "bridge.cli.users",
-    "users": "bridge.cli.users",
     "screening-log": "bridge.cli.screening_log",
 }
 _GLOBAL_WITH_VALUE = ("--log-level",)
