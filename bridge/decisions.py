@@ -17,7 +17,8 @@ written back to the EHR by ``bridge.publish.decision`` and listed in the screeni
 
 A screen failure names its reason: a criterion id of the trial, ``declined``, ``lost-to-contact`` or ``other``
 (then a note saying what is required). An undo is itself an action: it takes back the latest action still in
-effect that is not an undo, and is recorded like any other; undoing twice takes back two actions.
+effect that is not an undo, and is recorded like any other; undoing twice takes back two actions. Only a role
+that may take an action may take it back (a coordinator cannot undo the investigator's judgement).
 
 A human decision is never overwritten by an automated re-screen. Every action records the digest of the
 verdicts it was taken on (``verdicts_digest``: each criterion's result, evidence and reasons aside); when the
@@ -157,7 +158,8 @@ def check_action(kind: str, role: str, *, note: str | None, value: str | None, r
     """Refuse (``ActionRefused``) an action that may not be taken: an unknown kind or role, a role not allowed
     (``forbidden``), a judgement without ``met``/``not-met`` or without a note, a screen failure without a known
     reason (a criterion id of ``criteria``, or one of ``FAILURE_REASONS``) or ``other`` without a note, a note
-    over ``MAX_NOTE`` characters, an undo with nothing in effect."""
+    over ``MAX_NOTE`` characters, an undo with nothing in effect, an undo of an action the role may not take
+    (``forbidden``: a coordinator cannot take back an investigator's judgement or eligibility)."""
     if kind not in ACTION_KINDS:
         raise ActionRefused("action: unknown action")
     if role not in ROLES:
@@ -179,6 +181,8 @@ def check_action(kind: str, role: str, *, note: str | None, value: str | None, r
             raise ActionRefused("note: a screen failure for 'other' reason needs a note saying what")
     if kind == "undo" and current.last is None:
         raise ActionRefused("action: there is nothing to undo")
+    if kind == "undo" and current.last is not None and role not in ALLOWED[current.last.kind]:
+        raise ActionRefused(f"action: the {role} role may not take back '{current.last.kind}'", forbidden=True)
 
 
 def verdicts_digest(verdicts: Iterable[Mapping[str, Any]]) -> str:
