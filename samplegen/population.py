@@ -1,7 +1,7 @@
 """Write a synthetic Bulk Data export of N patients for the population-scale pre-screen benchmark.
 
-``python -m samplegen.population N OUTDIR [--seed S] [--leukemia-rate R] [--as-of DATE]`` (from the repository
-root) writes
+``python -m samplegen.population N OUTDIR [--seed S] [--leukemia-rate R] [--results-per-candidate K] [--as-of DATE]``
+(from the repository root) writes
 ``Patient.ndjson``, ``Encounter.ndjson``, ``Condition.ndjson``, ``Observation.ndjson`` and
 ``MedicationAdministration.ndjson`` into OUTDIR — about 100 resources per patient, of which:
 
@@ -13,6 +13,12 @@ root) writes
   ICD-10, the Chinese national ICD-10, ICD-10-CM "in relapse", SNOMED CT or ICD-O-3) and its work-up:
   ECOG (integer, LOINC answer or SNOMED), CD7 by flow (a site code, sometimes as a component of a flow
   panel), echo LVEF (% or fraction), NYHA, marrow and blood blasts, hCG, HBsAg, HCV, HIV, findings.
+
+The shape of a lab-dense export (issue #16) is a parameter: with ``--results-per-candidate K`` (10-150) a
+leukaemia patient's laboratory results are K results of a liver panel repeated over the last 60 days -- ALT,
+AST and total bilirubin, which the eligibility criteria read, and creatinine, which they do not -- instead of
+the 4 CBC and 3 chemistry panels everyone else has (65 results, 13 of them concepts the criteria read). Without
+it the output is unchanged (same seed, same bytes).
 
 The variety of units and codings follows ``samples/prescreen`` (counts in 10*9/L, 10*3/uL or /uL,
 bilirubin in mg/dL or umol/L, a local coding before the LOINC one, lower-case or absolute references) and
@@ -88,6 +94,9 @@ CHEM = [("2951-2", "Sodium [Moles/volume] in Serum or Plasma", "mmol/L", 128.0, 
         ("1742-6", "Alanine aminotransferase [Enzymatic activity/volume] in Serum or Plasma", "U/L", 8.0, 170.0,
          0.0, 40.0),
         ("1975-2", "Bilirubin.total [Mass/volume] in Serum or Plasma", "mg/dL", 0.2, 3.5, 0.2, 1.2)]
+# the lab-dense candidate's panel: three concepts the criteria read (ALT, AST, total bilirubin), one they do not
+DENSE_PANEL = [row for code in ("1742-6", "1920-8", "1975-2", "2160-0") for row in CHEM if row[0] == code]
+RESULTS_PER_CANDIDATE = (10, 150)  # the range --results-per-candidate is meant for
 COUNT_UNITS = (("10*9/L", 1.0), ("10*3/uL", 1.0), ("/uL", 1000.0))  # the same count, three spellings
 COUNTS = frozenset({"6690-2", "777-3", "751-8", "731-0"})
 BACKGROUND_DX = [(ICD10, "I10", "Essential (primary) hypertension"), (ICD10, "E11.9", "Type 2 diabetes mellitus"),
@@ -146,9 +155,11 @@ class PatientChart(Chart):
 class Generator:
     """Deterministic (seeded) writer of synthetic patients."""
 
-    def __init__(self, seed: int, leukemia_rate: float, as_of: date, defects: bool = True) -> None:
+    def __init__(self, seed: int, leukemia_rate: float, as_of: date, defects: bool = True,
+                 results_per_candidate: int | None = None) -> None:
         self.rng = random.Random(seed)  # noqa: S311 - reproducible synthetic data, not secrets
         self.leukemia_rate = leukemia_rate
+        self.results_per_candidate = results_per_candidate
         self.as_of = as_of
         self.truncate_rate = 0.000005 if defects else 0.0  # about one line in 200 000
         self.bad_date_rate = 0.0001 if defects else 0.0  # valid JSON that fails the R4B model
@@ -245,6 +256,9 @@ class Generator:
                          days_ago, ranges=ranges)
 
     def labs(self, c: PatientChart) -> None:
+        if c.leukemia and self.results_per_candidate is not None:
+            self.dense_labs(c, self.results_per_candidate)
+            return
         for _ in range(4):
             days = self.rng.randrange(0, 400) if not c.leukemia else self.rng.randrange(0, 60)
             for row in CBC:
@@ -252,6 +266,14 @@ class Generator:
         for _ in range(3):
             days = self.rng.randrange(0, 400) if not c.leukemia else self.rng.randrange(0, 45)
             for row in CHEM:
+                self.analyte(c, row, days)
+
+    def dense_labs(self, c: PatientChart, count: int) -> None:
+        """``count`` laboratory results: the liver panel (``DENSE_PANEL``) drawn on days of the last 60, the
+        last panel cut short — three in four are concepts the criteria read."""
+        for first in range(0, count, len(DENSE_PANEL)):
+            days = self.rng.randrange(0, 60)
+            for row in DENSE_PANEL[:count - first]:
                 self.analyte(c, row, days)
 
     def vitals(self, c: PatientChart) -> None:
@@ -359,10 +381,17 @@ class Generator:
 
 def write_population(n: int, outdir: Path, seed: int = 20260615, leukemia_rate: float = 0.03,
                      as_of: date = date(2026, 6, 15), defects: bool = True,
-                     progress: Callable[[int], None] | None = None) -> dict[str, int]:
-    """Write the export; returns the number of lines written per resource type."""
+                     progress: Callable[[int], None] | None = None, *,
+                     results_per_candidate: int | None = None) -> dict[str, int]:
+    """Write the export; returns the number of lines written per resource type. ``results_per_candidate``:
+    each leukaemia patient's laboratory results are that many (see the module docstring); None: the panels
+    everyone has."""
+    if results_per_candidate is not None and results_per_candidate < 1:
+        raise ValueError("results_per_candidate must be at least 1")
+    if not 0.0 <= leukemia_rate <= 1.0:
+        raise ValueError("leukemia_rate is a share between 0 and 1")
     outdir.mkdir(parents=True, exist_ok=True)
-    gen = Generator(seed, leukemia_rate, as_of, defects)
+    gen = Generator(seed, leukemia_rate, as_of, defects, results_per_candidate)
     counts = dict.fromkeys(TYPES, 0)
     handles: dict[str, BinaryIO] = {t: (outdir / f"{t}.ndjson").open("wb", buffering=1 << 20) for t in TYPES}
     try:
@@ -386,12 +415,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("outdir", type=Path, help="output directory (write it under /tmp, not in the repo)")
     parser.add_argument("--seed", type=int, default=20260615)
     parser.add_argument("--leukemia-rate", type=float, default=0.03, help="share of patients with acute leukaemia")
+    parser.add_argument("--results-per-candidate", type=int, default=None, metavar="K",
+                        help="laboratory results per leukaemia patient (a lab-dense export, 10-150; default: the "
+                             "CBC and chemistry panels everyone has)")
     parser.add_argument("--as-of", type=date.fromisoformat, default=date(2026, 6, 15))
     parser.add_argument("--no-defects", action="store_true", help="no invalid dates and no truncated lines")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     counts = write_population(args.n, args.outdir, args.seed, args.leukemia_rate, args.as_of, not args.no_defects,
-                              lambda k: print(f"  {k} patients", file=sys.stderr))
+                              lambda k: print(f"  {k} patients", file=sys.stderr),
+                              results_per_candidate=args.results_per_candidate)
     total = sum(counts.values())
     elapsed = time.perf_counter() - started
     print(f"{args.n} patients, {total} resources ({total / max(args.n, 1):.0f} per patient) in {elapsed:.1f} s: "

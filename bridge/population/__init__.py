@@ -59,10 +59,12 @@ from __future__ import annotations
 
 from bridge.population.chunks import CHUNK_BYTES, Chunk, plan_chunks, read_chunk, read_chunk_reusing
 from bridge.population.merge import Failed, guarded
+from bridge.population.partition import all_patients_map
 from bridge.population.pool import default_processes, steady_malloc
 from bridge.population.relevance import Concepts, TrialConcepts, default_trial
 from bridge.population.run import population_map, population_patients
 
-__all__ = ["CHUNK_BYTES", "Chunk", "Concepts", "Failed", "TrialConcepts", "default_processes", "default_trial",
+__all__ = ["CHUNK_BYTES", "Chunk", "Concepts", "Failed", "TrialConcepts", "all_patients_map", "default_processes",
+           "default_trial",
            "guarded", "plan_chunks", "population_map", "population_patients", "read_chunk", "read_chunk_reusing",
            "steady_malloc"]

@@ -24,7 +24,7 @@ from bridge.ingest.readers import read_source
 from bridge.normalize.facts import normalize
 from bridge.normalize.mappings import load_code_map
 from bridge.normalize.patients import assemble
-from bridge.pipeline import PrescreenRun, evaluate_patient, prescreen, prescreen_json
+from bridge.pipeline import PrescreenRun, evaluate_patient, prescreen, prescreen_items, prescreen_json
 from bridge.population import Concepts, default_trial, population_patients, spill
 from bridge.population.assembler import PositionedAssembler
 from bridge.population.chunks import (
@@ -59,7 +59,8 @@ def cmap() -> Any:
 
 
 def full(directory: Path) -> PrescreenRun:
-    return prescreen(str(directory), OPTIONS, cmap(), all_patients=True)
+    """The per-patient path itself (every line read, validated and assembled in one process): the reference."""
+    return prescreen_items(read_source(str(directory)), OPTIONS, cmap())
 
 
 def fast(directory: Path, processes: int = 1, chunk_bytes: int = 1 << 16) -> PrescreenRun:
