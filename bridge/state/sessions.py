@@ -41,7 +41,8 @@ class UiSessions(Protocol):
         ...
 
     def find_session(self, id_hash: str, now: float) -> UiSession | None:
-        """The session stored under ``id_hash`` when it is open at ``now``; None when unknown or expired."""
+        """The session stored under ``id_hash`` when it is open at ``now`` (expiry included); None when unknown or
+        expired."""
         ...
 
     def close_session(self, id_hash: str) -> None:

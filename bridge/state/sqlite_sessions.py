@@ -24,13 +24,13 @@ class SqliteUiSessions(SqliteBackend):
 
     def open_session(self, id_hash: str, session: UiSession) -> None:
         with self._db.write("open session") as db:
-            db.execute("DELETE FROM ui_sessions WHERE expires_at <= ?", (session.created_at,))
+            db.execute("DELETE FROM ui_sessions WHERE expires_at < ?", (session.created_at,))
             db.execute(_OPEN, (id_hash, session.user, session.role, session.csrf, session.created_at,
                                session.expires_at))
 
     def find_session(self, id_hash: str, now: float) -> UiSession | None:
         with self._db.read("find session") as db:
-            row = db.execute("SELECT * FROM ui_sessions WHERE id_hash = ? AND expires_at > ? AND created_at <= ?",
+            row = db.execute("SELECT * FROM ui_sessions WHERE id_hash = ? AND expires_at >= ? AND created_at <= ?",
                              (id_hash, now, now + 60)).fetchone()  # a minute of clock skew between replicas
         return _session(row) if row else None
 

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from bridge.config import Settings
 from bridge.report import coordinator
 from bridge.service.app import install_error_handlers
-from bridge.service.ui import COOKIE, FREE_FAILURES, LoginThrottle, Sessions, ui_router
+from bridge.service.ui import COOKIE, FREE_FAILURES, LoginThrottle, MemoryUiSessions, Sessions, ui_router
 
 TOKEN = "ui-edge-token-0123456789abcdefghijklmnop"
 NOW = 1_781_500_000.0
@@ -106,11 +106,12 @@ def test_bearer_clients_get_no_sign_out_form(client: TestClient) -> None:
 
 def test_sessions_are_bounded_and_expire() -> None:
     clock = Clock()
-    sessions = Sessions(clock, max_age=100, limit=2)
-    a, _ = sessions.open()
-    b, _ = sessions.open()
-    c, _ = sessions.open()
-    assert sessions.find(a) is None and sessions.find(b) is not None and sessions.find(c) is not None
+    sessions = Sessions(MemoryUiSessions(limit=2), clock, max_age=100)
+    a, _ = sessions.open("ana", "coordinator")
+    b, _ = sessions.open("ana", "coordinator")
+    c, opened = sessions.open("ivo", "investigator")
+    assert sessions.find(a) is None and sessions.find(b) is not None and sessions.find(c) == opened
+    assert (opened.user, opened.role, opened.expires_at) == ("ivo", "investigator", NOW + 100)
     clock.now += 101
     assert sessions.find(b) is None
     assert sessions.find(None) is None and sessions.find("\xb2.abc") is None
@@ -136,7 +137,8 @@ def test_query_values_are_declared(client: TestClient) -> None:
     assert too_long.status_code == 400 and too_long.json()["issue"][0]["expression"] == ["status"]
 
 
-@pytest.mark.parametrize("body", [b"token=" + b"x" * 5000, b"a=1&b=2&c=3&d=4&e=5&f=6&token=x", b"\xff\xfe"])
+@pytest.mark.parametrize("body", [b"token=" + b"x" * 17000, b"a=1&b=2&c=3&d=4&e=5&f=6&g=7&h=8&token=" + TOKEN.encode(),
+                                  b"\xff\xfe"])
 def test_odd_sign_in_forms_are_refused_not_crashed(client: TestClient, body: bytes) -> None:
     assert client.post("/ui/login", content=body, headers=FORM).status_code == 401
 
@@ -167,7 +169,7 @@ def test_wrong_bearer_tokens_count_as_failed_sign_ins(client: TestClient) -> Non
 
 def test_the_wait_doubles_up_to_the_cap_and_clients_are_bounded() -> None:
     clock = Clock()
-    throttle = LoginThrottle(clock, free=0, cap=8, limit=2)
+    throttle = LoginThrottle(MemoryUiSessions(limit=2), clock, free=0, cap=8)
     waits = []
     for _ in range(6):
         throttle.failed("a")
