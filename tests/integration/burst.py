@@ -32,6 +32,7 @@ import requests
 from benchmarks.service_latency import clone_patient, template_resources
 from bridge.client import FhirClient
 from bridge.publish.subject import subject_identifier
+from bridge.service.channels import DEFAULT_CHANNEL, channel_secret
 from bridge.state import StoreStats
 
 from .loading import load_bundle
@@ -49,6 +50,7 @@ class Note:
     body: bytes
     admission: bool
     method: str = "PUT"
+    channel: str = DEFAULT_CHANNEL  # whose secret the EHR presents
 
 
 class Population:
@@ -134,6 +136,9 @@ class Sender:
         with self._lock:
             self.outcomes[outcome] += 1
 
+    def _secret(self, note: Note) -> str:
+        return channel_secret(self.secret, note.channel)
+
     def _deliver(self, delivery: Sent, index: int) -> None:
         note, deadline = delivery.note, time.monotonic() + self.give_up
         delivery.first_sent = time.time()
@@ -143,7 +148,7 @@ class Sender:
             delivery.tries += 1
             try:
                 resp = self._session().request(note.method, f"{url}{note.path}", data=note.body, timeout=(2, 30),
-                                               headers={"Authorization": f"Bearer {self.secret}",
+                                               headers={"Authorization": f"Bearer {self._secret(note)}",
                                                         "Content-Type": "application/fhir+json"})
                 outcome = str(resp.status_code)
             except requests.RequestException as exc:
