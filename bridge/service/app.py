@@ -32,6 +32,7 @@ Start-up (binding the port first, then the state and a replica slot) is ``bridge
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import re
 import socket
@@ -41,7 +42,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from enum import Enum
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Protocol, cast
 
 from fastapi import FastAPI, Header, Path, Request
 from fastapi.concurrency import run_in_threadpool
@@ -224,12 +225,33 @@ def create_app(settings: Settings, store: AppState, worker: Worker | None = None
     readiness = Readiness(store, worker, CachedProbe(ehr_probe) if ehr_probe else None)
     _install_health_routes(app, settings, readiness)
     app.include_router(fhir_router(store, settings))
-    app.include_router(ui_router(settings, store, clock))
+    app.include_router(ui_router(settings, store, clock, **team_wiring(settings, store)))
     _install_openapi(app)
     if settings.docs_assets_url:
         _install_docs(app, settings.docs_assets_url.rstrip("/"))
     app.state.store, app.state.worker, app.state.settings = store, worker, settings
     return app
+
+
+def team_wiring(settings: Settings, store: object) -> dict[str, Any]:
+    """The coordinator page's ``write_back`` and ``screening_log`` (issue #17) when ``store`` is the whole state:
+    ``bridge.publish.decision.write_back_for(settings, state)`` writes each recorded action to the EHR (or the
+    local store), ``bridge.report.screening_log.screening_log_csv`` is the download."""
+    if not (hasattr(store, "record_action") and hasattr(store, "screening_numbers")):
+        return {}
+    from bridge.report.screening_log import screening_log_csv
+    from bridge.trial import load_trial
+
+    state, trial = cast(State, store), load_trial(settings.trial)
+    wiring: dict[str, Any] = {"screening_log": lambda: screening_log_csv(state, trial)}
+    try:
+        publish_decision = importlib.import_module("bridge.publish.decision")
+    except ModuleNotFoundError as exc:  # until the write-back of issue #17 is in: actions are recorded, pending
+        if exc.name != "bridge.publish.decision":
+            raise
+        return wiring
+    wiring["write_back"] = publish_decision.write_back_for(settings, state)
+    return wiring
 
 
 def _install_openapi(app: FastAPI) -> None:
@@ -412,4 +434,4 @@ def build_app(settings: Settings, worker_config: WorkerConfig | None = None, nam
 
 
 __all__ = ["AppState", "CachedProbe", "Readiness", "build_app", "build_worker", "create_app", "ehr_probe",
-           "install_error_handlers", "outcome_response", "read_body", "status_for"]
+           "install_error_handlers", "outcome_response", "read_body", "status_for", "team_wiring"]
