@@ -163,7 +163,7 @@ def test_the_pipeline_screens_in_the_workers_and_keeps_the_order(population: Pat
     """``prescreen(DIR)`` assembles and screens the patients in forked workers (``population_map``): the same
     verdicts, in patient-id order, the same report, whether consumed as a list or lazily."""
     run = prescreen(str(population), OPTIONS, cmap(), lazy=lazy)
-    screenings = list(run.stream) if lazy else run.screenings
+    screenings = list(run.stream or ()) if lazy else run.screenings
     assert [s.patient for s in screenings] == sorted(s.patient for s in screenings)
     assert_same_verdicts(PrescreenRun(OPTIONS, screenings, run.report), population_full)
     single = fast(population, 1)

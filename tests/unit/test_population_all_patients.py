@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from collections.abc import Generator, Sequence
 from datetime import date
 from functools import cache, partial
 from pathlib import Path
@@ -74,7 +75,7 @@ def assert_skips_are_a_subset_in_order(got: PrescreenRun, want: PrescreenRun) ->
     assert not_json(skipped) == not_json(expected)
 
 
-def write(directory: Path, name: str, resources: list[dict[str, Any] | bytes]) -> None:
+def write(directory: Path, name: str, resources: Sequence[dict[str, Any] | bytes]) -> None:
     """Appends lines to a file (after a newline if its last line has none)."""
     path = directory / name
     if path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
@@ -162,7 +163,8 @@ def spanning_dir(tmp_path: Path, count: int) -> Path:
     d = adversarial_dir(tmp_path)
     a, b = _apart(count, CAND, OTHER)
     alt = [{"system": LOINC, "code": "1742-6"}]
-    patients = [{"resourceType": "Patient", "id": p, "gender": "male", "birthDate": "1970-05-05"} for p in (a, b)]
+    patients: list[dict[str, Any]] = [
+        {"resourceType": "Patient", "id": p, "gender": "male", "birthDate": "1970-05-05"} for p in (a, b)]
     patients += [{"resourceType": "Patient", "id": "bad-born", "birthDate": "1990-13-45"},  # fails the model
                  {"resourceType": "Patient", "id": a, "gender": "female", "birthDate": "1971-05-05",
                   "meta": {"versionId": "1"}}]  # shares an id with a's other Patient: a conflict
@@ -216,6 +218,7 @@ def test_nothing_is_left_on_disk_or_open(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     before = len(os.listdir("/proc/self/fd"))
     outcomes, _ = all_patients_map(d, cmap(), None, processes=2, partitions=3)
+    assert isinstance(outcomes, Generator)
     first = next(outcomes)
     assert isinstance(first, PatientFacts)
     assert not list(scratch.iterdir())  # unlinked as soon as opened: nothing even while it runs
