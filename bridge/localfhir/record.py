@@ -42,7 +42,7 @@ from bridge.model import NotScreened
 from bridge.publish.policy import select
 from bridge.publish.provenance import provenance
 from bridge.publish.study import research_study, study_logical_id
-from bridge.publish.subject import research_subject, subject_fingerprint, subject_identifier
+from bridge.publish.subject import decision_from_subject, reviewed_subject, subject_fingerprint, subject_identifier
 from bridge.publish.validate import check_codes, schema_path, validate_output
 from bridge.state.published import PublishedIndex, PublishedRecord
 from bridge.trial import Trial, load_trial
@@ -202,15 +202,14 @@ class LocalRecorder:
         return self.index.get_published(_subject_key(patient_id, self.trial)) is not None
 
     def subject(self, screening: Screening, options: RuleOptions) -> Recorded:
-        from bridge.publish.publisher import PRESCREEN_STATUSES
-
         patient_id = screening.patient.removeprefix("Patient/")
         current = self.index.get_published(_subject_key(patient_id, self.trial))
-        status = screening.status
-        if current is not None and current.resource.get("status") not in PRESCREEN_STATUSES:
-            status = str(current.resource.get("status"))  # past pre-screening: keep the lifecycle status
-        subject = research_subject(patient_id, status, list(screening.verdicts), options.as_of,
-                                   options.organ_function_reading, study_ref=self.study_reference, trial=self.trial)
+        # past pre-screening: the lifecycle status kept; the study team's decision kept (never overwritten)
+        decision = decision_from_subject(current.resource) if current is not None else None
+        status = current.resource.get("status") if current is not None else None
+        subject = reviewed_subject(patient_id, screening.status, screening.verdicts, options.as_of,
+                                   options.organ_function_reading, decision, str(status) if status else None,
+                                   self.trial, self.study_reference)
         return self.put(subject, "prescreen", [screening.patient])
 
     def assessment(self, doc: Json, as_of: date, comparators: str, cri_reading: str,

@@ -3,14 +3,16 @@
 Every canonical URL the bridge writes under ``BRIDGE_BASE`` that names a definition gets a resource here:
 
 - **StructureDefinitions of the extensions** it defines: ``prescreen`` (the verdicts on a ResearchSubject, a
-  complex extension), ``registry-status`` (ResearchStudy), and the registry package's ``cells-per-kg``
-  (MedicationAdministration), ``ae-grading-system`` (AdverseEvent) and ``relative-day`` (any element);
+  complex extension), ``study-team-decision`` (the study team's decision on a ResearchSubject, complex),
+  ``registry-status`` (ResearchStudy), and the registry package's ``cells-per-kg`` (MedicationAdministration),
+  ``ae-grading-system`` (AdverseEvent) and ``relative-day`` (any element);
 - **profiles** of what it publishes: ``cd7-research-subject``, ``cd7-response-observation``,
   ``cd7-adverse-event`` (constraints, extension slices and FHIRPath invariants, each with a snapshot);
 - **CodeSystems** with a **ValueSet** of all their codes each: the trial's criteria (``<id>-criteria``, generated
   from the trial file: code = criterion id, display = the record's text, definition = the text applied), the
-  Provenance activities, the criterion results and organ-function readings of the ``prescreen`` extension, the
-  response categories, the assessment codes and the AE terms.
+  study team's actions and screen-failure reasons, the Provenance activities, the criterion results and
+  organ-function readings of the ``prescreen`` extension, the response categories, the assessment codes and the
+  AE terms.
 
 Generated, not hand-written: ``conformance_resources(trial)`` builds them all from the trial definition and the
 bridge's own constants, deterministically (no clock: ``DATE`` is fixed, the criteria CodeSystem's version is
@@ -38,6 +40,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from bridge.decisions import ACTION_KINDS, FAILURE_REASONS, JUDGEMENTS
 from bridge.errors import ConfigError
 from bridge.evaluate.grading import AE_GRADE_EXTENSION, GRADING_SYSTEM
 from bridge.normalize.mappings import profiles_dir
@@ -51,7 +54,15 @@ from bridge.publish.outcomes import (
 )
 from bridge.publish.provenance import ACTIVITIES, ACTIVITY_SYSTEM
 from bridge.publish.study import BRIDGE_BASE, criteria_system, study_logical_id
-from bridge.publish.subject import PRESCREEN_EXTENSION, READINGS, RESULTS, SUBJECT_ID_SYSTEM
+from bridge.publish.subject import (
+    DECISION_EXTENSION,
+    FAILURE_REASON_SYSTEM,
+    PRESCREEN_EXTENSION,
+    READINGS,
+    RESULTS,
+    SUBJECT_ID_SYSTEM,
+    TEAM_ACTION_SYSTEM,
+)
 from bridge.trial import Trial, load_trial
 
 Json = dict[str, Any]
@@ -75,11 +86,28 @@ SUBJECT_PROFILE = f"{SD}/cd7-research-subject"
 RESPONSE_PROFILE = f"{SD}/cd7-response-observation"
 ADVERSE_EVENT_PROFILE = f"{SD}/cd7-adverse-event"
 UCUM = "http://unitsofmeasure.org"
+RESEARCH_SUBJECT_STATUS = "http://hl7.org/fhir/ValueSet/research-subject-status|4.0.1"
 
 RESULT_DISPLAY = {"met": "Met", "not-met": "Not met", "unknown": "Unknown"}
 RESULT_DEFINITION = {"met": "The record shows the criterion is fulfilled.",
                      "not-met": "The record shows the criterion is not fulfilled.",
                      "unknown": "The record does not allow a decision (missing, too old or ambiguous data)."}
+TEAM_ACTION_DISPLAY = {
+    "judgement": ("Investigator's judgement", "The investigator recorded the judgement (met / not-met) of the "
+                  "exclusion left to the investigator."),
+    "reviewed": ("Reviewed", "A member of the study team reviewed the pre-screen."),
+    "contacted": ("Contacted", "The study team contacted the patient."),
+    "consented": ("Consented", "The patient gave informed consent (status screening)."),
+    "eligible": ("Eligibility confirmed", "The investigator confirmed eligibility (status eligible)."),
+    "screen-failure": ("Screen failure", "The patient failed screening, for the reason given (status ineligible, "
+                       "or not-registered when the patient declined)."),
+    "undo": ("Undo", "The latest action still in effect was taken back."),
+}
+FAILURE_REASON_DISPLAY = {
+    "declined": ("Declined", "The patient declined to take part."),
+    "lost-to-contact": ("Lost to contact", "The study team could not reach the patient."),
+    "other": ("Other", "Another reason, given in the note."),
+}
 READING_DISPLAY = {"organ-function": "Organ-function reading",
                    "literal": "Literal reading of the registry record"}
 READING_DEFINITION = {
@@ -175,7 +203,14 @@ def _code_systems(trial: Trial | None = None) -> list[Json]:
     responses = [Concept(code, display) for code, display in RESPONSES.items()]
     assessments = [Concept(code, assessment_display(code, trial)) for code in ASSESSMENT_NAMES]
     terms = [Concept(_slug(term), term, f"{term}, graded by {system}.") for term, system in GRADING_SYSTEM.items()]
+    actions = [Concept(k, *TEAM_ACTION_DISPLAY[k]) for k in ACTION_KINDS]
+    reasons = [Concept(k, *FAILURE_REASON_DISPLAY[k]) for k in FAILURE_REASONS]
     return [
+        code_system(TEAM_ACTION_SYSTEM, "Study team actions", "What the study team recorded on a pre-screened "
+                    "patient (the study-team-decision extension).", actions),
+        code_system(FAILURE_REASON_SYSTEM, "Screen failure reasons", "Why a patient failed screening when it is "
+                    "not one of the trial's criteria (whose codes are in the trial's criteria CodeSystem).",
+                    reasons),
         code_system(ACTIVITY_SYSTEM, "cd7-bridge Provenance activities",
                     "What the bridge did when it wrote a resource (Provenance.activity).", activity),
         code_system(RESULT_SYSTEM, "Criterion results", "The result of one eligibility criterion in the "
@@ -386,6 +421,15 @@ def extension_specs(trial: Trial | None = None) -> tuple[ExtensionSpec, ...]:
     unique = {"key": "cd7-ps-1", "severity": "error", "human": "Each criterion appears at most once",
               "expression": "extension.where(url = 'criterion').extension.where(url = 'id').value.code.isDistinct()",
               "source": f"{SD}/prescreen"}
+    reason_coded = {"key": "cd7-td-1", "severity": "error",
+                    "human": "A reason is a criterion of the trial or a screen-failure reason",
+                    "expression": f"extension.where(url = 'reason').value.all(system = '{criteria_system(trial)}' "
+                                  f"or system = '{FAILURE_REASON_SYSTEM}')",
+                    "source": DECISION_EXTENSION}
+    judgement_met = {"key": "cd7-td-2", "severity": "error", "human": "A judgement is met or not-met",
+                     "expression": "extension.where(url = 'judgement').value.all($this in ("
+                                   + " | ".join(f"'{j}'" for j in JUDGEMENTS) + "))",
+                     "source": DECISION_EXTENSION}
     return (
         ExtensionSpec("prescreen", "Pre-screen verdicts", "The bridge's pre-screen of one patient for the "
                       "study: the as-of date, the organ-function reading, the rule set, and one verdict per "
@@ -398,6 +442,28 @@ def extension_specs(trial: Trial | None = None) -> tuple[ExtensionSpec, ...]:
                                ("string",)),
                           criterion,
                       ), constraints=(unique,)),
+        ExtensionSpec("study-team-decision", "Study team decision", "The study team's decision on a "
+                      "pre-screened patient, present while one of its actions is in effect: the latest action, "
+                      "the status the team set, the investigator's judgement of exc-investigator, a screen "
+                      "failure's reason, the note, when and by whom, the digest of the verdicts it was taken on, "
+                      "and whether the pre-screen verdicts changed since. An automated re-screen keeps it.",
+                      ("ResearchSubject",), "The study team's decision", parts=(
+                          Part("action", "The latest action in effect", 1, "1", ("Coding",),
+                               _value_set_url(TEAM_ACTION_SYSTEM)),
+                          Part("status", "The status the team set (absent: the pre-screen status applies)", 0,
+                               "1", ("code",), RESEARCH_SUBJECT_STATUS),
+                          Part("judgement", "The investigator's judgement of exc-investigator: met | not-met", 0,
+                               "1", ("code",), _value_set_url(RESULT_SYSTEM)),
+                          Part("reason", "A screen failure's reason: a criterion of the trial, or declined | "
+                               "lost-to-contact | other", 0, "1", ("Coding",)),
+                          Part("note", "The latest action's note", 0, "1", ("string",)),
+                          Part("decidedAt", "When the latest action in effect was taken", 1, "1", ("dateTime",)),
+                          Part("by", "The user name of who took it", 1, "1", ("string",)),
+                          Part("reviewedVerdicts", "The digest of the pre-screen verdicts it was taken on", 1, "1",
+                               ("string",)),
+                          Part("changedSinceReview", "The pre-screen verdicts changed since", 1, "1",
+                               ("boolean",)),
+                      ), constraints=(reason_coded, judgement_met)),
         ExtensionSpec("registry-status", "Registry overall status", "The study's overall status exactly as the "
                       "registry (ClinicalTrials.gov) states it, e.g. UNKNOWN, which R4 research-study-status "
                       "cannot express.", ("ResearchStudy",), "The registry's overall status, verbatim",
@@ -489,13 +555,15 @@ def profiles(trial: Trial | None = None) -> list[Json]:
     subject = profile(
         "cd7-research-subject", "cd7-bridge ResearchSubject",
         "A patient's ResearchSubject as the bridge publishes it: one per (study, patient), found again by its "
-        "bridge identifier, with the pre-screen verdicts in the prescreen extension.", "ResearchSubject",
+        "bridge identifier, with the pre-screen verdicts in the prescreen extension and, while one is in effect, the "
+        "study team's decision in the study-team-decision extension.", "ResearchSubject",
         {"ResearchSubject": {"constraint": [_invariant(
             "cd7-rs-1", "Carries the bridge's research-subject identifier",
             f"identifier.where(system = '{SUBJECT_ID_SYSTEM}' and value.exists()).count() = 1",
             SUBJECT_PROFILE)]},
          "ResearchSubject.identifier": {"min": 1}},
-        [ExtensionSlice("prescreen", PRESCREEN_EXTENSION, 1, "1", "The pre-screen verdicts")])
+        [ExtensionSlice("prescreen", PRESCREEN_EXTENSION, 1, "1", "The pre-screen verdicts"),
+         ExtensionSlice("decision", DECISION_EXTENSION, 0, "1", "The study team's decision")])
     response = profile(
         "cd7-response-observation", "cd7-bridge response assessment",
         "A leukaemia response assessment (or the best overall response) of a trial patient, as the bridge "

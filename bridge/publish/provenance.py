@@ -34,6 +34,14 @@ ACTIVITIES: dict[str, str] = {
     "response-assessment": "Response assessment",
     "adverse-event-grading": "Adverse event grading",
     "kinetics": "CAR-T kinetics",
+    # the study team's actions (issue #17): written back by bridge.publish.decision, the agent is the person
+    "team-judgement": "Investigator's judgement of the investigator-judgement exclusion",
+    "team-reviewed": "Reviewed by the study team",
+    "team-contacted": "Patient contacted by the study team",
+    "team-consented": "Patient consented",
+    "team-eligible": "Eligibility confirmed by the investigator",
+    "team-screen-failure": "Screen failure recorded by the study team",
+    "team-undo": "Study team action taken back",
 }
 
 _PARTICIPANT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"

@@ -9,6 +9,11 @@
   written by conditional update on the identifier — never a duplicate.
 - A pre-screen never moves a subject back: once a subject is past pre-screening (screening, on-study, …) its
   lifecycle status is kept and only the verdicts are refreshed.
+- An automated re-screen never overwrites a human decision (issue #17): when the subject carries the study
+  team's decision (``subject.DECISION_EXTENSION``), its status and the decision are kept, the investigator's
+  judgement stays the ``exc-investigator`` verdict, the other verdicts are refreshed, and ``changedSinceReview``
+  says whether they differ from those the decision was taken on (``subject.reviewed_subject``). The team's
+  actions themselves are written by ``bridge.publish.decision``.
 - Every written resource is accompanied by a Provenance naming the bridge version and the trial's rule set
   (``ruleset_policy``: the ruleset version, which begins with the trial id).
 - Nothing is sent that fails the official R4 JSON Schema or our own code checks.
@@ -47,12 +52,18 @@ from bridge.model import NotScreened
 from bridge.publish.policy import select
 from bridge.publish.provenance import provenance
 from bridge.publish.study import research_study, study_logical_id
-from bridge.publish.subject import identifier_query, research_subject, subject_fingerprint, subject_identifier
+from bridge.publish.subject import (
+    PRESCREEN_STATUSES,
+    decision_from_subject,
+    identifier_query,
+    reviewed_subject,
+    subject_fingerprint,
+    subject_identifier,
+)
 from bridge.publish.validate import validate_output
 from bridge.trial import Trial, load_trial
 
 log = logging.getLogger("bridge.publish")
-PRESCREEN_STATUSES = frozenset({"candidate", "potential-candidate", "ineligible", "eligible", "not-registered"})
 Json = dict[str, Any]
 
 
@@ -254,10 +265,14 @@ def upsert(client: FhirClient, resource: Json, activity: str, entities: list[str
     return Written(ref, "created" if current is None else "updated", result.version_id)
 
 
-def _checked_subject(patient_id: str, status: str, screening: Screening, options: RuleOptions,
-                     trial: Trial) -> Json:
-    subject = research_subject(patient_id, status, list(screening.verdicts), options.as_of,
-                               options.organ_function_reading, trial=trial)
+def _checked_subject(patient_id: str, screening: Screening, options: RuleOptions, trial: Trial,
+                     current: Json | None) -> Json:
+    """The subject of ``screening`` with what ``current`` (the EHR's) carries kept: a status past pre-screening,
+    and the study team's decision (``reviewed_subject``: never overwritten by an automated re-screen)."""
+    decision = decision_from_subject(current) if current is not None else None
+    status = str(current.get("status")) if current is not None and current.get("status") else None
+    subject = reviewed_subject(patient_id, screening.status, screening.verdicts, options.as_of,
+                               options.organ_function_reading, decision, status, trial)
     validate_output(subject)
     return subject
 
@@ -270,11 +285,10 @@ def publish_subject(client: FhirClient, screening: Screening, options: RuleOptio
     offers transactions, ``offers_transaction``)."""
     t = trial or load_trial()
     patient_id = screening.patient.removeprefix("Patient/")
-    subject = _checked_subject(patient_id, screening.status, screening, options, t)
+    _checked_subject(patient_id, screening, options, t, None)  # checked before any request
     current = find_subject(client, patient_id, t)
-    if current is not None and current.get("status") not in PRESCREEN_STATUSES:
-        # past pre-screening: keep the lifecycle status, refresh only the verdicts
-        subject = _checked_subject(patient_id, str(current.get("status")), screening, options, t)
+    # past pre-screening: the lifecycle status kept; the team's decision kept; the verdicts refreshed
+    subject = _checked_subject(patient_id, screening, options, t, current)
     if current is not None and subject_fingerprint(current) == subject_fingerprint(subject):
         return Written(f"ResearchSubject/{current.get('id')}", "unchanged", _version(current))
     if transaction is None:

@@ -19,7 +19,27 @@ extension on the resource (``PRESCREEN_EXTENSION``)::
         reason    valueString   the one-line reason (omitted when empty)
         evidence  valueReference (0..*) the resources used, e.g. Observation/abc
 
-``verdicts_from_subject`` reads it back; ``subject_fingerprint`` hashes what matters for an update (status,
+The study team's decision (issue #17) travels in a second complex extension (``DECISION_EXTENSION``), present
+only while an action of the team is in effect::
+
+    extension[study-team-decision]
+      action              valueCoding    <study-team-action system>|<the latest action in effect>
+      status              valueCode      the status the team set (absent: none; the pre-screen status applies)
+      judgement           valueCode      met | not-met: the investigator's judgement of exc-investigator
+      reason              valueCoding    the screen failure's reason: a criterion (the trial's criteria system)
+                                         or declined | lost-to-contact | other (screen-failure-reason system)
+      note                valueString    the latest action's note (absent when none)
+      decidedAt           valueDateTime  when the latest action in effect was taken
+      by                  valueString    the user name of who took it
+      reviewedVerdicts    valueString    the digest of the verdicts it was taken on (``verdicts_digest``)
+      changedSinceReview  valueBoolean   the pre-screen verdicts differ from those reviewed
+
+``reviewed_subject`` builds a subject with the team's decision kept: its status (unless the subject is past
+pre-screening), the investigator's judgement as the ``exc-investigator`` verdict (and so in the pre-screen
+status), and ``changedSinceReview`` recomputed against the automated verdicts — an automated re-screen never
+overwrites a human decision. ``decision_from_subject`` reads the extension back.
+
+``verdicts_from_subject`` reads the verdicts back; ``subject_fingerprint`` hashes what matters for an update (status,
 reading, rule set, verdicts — not the as-of date) so an unchanged subject is not rewritten. The resource holds
 the patient only as a reference and inside the identifier value — no other patient data. Every function takes
 the ``Trial`` (None: the shipped one): the identifier, the study reference, the criteria system and the rule set
@@ -31,18 +51,27 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import date
-from typing import Any
+from typing import Any, cast
 
+from bridge.decisions import INVESTIGATOR_CRITERION, verdicts_digest
 from bridge.errors import InputError, InvalidResource, Issue, ValidationFailed
 from bridge.fhirmodels import build
-from bridge.model import Verdict
+from bridge.model import Tri, Verdict
 from bridge.publish.study import BRIDGE_BASE, criteria_system, study_logical_id
 from bridge.trial import Trial, load_trial
 
 SUBJECT_ID_SYSTEM = f"{BRIDGE_BASE}/NamingSystem/research-subject"
 PRESCREEN_EXTENSION = f"{BRIDGE_BASE}/StructureDefinition/prescreen"
+DECISION_EXTENSION = f"{BRIDGE_BASE}/StructureDefinition/study-team-decision"
+TEAM_ACTION_SYSTEM = f"{BRIDGE_BASE}/CodeSystem/study-team-action"
+FAILURE_REASON_SYSTEM = f"{BRIDGE_BASE}/CodeSystem/screen-failure-reason"
+# statuses a pre-screen may publish, and those the study team sets; any other (on-study, follow-up, …) is past
+# pre-screening: neither a re-screen nor the team's decision moves it back
+PRESCREEN_STATUSES = frozenset({"candidate", "potential-candidate", "ineligible", "eligible", "not-registered"})
+TEAM_STATUSES = frozenset({"screening", "eligible", "ineligible", "not-registered"})
 READINGS = ("organ-function", "literal")
 RESULTS = ("met", "not-met", "unknown")
 
@@ -216,7 +245,8 @@ def _read_back(resource: Json, system: str | None) -> tuple[date, str, list[Verd
 
 
 def subject_fingerprint(resource: Json) -> str:
-    """SHA-256 over status, study, individual, reading, rule set and verdicts — not the as-of date, also not
+    """SHA-256 over status, study, individual, reading, rule set, verdicts and the team's decision (when there
+    is one) — not the as-of date, also not
     where a reason quotes it ("age 34 on <as-of>"), so re-screening the same data on a later day changes
     nothing on the server; a reason that changes for another cause (the age itself, a new value) still does.
     Any trial's subject: its rule set is in the payload, and its criteria may be coded in any trial's system."""
@@ -231,12 +261,138 @@ def subject_fingerprint(resource: Json) -> str:
         "ruleset": [p.get("valueString") for p in _parts(ext, "ruleset")],
         "verdicts": [[v.criterion, v.result, v.reason.replace(stamp, "<as-of>"), list(v.evidence)] for v in verdicts],
     }
+    team = next((e for e in resource.get("extension") or [] if isinstance(e, dict)
+                 and e.get("url") == DECISION_EXTENSION), None)
+    if team is not None:  # only when present: the fingerprint of an undecided subject is as it always was
+        payload["decision"] = team
     canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+# ---------------------------------------------------------------------------------------------- the team's decision
+
+
+@dataclass(frozen=True)
+class TeamDecision:
+    """The study team's decision as a ResearchSubject carries it (see the module docstring). ``reason`` is a
+    (system, code) pair; ``decided_at`` an R4 dateTime with its zone."""
+
+    action: str
+    decided_at: str
+    by: str
+    reviewed: str
+    status: str | None = None
+    judgement: str | None = None
+    reason: tuple[str, str] | None = None
+    note: str | None = None
+    changed: bool = False
+
+
+def decision_extension(d: TeamDecision) -> Json:
+    """The ``study-team-decision`` extension of ``d``."""
+    parts: list[Json] = [{"url": "action", "valueCoding": {"system": TEAM_ACTION_SYSTEM, "code": d.action}}]
+    if d.status:
+        parts.append({"url": "status", "valueCode": d.status})
+    if d.judgement:
+        parts.append({"url": "judgement", "valueCode": d.judgement})
+    if d.reason:
+        parts.append({"url": "reason", "valueCoding": {"system": d.reason[0], "code": d.reason[1]}})
+    if d.note:
+        parts.append({"url": "note", "valueString": d.note})
+    parts += [{"url": "decidedAt", "valueDateTime": d.decided_at}, {"url": "by", "valueString": d.by},
+              {"url": "reviewedVerdicts", "valueString": d.reviewed},
+              {"url": "changedSinceReview", "valueBoolean": d.changed}]
+    return {"url": DECISION_EXTENSION, "extension": parts}
+
+
+def _value(ext: Json, url: str, key: str) -> Any:
+    found = [p.get(key) for p in _parts(ext, url)]
+    return found[0] if len(found) == 1 else None
+
+
+def decision_from_subject(resource: Json) -> TeamDecision | None:
+    """The team's decision a ResearchSubject carries, or None (no extension, or one not understood: then the
+    subject is treated as undecided, and the next write-back puts it right)."""
+    ext = next((e for e in resource.get("extension") or [] if isinstance(e, dict)
+                and e.get("url") == DECISION_EXTENSION), None)
+    if ext is None:
+        return None
+    action, reason = _value(ext, "action", "valueCoding"), _value(ext, "reason", "valueCoding")
+    at, by, reviewed = (_value(ext, u, "valueDateTime" if u == "decidedAt" else "valueString")
+                        for u in ("decidedAt", "by", "reviewedVerdicts"))
+    if not isinstance(action, dict) or not all(isinstance(x, str) for x in (at, by, reviewed)):
+        return None
+    pair = (str(reason.get("system")), str(reason.get("code"))) if isinstance(reason, dict) else None
+    return TeamDecision(str(action.get("code")), str(at), str(by), str(reviewed), _value(ext, "status", "valueCode"),
+                        _value(ext, "judgement", "valueCode"), pair, _value(ext, "note", "valueString"),
+                        _value(ext, "changedSinceReview", "valueBoolean") is True)
+
+
+def judged(verdicts: Sequence[Verdict], judgement: str | None, decided_at: str | None = None) -> list[Verdict]:
+    """The verdicts with ``exc-investigator`` replaced by the investigator's judgement (met / not-met) when one
+    is in effect; unchanged otherwise."""
+    if judgement is None:
+        return list(verdicts)
+    when = f" recorded {decided_at[:10]}" if decided_at else ""
+    result = cast(Tri, judgement)  # met / not-met, checked when the action was recorded (check_action)
+    return [replace(v, result=result, reason=f"investigator's judgement{when}", evidence=())
+            if v.criterion == INVESTIGATOR_CRITERION else v for v in verdicts]
+
+
+def automated_digest(verdicts: Iterable[Verdict]) -> str:
+    """``verdicts_digest`` of a screening's own (automated) verdicts: what an action is taken on."""
+    return verdicts_digest({"criterion": v.criterion, "result": v.result} for v in verdicts)
+
+
+def subject_status(current: str | None, team: str | None, automated: str, by_team: bool = False) -> str:
+    """The status to publish: a subject past pre-screening keeps its status; else the team's, else the
+    pre-screen's. Only the team's own write-back (``by_team``) moves a subject out of a status the team sets
+    (``screening`` back to the pre-screen status after an undo); for a re-screen ``screening`` is past
+    pre-screening, as it always was."""
+    settled = PRESCREEN_STATUSES | TEAM_STATUSES if by_team else PRESCREEN_STATUSES
+    if current is not None and current not in settled:
+        return current
+    return team or automated
+
+
+def reviewed_subject(patient_id: str, automated_status: str, verdicts: Sequence[Verdict], as_of: date,
+                     organ_reading: str, decision: TeamDecision | None, current_status: str | None,
+                     trial: Trial | None = None, study_ref: str | None = None, by_team: bool = False) -> Json:
+    """The ResearchSubject of an automated screening (``automated_status``, ``verdicts``) with the team's
+    ``decision`` kept: the judgement as the exc-investigator verdict and the pre-screen status recomputed with
+    it (``overall_status``), the team's status (``subject_status``), and the decision extension with
+    ``changedSinceReview`` set when the automated verdicts' digest differs from the one the decision was taken
+    on. Without a decision it is ``research_subject`` with ``subject_status``."""
+    from bridge.evaluate.eligibility import overall_status  # here: the builders above need no rules
+
+    t = trial or load_trial()
+    effective = judged(verdicts, decision.judgement if decision else None,
+                       decision.decided_at if decision else None)
+    if effective != list(verdicts):
+        automated_status = overall_status(tuple(effective), t)
+    status = subject_status(current_status, decision.status if decision else None, automated_status, by_team)
+    subject = research_subject(patient_id, status, effective, as_of, organ_reading, study_ref, t)
+    if decision is not None:
+        kept = replace(decision, changed=automated_digest(verdicts) != decision.reviewed)
+        subject = build("ResearchSubject", {**subject, "extension": [*subject["extension"],
+                                                                       decision_extension(kept)]})
+    return subject
+
+
 __all__ = [
+    "DECISION_EXTENSION",
+    "FAILURE_REASON_SYSTEM",
     "PRESCREEN_EXTENSION",
+    "PRESCREEN_STATUSES",
+    "TEAM_ACTION_SYSTEM",
+    "TEAM_STATUSES",
+    "TeamDecision",
+    "automated_digest",
+    "decision_extension",
+    "decision_from_subject",
+    "judged",
+    "reviewed_subject",
+    "subject_status",
     "READINGS",
     "RESULTS",
     "SUBJECT_ID_SYSTEM",

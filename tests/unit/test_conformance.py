@@ -16,12 +16,20 @@ from typing import Any
 
 import pytest
 
+from bridge.decisions import ACTION_KINDS, FAILURE_REASONS
 from bridge.errors import ConfigError
 from bridge.publish import conformance as c
 from bridge.publish.outcomes import AE_TERM_SYSTEM, ASSESSMENT_SYSTEM, RESPONSE_SYSTEM, RESPONSES
 from bridge.publish.provenance import ACTIVITIES, ACTIVITY_SYSTEM
 from bridge.publish.study import REGISTRY_STATUS_EXTENSION, criteria_system
-from bridge.publish.subject import PRESCREEN_EXTENSION, READINGS, RESULTS
+from bridge.publish.subject import (
+    DECISION_EXTENSION,
+    FAILURE_REASON_SYSTEM,
+    PRESCREEN_EXTENSION,
+    READINGS,
+    RESULTS,
+    TEAM_ACTION_SYSTEM,
+)
 from bridge.publish.validate import validate_output
 from bridge.registry.deid import RELATIVE_DAY
 from bridge.registry.resources import CELLS_PER_KG, GRADING_SYSTEM_EXT
@@ -60,10 +68,11 @@ def test_the_committed_files_are_the_generated_ones(generated: list[Json], commi
 
 def test_every_canonical_url_the_bridge_writes_has_its_definition(committed: dict[str, Json]) -> None:
     urls = {r["url"]: r["resourceType"] for r in committed.values()}
-    for ext in (PRESCREEN_EXTENSION, REGISTRY_STATUS_EXTENSION, CELLS_PER_KG, GRADING_SYSTEM_EXT, RELATIVE_DAY):
+    for ext in (PRESCREEN_EXTENSION, DECISION_EXTENSION, REGISTRY_STATUS_EXTENSION, CELLS_PER_KG, GRADING_SYSTEM_EXT,
+                RELATIVE_DAY):
         assert urls.get(ext) == "StructureDefinition", ext
     for system in (criteria_system(), ACTIVITY_SYSTEM, RESPONSE_SYSTEM, ASSESSMENT_SYSTEM, AE_TERM_SYSTEM,
-                   c.RESULT_SYSTEM, c.READING_SYSTEM):
+                   c.RESULT_SYSTEM, c.READING_SYSTEM, TEAM_ACTION_SYSTEM, FAILURE_REASON_SYSTEM):
         assert urls.get(system) == "CodeSystem", system
     for profile in (c.SUBJECT_PROFILE, c.RESPONSE_PROFILE, c.ADVERSE_EVENT_PROFILE):
         assert urls.get(profile) == "StructureDefinition", profile
@@ -103,6 +112,8 @@ def test_the_code_systems_hold_the_codes_the_builders_write(committed: dict[str,
     assert codes(urls[c.RESULT_SYSTEM]) == list(RESULTS)
     assert codes(urls[c.READING_SYSTEM]) == list(READINGS)
     assert codes(urls[ASSESSMENT_SYSTEM]) == ["response-assessment", "best-overall-response"]
+    assert codes(urls[TEAM_ACTION_SYSTEM]) == list(ACTION_KINDS)
+    assert codes(urls[FAILURE_REASON_SYSTEM]) == list(FAILURE_REASONS)
 
 
 def test_each_code_system_has_the_value_set_of_all_its_codes(committed: dict[str, Json]) -> None:
@@ -139,6 +150,19 @@ def test_the_prescreen_extension_describes_what_the_builder_writes(committed: di
         "Extension.extension:criterion.extension:evidence": (0, "*"),
     }
     assert sd["context"] == [{"type": "element", "expression": "ResearchSubject"}]
+
+
+def test_the_decision_extension_describes_what_the_builder_writes(committed: dict[str, Json]) -> None:
+    sd = by_url(list(committed.values()))[DECISION_EXTENSION]
+    slices = {e["id"].removeprefix("Extension.extension:"): (e["min"], e["max"]) for e in sd["snapshot"]["element"]
+              if "sliceName" in e}
+    assert slices == {"action": (1, "1"), "status": (0, "1"), "judgement": (0, "1"), "reason": (0, "1"),
+                      "note": (0, "1"), "decidedAt": (1, "1"), "by": (1, "1"), "reviewedVerdicts": (1, "1"),
+                      "changedSinceReview": (1, "1")}
+    assert sd["context"] == [{"type": "element", "expression": "ResearchSubject"}]
+    profile = by_url(list(committed.values()))[c.SUBJECT_PROFILE]
+    decision = next(e for e in profile["snapshot"]["element"] if e["id"] == "ResearchSubject.extension:decision")
+    assert (decision["min"], decision["max"], decision["type"][0]["profile"]) == (0, "1", [DECISION_EXTENSION])
 
 
 def test_every_conformance_resource_is_valid_r4_json(committed: dict[str, Json]) -> None:
