@@ -20,6 +20,14 @@ runs) and, on that same export, in one run:
 
 Wall time depends on what else runs on the machine; CPU time (user + system of the process tree) is printed
 beside it. Results go to ``<workdir>/results.json`` and a Markdown table to standard output.
+
+**The grid** (issue #16): ``python -m benchmarks.bulk_prescreen --grid 10000 --rates 0.001 0.01 0.05 --results 10
+90 150 [--all-patients] [--repeat 3] [--drop]`` generates one export per (size, leukaemia share, results per
+candidate) with ``--results-per-candidate`` and measures, ``--repeat`` times in pairs, the 1-process floor and
+``bridge prescreen DIR`` (and with ``--all-patients`` the same command with that flag) one after the other on the
+same export, so that both see the same load; it reports the median of the paired ratios bridge / floor (wall and
+CPU) and the peak memory of the tree. ``--drop`` deletes each export once measured (a 100k-patient export is
+about 8 GB). Results go to ``<workdir>/grid.json`` and a Markdown table to standard output.
 """
 
 from __future__ import annotations
@@ -164,10 +172,10 @@ class TreeMemory(threading.Thread):
             self.done.wait(self.every)
 
 
-def bridge(directory: Path, total_lines: int, output: Path) -> Measure:
+def bridge(directory: Path, total_lines: int, output: Path, *extra: str) -> Measure:
     """The CLI as a subprocess; its JSON document goes to ``output`` (counted afterwards, not timed)."""
     cmd = [sys.executable, "-m", "bridge", "prescreen", str(directory), "--format", "json",
-           "--site-map", str(SITE_MAP), "--as-of", AS_OF]
+           "--site-map", str(SITE_MAP), "--as-of", AS_OF, *extra]
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", _WRAPPER, str(output), *cmd], stdout=subprocess.PIPE, cwd=ROOT)
     poll = TreeMemory(proc.pid)
@@ -179,7 +187,8 @@ def bridge(directory: Path, total_lines: int, output: Path) -> Measure:
     maxrss_kb, cpu, rc = out.decode().split()
     if int(rc) != 0:
         raise SystemExit(f"bridge prescreen exited with {rc}")
-    return Measure("bridge prescreen DIR", wall, float(cpu), total_lines, rss_max_mb=int(maxrss_kb) / 1024,
+    return Measure(" ".join(("bridge prescreen DIR", *extra)), wall, float(cpu), total_lines,
+                   rss_max_mb=int(maxrss_kb) / 1024,
                    rss_tree_mb=poll.rss_kb / 1024, pss_tree_mb=poll.pss_kb / 1024)
 
 
@@ -237,14 +246,110 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+# ------------------------------------------------------------------------------------------------ the grid
+def grid_export(workdir: Path, n: int, rate: float, results: int) -> Path:
+    directory = workdir / f"grid-{n}-{rate:g}-{results}"
+    marker = directory / ".complete"
+    if not marker.exists():
+        started = time.perf_counter()
+        write_population(n, directory, leukemia_rate=rate, results_per_candidate=results)
+        marker.write_text(f"{time.perf_counter() - started:.1f}\n")
+    return directory
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def grid_point(workdir: Path, n: int, rate: float, results: int, repeat: int, all_patients: bool,
+               drop: bool) -> dict[str, Any]:
+    """One grid point: ``repeat`` pairs (floor, bridge[, bridge --all-patients]) on one export; medians."""
+    directory = grid_export(workdir, n, rate, results)
+    size = sum(p.stat().st_size for p in ndjson_files(directory))
+    runs: dict[str, list[Measure]] = {"floor": [], "population": [], "all": []}
+    output = workdir / "grid-output.json"
+    for _ in range(repeat):
+        f1 = floor(directory, 1)
+        runs["floor"].append(f1)
+        runs["population"].append(bridge(directory, f1.lines, output))
+        reported = sum(1 for _ in json.loads(output.read_bytes())["results"])
+        if all_patients:
+            runs["all"].append(bridge(directory, f1.lines, output, "--all-patients"))
+            everyone = sum(1 for _ in json.loads(output.read_bytes())["results"])
+    output.unlink(missing_ok=True)
+    point: dict[str, Any] = {"patients": n, "leukemia_rate": rate, "results_per_candidate": results,
+                             "bytes": size, "lines": runs["floor"][0].lines, "reported": reported,
+                             "load_before": os.getloadavg()}
+    for name in ("population", "all"):
+        if not runs[name]:
+            continue
+        pairs = list(zip(runs["floor"], runs[name], strict=True))
+        point[name] = {"wall_ratio": _median([b.wall / f.wall for f, b in pairs]),
+                       "cpu_ratio": _median([b.cpu / f.cpu for f, b in pairs]),
+                       "wall_s": _median([b.wall for b in runs[name]]),
+                       "floor_wall_s": _median([f.wall for f in runs["floor"]]),
+                       "rss_max_mb": max(b.rss_max_mb or 0 for b in runs[name]),
+                       "rss_tree_mb": max(b.rss_tree_mb or 0 for b in runs[name]),
+                       "pss_tree_mb": max(b.pss_tree_mb or 0 for b in runs[name]),
+                       "runs": [asdict(b) for b in runs[name]]}
+    if all_patients:
+        point["all"]["reported"] = everyone
+    point["floor_runs"] = [asdict(f) for f in runs["floor"]]
+    if drop:
+        for path in directory.iterdir():
+            path.unlink()
+        directory.rmdir()
+    return point
+
+
+def grid_row(point: dict[str, Any], name: str) -> str:
+    m = point[name]
+    return (f"| {point['patients']:,} | {100 * point['leukemia_rate']:g} % | {point['results_per_candidate']} | "
+            f"{'population' if name == 'population' else '--all-patients'} | {m['floor_wall_s']:.1f} | "
+            f"{m['wall_s']:.1f} | **{m['wall_ratio']:.2f}** | {m['cpu_ratio']:.2f} | "
+            f"{m['rss_max_mb']:.0f} / {m['rss_tree_mb']:.0f} / {m['pss_tree_mb']:.0f} |")
+
+
+GRID_HEAD = ("| patients | leukaemia | results per candidate | mode | floor s (1 process) | bridge s | "
+             "bridge / floor wall (median of pairs) | CPU ratio | peak MB: max process / tree RSS / tree PSS |\n"
+             "|---|---|---|---|---|---|---|---|---|")
+
+
+def grid_main(args: argparse.Namespace) -> int:
+    points = []
+    print(GRID_HEAD, flush=True)
+    for n in args.sizes:
+        for rate in args.rates:
+            for results in args.results:
+                print(f"== {n} patients, {rate:g} leukaemia, {results} results per candidate", file=sys.stderr)
+                point = grid_point(args.workdir, n, rate, results, args.repeat, args.all_patients, args.drop)
+                points.append(point)
+                print(grid_row(point, "population"), flush=True)
+                if args.all_patients:
+                    print(grid_row(point, "all"), flush=True)
+                (args.workdir / "grid.json").write_text(json.dumps({"cpus": os.cpu_count(), "points": points},
+                                                                   indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sizes", nargs="*", type=int, default=[10_000, 100_000])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bridge-bench"))
     parser.add_argument("--leukemia-rate", type=float, default=0.03)
     parser.add_argument("--naive-sample", type=int, default=4000, help="lines validated to extrapolate the naive path")
+    parser.add_argument("--grid", action="store_true", help="the grid of leukaemia shares x results per candidate")
+    parser.add_argument("--rates", nargs="+", type=float, default=[0.001, 0.01, 0.05], help="grid: leukaemia shares")
+    parser.add_argument("--results", nargs="+", type=int, default=[10, 90], help="grid: results per candidate")
+    parser.add_argument("--repeat", type=int, default=3, help="grid: paired runs per point (medians reported)")
+    parser.add_argument("--all-patients", action="store_true", help="grid: measure --all-patients too")
+    parser.add_argument("--drop", action="store_true", help="grid: delete each export once measured")
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.grid:
+        return grid_main(args)
     results = []
     for n in args.sizes:
         print(f"== {n} patients", file=sys.stderr)
