@@ -361,7 +361,7 @@ def _dose_text(assessment: dict[str, Any]) -> str:
 def _announce(settings: Settings, users: Users | None) -> None:
     """One start-up line saying who may open the page (never a name)."""
     if users:
-        event(log, "ui.users", users=len(users))
+        event(log, "ui.users", count=len(users))
     elif settings.api_token:
         event(log, "config.warning", logging.WARNING, reason="coordinator-page-read-only-no-users-file")
     else:

@@ -133,7 +133,7 @@ class TeamDesk:
             self.write_back(action.seq)
         except Exception as exc:  # noqa: BLE001 - any failure leaves the action recorded and pending
             self.actions.mark_writeback_failed(action.seq, type(exc).__name__)
-            event(log, "ui.writeback-pending", logging.WARNING, seq=action.seq, kind=action.kind,
+            event(log, "ui.writeback-pending", logging.WARNING, kind=action.kind,
                   error=type(exc).__name__)
             return False
         wb = self.actions.writeback(action.seq)
