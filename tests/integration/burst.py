@@ -74,8 +74,9 @@ class Population:
         encounters = [r for pid in patients for r in self.resources[pid] if r["resourceType"] == "Encounter"]
         load_bundle(client, {"entry": [{"resource": r} for r in encounters]})
 
-    def notes(self, per_patient: int, patients: Iterable[str] | None = None) -> list[Note]:
-        """Per patient its admission, then ``per_patient - 1`` lab results, patient after patient."""
+    def notes(self, per_patient: int, patients: Iterable[str] | None = None, version: str = "n") -> list[Note]:
+        """Per patient its admission, then ``per_patient - 1`` lab results, patient after patient; the versions
+        are ``<version><serial>`` (another ``version`` for another round of the same resources)."""
         out: list[Note] = []
         serial = itertools.count(1)
         for pid in self.patients if patients is None else patients:
@@ -83,7 +84,7 @@ class Population:
             [encounter] = [r for r in resources if r["resourceType"] == "Encounter"]
             labs = itertools.cycle([r for r in resources if r["resourceType"] == "Observation"])
             for resource in [encounter, *itertools.islice(labs, per_patient - 1)]:
-                body = {**resource, "meta": {"versionId": f"n{next(serial)}"}}
+                body = {**resource, "meta": {"versionId": f"{version}{next(serial)}"}}
                 out.append(Note(pid, f"/notify/{resource['resourceType']}/{resource['id']}",
                                 json.dumps(body).encode(), resource is encounter))
         return out

@@ -75,15 +75,12 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
-@pytest.fixture
-def pg_database(request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh database on the test server; dropped afterwards."""
-    url = pg_url()
-    if url is None:
-        _pg_unavailable("BRIDGE_TEST_PG_URL is not set (scripts/test starts a server: scripts/pg-server)")
-        raise AssertionError  # unreachable
-    psycopg = pytest.importorskip("psycopg")
-    name = f"replicas_{os.getpid()}_{int(time.time() * 1000) % 10**9}"
+@contextlib.contextmanager
+def new_database(url: str, prefix: str) -> Iterator[str]:
+    """A new, empty database on the server of ``url`` (its URL), dropped when the block ends."""
+    import psycopg
+
+    name = f"{prefix}_{os.getpid()}_{time.time_ns() % 10**12}"
     with psycopg.connect(url, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
@@ -91,6 +88,23 @@ def pg_database(request: pytest.FixtureRequest) -> Iterator[str]:
     finally:
         with psycopg.connect(url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def pg_server_url() -> str:
+    """``BRIDGE_TEST_PG_URL`` (skip without it, fail in CI)."""
+    url = pg_url()
+    if url is None:
+        _pg_unavailable("BRIDGE_TEST_PG_URL is not set (scripts/test starts a server: scripts/pg-server)")
+        raise AssertionError  # unreachable: _pg_unavailable raises
+    pytest.importorskip("psycopg")
+    return url
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A fresh database on the test server; dropped afterwards."""
+    with new_database(pg_server_url(), "replicas") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
