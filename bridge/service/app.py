@@ -225,7 +225,7 @@ def create_app(settings: Settings, store: AppState, worker: Worker | None = None
     readiness = Readiness(store, worker, CachedProbe(ehr_probe) if ehr_probe else None)
     _install_health_routes(app, settings, readiness)
     app.include_router(fhir_router(store, settings))
-    app.include_router(ui_router(settings, store, clock, **team_wiring(settings, store)))
+    app.include_router(ui_router(settings, store, clock, **team_wiring(settings, store, clock)))
     _install_openapi(app)
     if settings.docs_assets_url:
         _install_docs(app, settings.docs_assets_url.rstrip("/"))
@@ -233,10 +233,10 @@ def create_app(settings: Settings, store: AppState, worker: Worker | None = None
     return app
 
 
-def team_wiring(settings: Settings, store: object) -> dict[str, Any]:
+def team_wiring(settings: Settings, store: object, clock: Callable[[], float] = time.time) -> dict[str, Any]:
     """The coordinator page's ``write_back`` and ``screening_log`` (issue #17) when ``store`` is the whole state:
-    ``bridge.publish.decision.write_back_for(settings, state)`` writes each recorded action to the EHR (or the
-    local store), ``bridge.report.screening_log.screening_log_csv`` is the download."""
+    ``bridge.publish.decision.decision_writer`` writes each recorded action to the EHR (or the local store) and
+    marks it written back or failed, ``bridge.report.screening_log.screening_log_csv`` is the download."""
     if not (hasattr(store, "record_action") and hasattr(store, "screening_numbers")):
         return {}
     from bridge.report.screening_log import screening_log_csv
@@ -250,7 +250,7 @@ def team_wiring(settings: Settings, store: object) -> dict[str, Any]:
         if exc.name != "bridge.publish.decision":
             raise
         return wiring
-    wiring["write_back"] = publish_decision.write_back_for(settings, state)
+    wiring["write_back"] = publish_decision.decision_writer(settings, state, trial, clock)
     return wiring
 
 

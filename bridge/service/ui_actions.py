@@ -5,10 +5,9 @@ page shows of them.
 before gives back that action (a double submission records once); otherwise the action is checked
 (``bridge.decisions.check_action``: the role, the note, the reason; an undo must name the action it takes back,
 which must still be the last in effect), stamped with the digest of the patient's current verdicts and
-appended to the store. Then ``write_back(seq)`` (``bridge.publish.decision``) writes it to the EHR: it marks the
-action written back itself, or raises — the action stays recorded, its failure is marked
-(``mark_writeback_failed``, the exception's class name only) and the worker retries it; the page then says it
-will be written when the EHR answers.
+appended to the store. Then ``write_back(seq)`` (``bridge.publish.decision.decision_writer``) writes it to the
+EHR and marks it written back, or marks the failure (``mark_writeback_failed``) and raises: the action stays
+recorded and pending, the worker retries it, and the page says it will be written when the EHR answers.
 
 ``TeamDesk.view`` is the patient page's data: the decision in effect, whether the verdicts changed since that
 review, the audit trail (who, role, when, what, note, taken back or not, written back or not) and the forms the
@@ -131,10 +130,8 @@ class TeamDesk:
             return False
         try:
             self.write_back(action.seq)
-        except Exception as exc:  # noqa: BLE001 - any failure leaves the action recorded and pending
-            self.actions.mark_writeback_failed(action.seq, type(exc).__name__)
-            event(log, "ui.writeback-pending", logging.WARNING, kind=action.kind,
-                  error=type(exc).__name__)
+        except Exception as exc:  # noqa: BLE001 - recorded and pending; the writer has marked the failure
+            event(log, "ui.writeback-pending", logging.WARNING, kind=action.kind, error=type(exc).__name__)
             return False
         wb = self.actions.writeback(action.seq)
         return wb is not None and wb.written_back_at is not None

@@ -12,7 +12,6 @@ Without ``/usr/bin/chromium`` and ``/usr/bin/chromedriver`` the tests are skippe
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import threading
@@ -36,27 +35,18 @@ from bridge.report.render import write_report
 from bridge.service.ui import COOKIE, ui_router
 from bridge.state import NotScreenedRecord, ScreeningRecord
 from bridge.state.sqlite_state import SqliteState as SqliteStore
+from tests.browser.chrome import require_browser
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 SITE_MAP = ROOT / "samples" / "site-map.yaml"
 PRESCREEN = (ROOT / "samples" / "prescreen" / "bundle.json", date(2026, 6, 15))
 TREATED = (ROOT / "samples" / "treated" / "bundle.json", date(2026, 12, 31))
 TOKEN = "browser-test-token-5f1c"
 EHR = "https://ehr.example.org/fhir"
 STARTED = 1_781_500_000.0  # fixed "updated at" stamps: the queue order is known
-
-
-def _require_browser() -> None:
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    if missing:
-        reason = f"{', '.join(missing)} missing: run scripts/browser-deps"
-        if os.environ.get("CI"):
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
 
 
 def _documents(source: tuple[Path, date]) -> dict[str, Any]:
@@ -100,7 +90,7 @@ def store(cohort: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> I
 @pytest.fixture(scope="module")
 def server(store: SqliteStore, cohort: dict[str, Any]) -> Iterator[str]:
     """A real uvicorn server on a free loopback port, serving the /ui router."""
-    _require_browser()
+    require_browser()
     app = FastAPI()
     app.include_router(ui_router(Settings(api_token=TOKEN, ehr_base_url=EHR),
                                  StoreData(store, cohort["assessments"].get)))
@@ -118,26 +108,6 @@ def server(store: SqliteStore, cohort: dict[str, Any]) -> Iterator[str]:
     uv.should_exit = True
     thread.join(timeout=10)
     sock.close()
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    _require_browser()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--hide-scrollbars", "--window-size=1280,1000",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
 
 
 def _screenshot(driver: Any, name: str) -> Path:

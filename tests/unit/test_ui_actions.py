@@ -43,7 +43,8 @@ def _verdicts(**changed: str) -> list[dict[str, Any]]:
 
 
 class Recorder:
-    """The write-back stand-in: remembers the seqs, marks them written back, or fails when told to."""
+    """The write-back stand-in: remembers the seqs and, like ``decision_writer``, marks each written back, or
+    marks it failed and raises when told to."""
 
     def __init__(self, state: SqliteState) -> None:
         self.state, self.fail = state, False
@@ -52,6 +53,7 @@ class Recorder:
     def __call__(self, seq: int) -> None:
         self.seqs.append(seq)
         if self.fail:
+            self.state.mark_writeback_failed(seq, "ConnectionError")
             raise ConnectionError("EHR down")
         self.state.mark_written_back(seq, NOW)
 
