@@ -344,6 +344,15 @@ def automated_digest(verdicts: Iterable[Verdict]) -> str:
     return verdicts_digest({"criterion": v.criterion, "result": v.result} for v in verdicts)
 
 
+def judged_status(status: str, decision: TeamDecision | None, trial: Trial) -> str:
+    """The pre-screen status with the investigator's judgement counted: ``exc-investigator`` is advisory (never
+    counted automatically, RULES §2), but a judgement that the exclusion is met makes the patient ineligible."""
+    if decision is None or decision.judgement is None:
+        return status
+    wanted = "met" if trial.criterion(INVESTIGATOR_CRITERION).kind == "inclusion" else "not-met"
+    return status if decision.judgement == wanted else "ineligible"
+
+
 def subject_status(current: str | None, team: str | None, automated: str, by_team: bool = False) -> str:
     """The status to publish: a subject past pre-screening keeps its status; else the team's, else the
     pre-screen's. Only the team's own write-back (``by_team``) moves a subject out of a status the team sets
@@ -359,17 +368,18 @@ def reviewed_subject(patient_id: str, automated_status: str, verdicts: Sequence[
                      organ_reading: str, decision: TeamDecision | None, current_status: str | None,
                      trial: Trial | None = None, study_ref: str | None = None, by_team: bool = False) -> Json:
     """The ResearchSubject of an automated screening (``automated_status``, ``verdicts``) with the team's
-    ``decision`` kept: the judgement as the exc-investigator verdict and the pre-screen status recomputed with
-    it (``overall_status``), the team's status (``subject_status``), and the decision extension with
-    ``changedSinceReview`` set when the automated verdicts' digest differs from the one the decision was taken
-    on. Without a decision it is ``research_subject`` with ``subject_status``."""
+    ``decision`` kept: the judgement as the exc-investigator verdict, the pre-screen status recomputed with it
+    (``overall_status``, then ``judged_status``: a judgement that the exclusion is met makes it ineligible),
+    the team's status (``subject_status``), and the decision extension with ``changedSinceReview`` set when
+    the automated verdicts' digest differs from the one the decision was taken on. Without a decision it is
+    ``research_subject`` with ``subject_status``."""
     from bridge.evaluate.eligibility import overall_status  # here: the builders above need no rules
 
     t = trial or load_trial()
     effective = judged(verdicts, decision.judgement if decision else None,
                        decision.decided_at if decision else None)
     if effective != list(verdicts):
-        automated_status = overall_status(tuple(effective), t)
+        automated_status = judged_status(overall_status(tuple(effective), t), decision, t)
     status = subject_status(current_status, decision.status if decision else None, automated_status, by_team)
     subject = research_subject(patient_id, status, effective, as_of, organ_reading, study_ref, t)
     if decision is not None:
@@ -391,6 +401,7 @@ __all__ = [
     "decision_extension",
     "decision_from_subject",
     "judged",
+    "judged_status",
     "reviewed_subject",
     "subject_status",
     "READINGS",
