@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field, fields, replace
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
@@ -109,6 +111,10 @@ class Settings:
     retries: int = 4
     retry_total_seconds: float = 60.0
     db_path: str = "bridge-state.sqlite3"
+    # the state on PostgreSQL (issue #15: several replicas on one database), a libpq URL such as
+    # postgresql://bridge:<password>@db.example:5432/bridge; None: the SQLite file db_path. A secret (it can
+    # carry the password): never in a repr, and shown by redacted() with the password as ***
+    db_url: str | None = field(default=None, repr=False)
     site_map: str | None = None
     trial: str | None = None  # the trial definition file (same as --trial); None: the shipped NCT04762485 file
     webhook_secret: str | None = field(default=None, repr=False)
@@ -149,6 +155,11 @@ class Settings:
                 raise ConfigError(f"cannot read ehr_token_file {self.ehr_token_file}: {exc.strerror}") from None
         return None
 
+    def state_location(self) -> str:
+        """Where the state is, for ``bridge.state.open_state`` / ``open_outbox``: ``db_url`` when set (PostgreSQL),
+        else the SQLite file ``db_path``."""
+        return self.db_url or self.db_path
+
     def redacted(self) -> dict[str, Any]:
         """The settings for display: every secret replaced by '***'."""
         secret_words = ("token", "secret", "key_file", "password")
@@ -157,7 +168,22 @@ class Settings:
             value = getattr(self, f.name)
             hidden = any(w in f.name for w in secret_words) and value and not f.name.endswith("_url")
             out[f.name] = "***" if hidden else value
+        out["db_url"] = redact_url(self.db_url)
         return out
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` with any password replaced by ``***`` (``postgresql://bridge:***@db/bridge``), also one given as
+    a ``password=`` query parameter."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.split(':', 1)[0]}:***@{host}" if ":" in user else netloc
+    query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 MIN_SECRET_BYTES = 32
@@ -220,4 +246,4 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
 
 
 __all__ = ["MIN_SECRET_BYTES", "SERVICE_SECRETS", "Comparators", "CriReading", "OrganReading", "ResponseThresholds",
-           "RuleOptions", "Settings", "check_service_secrets", "load_settings"]
+           "RuleOptions", "Settings", "check_service_secrets", "load_settings", "redact_url"]

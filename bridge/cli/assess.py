@@ -200,7 +200,7 @@ def save_assessment(settings: Settings, run: AssessRun) -> None:
 
     doc = run.as_json()
     deceased = _deceased(run)
-    state = open_state(settings.db_path)
+    state = open_state(settings.state_location())
     try:
         state.record_trial(run.trial.id, run.trial.ruleset_version, run.trial.digest)
         recorder = LocalRecorder(state, run.trial)
@@ -224,7 +224,7 @@ def _publish(base_url: str, settings: Settings, run: AssessRun) -> None:
     doc = run.as_json()
     deceased = _deceased(run)
     written: list[Written] = []
-    state = open_state(settings.db_path)
+    state = open_state(settings.state_location())
     try:
         with RecordingClient(base_url, settings) as client:
             try:

@@ -167,7 +167,7 @@ def publish_recorded(settings: Settings, base_url: str, run: PrescreenRun) -> No
     from bridge.publish.publisher import publish_screenings
     from bridge.state import open_state
 
-    state = open_state(settings.db_path)
+    state = open_state(settings.state_location())
     try:
         written: list[Written] = []
         with RecordingClient(base_url, settings) as client:
@@ -188,7 +188,7 @@ def _recorded(settings: Settings, trial: Trial) -> State:
     """The state store, once it has recorded (or already holds) this trial version with this content."""
     from bridge.state import open_state
 
-    state = open_state(settings.db_path)
+    state = open_state(settings.state_location())
     try:
         state.record_trial(trial.id, trial.ruleset_version, trial.digest)
     except BaseException:

@@ -66,7 +66,7 @@ def publish_recorded(base_url: str, settings: Settings, trial: Trial) -> tuple[W
     from bridge.localfhir.remote import RecordingClient, record_publication
     from bridge.state import open_state
 
-    state = open_state(settings.db_path)
+    state = open_state(settings.state_location())
     try:
         state.record_trial(trial.id, trial.ruleset_version, trial.digest)
         written: list[Written] = []

@@ -218,7 +218,7 @@ def submit_command(
     settings = settings_from(config)
     centre = centre_label(settings.registry_centre)
     withdrawn = 0
-    with open_outbox(settings.db_path) as outbox, RegistryClient(settings) as client:
+    with open_outbox(settings.state_location()) as outbox, RegistryClient(settings) as client:
         if directory is not None:
             _, _, withdrawn = sync_directory(outbox, directory)
         if withdrawn:
@@ -280,7 +280,7 @@ def status_command(
 ) -> None:
     settings = settings_from(config)
     wanted = tuple(s.value for s in states) if states else STATES
-    with open_outbox(settings.db_path) as outbox:
+    with open_outbox(settings.state_location()) as outbox:
         rows, counts = outbox.rows(wanted), outbox.counts()
     if fmt is Format.json:
         print_json({"counts": counts, "packages": [r.as_json() for r in rows]})

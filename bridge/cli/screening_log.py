@@ -72,7 +72,7 @@ def command(
     from bridge.report.screening_log import identification_list_csv, log_rows, screening_log_csv, summary
     from bridge.state import open_state
 
-    state = open_state(settings.db_path)
+    state = open_state(settings.state_location())
     try:
         _write(out, screening_log_csv(state, trial, first, last))
         if identification_list is not None:

@@ -94,7 +94,7 @@ def command(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     settings = settings_from(config)
-    store = open_state(settings.db_path)
+    store = open_state(settings.state_location())
     try:
         with client_for(base_url, settings) as client:
             subscriber = Subscriber(client, store, settings.webhook_secret, endpoint)

@@ -2,7 +2,7 @@
 
 ::
 
-    concern                        Protocol (module)                       SQLite implementation
+    concern                        Protocol (module)                       SQLite / PostgreSQL implementation
     inbox and re-screen queue      Intake, Inbox (inbox.py)                 sqlite_inbox.SqliteInbox
     subscriptions, catch-ups       Subscriptions (subscriptions.py)         sqlite_subscriptions.SqliteSubscriptions
     what the bridge published      PublishedIndex (published.py)            sqlite_published.SqlitePublishedIndex
@@ -11,16 +11,21 @@
     registry outbox, CRID cache    RegistryOutbox (outbox.py)               sqlite_outbox.SqliteOutbox
     study-team actions (audit)     Actions (actions.py)                     sqlite_actions.SqliteActions
     coordinator page sessions      UiSessions (sessions.py)                 sqlite_sessions.SqliteUiSessions
+    one runner of periodic work    Leadership (leader.py)                   leader.file_leader / postgres.leader
     all of the above on one file   State (here)                             sqlite_state.SqliteState
+    ... or on one PostgreSQL db    State (here)                             postgres_state.PostgresState
 
 Callers name only what they use: the HTTP routes an ``Intake``, the worker ``Inbox`` and ``Subscriptions``,
 the read API a ``PublishedIndex``, the coordinator page ``Screenings``, ``bridge registry submit`` a
 ``RegistryOutbox``. ``open_state`` opens the configured backend.
 
-This is the seam for a second backend. Connections, transactions and migrations of SQLite are in ``sqlite.py``
-(and nothing outside ``sqlite*.py`` knows it is SQLite); the PostgreSQL backend of issue #15 adds
-``postgres*.py`` beside them implementing the same Protocols, and ``open_state`` picks it for a
-``postgresql://`` location. Records are plain dataclasses; times are epoch seconds passed in by the caller.
+Two backends implement every Protocol, one module per concern: SQLite (``sqlite*.py``; connections,
+transactions and migrations in ``sqlite.py``), the embedded default, and PostgreSQL (``postgres*.py``; the pool,
+transactions and migrations in ``postgres.py``), for several replicas on one database (issue #15). Nothing
+outside those modules knows which one it has: ``open_state`` / ``open_outbox`` pick PostgreSQL for a
+``postgresql://`` (or ``postgres://``) location and SQLite for a file path (``Settings.state_location()``).
+Both record their schema in a ``schema_migrations`` table (``postgres.py`` says why not Alembic). Records are
+plain dataclasses; times are epoch seconds passed in by the caller.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from bridge.state.inbox import (
     Resolution,
     StoreStats,
 )
+from bridge.state.leader import Leadership
 from bridge.state.outbox import DEFAULT_LEASE_SECONDS, STATES, WITHDRAWN, OutboxRow, RegistryOutbox, owner_gone
 from bridge.state.published import PublishedIndex, PublishedRecord
 from bridge.state.screenings import (
@@ -58,8 +64,10 @@ from bridge.state.subscriptions import CatchUp, Subscriptions, SubscriptionState
 from bridge.state.trials import TrialVersions
 
 
-class State(Inbox, Subscriptions, PublishedIndex, Screenings, TrialVersions, Actions, UiSessions, Protocol):
-    """Everything the service keeps, on one database; the registry outbox is reached through it."""
+class State(Inbox, Subscriptions, PublishedIndex, Screenings, TrialVersions, Actions, UiSessions, Leadership,
+            Protocol):
+    """Everything the service keeps, on one database; the registry outbox is reached through it, and
+    ``leader(name)`` elects one process for periodic work (``bridge.state.leader``)."""
 
     def registry_outbox(self, clock: Callable[[], float] = time.time,
                         lease_seconds: float = DEFAULT_LEASE_SECONDS) -> RegistryOutbox: ...
@@ -68,9 +76,14 @@ class State(Inbox, Subscriptions, PublishedIndex, Screenings, TrialVersions, Act
 
 
 def open_state(location: str | os.PathLike[str]) -> State:
-    """The state at ``location``: today a SQLite file path (``Settings.db_path``). A ``postgresql://`` URL will
-    open the PostgreSQL backend here (issue #15)."""
-    from bridge.state.sqlite_state import SqliteState  # the backend loads only when a state is opened
+    """The state at ``location``: a ``postgresql://`` URL opens the PostgreSQL backend, anything else is a SQLite
+    file path (``Settings.state_location()``). Opening migrates; an unreachable database, a file that cannot be
+    opened or a schema newer than this bridge is one ``StoreError`` line (exit 8), never with a password."""
+    if is_postgres_url(location):
+        from bridge.state.postgres_state import PostgresState  # the backend loads only when a state is opened
+
+        return PostgresState(str(location))
+    from bridge.state.sqlite_state import SqliteState
 
     return SqliteState(location)
 
@@ -86,9 +99,18 @@ class ClosingOutbox(RegistryOutbox, Protocol):
 def open_outbox(location: str | os.PathLike[str]) -> ClosingOutbox:
     """The registry outbox at ``location`` on its own (``bridge registry``: no service state is needed); like
     ``open_state``, the one place that picks the backend."""
-    from bridge.state.sqlite_outbox import SqliteOutbox  # the backend loads only when an outbox is opened
+    if is_postgres_url(location):
+        from bridge.state.postgres_outbox import PostgresOutbox  # the backend loads only when an outbox is opened
+
+        return PostgresOutbox(str(location))
+    from bridge.state.sqlite_outbox import SqliteOutbox
 
     return SqliteOutbox(location)
+
+
+def is_postgres_url(location: object) -> bool:
+    """Whether a state location names PostgreSQL (``postgresql://`` / ``postgres://``) rather than a file."""
+    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
 
 
 __all__ = [
@@ -108,6 +130,7 @@ __all__ = [
     "Inbox",
     "InboxEntry",
     "InboxEvent",
+    "Leadership",
     "Intake",
     "NotScreenedRecord",
     "OutboxRow",
@@ -124,6 +147,7 @@ __all__ = [
     "Subscriptions",
     "TrialVersions",
     "find_holes",
+    "is_postgres_url",
     "not_screened_record",
     "ClosingOutbox",
     "open_outbox",

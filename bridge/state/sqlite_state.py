@@ -13,9 +13,11 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 from bridge.errors import StoreError
+from bridge.state.leader import file_leader
 from bridge.state.outbox import DEFAULT_LEASE_SECONDS
 from bridge.state.sqlite import MEMORY, SqliteDatabase
 from bridge.state.sqlite_actions import SqliteActions
@@ -58,6 +60,11 @@ class SqliteState(SqliteInbox, SqliteSubscriptions, SqlitePublishedIndex, Sqlite
     def schema_versions(self) -> list[int]:
         """The migrations applied to this file (``schema_migrations``)."""
         return self._db.applied()
+
+    def leader(self, name: str) -> AbstractContextManager[bool]:
+        """``flock`` on ``<path>.<name>.lock`` (``bridge.state.leader``): the processes of this host that share
+        the file elect one runner of periodic work."""
+        return file_leader(self.path, name)
 
     def registry_outbox(self, clock: Callable[[], float] = time.time,
                         lease_seconds: float = DEFAULT_LEASE_SECONDS) -> SqliteOutbox:
