@@ -430,18 +430,21 @@ class AllPatients:
         self.count = partitions or partition_count(total, processes)
         self.report = ReadReport()
         self.fds: list[int] = []
-        self.results = spill.Spill()
+        self.results: spill.Spill | None = None  # opened when the outcomes are first asked for
 
     def close(self) -> None:
         for fd in self.fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.fds.clear()
-        self.results.close()
+        if self.results is not None:
+            self.results.close()
+            self.results = None
 
     def run(self) -> Iterator[Any]:
         """The outcomes in patient-id order (the passes run when the first one is asked for)."""
         try:
+            self.results = results = spill.Spill()
             parts = tuple(_appending() for _ in range(self.count))
             self.fds += parts
             buckets = tuple(_appending() for _ in range(self.count))
@@ -450,7 +453,7 @@ class AllPatients:
             identities = spanning(buckets, self.files, self.cmap)
             for fd in buckets:
                 os.ftruncate(fd, 0)
-            done = self._evaluate(parts, line_base, identities)
+            done = self._evaluate(parts, line_base, identities, results)
             skipped += [s for o in done for s in o.skipped]
             self.report.skipped = [s for _, s in sorted(skipped, key=lambda item: item[0])]
             found = sorted([w for o in done for w in o.warnings]
@@ -459,7 +462,7 @@ class AllPatients:
             self.report.warnings = [w for _, _, ws in found for w in ws]
             self.report.used = sum(o.used for o in done)
             self.report.no_patient = sum(o.no_patient for o in done)
-            streams = [_outcomes(self.results, o) for o in done if o.count]
+            streams = [_outcomes(results, o) for o in done if o.count]
             yield from heapq.merge(*streams, key=_patient_key)
         finally:
             self.close()
@@ -483,10 +486,10 @@ class AllPatients:
                 self.progress(result.lines)
         return tuple(line_base), skipped
 
-    def _evaluate(self, parts: tuple[int, ...], line_base: tuple[int, ...], identities: Identities
-                  ) -> list[PartitionOutcome]:
+    def _evaluate(self, parts: tuple[int, ...], line_base: tuple[int, ...], identities: Identities,
+                  results: spill.Spill) -> list[PartitionOutcome]:
         scope = EvaluationScope(self.cmap, self.files, tuple(p.name for p in self.files), line_base,
-                                tuple(c.file_index for c in self.plan), parts, self.results, identities, self.then)
+                                tuple(c.file_index for c in self.plan), parts, results, identities, self.then)
         done = []
         for outcome in Pool(scope, self.processes).map(evaluate_partition, list(range(self.count))):
             os.ftruncate(parts[outcome.part], 0)  # its disk space back as soon as it is evaluated
