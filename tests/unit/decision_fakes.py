@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import replace
+from typing import Any
 
 from bridge.decisions import ActionRecord, check_action, decision
 from bridge.state.actions import NewAction, WriteBack
+from bridge.state.published import PublishedRecord
+from bridge.state.screenings import ScreeningRecord
+from bridge.state.sqlite_state import SqliteState
 
 
 class FakeActions:
@@ -52,6 +56,25 @@ class FakeActions:
         return [a for a in self.rows if self.backs[a.seq].written_back_at is None][:limit]
 
 
+class Store:
+    """A SQLite state's published index and screenings with ``FakeActions``: a ``DecisionState``."""
+
+    def __init__(self, state: SqliteState, actions: FakeActions) -> None:
+        self.state, self.acts = state, actions
+
+    def screening(self, patient_id: str) -> ScreeningRecord | None:
+        return self.state.screening(patient_id)
+
+    def get_published(self, key: str) -> PublishedRecord | None:
+        return self.state.get_published(key)
+
+    def put_published(self, record: PublishedRecord) -> None:
+        self.state.put_published(record)
+
+    def __getattr__(self, name: str) -> Any:  # record_action, actions, all_actions, writeback, mark_*, pending
+        return getattr(self.acts, name)
+
+
 def act(store: FakeActions, trial: str, patient_id: str, kind: str, *, role: str = "investigator",
         user: str = "dr.inv", digest: str = "d0", at: float = 1_800_000_000.0, note: str | None = None,
         value: str | None = None, reason: str | None = None, criteria: tuple[str, ...] = ()) -> ActionRecord:
@@ -65,4 +88,4 @@ def act(store: FakeActions, trial: str, patient_id: str, kind: str, *, role: str
     return rec
 
 
-__all__ = ["FakeActions", "act"]
+__all__ = ["FakeActions", "Store", "act"]

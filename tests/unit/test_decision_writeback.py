@@ -28,11 +28,10 @@ from bridge.publish.subject import (
     decision_from_subject,
     verdicts_from_subject,
 )
-from bridge.state import ScreeningRecord, save_prescreen
-from bridge.state.published import PublishedRecord
+from bridge.state import save_prescreen
 from bridge.state.sqlite_state import SqliteState
 from bridge.trial import load_trial
-from tests.unit.decision_fakes import FakeActions, act
+from tests.unit.decision_fakes import FakeActions, Store, act
 
 ROOT = Path(__file__).resolve().parents[2]
 AS_OF = date(2026, 6, 15)
@@ -40,25 +39,6 @@ TRIAL = load_trial()
 OPTIONS = RuleOptions.for_trial(TRIAL, AS_OF)
 NOW = datetime(2026, 6, 16, 9, 30, tzinfo=UTC).timestamp()
 Json = dict[str, Any]
-
-
-class Store:
-    """The SQLite published index and screenings with the in-memory actions: a ``DecisionState``."""
-
-    def __init__(self, state: SqliteState, actions: FakeActions) -> None:
-        self.state, self.acts = state, actions
-
-    def screening(self, patient_id: str) -> ScreeningRecord | None:
-        return self.state.screening(patient_id)
-
-    def get_published(self, key: str) -> PublishedRecord | None:
-        return self.state.get_published(key)
-
-    def put_published(self, record: PublishedRecord) -> None:
-        self.state.put_published(record)
-
-    def __getattr__(self, name: str) -> Any:  # record_action, actions, all_actions, writeback, mark_*, pending
-        return getattr(self.acts, name)
 
 
 @pytest.fixture(scope="module")
