@@ -29,6 +29,7 @@ from bridge.pipeline import PrescreenRun, prescreen
 from bridge.publish import conformance
 from bridge.publish.decision import USER_SYSTEM, decision_writer, provenance_id
 from bridge.publish.publisher import publish_screenings, publish_study
+from bridge.publish.study import criteria_system
 from bridge.publish.subject import DECISION_EXTENSION, SUBJECT_ID_SYSTEM, decision_from_subject, verdicts_from_subject
 from bridge.publish.validate import REPO_ROOT
 from bridge.state import save_prescreen
@@ -127,7 +128,7 @@ def test_the_judgement_and_the_screen_failure_are_on_the_peer(client: FhirClient
     team = decision_from_subject(subject)
     assert subject["status"] == "ineligible"
     assert team is not None and (team.action, team.judgement, team.reason) == (
-        "screen-failure", "met", (conformance.criteria_system(), "exc-investigator"))
+        "screen-failure", "met", (criteria_system(), "exc-investigator"))
     _, _, verdicts = verdicts_from_subject(subject)
     assert next(v for v in verdicts if v.criterion == "exc-investigator").result == "met"
     people = {client.read("Provenance", provenance_id(x)).resource["agent"][0]["who"]["identifier"]["value"]
