@@ -62,9 +62,8 @@ from bridge.service.edges import FHIR_ID, RESOURCE_TYPE, openapi_schemas, reques
 from bridge.service.fhir_api import FhirResponse, fhir_router
 from bridge.service.logs import event
 from bridge.service.notifications import parse_post, parse_put
-from bridge.service.replicas import Election, election_for
+from bridge.service.replicas import Election
 from bridge.service.rescreen import PublishingRescreen
-from bridge.service.startup import state_location
 from bridge.service.ui import ui_router
 from bridge.service.worker import ClientEhr, Worker, WorkerConfig
 from bridge.state import Delivery, Intake, PublishedIndex, Screenings, State, open_state
@@ -405,15 +404,15 @@ def ehr_probe(settings: Settings) -> Callable[[], bool]:
 
 def build_worker(settings: Settings, name: str, worker_config: WorkerConfig | None = None,
                  store: State | None = None, election: Election | None = None, slot: int | None = None) -> Worker:
-    """The worker from settings: EHR client, code map (with the site map), the state (``state_location``),
+    """The worker from settings: EHR client, code map (with the site map), the state (``Settings.state_location``),
     publishing re-screen of the ``trial`` setting's trial; ``election`` and ``slot`` make it one replica of
     several (``bridge.service.replicas``)."""
     client = FhirClient.from_settings(settings)
     cmap = load_code_map(settings.site_map)
-    store = store or open_state(state_location(settings))
+    store = store or open_state(settings.state_location())
     config = worker_config or WorkerConfig.from_settings(settings)
     rescreen = PublishingRescreen.from_settings(client, cmap, store, settings)  # the ``trial`` setting's trial
-    election = election or election_for(store, settings.db_path)  # `bridge watch` beside replicas: one monitor
+    election = election or store  # the state's leader(): `bridge watch` beside replicas, one monitor
     return Worker(store, rescreen, ClientEhr(client), cmap, config, name=name, threads=settings.workers,
                   election=election, slot=slot)
 
@@ -425,7 +424,7 @@ def build_app(settings: Settings, worker_config: WorkerConfig | None = None, nam
 
     Without ``ehr_base_url`` (the embedded default) there is no worker: the coordinator page and the read
     API serve the local store, and notifications are kept in the inbox until an EHR is configured."""
-    state = state or open_state(state_location(settings))
+    state = state or open_state(settings.state_location())
     if not settings.ehr_base_url:
         event(log, "config.warning", logging.WARNING, reason="no-ehr-configured-worker-not-started")
         return create_app(settings, state)

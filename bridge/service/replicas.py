@@ -12,75 +12,36 @@ The gap and heartbeat checks, the start-up catch-ups, the purge and that sweep r
 the one that wins ``leader("monitor")`` for that pass. Everything else (claiming, coalescing per patient) is
 already safe between processes in the store.
 
-``Election`` is what the worker needs of the state: ``leader(name)`` — a context manager that yields True when
-this process now holds the lock ``name`` (until the block ends), False when another process holds it; it never
-waits. The PostgreSQL state gives it with an advisory lock; ``FileElection`` gives it for a SQLite file with
-``flock`` on a file beside the database (several processes on one host share a SQLite file, never several hosts).
+``Election`` is what the worker needs of the state: ``leader(name)`` (``bridge.state.leader``) — a context
+manager that yields True when this process now holds the lock ``name`` (until the block ends), False when
+another process holds it; it never waits. PostgreSQL gives it with a session advisory lock, a SQLite file with
+``flock`` on a file beside it (several processes on one host share a SQLite file, never several hosts).
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import secrets
 import socket
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
-from pathlib import Path
-from typing import IO, Any, Protocol
+from contextlib import ExitStack, contextmanager
 
 from bridge.errors import ConfigError
+from bridge.state.leader import Leadership
 
 MAX_REPLICAS = 16
 MONITOR = "monitor"
 
 
-class Election(Protocol):
-    """Non-blocking named locks shared by every process on one database (see the module docstring)."""
-
-    def leader(self, name: str) -> AbstractContextManager[bool]: ...
+Election = Leadership  # what the worker needs of the state: ``leader(name)``, see ``bridge.state.leader``
 
 
 class Alone:
-    """The election of a process that is the only one (tests, ``bridge watch --once``): it always leads."""
+    """The election of a process that is the only one (tests, a worker driven by hand): it always leads."""
 
     @contextmanager
     def leader(self, name: str) -> Iterator[bool]:
         yield True
-
-
-class FileElection:
-    """``Election`` over ``flock`` on ``<db_path>.<name>.lock`` files (SQLite: every process on one host).
-
-    ``flock`` locks belong to an open file description, so two opens in one process exclude each other too,
-    and the kernel drops them when the process dies."""
-
-    def __init__(self, db_path: str) -> None:
-        self.base = db_path
-
-    def path(self, name: str) -> Path:
-        return Path(f"{self.base}.{name.replace(':', '-').replace('/', '-')}.lock")
-
-    @contextmanager
-    def leader(self, name: str) -> Iterator[bool]:
-        handle: IO[str] = self.path(name).open("a+", encoding="utf-8")
-        try:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            yield True
-        finally:
-            handle.close()  # closing releases the lock; the file stays (removing it would race a new owner)
-
-
-def election_for(state: Any, db_path: str) -> Election:
-    """The state's own ``leader`` when it has one (PostgreSQL, and SQLite once the store offers it), else file
-    locks beside the SQLite file at ``db_path``."""
-    if callable(getattr(state, "leader", None)):
-        return state  # type: ignore[no-any-return]  # duck-typed: any state with leader(name) is an Election
-    return FileElection(db_path)
 
 
 def slot_lock(slot: int) -> str:
@@ -110,5 +71,5 @@ def replica_slot(election: Election, limit: int = MAX_REPLICAS) -> Iterator[int]
                       "stop one first")
 
 
-__all__ = ["MAX_REPLICAS", "MONITOR", "Alone", "Election", "FileElection", "election_for", "replica_name",
-           "replica_slot", "slot_lock", "slot_prefix"]
+__all__ = ["MAX_REPLICAS", "MONITOR", "Alone", "Election", "replica_name", "replica_slot", "slot_lock",
+           "slot_prefix"]

@@ -29,7 +29,6 @@ from bridge.config import Settings, check_service_secrets
 from bridge.errors import ConfigError
 
 if TYPE_CHECKING:
-    from bridge.service.replicas import Election
     from bridge.state import State
 
 log = logging.getLogger("bridge.service")
@@ -61,37 +60,29 @@ def run(settings: Settings) -> None:
     check_service_secrets(settings)
     sock = bind(settings.listen_host, settings.listen_port)
     try:
-        from bridge.service.replicas import election_for, replica_name, replica_slot
+        from bridge.service.replicas import replica_name, replica_slot
         from bridge.state import open_state
 
-        state = open_state(state_location(settings))
+        state = open_state(settings.state_location())
         try:
-            election = election_for(state, settings.db_path)
-            with replica_slot(election) as slot:
-                _serve(settings, sock, state, election, slot, replica_name(slot))
+            with replica_slot(state) as slot:
+                _serve(settings, sock, state, slot, replica_name(slot))
         finally:
             state.close()
     finally:
         sock.close()
 
 
-def state_location(settings: Settings) -> str:
-    """Where the state is: ``db_url`` (PostgreSQL) when set, else the SQLite file ``db_path``."""
-    url = getattr(settings, "db_url", None)  # the PostgreSQL setting (issue #15 part A), when there is one
-    return str(url) if url else settings.db_path
-
-
-def _serve(settings: Settings, sock: socket.socket, state: State, election: Election, slot: int,
-           name: str) -> None:
+def _serve(settings: Settings, sock: socket.socket, state: State, slot: int, name: str) -> None:
     import uvicorn  # the heavy modules load only once the port, the state and the slot are ours
 
     from bridge.service.app import build_app
     from bridge.service.logs import event
 
-    app = build_app(settings, name=name, state=state, election=election, slot=slot)
+    app = build_app(settings, name=name, state=state, election=state, slot=slot)
     event(log, "service.listening", path=f"{settings.listen_host}:{settings.listen_port}", worker=name)
     config = uvicorn.Config(app, access_log=False, log_config=None, timeout_graceful_shutdown=10)
     uvicorn.Server(config).run(sockets=[sock])
 
 
-__all__ = ["BACKLOG", "bind", "run", "state_location"]
+__all__ = ["BACKLOG", "bind", "run"]

@@ -39,6 +39,7 @@ import pytest
 
 from bridge.client import FhirClient
 from bridge.state import State, open_state
+from tests.pg import temporary_database
 from tests.processes import ServiceProcess
 
 from .burst import Note, Population, Sender, drained, subjects_by_patient, wait_for
@@ -57,53 +58,11 @@ EHR = "http://ehr.example/fhir"
 # ------------------------------------------------------------------------------------------ the database
 
 
-def pg_url() -> str | None:
-    return os.environ.get("BRIDGE_TEST_PG_URL") or None
-
-
-def _pg_unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"PostgreSQL unavailable in CI: {reason}", pytrace=False)
-    pytest.skip(f"PostgreSQL unavailable: {reason}")
-
-
-def with_database(url: str, name: str) -> str:
-    """``url`` naming the database ``name`` instead (libpq URLs keep host and port in the query)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-@contextlib.contextmanager
-def new_database(url: str, prefix: str) -> Iterator[str]:
-    """A new, empty database on the server of ``url`` (its URL), dropped when the block ends."""
-    import psycopg
-
-    name = f"{prefix}_{os.getpid()}_{time.time_ns() % 10**12}"
-    with psycopg.connect(url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield with_database(url, name)
-    finally:
-        with psycopg.connect(url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def pg_server_url() -> str:
-    """``BRIDGE_TEST_PG_URL`` (skip without it, fail in CI)."""
-    url = pg_url()
-    if url is None:
-        _pg_unavailable("BRIDGE_TEST_PG_URL is not set (scripts/test starts a server: scripts/pg-server)")
-        raise AssertionError  # unreachable: _pg_unavailable raises
-    pytest.importorskip("psycopg")
-    return url
-
-
 @pytest.fixture
 def pg_database() -> Iterator[str]:
-    """A fresh database on the test server; dropped afterwards."""
-    with new_database(pg_server_url(), "replicas") as url:
+    """A fresh database on the test server (``BRIDGE_TEST_PG_URL``; skipped without it); dropped afterwards."""
+    pytest.importorskip("psycopg")
+    with temporary_database(prefix="replicas") as url:
         yield url
 
 

@@ -34,8 +34,9 @@ from bridge.config import MIN_SECRET_BYTES, Settings, check_service_secrets
 from bridge.errors import ConfigError
 from bridge.service.logs import configure_logging
 from bridge.service.notifications import parse_post, parse_put
-from bridge.service.replicas import MAX_REPLICAS, FileElection, replica_name, replica_slot, slot_lock
+from bridge.service.replicas import MAX_REPLICAS, replica_name, replica_slot, slot_lock
 from bridge.service.startup import bind
+from bridge.state.leader import file_leader
 from bridge.state.sqlite_state import SqliteState
 from tests.processes import free_port, wait_until_healthy
 
@@ -183,10 +184,9 @@ def test_a_service_beyond_the_last_replica_slot_exits_5(tmp_path: Path) -> None:
     db = tmp_path / "state.sqlite3"
     _seed(db)
     before = _state(db)
-    election = FileElection(str(db))
     with Recorder() as ehr, contextlib.ExitStack() as held:
         for slot in range(MAX_REPLICAS):  # as MAX_REPLICAS running replicas hold them
-            assert held.enter_context(election.leader(slot_lock(slot)))
+            assert held.enter_context(file_leader(str(db), slot_lock(slot)))
         config = _config(tmp_path / "extra.yaml", listen_port=free_port(), ehr_base_url=ehr.url)
         extra = subprocess.run(_serve(config), cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
         assert ehr.requests == []
@@ -196,13 +196,14 @@ def test_a_service_beyond_the_last_replica_slot_exits_5(tmp_path: Path) -> None:
 
 
 def test_replica_slots_are_exclusive_released_and_named(tmp_path: Path) -> None:
-    election = FileElection(str(tmp_path / "state.sqlite3"))
+    election = SqliteState(tmp_path / "state.sqlite3")
     with replica_slot(election, limit=2) as first, replica_slot(election, limit=2) as second:
         assert (first, second) == (0, 1)
         with pytest.raises(ConfigError, match="2 replicas already serve"), replica_slot(election, limit=2):
             pass
     with replica_slot(election, limit=2) as again:  # released when the block ended
         assert again == 0
+    election.close()
     a, b = replica_name(3), replica_name(3)
     assert a.startswith("serve/3@") and a != b and not a.startswith("serve/30@")
 
@@ -210,17 +211,17 @@ def test_replica_slots_are_exclusive_released_and_named(tmp_path: Path) -> None:
 def test_a_dead_process_releases_its_file_lock(tmp_path: Path) -> None:
     db = str(tmp_path / "state.sqlite3")
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from bridge.service.replicas import FileElection\n"
-        f"with FileElection({db!r}).leader('replica-slot:0') as held:\n"
+        "import sys, time; from bridge.state.leader import file_leader\n"
+        f"with file_leader({db!r}, 'replica-slot:0') as held:\n"
         "    print(held, flush=True); time.sleep(60)")], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "True"
-        with FileElection(db).leader("replica-slot:0") as mine:
+        with file_leader(db, "replica-slot:0") as mine:
             assert mine is False
     finally:
         holder.kill()  # SIGKILL: no clean-up in the holder
         holder.wait(10)
-    with FileElection(db).leader("replica-slot:0") as mine:
+    with file_leader(db, "replica-slot:0") as mine:
         assert mine is True
 
 

@@ -15,9 +15,10 @@ from bridge.config import Settings
 from bridge.errors import InvalidResource, ServerRejected, StoreError, TransportError, ValidationFailed
 from bridge.normalize.mappings import CodeMap, load_code_map
 from bridge.service.notifications import parse_bundle, parse_post, parse_put
-from bridge.service.replicas import FileElection, replica_name, slot_lock
+from bridge.service.replicas import replica_name, slot_lock
 from bridge.service.worker import ClientEhr, Worker, WorkerConfig
 from bridge.state import SubscriptionState
+from bridge.state.leader import file_leader
 from bridge.state.sqlite_state import SqliteState as SqliteStore
 
 from .test_notifications import backport_bundle, encounter, observation, raw
@@ -356,17 +357,16 @@ def test_client_ehr_lets_other_errors_through() -> None:
 def _replica(store: SqliteStore, cmap: CodeMap, slot: int, rescreen: FakeRescreen, clock: Clock) -> Worker:
     config = WorkerConfig(coalesce_seconds=0, catch_up_on_start=False, replica_slots=4)
     return Worker(store, rescreen, FakeEhr(), cmap, config, clock=clock, name=replica_name(slot),
-                  election=FileElection(store.path), slot=slot)
+                  election=store, slot=slot)
 
 
 def test_a_dead_replicas_claims_are_taken_over_at_once(tmp_path: Path, cmap: CodeMap) -> None:
     store, clock, rescreen = SqliteStore(tmp_path / "state.sqlite3"), Clock(), FakeRescreen()
-    election = FileElection(store.path)
     dead, survivor = _replica(store, cmap, 0, rescreen, clock), _replica(store, cmap, 1, rescreen, clock)
     try:
         put(store, encounter("e1", "p1"))
         put(store, encounter("e2", "p2"))
-        with election.leader(slot_lock(0)) as alive:  # replica 0 runs and claims everything
+        with file_leader(store.path, slot_lock(0)) as alive:  # replica 0 runs and claims everything
             assert alive
             assert len(store.claim_inbox(f"{dead.name}#0", T0, 120, 10, 5)) == 2
             assert survivor.take_over() == 0 and survivor.run_until_idle() == 0
@@ -383,7 +383,7 @@ def test_only_the_replica_that_leads_runs_the_checks(tmp_path: Path, cmap: CodeM
     store.register_subscription(SubscriptionState("Subscription/t", "adm", "topic", heartbeat_seconds=60,
                                                   created_at=T0 - 3600, last_seen_at=T0 - 3600))
     try:
-        with FileElection(store.path).leader("monitor") as other:  # another replica runs the checks this pass
+        with file_leader(store.path, "monitor") as other:  # another replica runs the checks this pass
             assert other
             worker.monitor(force=True)
             assert store.stats().inbox == {}
