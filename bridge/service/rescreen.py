@@ -20,6 +20,11 @@ membership is written into the record of a patient without an acute leukaemia; `
 ``not-published`` for them. The ResearchStudy is published once per process before the first subject. The
 store records the screening (coordinator page) and what was published (served read-only at ``/fhir``).
 
+An automated re-screen never overwrites the study team's decision (issue #17): the publisher keeps the one the
+EHR's subject carries (``bridge.publish.subject.reviewed_subject``), and when the store's actions add up to a
+decision the published subject does not carry (its write-back pending, or racing this re-screen), it is
+written back right after (``_keep_decision``) with ``changedSinceReview`` against the new screening.
+
 The trial is the service's ``trial`` setting (``BRIDGE_TRIAL``; default the shipped file: ``from_settings``).
 Before its first re-screen publishes or saves anything, the store records the trial version and refuses a changed
 file under a ruleset version it already holds (``StoreError``, one line); every saved screening names the trial
@@ -29,14 +34,18 @@ logical id, ``<trial id>-<patient id>``, its rule set).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import date
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from bridge.client import FhirClient
 from bridge.config import OrganReading, RuleOptions, Settings
+from bridge.decisions import decision
+from bridge.errors import BridgeError
 from bridge.evaluate.eligibility import Screening
 from bridge.ingest.pull import fetch_patient
 from bridge.model import NotScreened
@@ -45,10 +54,14 @@ from bridge.pipeline import screen_one
 from bridge.publish.policy import publishable
 from bridge.publish.publisher import Written, find_subject, publish_study, publish_subject
 from bridge.publish.study import study_logical_id
-from bridge.publish.subject import subject_fingerprint, subject_identifier
+from bridge.publish.subject import decision_from_subject, subject_fingerprint, subject_identifier
 from bridge.state import PublishedIndex, PublishedRecord, Screenings, TrialVersions, save_prescreen
 from bridge.trial import Trial, load_trial
 
+if TYPE_CHECKING:
+    from bridge.publish.decision import DecisionState
+
+log = logging.getLogger("bridge.service.rescreen")
 NOT_PUBLISHED = "not-published"  # the status returned for an admitted patient without the study's diagnosis
 NOT_SCREENED = "not-screened"  # the status returned for a patient RULES.md §2 does not screen
 
@@ -95,6 +108,7 @@ class PublishingRescreen:
         self._ensure_study()
         written = publish_subject(self.client, result, options, transaction=None, trial=self.trial)
         self._record(patient_id, result, options, written)
+        self._keep_decision(patient_id)
         return result.status
 
     def _has_subject(self, patient_id: str) -> bool:
@@ -141,6 +155,32 @@ class PublishingRescreen:
         """``save_prescreen`` naming the trial and its ruleset version."""
         save_prescreen(self.store, screenings, not_screened, options.as_of, self.clock(), trial=self.trial.id,
                        ruleset_version=self.trial.ruleset_version)
+
+    def _keep_decision(self, patient_id: str) -> None:
+        """The study team's decision in the store is on the subject just published (the publisher kept the one
+        the EHR held): when it is not — its write-back is pending, or ran while this re-screen was writing — it
+        is written back now (``bridge.publish.decision``), with ``changedSinceReview`` against this screening.
+        A failure leaves the action pending for the worker's retry (``write_back_pending``), never fails the
+        re-screen."""
+        if not callable(getattr(self.store, "actions", None)):  # a store without the study team's actions
+            return
+        from bridge.publish.decision import DecisionWriter, team_decision
+
+        state = cast("DecisionState", self.store)
+        d = decision(state.actions(self.trial.id, patient_id))
+        if d.last is None:
+            return
+        system, value = subject_identifier(patient_id, self.trial)
+        held = self.store.get_published(f"ResearchSubject|{system}|{value}")
+        on_subject = decision_from_subject(held.resource) if held is not None else None
+        wanted = team_decision(d, self.trial)
+        if on_subject is not None and wanted is not None and replace(on_subject, changed=False) == wanted:
+            return
+        try:
+            DecisionWriter(state, self.trial, self.client, self.clock)(d.last.seq)
+        except BridgeError as exc:
+            log.warning("re-screen: the study team's decision could not be written back (%s); it stays pending",
+                        type(exc).__name__)
 
     def _record(self, patient_id: str, screening: Screening, options: RuleOptions, written: Written) -> None:
         self._save([screening], (), options)

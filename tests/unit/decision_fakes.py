@@ -71,8 +71,8 @@ class Store:
     def put_published(self, record: PublishedRecord) -> None:
         self.state.put_published(record)
 
-    def __getattr__(self, name: str) -> Any:  # record_action, actions, all_actions, writeback, mark_*, pending
-        return getattr(self.acts, name)
+    def __getattr__(self, name: str) -> Any:  # the actions' methods, else the state's (record_trial, …)
+        return getattr(self.acts if hasattr(self.acts, name) else self.state, name)
 
 
 def act(store: FakeActions, trial: str, patient_id: str, kind: str, *, role: str = "investigator",

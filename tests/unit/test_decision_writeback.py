@@ -236,6 +236,11 @@ class MemoryEhr:
         return self._store(dict(resource), f"srv-{len(self.resources) + 1}")
 
     def conditional_update(self, resource: Mapping[str, Any], criteria: Any) -> FhirResult:
+        wanted = str(criteria).removeprefix("identifier=")
+        for (t, rid), held in self.resources.items():
+            if t == resource["resourceType"] and any(f"{i.get('system')}|{i.get('value')}" == wanted
+                                                     for i in held.get("identifier") or []):
+                return self._store(dict(resource), rid)
         return self.create(resource)
 
     def capabilities(self) -> Json:
