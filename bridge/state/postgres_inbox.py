@@ -280,7 +280,7 @@ class PostgresInbox(PostgresBackend):
             cur.execute("DELETE FROM inbox WHERE state = 'done' AND done_at < %s", (before,))
             n = cur.rowcount
             cur.execute("DELETE FROM seen_versions WHERE seen_at < %s", (before,))
-        return n + cur.rowcount
+            return n + cur.rowcount
 
     # patients and versions -------------------------------------------------------------------------------
     def add_known(self, patients: Iterable[str], now: float, reason: str) -> None:

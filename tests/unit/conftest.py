@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import pytest
 import responses
 
+from tests.pg import pg_database, pg_session_database, pg_url, state, state_location  # noqa: F401 - fixtures
+
 
 @pytest.fixture
 def rsps() -> Iterator[responses.RequestsMock]:

@@ -1,7 +1,4 @@
-"""The ``bridge/state/`` seam: Protocols, their SQLite implementations, and who depends on what.
-
-``assert_implements`` is meant for every backend: the PostgreSQL one (issue #15) gets the same check.
-"""
+"""The ``bridge/state/`` seam: Protocols, their SQLite and PostgreSQL implementations, and who depends on what."""
 
 from __future__ import annotations
 
@@ -13,15 +10,23 @@ from pathlib import Path
 import pytest
 
 from bridge.state import (
+    Actions,
+    ClosingOutbox,
     Inbox,
     Intake,
+    Leadership,
     PublishedIndex,
     RegistryOutbox,
     Screenings,
     State,
     Subscriptions,
     TrialVersions,
+    UiSessions,
+    open_outbox,
+    open_state,
 )
+from bridge.state.postgres_outbox import PostgresOutbox
+from bridge.state.postgres_state import PostgresState
 from bridge.state.sqlite_outbox import SqliteOutbox
 from bridge.state.sqlite_state import SqliteState
 
@@ -48,14 +53,47 @@ def assert_implements(implementation: type, protocol: type) -> None:
             (p.name, p.kind, p.default) for p in want.values()], f"{implementation.__name__}.{name}"
 
 
-@pytest.mark.parametrize("protocol", [Intake, Inbox, Subscriptions, PublishedIndex, Screenings, TrialVersions, State])
-def test_sqlite_state_implements(protocol: type) -> None:
+PROTOCOLS = [Intake, Inbox, Subscriptions, PublishedIndex, Screenings, TrialVersions, Actions, UiSessions,
+             Leadership, State]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("backend", [SqliteState, PostgresState])
+def test_each_state_backend_implements(backend: type, protocol: type) -> None:
     assert protocol_members(protocol)
-    assert_implements(SqliteState, protocol)
+    assert_implements(backend, protocol)
 
 
-def test_sqlite_outbox_implements_the_registry_outbox() -> None:
-    assert_implements(SqliteOutbox, RegistryOutbox)
+def test_every_protocol_of_the_state_package_is_part_of_the_state() -> None:
+    """A Protocol added under bridge/state/ (by another issue) is part of ``State`` (so both backends must
+    implement it: the test above) or is the registry outbox's."""
+    import importlib
+
+    declared = set()
+    for path in STATE.glob("*.py"):
+        module = importlib.import_module(f"bridge.state.{path.stem}" if path.stem != "__init__" else "bridge.state")
+        declared |= {v for v in vars(module).values() if isinstance(v, type) and v.__module__ == module.__name__
+                     and getattr(v, "_is_protocol", False)}
+    assert declared and Actions in declared and UiSessions in declared
+    outbox = {RegistryOutbox, ClosingOutbox}
+    assert {p.__name__ for p in declared - outbox if p not in State.__mro__} == set()
+
+
+@pytest.mark.parametrize("outbox", [SqliteOutbox, PostgresOutbox])
+def test_each_outbox_implements_the_registry_outbox(outbox: type) -> None:
+    assert_implements(outbox, RegistryOutbox)
+
+
+def test_open_state_and_open_outbox_pick_the_backend_by_location(tmp_path: Path, pg_url: str) -> None:
+    for location, state_type, outbox_type in ((str(tmp_path / "s.sqlite3"), SqliteState, SqliteOutbox),
+                                              (pg_url, PostgresState, PostgresOutbox)):
+        state = open_state(location)
+        try:
+            assert type(state) is state_type
+        finally:
+            state.close()
+        with open_outbox(location) as outbox:
+            assert type(outbox) is outbox_type
 
 
 def test_the_outbox_of_an_open_state_shares_its_database(tmp_path: Path) -> None:
@@ -86,6 +124,17 @@ def test_only_the_sqlite_modules_know_sqlite() -> None:
         if not path.name.startswith("sqlite"):
             openers = {"bridge.state.sqlite_state", "bridge.state.sqlite_outbox"}  # open_state / open_outbox
             assert not any("sqlite" in name for name in imports - openers), path.name
+
+
+def test_only_the_postgres_modules_know_postgres() -> None:
+    for path in STATE.glob("*.py"):
+        imports = _imports(path)
+        if not path.name.startswith("postgres"):
+            openers = {"bridge.state.postgres_state", "bridge.state.postgres_outbox"}  # open_state / open_outbox
+            assert not any("postgres" in n or "psycopg" in n for n in imports - openers), path.name
+    users = {p.relative_to(ROOT).as_posix() for p in (ROOT / "bridge").rglob("*.py")
+             if not p.is_relative_to(STATE) and any("postgres" in n or "psycopg" in n for n in _imports(p))}
+    assert users == set()
     sqlite_users = {p.relative_to(ROOT).as_posix() for p in (ROOT / "bridge").rglob("*.py")
                     if not p.is_relative_to(STATE) and any("sqlite" in n for n in _imports(p))}
     assert sqlite_users == set()

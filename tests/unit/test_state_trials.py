@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from bridge.errors import StoreError
 from bridge.evaluate.eligibility import Screening
 from bridge.model import NotScreened, Verdict
-from bridge.state import NotScreenedRecord, ScreeningRecord, save_prescreen, screening_record
-from bridge.state.sqlite_state import SqliteState
+from bridge.state import NotScreenedRecord, ScreeningRecord, State, open_state, save_prescreen, screening_record
 from bridge.trial import load_trial
 
 T0 = 1_780_000_000.0
@@ -21,21 +18,17 @@ REFUSAL = ("trial NCT04762485 ruleset r1 is already recorded with different cont
            "an amendment must bump ruleset_version")
 
 
-@pytest.fixture
-def state(tmp_path: Path) -> Iterator[SqliteState]:
-    s = SqliteState(tmp_path / "state.sqlite3")
-    yield s
-    s.close()
+# ``state``: the conftest fixture, a fresh state on each backend (SQLite file, PostgreSQL schema)
 
 
-def test_the_first_digest_of_a_version_is_kept_and_the_same_one_again_is_fine(state: SqliteState) -> None:
+def test_the_first_digest_of_a_version_is_kept_and_the_same_one_again_is_fine(state: State) -> None:
     state.record_trial("NCT04762485", "r1", "sha256:aaa")
     state.record_trial("NCT04762485", "r1", "sha256:aaa")
     assert state.trial_digest("NCT04762485", "r1") == "sha256:aaa"
     assert state.trial_digest("NCT04762485", "r2") is None
 
 
-def test_other_content_under_a_recorded_version_is_refused_with_one_line(state: SqliteState) -> None:
+def test_other_content_under_a_recorded_version_is_refused_with_one_line(state: State) -> None:
     state.record_trial("NCT04762485", "r1", "sha256:aaa")
     with pytest.raises(StoreError) as caught:
         state.record_trial("NCT04762485", "r1", "sha256:bbb")
@@ -43,7 +36,7 @@ def test_other_content_under_a_recorded_version_is_refused_with_one_line(state: 
     assert state.trial_digest("NCT04762485", "r1") == "sha256:aaa"  # the first content stays
 
 
-def test_an_amendment_with_a_new_version_and_another_trial_are_recorded(state: SqliteState) -> None:
+def test_an_amendment_with_a_new_version_and_another_trial_are_recorded(state: State) -> None:
     state.record_trial("NCT04762485", "r1", "sha256:aaa")
     state.record_trial("NCT04762485", "r2", "sha256:bbb")  # the amendment bumped the version
     state.record_trial("NCT00000000", "r1", "sha256:ccc")  # the same version string of another trial
@@ -52,14 +45,14 @@ def test_an_amendment_with_a_new_version_and_another_trial_are_recorded(state: S
                                                                               "sha256:ccc"]
 
 
-def test_the_record_survives_reopening_and_binds_another_process(tmp_path: Path) -> None:
-    path = tmp_path / "state.sqlite3"
-    first = SqliteState(path)
+def test_the_record_survives_reopening_and_binds_another_process(state_location: str) -> None:
+    first = open_state(state_location)
     first.record_trial("NCT04762485", "r1", "sha256:aaa")
     first.close()
-    code = ("import sys; from bridge.state.sqlite_state import SqliteState; "
-            "SqliteState(sys.argv[1]).record_trial('NCT04762485', 'r1', 'sha256:bbb')")
-    other = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
+    code = ("import sys; from bridge.state import open_state; "
+            "open_state(sys.argv[1]).record_trial('NCT04762485', 'r1', 'sha256:bbb')")
+    other = subprocess.run([sys.executable, "-c", code, state_location], capture_output=True, text=True,
+                           timeout=60)
     assert other.returncode != 0 and REFUSAL in other.stderr
 
 
@@ -68,7 +61,7 @@ def screening(pid: str) -> Screening:
                      (Verdict("inc-age", "met", "age 36 on 2026-06-15", (f"Patient/{pid}",)),))
 
 
-def test_every_saved_screening_names_its_trial_and_ruleset_version(state: SqliteState) -> None:
+def test_every_saved_screening_names_its_trial_and_ruleset_version(state: State) -> None:
     assert save_prescreen(state, [screening("p1")], [NotScreened("Patient/d1", "deceased")], "2026-06-15",
                           T0) == (1, 1)
     [saved] = state.screenings()
@@ -82,8 +75,10 @@ def test_every_saved_screening_names_its_trial_and_ruleset_version(state: Sqlite
         "NCT00000000", "t2")
 
 
-def test_a_screening_saved_without_them_reads_back_with_none(state: SqliteState) -> None:
+def test_a_screening_saved_without_them_reads_back_with_none(state: State) -> None:
     state.save_screening(ScreeningRecord("p1", "candidate", [], "2026-06-15", T0))
-    assert state.screening("p1") == ScreeningRecord("p1", "candidate", [], "2026-06-15", T0, None, None)
+    # first screened: the store's own (the record's updated_at), since issue #17's screening log
+    assert state.screening("p1") == ScreeningRecord("p1", "candidate", [], "2026-06-15", T0, None, None,
+                                                    first_screened_at=T0)
     record = screening_record(screening("p2"), "2026-06-15", T0, "NCT00000000", "t2")
     assert (record.trial, record.ruleset_version) == ("NCT00000000", "t2")

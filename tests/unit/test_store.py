@@ -1,9 +1,11 @@
-"""The SQLite state store: durable de-duplicated inbox, leases, coalesced re-screens, gaps, heartbeats."""
+"""The state store on both backends (SQLite file, PostgreSQL schema: the ``state_location`` fixture of
+``tests/pg.py``): durable de-duplicated inbox, leases, coalesced re-screens, gaps, heartbeats."""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,18 +19,29 @@ from bridge.state import (
     PublishedRecord,
     Resolution,
     ScreeningRecord,
+    State,
     SubscriptionState,
     find_holes,
+    open_state,
 )
-from bridge.state.sqlite_state import SqliteState as SqliteStore
+from bridge.state.postgres_state import PostgresState
+from bridge.state.sqlite_state import SqliteState
+
+Store = SqliteState | PostgresState  # the inspection helpers (inbox_entries, rescreen_state) are on both
 
 T0 = 1_780_000_000.0  # a fixed instant (2026-05-28); the store never reads the clock
 TYPES = ("Encounter", "Condition", "Observation")
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SqliteStore:
-    s = SqliteStore(tmp_path / "state.sqlite3")
+def store(state: State) -> Store:
+    assert isinstance(state, SqliteState | PostgresState)
+    return state
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[SqliteState]:
+    s = SqliteState(tmp_path / "state.sqlite3")
     yield s
     s.close()
 
@@ -55,14 +68,14 @@ def topic(sub: str, *numbers: int, kind: str = "event-notification", since: int 
 # ------------------------------------------------------------------------------------------ inbox
 
 
-def test_accept_is_durable_and_deduplicated(tmp_path: Path) -> None:
-    path = tmp_path / "state.sqlite3"
-    first = SqliteStore(path)
+def test_accept_is_durable_and_deduplicated(state_location: str) -> None:
+    first = open_state(state_location)
     assert first.accept(rest_hook(resource_event(1), resource_event(2)), T0).new == 2
     again = first.accept(rest_hook(resource_event(1)), T0 + 1)
     assert (again.new, again.duplicates) == (0, 1)
     first.close()
-    reopened = SqliteStore(path)  # another process would see the same
+    reopened = open_state(state_location)  # another process would see the same
+    assert isinstance(reopened, SqliteState | PostgresState)
     entries = reopened.inbox_entries()
     assert [e.event.dedupe_key for e in entries] == ["res:Encounter/e1/_history/1", "res:Encounter/e2/_history/1"]
     assert entries[0].received_at == T0 and entries[0].state == "pending"
@@ -70,21 +83,23 @@ def test_accept_is_durable_and_deduplicated(tmp_path: Path) -> None:
     reopened.close()
 
 
-def test_the_database_is_in_wal_mode_with_full_sync(store: SqliteStore) -> None:
+def test_the_database_is_in_wal_mode_with_full_sync(sqlite_store: SqliteState) -> None:
+    store = sqlite_store
     db = sqlite3.connect(store.path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.close()
     assert store._conn().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
-def test_dedupe_key_is_unique_in_the_schema(store: SqliteStore) -> None:
+def test_dedupe_key_is_unique_in_the_schema(sqlite_store: SqliteState) -> None:
+    store = sqlite_store
     store.accept(rest_hook(resource_event(1)), T0)
     with pytest.raises(sqlite3.IntegrityError):
         store._conn().execute("INSERT INTO inbox(dedupe_key, kind, channel, received_at) VALUES (?, ?, ?, ?)",
                               ("res:Encounter/e1/_history/1", "resource", "c1", T0))
 
 
-def test_claim_takes_a_lease_and_an_expired_lease_is_claimable_again(store: SqliteStore) -> None:
+def test_claim_takes_a_lease_and_an_expired_lease_is_claimable_again(store: Store) -> None:
     store.accept(rest_hook(resource_event(1)), T0)
     [entry] = store.claim_inbox("w#0", T0, lease=60, limit=10, max_attempts=5)
     assert (entry.state, entry.attempts, entry.claimed_at) == ("claimed", 1, T0)
@@ -96,7 +111,7 @@ def test_claim_takes_a_lease_and_an_expired_lease_is_claimable_again(store: Sqli
     assert store.finish_inbox(entry.id, "w#1", Resolution(rescreen=frozenset({"p1"})), T0 + 61) is True
 
 
-def test_an_expired_claim_past_max_attempts_becomes_failed_not_lost(store: SqliteStore) -> None:
+def test_an_expired_claim_past_max_attempts_becomes_failed_not_lost(store: Store) -> None:
     store.accept(rest_hook(resource_event(1)), T0)
     for i in range(3):
         assert len(store.claim_inbox("w#0", T0 + 100 * i, lease=60, limit=1, max_attempts=3)) == 1
@@ -107,7 +122,7 @@ def test_an_expired_claim_past_max_attempts_becomes_failed_not_lost(store: Sqlit
     assert store.inbox_entries("pending")[0].attempts == 0
 
 
-def test_finish_applies_the_resolution_atomically_and_clears_the_payload(store: SqliteStore) -> None:
+def test_finish_applies_the_resolution_atomically_and_clears_the_payload(store: Store) -> None:
     store.accept(rest_hook(resource_event(1)), T0)
     [entry] = store.claim_inbox("w#0", T0 + 1, 60, 10, 5)
     resolution = Resolution(frozenset({"p1"}), frozenset({"p1"}), frozenset({"Encounter/e1/_history/1"}),
@@ -124,7 +139,7 @@ def test_finish_applies_the_resolution_atomically_and_clears_the_payload(store: 
     assert store.subscription("channel/c1").last_query_at == T0 + 1  # type: ignore[union-attr]
 
 
-def test_retry_postpones_and_fail_keeps_the_entry(store: SqliteStore) -> None:
+def test_retry_postpones_and_fail_keeps_the_entry(store: Store) -> None:
     store.accept(rest_hook(resource_event(1), resource_event(2)), T0)
     first, second = store.claim_inbox("w#0", T0, 60, 10, 5)
     store.retry_inbox(first.id, "w#0", "GET Encounter/e1: 503", T0 + 30)
@@ -135,7 +150,7 @@ def test_retry_postpones_and_fail_keeps_the_entry(store: SqliteStore) -> None:
     assert store.inbox_entry(second.id).state == "failed"  # type: ignore[union-attr]
 
 
-def test_concurrent_claims_never_hand_out_an_entry_twice(store: SqliteStore) -> None:
+def test_concurrent_claims_never_hand_out_an_entry_twice(store: Store) -> None:
     store.enqueue([resource_event(n, f"p{n}") for n in range(200)], T0)
     claimed: list[int] = []
     lock = threading.Lock()
@@ -156,7 +171,7 @@ def test_concurrent_claims_never_hand_out_an_entry_twice(store: SqliteStore) -> 
     assert sorted(claimed) == sorted(set(claimed)) and len(claimed) == 200
 
 
-def test_release_claims_frees_only_the_named_workers_claims(store: SqliteStore) -> None:
+def test_release_claims_frees_only_the_named_workers_claims(store: Store) -> None:
     store.enqueue([resource_event(1), resource_event(2)], T0)
     store.claim_inbox("serve@host#0", T0, 600, 1, 5)
     store.claim_inbox("watch@host#0", T0, 600, 1, 5)
@@ -168,7 +183,7 @@ def test_release_claims_frees_only_the_named_workers_claims(store: SqliteStore) 
 # ------------------------------------------------------------------------------------------ re-screens
 
 
-def test_requests_for_one_patient_coalesce_into_one_rescreen(store: SqliteStore) -> None:
+def test_requests_for_one_patient_coalesce_into_one_rescreen(store: Store) -> None:
     for i in range(5):
         store.request_rescreens(["p1"], received_at=T0 + i / 10, now=T0 + i / 10, delay=1.0)
     assert store.claim_rescreens("w#0", T0 + 0.9, 60, 10, 5) == []  # due 1 s after the first request
@@ -179,7 +194,7 @@ def test_requests_for_one_patient_coalesce_into_one_rescreen(store: SqliteStore)
     assert row is not None and (row["state"], row["last_status"]) == ("done", "candidate")
 
 
-def test_a_request_during_a_rescreen_sends_it_back_to_pending(store: SqliteStore) -> None:
+def test_a_request_during_a_rescreen_sends_it_back_to_pending(store: Store) -> None:
     store.request_rescreens(["p1"], T0, T0, 0)
     [task] = store.claim_rescreens("w#0", T0, 60, 10, 5)
     store.request_rescreens(["p1"], T0 + 1, T0 + 1, 0)  # new data while the re-screen runs
@@ -190,7 +205,7 @@ def test_a_request_during_a_rescreen_sends_it_back_to_pending(store: SqliteStore
     assert store.finish_rescreen(again, "w#0", "candidate", T0 + 3) is True
 
 
-def test_failed_rescreen_is_kept_and_a_new_request_revives_it(store: SqliteStore) -> None:
+def test_failed_rescreen_is_kept_and_a_new_request_revives_it(store: Store) -> None:
     store.request_rescreens(["p1"], T0, T0, 0)
     [task] = store.claim_rescreens("w#0", T0, 60, 10, 5)
     store.fail_rescreen(task, "w#0", "own output invalid", T0)
@@ -236,7 +251,7 @@ def test_find_holes_out_of_order_arrival_within_grace_is_no_gap(order: list[int]
     assert covered == 11
 
 
-def test_detect_gaps_queues_one_catch_up_per_hole(store: SqliteStore) -> None:
+def test_detect_gaps_queues_one_catch_up_per_hole(store: Store) -> None:
     sub = "Subscription/admission"
     store.accept(topic(sub, kind="handshake", since=0), T0)
     for n in (1, 2, 5):
@@ -250,7 +265,7 @@ def test_detect_gaps_queues_one_catch_up_per_hole(store: SqliteStore) -> None:
     assert store.subscription(sub).covered_through == 5  # type: ignore[union-attr]
 
 
-def test_heartbeat_count_above_the_events_seen_is_a_gap(store: SqliteStore) -> None:
+def test_heartbeat_count_above_the_events_seen_is_a_gap(store: Store) -> None:
     sub = "Subscription/s2"
     store.accept(topic(sub, 1, 2), T0)
     store.accept(topic(sub, kind="heartbeat", since=4), T0 + 10)
@@ -259,12 +274,12 @@ def test_heartbeat_count_above_the_events_seen_is_a_gap(store: SqliteStore) -> N
     assert store.subscription(sub).last_heartbeat_at == T0 + 10  # type: ignore[union-attr]
 
 
-def test_first_contact_does_not_invent_earlier_gaps(store: SqliteStore) -> None:
+def test_first_contact_does_not_invent_earlier_gaps(store: Store) -> None:
     store.accept(topic("Subscription/late", 41, 42), T0)
     assert store.detect_gaps(T0 + 60, 5, TYPES) == []
 
 
-def test_a_missed_heartbeat_queues_one_catch_up(store: SqliteStore) -> None:
+def test_a_missed_heartbeat_queues_one_catch_up(store: Store) -> None:
     store.register_subscription(SubscriptionState("Subscription/hb", "hb", "topic", heartbeat_seconds=60,
                                                   resource_types=("Encounter",), created_at=T0, covered_through=0))
     store.accept(topic("Subscription/hb", kind="heartbeat", since=0), T0 + 10)
@@ -276,7 +291,7 @@ def test_a_missed_heartbeat_queues_one_catch_up(store: SqliteStore) -> None:
     assert entry.event.payload == {"reason": "heartbeat", "since": T0 + 10, "types": ["Encounter"]}
 
 
-def test_registration_and_handshake_merge_in_either_order(store: SqliteStore) -> None:
+def test_registration_and_handshake_merge_in_either_order(store: Store) -> None:
     store.accept(topic("Subscription/x", kind="handshake", since=0), T0)  # handshake comes during the create
     store.register_subscription(SubscriptionState("Subscription/x", "adm", "topic", topic="urn:t",
                                                   heartbeat_seconds=30, resource_types=("Encounter",),
@@ -291,7 +306,7 @@ def test_registration_and_handshake_merge_in_either_order(store: SqliteStore) ->
 # ------------------------------------------------------------------------------------------ other tables
 
 
-def test_published_records_are_searchable_by_study_patient_status(store: SqliteStore) -> None:
+def test_published_records_are_searchable_by_study_patient_status(store: Store) -> None:
     for pid, status in (("p1", "candidate"), ("p2", "ineligible")):
         subject = {"resourceType": "ResearchSubject", "status": status,
                    "study": {"reference": "ResearchStudy/nct04762485"},
@@ -306,14 +321,14 @@ def test_published_records_are_searchable_by_study_patient_status(store: SqliteS
     assert got is not None and got.resource["status"] == "candidate" and got.version == "1"
 
 
-def test_screenings_are_upserted_per_patient(store: SqliteStore) -> None:
+def test_screenings_are_upserted_per_patient(store: Store) -> None:
     store.save_screening(ScreeningRecord("p1", "potential-candidate", [{"criterion": "inc-age"}], "2026-06-15", T0))
     store.save_screening(ScreeningRecord("p1", "candidate", [], "2026-06-16", T0 + 1))
     [only] = store.screenings()
     assert (only.status, only.as_of, only.verdicts) == ("candidate", "2026-06-16", [])
 
 
-def test_stats_and_purge(store: SqliteStore) -> None:
+def test_stats_and_purge(store: Store) -> None:
     store.accept(rest_hook(resource_event(1), resource_event(2)), T0)
     [entry, _] = store.claim_inbox("w#0", T0, 60, 10, 5)
     store.finish_inbox(entry.id, "w#0", Resolution(rescreen=frozenset({"p1"})), T0 + 1)
@@ -326,13 +341,13 @@ def test_stats_and_purge(store: SqliteStore) -> None:
 
 def test_unusable_paths_raise_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="file path"):
-        SqliteStore(":memory:")
+        SqliteState(":memory:")
     with pytest.raises(StoreError, match="cannot open|failed"):
-        SqliteStore(tmp_path)  # a directory
+        SqliteState(tmp_path)  # a directory
 
 
-def test_a_closed_store_refuses_work(tmp_path: Path) -> None:
-    s = SqliteStore(tmp_path / "s.db")
+def test_a_closed_store_refuses_work(state_location: str) -> None:
+    s = open_state(state_location)
     s.close()
     with pytest.raises(StoreError, match="closed"):
         s.stats()

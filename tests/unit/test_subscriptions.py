@@ -4,7 +4,6 @@ and the poll mode's bookkeeping. The real peer runs them in tests/integration/te
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +21,7 @@ from bridge.service.subscriptions import (
     subscription_resource,
     wanted_subscriptions,
 )
-from bridge.state.sqlite_state import SqliteState as SqliteStore
+from bridge.state import State
 
 ENDPOINT = "https://bridge.example/notify"
 TOPIC = "http://sekmet.dev/fhir/SubscriptionTopic/encounter-start"
@@ -115,13 +114,12 @@ class FakeClient:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "s.db")
-    yield s
-    s.close()
+def store(state: State) -> State:
+    """A fresh state on each backend (the conftest ``state`` fixture: SQLite file, PostgreSQL schema)."""
+    return state
 
 
-def test_subscriber_creates_registers_repairs_and_deletes(store: SqliteStore) -> None:
+def test_subscriber_creates_registers_repairs_and_deletes(store: Any) -> None:
     client = FakeClient([TOPIC])
     subscriber = Subscriber(client, store, "master", ENDPOINT, clock=lambda: T0)  # type: ignore[arg-type]
     first = subscriber.ensure(heartbeat=45)
@@ -145,12 +143,12 @@ def test_subscriber_creates_registers_repairs_and_deletes(store: SqliteStore) ->
     assert sorted(subscriber.delete()) == ["s1", "s2", "s3"] and store.subscriptions() == []
 
 
-def test_subscriber_needs_the_webhook_secret(store: SqliteStore) -> None:
+def test_subscriber_needs_the_webhook_secret(store: Any) -> None:
     with pytest.raises(ConfigError, match="webhook_secret"):
         Subscriber(FakeClient([]), store, None, ENDPOINT)  # type: ignore[arg-type]
 
 
-def test_poll_bookkeeping(store: SqliteStore) -> None:
+def test_poll_bookkeeping(store: Any) -> None:
     from bridge.cli.watch import POLL_SUBSCRIPTION, queue_poll, register_poll
 
     register_poll(store, T0, since_hours=2, types=("Encounter",))
