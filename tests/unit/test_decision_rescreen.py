@@ -105,7 +105,7 @@ def test_a_pending_write_back_is_done_by_the_rescreen(env: Any) -> None:
     assert subject(ehr)["status"] == "screening"
     team = decision_from_subject(subject(ehr))
     assert team is not None and team.by == "c.jones"
-    assert store.acts.writeback(a.seq).written_back_at == T0  # type: ignore[union-attr]
+    assert store.acts.writeback(a.seq).written_back_at == T0
     writes = ehr.writes
     rescreen("p01")  # nothing left to do
     assert ehr.writes == writes
