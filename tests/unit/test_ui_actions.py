@@ -355,3 +355,23 @@ def test_the_screening_log_download(state: SqliteState) -> None:
     without = _signed_in(_app(state), "ana", ANA_PW)
     assert without.get("/ui/screening-log.csv").status_code == 404 and 'id="screening-log"' not in without.get(
         "/ui").text
+
+
+@pytest.mark.parametrize("body", [b"csrf=x&note=" + b"n" * 17_000, b"a=1&b=2&c=3&d=4&e=5&f=6&g=7&h=8&i=9",
+                                  b"\xff\xfe", b""])
+def test_odd_action_bodies_are_refused_not_crashed(ana: TestClient, state: SqliteState, body: bytes) -> None:
+    assert ana.post("/ui/patients/p01/actions", content=body, headers=FORM).status_code == 403
+    assert _kinds(state) == []
+
+
+def test_actions_on_unknown_patients_are_404(ana: TestClient, state: SqliteState) -> None:
+    hidden = _forms(ana.get("/ui/patients/p01").text)["reviewed"]
+    for patient in ("p99", "bad%20id"):
+        assert ana.post(f"/ui/patients/{patient}/actions", data=hidden).status_code == 404
+    assert state.all_actions(TRIAL.id) == []
+
+
+def test_a_note_of_the_longest_kind_fits_and_a_longer_one_is_refused(ana: TestClient, state: SqliteState) -> None:
+    assert _act(ana, "reviewed", note="é" * 2000).status_code == 303  # 12,000 bytes percent-encoded
+    assert _act(ana, "contacted", note="x" * 2001).status_code == 422
+    assert _kinds(state) == ["reviewed"]
