@@ -10,15 +10,18 @@ from pathlib import Path
 import pytest
 
 from bridge.decisions import decision
-from bridge.state import NewAction
+from bridge.state import NewAction, State, open_state
 from bridge.state.sqlite_state import SqliteState
 
 TRIAL = "NCT04762485"
 WRITEBACK_COLUMNS = {"written_back_at", "writeback_error", "writeback_attempts"}
 
 
+# ``state``: the conftest fixture, a fresh state on each backend (SQLite file, PostgreSQL schema)
+
+
 @pytest.fixture
-def state(tmp_path: Path) -> Iterator[SqliteState]:
+def sqlite_state(tmp_path: Path) -> Iterator[SqliteState]:
     s = SqliteState(tmp_path / "state.sqlite3")
     yield s
     s.close()
@@ -28,7 +31,7 @@ def _new(kind: str = "reviewed", key: str = "k1", patient: str = "p01", at: floa
     return NewAction(TRIAL, patient, kind, "ana", "coordinator", at, key, "d1", **more)  # type: ignore[arg-type]
 
 
-def test_record_assigns_increasing_seq_and_reads_back_every_field(state: SqliteState) -> None:
+def test_record_assigns_increasing_seq_and_reads_back_every_field(state: State) -> None:
     first, added = state.record_action(_new(note="called <b>twice</b>"))
     second, _ = state.record_action(_new("screen-failure", "k2", at=101.0, reason="declined"))
     assert added and second.seq > first.seq
@@ -39,14 +42,14 @@ def test_record_assigns_increasing_seq_and_reads_back_every_field(state: SqliteS
     assert state.actions(TRIAL, "p02") == [] and state.actions("other-trial", "p01") == []
 
 
-def test_the_same_request_key_records_one_action(state: SqliteState) -> None:
+def test_the_same_request_key_records_one_action(state: State) -> None:
     first, added = state.record_action(_new(note="one"))
     again, added_again = state.record_action(_new(note="two", at=200.0))
     assert (added, added_again) == (True, False)
     assert again == first and len(state.actions(TRIAL, "p01")) == 1
 
 
-def test_all_actions_by_time_window(state: SqliteState) -> None:
+def test_all_actions_by_time_window(state: State) -> None:
     for i, at in enumerate((10.0, 20.0, 30.0)):
         state.record_action(_new(key=f"k{i}", patient=f"p{i}", at=at))
     assert [a.at for a in state.all_actions(TRIAL)] == [10.0, 20.0, 30.0]
@@ -54,7 +57,7 @@ def test_all_actions_by_time_window(state: SqliteState) -> None:
     assert [a.at for a in state.all_actions(TRIAL, since=10.0, until=30.0)] == [10.0, 20.0]
 
 
-def test_write_back_columns_and_pending(state: SqliteState) -> None:
+def test_write_back_columns_and_pending(state: State) -> None:
     a, _ = state.record_action(_new(key="a"))
     b, _ = state.record_action(_new(key="b"))
     assert [x.seq for x in state.pending_writebacks()] == [a.seq, b.seq]
@@ -71,7 +74,7 @@ def test_write_back_columns_and_pending(state: SqliteState) -> None:
     assert state.actions(TRIAL, "p01")[0] == a  # the action itself unchanged
 
 
-def test_undo_rows_fold_into_the_decision(state: SqliteState) -> None:
+def test_undo_rows_fold_into_the_decision(state: State) -> None:
     consented, _ = state.record_action(_new("consented", "c"))
     failed, _ = state.record_action(_new("screen-failure", "f", reason="lost-to-contact"))
     assert decision(state.actions(TRIAL, "p01")).status == "ineligible"
@@ -81,9 +84,10 @@ def test_undo_rows_fold_into_the_decision(state: SqliteState) -> None:
     assert len(state.actions(TRIAL, "p01")) == 3  # the undone action stays in the trail
 
 
-def test_no_method_updates_or_deletes_anything_but_write_back_columns(state: SqliteState) -> None:
+def test_no_method_updates_or_deletes_anything_but_write_back_columns(sqlite_state: SqliteState) -> None:
     """Every statement the store runs while every Actions method is used: only INSERTs into ``actions``, and
     UPDATEs of ``actions`` that set write-back columns alone; no DELETE of ``actions`` rows."""
+    state = sqlite_state
     statements: list[str] = []
     state._conn().set_trace_callback(statements.append)
     a, _ = state.record_action(_new())
@@ -107,8 +111,8 @@ def test_no_method_updates_or_deletes_anything_but_write_back_columns(state: Sql
     assert len(before) == 2
 
 
-def test_actions_survive_a_second_state_on_the_same_file(tmp_path: Path) -> None:
-    one, two = SqliteState(tmp_path / "s.sqlite3"), SqliteState(tmp_path / "s.sqlite3")
+def test_actions_survive_a_second_state_on_the_same_file(state_location: str) -> None:
+    one, two = open_state(state_location), open_state(state_location)
     try:
         recorded, _ = one.record_action(_new())
         assert two.actions(TRIAL, "p01") == [recorded]

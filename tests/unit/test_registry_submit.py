@@ -18,7 +18,9 @@ from bridge.registry.package import build_packages
 from bridge.registry.resources import CRID_SYSTEM
 from bridge.registry.submit import enqueue_packages, submit_pending, with_crid
 from bridge.registry.transport import RegistryClient, crid_from
+from bridge.state import DEFAULT_LEASE_SECONDS
 from bridge.state.outbox import WITHDRAWN, owner_gone
+from bridge.state.postgres_outbox import PostgresOutbox
 from bridge.state.sqlite_outbox import SqliteOutbox as Outbox
 from tests.unit.test_registry_fixtures import CENTRE, CONTEXT, assessment, patient_doc, records
 
@@ -53,6 +55,20 @@ def clock() -> Clock:
 @pytest.fixture
 def outbox(tmp_path: Any, clock: Clock) -> Iterator[Outbox]:
     with Outbox(tmp_path / "state.sqlite3", clock=clock) as box:
+        yield box
+
+
+def open_box(location: str, clock: Clock, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Any:
+    """The outbox at ``location`` on its backend (a SQLite file or a PostgreSQL URL), with the test's clock."""
+    if location.startswith("postgresql://"):
+        return PostgresOutbox(location, clock=clock, lease_seconds=lease_seconds)
+    return Outbox(location, clock=clock, lease_seconds=lease_seconds)
+
+
+@pytest.fixture
+def any_outbox(state_location: str, clock: Clock) -> Iterator[Any]:
+    """An outbox on each backend (SQLite file, PostgreSQL schema): the store tests below run on both."""
+    with open_box(state_location, clock) as box:
         yield box
 
 
@@ -325,7 +341,8 @@ def test_redirects_are_not_followed(outbox: Outbox, clock: Clock) -> None:
 # ---------------------------------------------------------------------------------------------- outbox
 
 
-def test_enqueue_is_idempotent_and_a_new_version_supersedes(outbox: Outbox) -> None:
+def test_enqueue_is_idempotent_and_a_new_version_supersedes(any_outbox: Any) -> None:
+    outbox = any_outbox
     built = build_packages(assessment(), records(), CONTEXT, ("infusion",))
     assert enqueue_packages(outbox, built.packages) == (1, 0)
     assert enqueue_packages(outbox, built.packages) == (0, 1)
@@ -334,9 +351,9 @@ def test_enqueue_is_idempotent_and_a_new_version_supersedes(outbox: Outbox) -> N
     assert [r.state for r in outbox.rows()] == ["superseded", "pending"]
 
 
-def test_a_claim_is_leased(tmp_path: Any, clock: Clock) -> None:
-    path = tmp_path / "state.sqlite3"
-    with Outbox(path, clock=clock, lease_seconds=300) as first, Outbox(path, clock=clock) as second:
+def test_a_claim_is_leased(state_location: str, clock: Clock) -> None:
+    path = state_location
+    with open_box(path, clock, lease_seconds=300) as first, open_box(path, clock) as second:
         queued(first, ("infusion",))
         second.owner = f"{second.host}:1"  # pid 1 is alive: a live owner on this host
         first.owner = second.owner
@@ -347,9 +364,8 @@ def test_a_claim_is_leased(tmp_path: Any, clock: Clock) -> None:
         assert row is not None and row.attempts == 2 and row.body is not None
 
 
-def test_a_claim_of_a_dead_process_is_taken_over(tmp_path: Any, clock: Clock) -> None:
-    path = tmp_path / "state.sqlite3"
-    with Outbox(path, clock=clock) as box:
+def test_a_claim_of_a_dead_process_is_taken_over(state_location: str, clock: Clock) -> None:
+    with open_box(state_location, clock) as box:
         queued(box, ("infusion",))
         box.owner = f"{box.host}:999999999"  # no such process
         assert box.claim() is not None
@@ -362,7 +378,8 @@ def test_owner_gone() -> None:
     assert not owner_gone("h:1", "h") and not owner_gone("other:999999999", "h")
 
 
-def test_status_rows_and_counts(outbox: Outbox) -> None:
+def test_status_rows_and_counts(any_outbox: Any) -> None:
+    outbox = any_outbox
     queued(outbox)
     row = outbox.claim()
     assert row is not None
@@ -372,11 +389,16 @@ def test_status_rows_and_counts(outbox: Outbox) -> None:
     assert sent.as_json()["receipt"] == {"id": "r1"} and sent.as_json()["state"] == "sent"
 
 
-def _bodies(outbox: Outbox) -> dict[str, str]:
-    return dict(outbox._db.connection().execute("SELECT state || ':' || key, body FROM registry_outbox").fetchall())
+def _bodies(outbox: Any) -> dict[str, str]:
+    sql = "SELECT state || ':' || key AS k, body FROM registry_outbox"
+    if isinstance(outbox, PostgresOutbox):
+        with outbox._db.read("test: bodies") as cur:
+            return {r["k"]: r["body"] for r in cur.execute(sql).fetchall()}
+    return dict(outbox._db.connection().execute(sql).fetchall())
 
 
-def test_withdrawn_packages_are_never_sent_nor_kept_and_come_back_with_consent(outbox: Outbox) -> None:
+def test_withdrawn_packages_are_never_sent_nor_kept_and_come_back_with_consent(any_outbox: Any) -> None:
+    outbox = any_outbox
     infusion, day100 = queued(outbox)
     row = outbox.claim()
     assert row is not None and row.package_id == infusion.id
@@ -394,8 +416,8 @@ def test_withdrawn_packages_are_never_sent_nor_kept_and_come_back_with_consent(o
     assert again is not None and again.key == day100.key and again.body == day100.bundle
 
 
-def test_withdrawal_spares_a_live_send_and_empties_superseded_versions(tmp_path: Any, clock: Clock) -> None:
-    with Outbox(tmp_path / "state.sqlite3", clock=clock, lease_seconds=300) as box:
+def test_withdrawal_spares_a_live_send_and_empties_superseded_versions(state_location: str, clock: Clock) -> None:
+    with open_box(state_location, clock, lease_seconds=300) as box:
         old = queued(box)
         newer = build_packages(assessment(patient_doc(weightKg=60.0)), records(), CONTEXT, ("infusion", "day100"))
         enqueue_packages(box, newer.packages)
