@@ -5,7 +5,10 @@ One pass (``Worker.step``):
 1. *monitor* (thread 0, once a second, in the one replica that wins ``leader("monitor")`` for that pass): holes
    in a topic subscription's event numbers and subscriptions silent past their heartbeat period +
    ``heartbeat_grace_seconds`` queue a catch-up (logged as such); every ``takeover_interval_seconds`` the claims
-   of replicas that are gone (their slot's lock is free) go back to pending (``bridge.service.replicas``);
+   of replicas that are gone — their slot's lock found free twice, ``takeover_grace_seconds`` apart — go back
+   to pending (``bridge.service.replicas``). A thread of its own (``bridge-slot``) checks every second that this
+   replica still holds its slot and takes it again when the database dropped the lock (a restarted PostgreSQL
+   ends every session): the grace is what keeps a live replica's claims from being released meanwhile;
 2. *inbox*: claim a batch (lease), resolve each entry — a digest from the payload, or the resource read
    from the EHR by id (``id-only``), or a ``_lastUpdated`` query (empty ping, catch-up, poll) — into
    ``Resolution``\\ s (patients to re-screen, patients now known, versions seen), applied atomically with
@@ -31,6 +34,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -101,6 +105,8 @@ class WorkerConfig:
     monitor_interval_seconds: float = 1.0
     retention_seconds: float = 14 * 86400.0
     takeover_interval_seconds: float = 5.0
+    takeover_grace_seconds: float = 10.0
+    slot_check_seconds: float = 1.0
     replica_slots: int = MAX_REPLICAS
     catch_up_on_start: bool = True
     trigger_types: tuple[str, ...] = TRIGGER_TYPES
@@ -140,6 +146,9 @@ class Worker:
         self.election: Election = election or Alone()
         self.slot = slot
         self._next_takeover = 0.0
+        self._free_since: dict[int, float] = {}
+        self._last_sweep = float("-inf")
+        self._regained = ExitStack()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._next_monitor = 0.0
@@ -153,6 +162,8 @@ class Worker:
         self.recover()
         self._threads = [threading.Thread(target=self._loop, args=(i,), name=f"bridge-worker-{i}", daemon=True)
                          for i in range(self.threads)]
+        if self.slot is not None:
+            self._threads.append(threading.Thread(target=self._slot_loop, name="bridge-slot", daemon=True))
         for thread in self._threads:
             thread.start()
 
@@ -161,6 +172,27 @@ class Worker:
         for thread in self._threads:
             thread.join(timeout)
         self._threads = []
+        self._regained.close()
+
+    def _slot_loop(self) -> None:
+        while not self._stop.wait(self.config.slot_check_seconds):
+            try:
+                self.keep_slot()
+            except Exception as exc:  # noqa: BLE001 - the store may be down: try again next time
+                event(log, "worker.error", logging.ERROR, worker=self.name, error=describe(exc))
+
+    def keep_slot(self) -> bool:
+        """Take this replica's slot lock again if it is free (the database dropped the session that held it);
+        True when it had to. Held by anyone — this process, as it should — it is left alone."""
+        assert self.slot is not None
+        held = ExitStack()
+        if not held.enter_context(self.election.leader(slot_lock(self.slot))):
+            held.close()
+            return False
+        self._regained.close()  # a lock held on a session that is gone
+        self._regained = held
+        event(log, "worker.slot-regained", logging.WARNING, worker=self.name)
+        return True
 
     @property
     def alive(self) -> bool:
@@ -261,16 +293,25 @@ class Worker:
             self.store.purge(now - self.config.retention_seconds)
         if self.slot is not None and now >= self._next_takeover:
             self._next_takeover = now + self.config.takeover_interval_seconds
-            self.take_over()
+            self.take_over(now)
 
-    def take_over(self) -> int:
-        """Release the claims of every replica slot no live process holds (its replica died)."""
+    def take_over(self, now: float) -> int:
+        """Release the claims of every replica slot no live process holds (its replica died): free now and
+        already free ``takeover_grace_seconds`` ago (a live replica whose lock was dropped takes it back sooner)."""
         total = 0
+        if now - self._last_sweep > 3 * self.config.takeover_interval_seconds:
+            self._free_since.clear()  # another replica led meanwhile: what this one saw free then is stale
+        self._last_sweep = now
         for slot in range(self.config.replica_slots):
             if slot == self.slot:
                 continue
             with self.election.leader(slot_lock(slot)) as free:
-                released = self.store.release_claims(slot_prefix(slot, self._role)) if free else 0
+                if not free:
+                    self._free_since.pop(slot, None)
+                    continue
+                since = self._free_since.setdefault(slot, now)
+                gone = now - since >= self.config.takeover_grace_seconds
+                released = self.store.release_claims(slot_prefix(slot, self._role)) if gone else 0
             if released:
                 event(log, "worker.took-over", logging.WARNING, worker=slot_prefix(slot, self._role),
                       count=released)

@@ -369,8 +369,10 @@ def test_a_dead_replicas_claims_are_taken_over_at_once(tmp_path: Path, cmap: Cod
         with file_leader(store.path, slot_lock(0)) as alive:  # replica 0 runs and claims everything
             assert alive
             assert len(store.claim_inbox(f"{dead.name}#0", T0, 120, 10, 5)) == 2
-            assert survivor.take_over() == 0 and survivor.run_until_idle() == 0
-        assert survivor.take_over() == 2  # its slot's lock is gone: the process died, long before the lease ends
+            assert survivor.take_over(clock()) == 0 and survivor.run_until_idle() == 0
+        assert survivor.take_over(clock()) == 0  # free once: maybe a live replica whose session was dropped
+        clock.advance(survivor.config.takeover_grace_seconds)
+        assert survivor.take_over(clock()) == 2  # still free: the process died; long before the lease ends
         survivor.run_until_idle()
         assert sorted(rescreen.calls) == ["p1", "p2"] and store.stats().inbox == {"done": 2}
     finally:
@@ -429,3 +431,22 @@ def test_a_pass_broken_off_by_the_store_releases_its_claims_without_waiting_for_
         worker.stop()
         store.close()
     assert rescreen.calls == ["p1", "p1"]  # done again at once, not after the hour's lease
+
+
+def test_a_replica_takes_its_slot_back_and_its_claims_are_not_released_meanwhile(tmp_path: Path,
+                                                                                 cmap: CodeMap) -> None:
+    store, clock, rescreen = SqliteStore(tmp_path / "state.sqlite3"), Clock(), FakeRescreen()
+    live, other = _replica(store, cmap, 0, rescreen, clock), _replica(store, cmap, 1, rescreen, clock)
+    try:
+        put(store, encounter("e1", "p1"))
+        with file_leader(store.path, slot_lock(0)) as held:  # as startup holds the slot
+            assert held and live.keep_slot() is False  # held: nothing to do
+        assert len(store.claim_inbox(f"{live.name}#0", T0, 120, 10, 5)) == 1
+        assert other.take_over(clock()) == 0  # the lock was dropped (a database restart): seen free once
+        assert live.keep_slot() is True  # the replica takes it back within a second
+        clock.advance(other.config.takeover_grace_seconds)
+        assert other.take_over(clock()) == 0  # held again: its claim stays its own
+        assert store.stats().inbox == {"claimed": 1}
+    finally:
+        live.stop()
+        store.close()
