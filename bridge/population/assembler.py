@@ -13,12 +13,17 @@ from array import array
 from bridge.model import Entry, Skipped
 from bridge.normalize.facts import Normalized
 from bridge.normalize.patients import PatientAssembler, VersionKey
-from bridge.population import spill
+from bridge.population import spill, validation
 from bridge.population.spill import Group, Problems
 
 
 class PositionedAssembler(PatientAssembler):
-    """The per-patient assembler, with a line's position in the directory as its arrival order."""
+    """The per-patient assembler, with a line's position in the directory as its arrival order; a resource is
+    validated with its complex elements remembered (``validation.valid``: the same answer), and the ordinary way
+    whenever that does not say valid — so a skip is reported exactly as by the per-patient path."""
+
+    def _valid(self, entry: Entry) -> bool:
+        return validation.valid(entry.resource) or super()._valid(entry)
 
     def add_at(self, entry: Entry, order: int) -> list[Skipped]:
         """``add`` the entry as arriving at ``order``; returns what it skipped (validation, missing id)."""
