@@ -9,22 +9,25 @@ published index and known patients are used), with every event accepted on B don
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from bridge.client import FhirClient
 from bridge.state import open_state
-from tests.pg import base_url, temporary_database
+from tests.pg import base_url, temporary_database, with_database
 from tests.processes import ServiceProcess
 
 from .burst import Population, Sender
 from .peer import PeerServer
 from .test_replicas import SECRET, assert_all_processed, service_settings, wait_subjects
 
-pytestmark = pytest.mark.peer
+REPO = Path(__file__).resolve().parents[2]
 
 
 def tool(name: str) -> str:
@@ -34,6 +37,7 @@ def tool(name: str) -> str:
     return found
 
 
+@pytest.mark.peer
 def test_pg_dump_of_a_running_service_restores_into_a_new_database_that_carries_on(
         fresh_peer: PeerServer, tmp_path: Path) -> None:
     pytest.importorskip("psycopg")
@@ -75,3 +79,50 @@ def test_pg_dump_of_a_running_service_restores_into_a_new_database_that_carries_
             assert all(len(s) == 1 for s in wait_subjects(client, population.patients).values())
         finally:
             on_b.stop()
+
+
+def test_least_privilege_roles(tmp_path: Path) -> None:
+    """deploy/roles.sql: the owner role migrates; the runtime role works the queue but cannot change the schema."""
+    import psycopg
+
+    from bridge.errors import StoreError
+    from bridge.service.notifications import parse_put
+
+    server, tag = base_url(), f"{os.getpid()}_{int(time.time()) % 100000}"
+    owner, app, db = f"o_{tag}", f"a_{tag}", f"roles_{tag}"
+    script = tmp_path / "roles.sql"
+    script.write_text((REPO / "deploy" / "roles.sql").read_text(encoding="utf-8")
+                      .replace("cd7_bridge_owner", owner).replace("cd7_bridge_app", app)
+                      .replace("cd7_bridge", db), encoding="utf-8")
+    as_role = lambda role: with_user(with_database(server, db), role)  # noqa: E731 - a local shorthand
+    try:
+        subprocess.run([tool("psql"), server, "-v", "ON_ERROR_STOP=1", "-v", "owner_password='o-pw'", "-v",
+                        "app_password='a-pw'", "-f", str(script)], check=True, capture_output=True, timeout=60)
+        open_state(as_role(owner)).close()  # the upgrade step: migrations as the owner
+        try:
+            state = open_state(as_role(app))
+        except StoreError as exc:
+            if "InsufficientPrivilege" in exc.message and "schema_migrations" in exc.message:
+                pytest.xfail("opening the PostgreSQL state runs DDL even when nothing is pending (docs/deployment.md,"
+                             " open point): the runtime role cannot start yet")
+            raise
+        try:
+            body = b'{"resourceType": "Encounter", "id": "e1", "status": "in-progress", "meta": {"versionId": "1"}}'
+            assert state.accept(parse_put("default", "Encounter", "e1", body), time.time()).new == 1
+            assert len(state.claim_inbox("roles#0", time.time(), 60, 10, 6)) == 1
+        finally:
+            state.close()
+        with psycopg.connect(as_role(app), autocommit=True) as conn:
+            for ddl in ("CREATE TABLE intruder(x int)", "DROP TABLE inbox", "ALTER TABLE inbox ADD COLUMN x int"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(ddl.encode())
+    finally:
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)".encode())
+            conn.execute(f"DROP ROLE IF EXISTS {app}".encode())
+            conn.execute(f"DROP ROLE IF EXISTS {owner}".encode())
+
+
+def with_user(url: str, user: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f"{user}@{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"))
