@@ -94,7 +94,10 @@ def test_least_privilege_roles(tmp_path: Path) -> None:
     script.write_text((REPO / "deploy" / "roles.sql").read_text(encoding="utf-8")
                       .replace("cd7_bridge_owner", owner).replace("cd7_bridge_app", app)
                       .replace("cd7_bridge", db), encoding="utf-8")
-    as_role = lambda role: with_user(with_database(server, db), role)  # noqa: E731 - a local shorthand
+
+    def as_role(role: str) -> str:
+        return with_user(with_database(server, db), role)
+
     try:
         subprocess.run([tool("psql"), server, "-v", "ON_ERROR_STOP=1", "-v", "owner_password='o-pw'", "-v",
                         "app_password='a-pw'", "-f", str(script)], check=True, capture_output=True, timeout=60)
