@@ -58,6 +58,11 @@ _MIGRATION_LOCK = "bridge:schema-migrations"
 
 URL_SCHEMES = ("postgresql://", "postgres://")
 
+# How long the pool keeps retrying one lost connection (its delays double: 1, 2, 4 s) before it gives up and
+# the next request starts a fresh attempt at once. Short on purpose: with a long one the doubling delays grow
+# with the outage, and a database back after a minute would be used again only a minute later.
+RECONNECT_SECONDS = 5.0
+
 
 def is_postgres_url(location: object) -> bool:
     """Whether a state location names PostgreSQL (``postgresql://`` or ``postgres://``) rather than a file."""
@@ -102,11 +107,11 @@ class PostgresDatabase:
         self._pool = ConnectionPool(url, min_size=min_size, max_size=max_size, open=False, timeout=timeout,
                                     kwargs={"autocommit": True, "connect_timeout": max(2, int(connect_timeout))},
                                     check=ConnectionPool.check_connection, name="bridge-state",
-                                    reconnect_timeout=3600.0)
+                                    reconnect_timeout=RECONNECT_SECONDS)
         self._locks = ConnectionPool(url, min_size=0, max_size=64, open=False, timeout=timeout,
                                      kwargs={"autocommit": True, "connect_timeout": max(2, int(connect_timeout))},
                                      check=ConnectionPool.check_connection, name="bridge-leader",
-                                     reconnect_timeout=3600.0)
+                                     reconnect_timeout=RECONNECT_SECONDS)
         try:
             self._open(connect_timeout)
             self.migrate(migrations)
