@@ -13,10 +13,10 @@ One pass (``Worker.step``):
    from the EHR by id (``id-only``), or a ``_lastUpdated`` query (empty ping, catch-up, poll) — into
    ``Resolution``\\ s (patients to re-screen, patients now known, versions seen), applied atomically with
    marking the entry done;
-3. *re-screens*: claim due patients (one row per patient, so a burst of events is one re-screen — across
-   replicas too, the row is in the database; due ``coalesce_seconds`` after the first request, the setting
-   ``rescreen_delay_seconds``), call the injected ``rescreen(patient_id) -> status``, mark done (or pending
-   again if requested meanwhile).
+3. *re-screens*: claim ``rescreen_batch`` (1) due patients (one row per patient, so a burst of events is one
+   re-screen — across replicas too, the row is in the database; due ``coalesce_seconds`` after the first
+   request, the setting ``rescreen_delay_seconds``), call the injected ``rescreen(patient_id) -> status``, mark
+   done (or pending again if requested meanwhile).
 
 Failures: a ``RemoteError`` (EHR down, 5xx, timeout) is retried with exponential backoff; after
 ``max_attempts`` the entry or re-screen is *failed* — kept, visible in ``/readyz``, re-queued by
@@ -93,6 +93,9 @@ class ClientEhr:
 class WorkerConfig:
     lease_seconds: float = 120.0
     batch: int = 50
+    # re-screens claimed per pass: one, so the due re-screens spread over every thread of every replica instead of
+    # queueing behind one thread's batch (a re-screen is ~a dozen EHR requests; an inbox entry a few ms)
+    rescreen_batch: int = 1
     max_attempts: int = 6
     backoff_first: float = 2.0
     backoff_cap: float = 300.0
@@ -255,7 +258,7 @@ class Worker:
                                          self.config.max_attempts)
         for entry in entries:
             self._process(entry, me)
-        tasks = self.store.claim_rescreens(me, self.clock(), self.config.lease_seconds, self.config.batch,
+        tasks = self.store.claim_rescreens(me, self.clock(), self.config.lease_seconds, self.config.rescreen_batch,
                                            self.config.max_attempts)
         for task in tasks:
             self._rescreen(task, me)
