@@ -30,8 +30,10 @@ import orjson
 
 from bridge.fhirmodels import model_class
 
-MEMO_SIZE = 4096  # remembered elements per process (~2 KB each)
+MEMO_SIZE = 2048  # remembered elements per process (a few KB each)
+SEEN_SIZE = 8192  # elements seen once (their key only)
 _MEMO: dict[tuple[type, bytes], Any] = {}
+_SEEN: set[tuple[type, bytes]] = set()
 Fields = dict[str, tuple[type, bool]]  # JSON key -> (element class, is a list)
 
 
@@ -64,14 +66,22 @@ def element_fields(resource_type: str) -> Fields:
 
 
 def _instance(klass: type, value: dict[str, Any]) -> Any:
-    """``klass.model_validate(value)``, remembered by the exact JSON of ``value`` (raises as it does)."""
+    """``klass.model_validate(value)``, remembered by the exact JSON of ``value`` from its second sighting on
+    (raises as it does); ``value`` itself the first time (a unique element — a ``meta`` with its own timestamp
+    — is not worth an instance)."""
     key = (klass, orjson.dumps(value))
     found = _MEMO.get(key)
-    if found is None:
-        found = klass.model_validate(value)  # type: ignore[attr-defined]
-        if len(_MEMO) >= MEMO_SIZE:
-            _MEMO.clear()
-        _MEMO[key] = found
+    if found is not None:
+        return found
+    if key not in _SEEN:
+        if len(_SEEN) >= SEEN_SIZE:
+            _SEEN.clear()
+        _SEEN.add(key)
+        return value
+    found = klass.model_validate(value)  # type: ignore[attr-defined]
+    if len(_MEMO) >= MEMO_SIZE:
+        _MEMO.clear()
+    _MEMO[key] = found
     return found
 
 
