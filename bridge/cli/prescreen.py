@@ -242,7 +242,8 @@ def command(
     strict: Annotated[bool, typer.Option("--strict", help="exit 2 when any resource was skipped")] = False,
     all_patients: Annotated[bool, typer.Option(
         "--all-patients", help="NDJSON directory: evaluate every patient, not only those with an acute-leukaemia "
-                               "Condition (population mode, the fast default)")] = False,
+                               "Condition (population mode, the fast default); in bounded memory, partitioned by "
+                               "patient (docs/population.md)")] = False,
     save: Annotated[bool, typer.Option("--save", help="record the results in the local state store (db_path): the "
                                                       "screenings for the coordinator page (bridge serve, /ui), "
                                                       "the ResearchStudy and ResearchSubjects for /fhir")]
