@@ -55,8 +55,8 @@ RECORDED_TYPES = ("ResearchStudy", "Provenance")  # the conformance resources ar
 
 
 def records_locally(settings: Settings, save: bool) -> bool:
-    """``--save``, or a state store that already exists at ``db_path``."""
-    return save or Path(settings.db_path).exists()
+    """``--save``, a PostgreSQL ``db_url`` (it always exists), or a SQLite state store already at ``db_path``."""
+    return save or settings.db_url is not None or Path(settings.db_path).exists()
 
 
 def publish_recorded(base_url: str, settings: Settings, trial: Trial) -> tuple[Written, int]:

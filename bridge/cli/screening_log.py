@@ -66,7 +66,7 @@ def command(
         raise typer.BadParameter("--from is after --to", param_hint="--from")
     settings = settings_from(config)
     trial = trial_from(trial_file, settings)
-    if "://" not in settings.db_path and not Path(settings.db_path).is_file():
+    if settings.db_url is None and not Path(settings.db_path).is_file():
         raise StoreError(f"no state store at {settings.db_path}; run 'bridge prescreen --save' or the service "
                          "first, or set db_path (--config or BRIDGE_DB_PATH)")
     from bridge.report.screening_log import identification_list_csv, log_rows, screening_log_csv, summary
