@@ -152,6 +152,7 @@ def partition_chunk(chunk: Chunk) -> PartitionResult:
     result = PartitionResult(chunk)
     base = (chunk.file_index << _FILE_SHIFT) | chunk.start
     start, size, lineno = 0, len(buf), 0
+    last_pid, last_part = "", partition_of("", n_parts)
     while start < size:
         nl = buf.find(b"\n", start)
         end = size if nl < 0 else nl + 1
@@ -172,7 +173,9 @@ def partition_chunk(chunk: Chunk) -> PartitionResult:
             result.ignored_types += 1
             continue
         pid = patient_of(res) or ""
-        part = partition_of(pid, n_parts)
+        if pid != last_pid:  # a patient's lines mostly come together
+            last_pid, last_part = pid, partition_of(pid, n_parts)
+        part = last_part
         rid = res.get("id")
         digest = spill.digest(source_ref(res)) if isinstance(rid, str) else None
         if digest is not None:
