@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from bridge.errors import StoreError
-from bridge.state import Delivery, InboxEvent
+from bridge.state import Delivery, InboxEvent, ScreeningRecord
 from bridge.state.postgres_state import PostgresState
+from bridge.trial import load_trial
 from tests.pg import base_url
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,3 +100,20 @@ def test_the_same_command_works_on_a_reachable_database(pg_url: str, tmp_path: P
     assert done.returncode == 0, done.stderr
     assert '"pending": 0' in done.stdout
     assert not (tmp_path / "bridge-state.sqlite3").exists()  # db_url, not the default SQLite file
+
+
+def test_screening_log_reads_the_postgres_state(pg_url: str, tmp_path: Path) -> None:
+    """With db_url set, the screening log reads PostgreSQL: no SQLite file needs to exist at db_path."""
+    state = PostgresState(pg_url)
+    try:
+        state.save_screening(ScreeningRecord("p1", "candidate", [], "2026-06-15", T0, "NCT04762485",
+                                             load_trial().ruleset_version, age=36, sex="female"))
+    finally:
+        state.close()
+    env = {**os.environ, "BRIDGE_DB_URL": pg_url}
+    out = tmp_path / "log.csv"
+    done = subprocess.run([sys.executable, "-m", "bridge", "screening-log", "--out", str(out)], env=env,
+                          capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = out.read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 2 and rows[1].startswith("S00001,") and "p1" not in rows[1]
