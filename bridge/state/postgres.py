@@ -85,6 +85,13 @@ def describe(url: str) -> str:
     return f"database {parts.get('dbname') or parts.get('user') or '?'} on {host}{f':{port}' if port else ''}"
 
 
+def _first_line(exc: BaseException, secret: str | None) -> str:
+    """libpq's own first line (it names the socket or host and the cause, never the password), redacted all
+    the same in case a password is ever echoed."""
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return line.replace(secret, "***") if secret else line
+
+
 def reason(exc: BaseException) -> str:
     """What went wrong, without the server's message text (its DETAIL may quote row content)."""
     if isinstance(exc, PoolTimeout):
@@ -124,19 +131,18 @@ class PostgresDatabase:
 
     def _open(self, connect_timeout: float) -> None:
         try:
+            secret = conninfo_to_dict(self._url).get("password")
+        except psycopg.Error:
+            raise StoreError("the state store URL (db_url) does not parse: expected "
+                             "postgresql://user:password@host:port/database") from None
+        try:
             with psycopg.connect(self._url, connect_timeout=max(2, int(connect_timeout))):
                 pass  # one direct attempt first: its failure says why, where the pool would only time out
+            self._pool.open(wait=True, timeout=connect_timeout)
         except psycopg.Error as exc:
-            raise StoreError(f"cannot connect to the state store, {self.where}: {self._first_line(exc)}") from None
-        self._pool.open(wait=True, timeout=connect_timeout)
+            raise StoreError(f"cannot connect to the state store, {self.where}: "
+                             f"{_first_line(exc, str(secret) if secret else None)}") from None
         self._locks.open()
-
-    def _first_line(self, exc: BaseException) -> str:
-        """libpq's own first line (it names the socket or host and the cause, never the password), redacted
-        all the same in case a password is ever echoed."""
-        line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        secret = conninfo_to_dict(self._url).get("password")
-        return line.replace(str(secret), "***") if secret else line
 
     # transactions --------------------------------------------------------------------------------------
     @contextmanager
