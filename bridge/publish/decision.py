@@ -281,7 +281,8 @@ def decision_writer(settings: Settings, state: DecisionState, trial: Trial | Non
                     client: FhirClient | None = None) -> Callable[[int], None]:
     """``write_back(seq)`` for the coordinator page: write the action ``seq`` back (through ``client``, else an
     EHR client when ``ehr_base_url`` is set, else the local store), marking it written back; on failure it is
-    marked failed (the error's class) and the exception raised — the action stays pending."""
+    marked failed (the error's class) and the exception raised — the action stays pending. Make one writer and
+    keep it (it holds its EHR client), or pass the service's ``client``."""
     return DecisionWriter(state, trial or load_trial(settings.trial), _client(settings, client), clock)
 
 
@@ -289,15 +290,24 @@ def write_back_pending(settings: Settings, state: DecisionState, trial: Trial | 
                        clock: Callable[[], float] = time.time, client: FhirClient | None = None,
                        limit: int = 100) -> tuple[int, int]:
     """Retry every pending write-back of ``trial`` (oldest first, at most ``limit``); one failure does not stop
-    the others. Returns (written, failed)."""
-    writer = DecisionWriter(state, trial or load_trial(settings.trial), _client(settings, client), clock)
-    pending: Sequence[ActionRecord] = [a for a in state.pending_writebacks(limit) if a.trial == writer.trial.id]
+    the others. Without ``client`` an EHR client is opened (``ehr_base_url``) only when something is pending,
+    and closed. Returns (written, failed)."""
+    t = trial or load_trial(settings.trial)
+    pending: Sequence[ActionRecord] = [a for a in state.pending_writebacks(limit) if a.trial == t.id]
+    if not pending:
+        return 0, 0
+    own = _client(settings, None) if client is None else None  # opened here: closed here
+    writer = DecisionWriter(state, t, client or own, clock)
     failed = 0
-    for action in pending:
-        try:
-            writer(action.seq)
-        except Exception:  # noqa: BLE001 - recorded by the writer (mark_writeback_failed); the others go on
-            failed += 1
+    try:
+        for action in pending:
+            try:
+                writer(action.seq)
+            except Exception:  # noqa: BLE001 - recorded by the writer (mark_writeback_failed); the others go on
+                failed += 1
+    finally:
+        if own is not None:
+            own.close()
     return len(pending) - failed, failed
 
 

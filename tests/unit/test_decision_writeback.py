@@ -274,3 +274,33 @@ def test_through_an_ehr_a_failure_is_recorded_and_retried_by_write_back_pending(
     held = store.get_published(f"ResearchSubject|https://cd7-bridge.example.org/fhir/NamingSystem/research-subject|"
                                f"{TRIAL.id}-{pid}")
     assert held is not None and held.version == "2" and held.resource["status"] == "screening"
+
+
+def test_write_back_pending_opens_an_ehr_client_only_when_needed_and_closes_it(store: Store, run: Any,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from bridge.publish import decision as module
+
+    opened: list[Any] = []
+
+    class Opened(MemoryEhr):
+        closed = False
+
+        def __init__(self, base_url: str, settings: Settings) -> None:
+            super().__init__()
+            assert base_url == "https://ehr.example.org/fhir"
+            opened.append(self)
+
+        def close(self) -> None:
+            self.closed = True
+
+    monkeypatch.setattr(module, "FhirClient", Opened)
+    settings = Settings(ehr_base_url="https://ehr.example.org/fhir")
+    assert write_back_pending(settings, store, TRIAL, lambda: NOW) == (0, 0)
+    assert opened == []
+    pid = _pid(run, "candidate")
+    a = act(store.acts, TRIAL.id, pid, "contacted", role="coordinator", user="c.jones", digest=_digest(store, pid))
+    assert write_back_pending(settings, store, TRIAL, lambda: NOW) == (1, 0)
+    assert len(opened) == 1 and opened[0].closed
+    subject = next(r for (t, _), r in opened[0].resources.items() if t == "ResearchSubject")
+    assert decision_from_subject(subject).action == "contacted"  # type: ignore[union-attr]
+    assert ("Provenance", provenance_id(a)) in opened[0].resources
