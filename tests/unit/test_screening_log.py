@@ -16,8 +16,10 @@ from typer.testing import CliRunner
 from bridge.cli import build_app
 from bridge.config import RuleOptions
 from bridge.decisions import verdicts_digest
+from bridge.evaluate.eligibility import Screening
+from bridge.model import PartialDate, PatientFacts
 from bridge.normalize.mappings import load_code_map
-from bridge.pipeline import ScreenedPatient, prescreen
+from bridge.pipeline import ScreenedPatient, age_on, prescreen
 from bridge.report.screening_log import (
     identification_list_csv,
     safe_cell,
@@ -210,3 +212,25 @@ def test_cli_help_has_an_example_and_exit_codes() -> None:
     result = CliRunner().invoke(build_app("screening-log"), ["screening-log", "--help"])
     assert result.exit_code == 0
     assert "bridge screening-log --from" in result.output and "Exit codes" in result.output
+
+
+def test_the_population_path_carries_age_and_sex_too() -> None:
+    cmap = load_code_map(ROOT / "samples" / "site-map.yaml")
+    run = prescreen(str(ROOT / "samples" / "prescreen" / "ndjson"), RuleOptions.for_trial(TRIAL, AS_OF), cmap)
+    first = {s.patient: s for s in run.screenings}["Patient/p01"]
+    assert isinstance(first, ScreenedPatient) and (first.age, first.sex) == (34, "male")
+
+
+@pytest.mark.parametrize(("born", "age"), [(PartialDate(1991, 9, 23), 34), (PartialDate(1991, 6, 15), 35),
+                                           (PartialDate(1991, 6), None), (PartialDate(1991, 7), 34),
+                                           (PartialDate(1990), None), (None, None)])
+def test_age_in_completed_years_or_none_when_a_partial_birth_date_leaves_it_open(born: PartialDate | None,
+                                                                                 age: int | None) -> None:
+    assert age_on(PatientFacts("x", has_patient=True, birth_date=born), AS_OF) == age
+
+
+def test_a_screened_patient_equals_the_plain_screening() -> None:
+    plain = Screening("Patient/a", "candidate", ())
+    assert ScreenedPatient("Patient/a", "candidate", (), 40, "female") == plain
+    assert plain == ScreenedPatient("Patient/a", "candidate", (), 40, "female")
+    assert hash(plain) == hash(ScreenedPatient("Patient/a", "candidate", (), None, None))
