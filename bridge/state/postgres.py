@@ -195,7 +195,21 @@ class PostgresDatabase:
         with self.read("read schema version") as cur:
             return [r["version"] for r in cur.execute("SELECT version FROM schema_migrations ORDER BY version")]
 
+    def _recorded(self) -> set[int] | None:
+        """The recorded migration versions, or None when there is no ``schema_migrations`` table yet."""
+        with self.read("read schema version") as cur:
+            row = cur.execute("SELECT to_regclass('schema_migrations') AS t").fetchone()
+            if row is None or row["t"] is None:
+                return None
+            return {r["version"] for r in cur.execute("SELECT version FROM schema_migrations")}
+
     def migrate(self, migrations: Sequence[Migration]) -> None:
+        """Apply the missing ``migrations``. When none is missing this runs no DDL and takes no lock, so the
+        runtime role of ``deploy/roles.sql`` (rows only) opens a database the owner role has migrated."""
+        known = {m.version for m in migrations}
+        recorded = self._recorded()
+        if recorded is not None and recorded == known:
+            return
         with self.write("create schema_migrations") as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(_MIGRATION_LOCK),))
             cur.execute(_MIGRATIONS_TABLE)
