@@ -133,6 +133,27 @@ def test_fast_path_reports_exactly_the_acute_leukemia_patients(population: Path,
             assert s.status == "ineligible"
 
 
+@pytest.fixture(scope="module", params=[10, 90, 150], ids=lambda k: f"{k}-results")
+def lab_dense(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, PrescreenRun]:
+    """A lab-dense export (issue #16): many relevant results per candidate, a third of the patients candidates."""
+    directory = tmp_path_factory.mktemp("lab-dense")
+    write_population(90, directory, seed=16, leukemia_rate=0.3, results_per_candidate=request.param)
+    return directory, full(directory)
+
+
+@pytest.mark.parametrize(("processes", "chunk_bytes"), [(1, 1 << 16), (2, 1 << 14)])
+def test_lab_dense_exports_give_the_per_patient_verdicts(lab_dense: tuple[Path, PrescreenRun], processes: int,
+                                                         chunk_bytes: int) -> None:
+    directory, want = lab_dense
+    got = fast(directory, processes, chunk_bytes)
+    assert_same_verdicts(got, want)
+    assert {s.patient for s in got.screenings} | {n.patient for n in got.not_screened} == \
+        leukemia_patients(directory)
+    expected = {s.patient: s for s in want.screenings}
+    run = prescreen(str(directory), OPTIONS, cmap())  # the pipeline: screened in the workers
+    assert run.screenings == [expected[s.patient] for s in run.screenings] and len(run.screenings) > 15
+
+
 def test_skips_are_reported_as_the_per_patient_path_does(population: Path, population_full: PrescreenRun) -> None:
     got = fast(population, 2, 1 << 15).report.skipped
     want = population_full.report.skipped
