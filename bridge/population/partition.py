@@ -40,8 +40,8 @@ The JSON document — every patient's verdicts, ``notScreened`` — is the per-p
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import heapq
+import importlib.util
 import io
 import os
 import pickle
@@ -54,11 +54,11 @@ from typing import Any
 
 import numpy
 
-from bridge.ingest.readers import ndjson_files, ndjson_line
+from bridge.ingest.readers import ndjson_files, ndjson_line, read_ndjson_dir
 from bridge.model import Entry, PatientFacts, Skipped
 from bridge.normalize.facts import READ_TYPES, Normalized, source_ref
 from bridge.normalize.mappings import CodeMap
-from bridge.normalize.patients import ReadReport, VersionKey, conflict_warning
+from bridge.normalize.patients import PatientAssembler, ReadReport, VersionKey, conflict_warning
 from bridge.population import spill
 from bridge.population.assembler import PositionedAssembler
 from bridge.population.chunks import CHUNK_BYTES, Chunk, plan_chunks, read_chunk_reusing
@@ -97,9 +97,14 @@ def partition_count(total_bytes: int, processes: int) -> int:
     return max(1, min(wanted, MAX_PARTITIONS, allowed))
 
 
+POSIX = spill.POSITIONED and importlib.util.find_spec("fcntl") is not None  # else: the per-patient path
+
+
 def _appending() -> int:
     """An anonymous temporary file opened for appends from several processes (``O_APPEND``: each write lands
     whole at the end)."""
+    import fcntl
+
     handle = tempfile.TemporaryFile()  # noqa: SIM115 - the descriptor is kept, the object closed
     fd = os.dup(handle.fileno())
     handle.close()
@@ -507,10 +512,21 @@ def all_patients_map(directory: Path, cmap: CodeMap, then: Callable[[PatientFact
     """``then`` of the facts of *every* patient of the directory (the facts themselves when None), in patient-id
     order, computed in bounded memory on every core (see the module docstring); and the read report, complete
     once the outcomes have been consumed. ``then`` runs in the worker processes (a module-level function or a
-    ``functools.partial`` of one)."""
+    ``functools.partial`` of one). Without positioned I/O and ``fcntl`` (Windows) it is the per-patient path:
+    the same outcomes, in memory."""
+    if not POSIX:
+        return _in_memory(directory, cmap, then)
     run = AllPatients(directory, cmap, then, progress, processes or default_processes(), chunk_bytes, trial,
                       partitions)
     return run.run(), run.report
 
 
-__all__ = ["PARTITION_BYTES", "AllPatients", "all_patients_map", "partition_count", "partition_of"]
+def _in_memory(directory: Path, cmap: CodeMap, then: Callable[[PatientFacts], Any] | None
+               ) -> tuple[Iterator[Any], ReadReport]:
+    asm = PatientAssembler(cmap)
+    asm.add_items(read_ndjson_dir(directory))
+    patients = asm.patients()
+    return iter(patients if then is None else [guarded(then, pf) for pf in patients]), asm.report
+
+
+__all__ = ["PARTITION_BYTES", "POSIX", "AllPatients", "all_patients_map", "partition_count", "partition_of"]

@@ -27,7 +27,7 @@ from bridge.ingest.readers import read_source
 from bridge.model import Failed, PatientFacts
 from bridge.normalize.mappings import load_code_map
 from bridge.pipeline import PrescreenRun, evaluate_patient, prescreen, prescreen_items, write_prescreen_json
-from bridge.population import all_patients_map
+from bridge.population import all_patients_map, partition
 from bridge.population.partition import partition_count, partition_of
 from samplegen.population import write_population
 from tests.unit.test_bulk import CAND, LOINC, OTHER, adversarial_dir, obs, q
@@ -226,6 +226,15 @@ def test_nothing_is_left_on_disk_or_open(tmp_path: Path, monkeypatch: pytest.Mon
     assert len(os.listdir("/proc/self/fd")) == before
     assert len(list(all_patients_map(d, cmap(), None, processes=1, partitions=3)[0])) > 3
     assert len(os.listdir("/proc/self/fd")) == before and not list(scratch.iterdir())
+
+
+def test_without_posix_io_it_is_the_per_patient_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where fork, pread and fcntl are missing (Windows) the per-patient path runs instead: the same document."""
+    monkeypatch.setattr(partition, "POSIX", False)
+    want = reference(SAMPLES)
+    got = partitioned(SAMPLES)
+    assert_same_document(got, want)
+    assert got.report.skipped == want.report.skipped and got.report.warnings == want.report.warnings
 
 
 def test_partitions_follow_the_size_of_the_export() -> None:
