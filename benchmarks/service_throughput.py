@@ -5,9 +5,9 @@
 
 For each backend × replica count × rate, in one run (so the figures share the machine's load): a fresh peer
 FHIR server (sekmet-fhir) holding ``rate × seconds / per-patient`` synthetic patients (clones of sample p01),
-a fresh database (a SQLite file, or a new database on the PostgreSQL server of ``--pg-url`` /
-``BRIDGE_TEST_PG_URL``), and N ``server.py`` replicas on it. The EHR's notifier (``tests/integration/burst.py``)
-then sends, at a fixed rate for ``seconds``, per patient its admission Encounter followed by ``per-patient - 1``
+a fresh database (a SQLite file, or a new database on a PostgreSQL server the benchmark starts for itself with
+``scripts/pg-server``, or on ``--pg-url``), and N ``server.py`` replicas on it. The EHR's notifier
+(``tests/integration/burst.py``) then sends, at a fixed rate for ``seconds``, per patient its admission Encounter followed by ``per-patient - 1``
 lab Observations (classic rest-hook ``PUT`` with the resource), spread round-robin over the replicas with 16
 connections, each retried until answered 200.
 
@@ -36,11 +36,12 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,7 @@ def database(backend: str, workdir: Path, pg_url: str | None) -> Iterator[tuple[
         yield {"db_path": str(db)}, str(db)
         return
     if not pg_url:
-        raise SystemExit("postgresql: give --pg-url or BRIDGE_TEST_PG_URL (scripts/pg-server prints one)")
+        raise SystemExit("postgresql: no server (give --pg-url, or let the benchmark start its own)")
     from urllib.parse import urlsplit, urlunsplit
 
     import psycopg
@@ -170,6 +171,19 @@ def store_cycle(location: str, rounds: int = 50) -> float:
     return round(statistics.median(times), 2)
 
 
+@contextmanager
+def own_postgres(workdir: Path) -> Iterator[str]:
+    """A PostgreSQL server of this run only (``scripts/pg-server`` with a pointer file of its own), so no test
+    run that stops the shared one takes the benchmark's database away."""
+    env = {**os.environ, "PG_SERVER_FILE": str(workdir / "pg-server")}
+    script = str(REPO / "scripts" / "pg-server")
+    done = subprocess.run([script], env=env, capture_output=True, text=True, timeout=120, check=True)
+    try:
+        yield done.stdout.strip().splitlines()[-1]
+    finally:
+        subprocess.run([script, "stop"], env=env, capture_output=True, timeout=60, check=False)
+
+
 def run_one(backend: str, replicas: int, rate: float, args: argparse.Namespace) -> Json:
     count = max(1, math.ceil(rate * args.seconds / args.per_patient))
     population = Population(count, prefix="tp")
@@ -236,13 +250,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--per-patient", type=int, default=10, help="notifications per patient (admission + labs)")
     p.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
     p.add_argument("--backends", nargs="+", choices=["sqlite", "postgresql"], default=["sqlite", "postgresql"])
-    p.add_argument("--pg-url", default=os.environ.get("BRIDGE_TEST_PG_URL"))
+    p.add_argument("--pg-url", help="a PostgreSQL server to create the databases on (default: one of its own)")
     p.add_argument("--workers", type=int, default=2, help="worker threads per replica")
     p.add_argument("--delay", type=float, default=0.5, help="rescreen_delay_seconds")
     p.add_argument("--timeout", type=float, default=180.0, help="how long to wait for the store to drain")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
-    results = []
+    results: list[Json] = []
+    with tempfile.TemporaryDirectory(prefix="bridge-throughput-pg-") as pg_dir, ExitStack() as stack:
+        if "postgresql" in args.backends and not args.pg_url:
+            args.pg_url = stack.enter_context(own_postgres(Path(pg_dir)))
+        run_all(args, results)
+
+
+def run_all(args: argparse.Namespace, results: list[Json]) -> None:
     print(f"{'backend':10} {'N':>2} {'rate':>6} {'accept/s':>8} {'p50':>7} {'p90':>7} {'p99':>7} {'lost':>4} "
           f"{'rescr':>5} {'cpuPeer':>6} {'cpuRep':>6}", file=sys.stderr)
     for backend in args.backends:
@@ -251,11 +272,12 @@ def main(argv: list[str] | None = None) -> None:
                 result = run_one(backend, replicas, rate, args)
                 results.append(result)
                 print(line(result), file=sys.stderr, flush=True)
-    doc = {"results": results, "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                                            if k != "pg_url"}, "cpus": os.cpu_count()}
-    if args.json:
-        args.json.write_text(json.dumps(doc, indent=2), encoding="utf-8")
-    print(json.dumps(doc, indent=2))
+                doc = {"results": results, "cpus": os.cpu_count(),
+                       "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                                    if k != "pg_url"}}
+                if args.json:  # after every configuration: a failure later keeps what was measured
+                    args.json.write_text(json.dumps(doc, indent=2), encoding="utf-8")
+    print(json.dumps({"results": results}, indent=2))
 
 
 if __name__ == "__main__":
