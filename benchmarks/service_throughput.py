@@ -7,9 +7,9 @@ For each backend × replica count × rate, in one run (so the figures share the 
 FHIR server (sekmet-fhir) holding ``rate × seconds / per-patient`` synthetic patients (clones of sample p01),
 a fresh database (a SQLite file, or a new database on a PostgreSQL server the benchmark starts for itself with
 ``scripts/pg-server``, or on ``--pg-url``), and N ``server.py`` replicas on it. The EHR's notifier
-(``tests/integration/burst.py``) then sends, at a fixed rate for ``seconds``, per patient its admission Encounter followed by ``per-patient - 1``
-lab Observations (classic rest-hook ``PUT`` with the resource), spread round-robin over the replicas with 16
-connections, each retried until answered 200.
+(``tests/integration/burst.py``) then sends, at a fixed rate for ``seconds``, per patient its admission
+Encounter followed by ``per-patient - 1`` lab Observations (classic rest-hook ``PUT`` with the resource), spread
+round-robin over the replicas with 16 connections, each retried until answered 200.
 
 Reported per configuration (one JSON document, and a table on stderr):
 
