@@ -32,7 +32,6 @@ Start-up (binding the port first, then the state and a replica slot) is ``bridge
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import re
 import socket
@@ -238,19 +237,13 @@ def team_wiring(settings: Settings, store: object, clock: Callable[[], float] = 
     marks it written back or failed, ``bridge.report.screening_log.screening_log_csv`` is the download."""
     if not (hasattr(store, "record_action") and hasattr(store, "screening_numbers")):
         return {}
+    from bridge.publish.decision import decision_writer
     from bridge.report.screening_log import screening_log_csv
     from bridge.trial import load_trial
 
     state, trial = cast(State, store), load_trial(settings.trial)
-    wiring: dict[str, Any] = {"screening_log": lambda: screening_log_csv(state, trial)}
-    try:
-        publish_decision = importlib.import_module("bridge.publish.decision")
-    except ModuleNotFoundError as exc:  # until the write-back of issue #17 is in: actions are recorded, pending
-        if exc.name != "bridge.publish.decision":
-            raise
-        return wiring
-    wiring["write_back"] = publish_decision.decision_writer(settings, state, trial, clock)
-    return wiring
+    return {"screening_log": lambda: screening_log_csv(state, trial),
+            "write_back": decision_writer(settings, state, trial, clock)}
 
 
 def _install_openapi(app: FastAPI) -> None:
