@@ -1,6 +1,7 @@
 """Assemble ``PatientFacts`` from a stream of source items: validate, normalize, group per patient.
 
-Each resource of a type the bridge reads is checked against its R4B model; one that fails is skipped and
+Each resource of a type the bridge reads is checked against its R4B model (common shapes by a conservative fast
+path that says valid only where the model does, ``bridge.normalize.fastvalid``); one that fails is skipped and
 reported (file, entry, element path), and so is one whose normalization raises (a bug, reported with the
 exception's type, never its message): no resource stops a run.
 
@@ -29,6 +30,7 @@ from bridge.errors import InvalidResource
 from bridge.fhirmodels import parse_resource
 from bridge.model import Entry, Item, NonClinical, PatientFacts, Skipped
 from bridge.normalize.facts import READ_TYPES, Normalized, normalize, source_ref
+from bridge.normalize.fastvalid import certainly_valid
 from bridge.normalize.mappings import CodeMap
 
 
@@ -182,7 +184,7 @@ class PatientAssembler:
             return
         ref, version = source_ref(res), version_key(res, self._order)
         self._order += 1
-        norm = self._normalized(entry) if not self.validate or self._valid(entry) else None
+        norm = self._normalized(entry) if not self.validate or self.validated(entry) else None
         if norm is None:  # skipped: this version still supersedes the older ones, and contributes nothing
             self.keep(ref, version, Normalized(None), used=False)
             return
@@ -190,7 +192,17 @@ class PatientAssembler:
             self.report.no_patient += 1
         self.keep(ref, version, norm, used=norm.patient_id is not None)
 
-    def _valid(self, entry: Entry) -> bool:
+    def certainly_valid(self, resource: dict[str, Any]) -> bool:
+        """The hook a subclass may widen: True only where the R4B model certainly accepts ``resource`` (a
+        conservative fast path, ``bridge.normalize.fastvalid``); False when not sure, and ``validated`` then asks
+        the model, which decides and reports the skip. Never True where the model says invalid, so verdicts and
+        skip reports are the model's."""
+        return certainly_valid(resource)
+
+    def validated(self, entry: Entry) -> bool:
+        """Whether ``entry`` passes its R4B model; a failure is reported as a skip (file, entry, element path)."""
+        if self.certainly_valid(entry.resource):
+            return True
         try:
             parse_resource(entry.resource, entry.where)
         except InvalidResource as exc:

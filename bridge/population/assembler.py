@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pickle
 from array import array
+from typing import Any
 
 from bridge.model import Entry, Skipped
 from bridge.normalize.facts import Normalized
@@ -18,12 +19,12 @@ from bridge.population.spill import Group, Problems
 
 
 class PositionedAssembler(PatientAssembler):
-    """The per-patient assembler, with a line's position in the directory as its arrival order; a resource is
-    validated with its complex elements remembered (``validation.valid``: the same answer), and the ordinary way
-    whenever that does not say valid — so a skip is reported exactly as by the per-patient path."""
+    """The per-patient assembler, with a line's position in the directory as its arrival order; a resource the
+    fast path is not sure of is validated with its complex elements remembered (``validation.valid``: the same
+    answer) before the ordinary way — so a skip is reported exactly as by the per-patient path."""
 
-    def _valid(self, entry: Entry) -> bool:
-        return validation.valid(entry.resource) or super()._valid(entry)
+    def certainly_valid(self, resource: dict[str, Any]) -> bool:
+        return super().certainly_valid(resource) or validation.valid(resource)
 
     def add_at(self, entry: Entry, order: int) -> list[Skipped]:
         """``add`` the entry as arriving at ``order``; returns what it skipped (validation, missing id)."""

@@ -54,8 +54,10 @@ from typing import Any
 
 import numpy
 
+from bridge.fhirmodels import model_class
 from bridge.ingest.readers import ndjson_files, ndjson_line, read_ndjson_dir
 from bridge.model import Entry, PatientFacts, Skipped
+from bridge.normalize import fastvalid
 from bridge.normalize.facts import READ_TYPES, Normalized, source_ref
 from bridge.normalize.mappings import CodeMap
 from bridge.normalize.patients import PatientAssembler, ReadReport, VersionKey, conflict_warning
@@ -266,7 +268,10 @@ class EvaluationScope:
     then: Callable[[PatientFacts], Any] | None
 
     def prepare(self) -> None:
-        """Nothing to build: the partition pass is complete."""
+        """The R4B models and the fast path's rules the workers validate with, built once before the fork."""
+        for rtype in READ_TYPES:
+            model_class(rtype)
+        fastvalid.prepare(READ_TYPES)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from bridge.fhirmodels import model_class
 # bridge.ingest.readers; import it under a public name once readers.py exports one.
 from bridge.ingest.readers import ndjson_line
 from bridge.model import Entry, Skipped
+from bridge.normalize import fastvalid
 from bridge.normalize.facts import READ_TYPES, source_ref
 from bridge.normalize.mappings import CodeMap
 from bridge.population import spill
@@ -69,11 +70,12 @@ class Scope:
         return CachedCodes(self.cmap)
 
     def prepare(self) -> None:
-        """The filter, the code cache and the R4B models the workers validate with (imported lazily otherwise),
-        built once in the parent and inherited by the workers."""
+        """The filter, the code cache, the R4B models and the fast path's rules the workers validate with (built
+        lazily otherwise), built once in the parent and inherited by the workers."""
         _ = self.filter, self.codes
         for rtype in SCREENED_TYPES:
             model_class(rtype)
+        fastvalid.prepare(SCREENED_TYPES)
 
 
 @dataclass

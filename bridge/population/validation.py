@@ -13,7 +13,7 @@ In a lab-dense export most of a result's elements recur line after line (the ana
 divides the cost of validating a result by ~3.
 
 Only a *success* is taken from here. Whenever an element fails, or anything unexpected happens, the caller
-validates the resource the ordinary way (``PatientAssembler._valid``), which produces the skip report —
+validates the resource the ordinary way (``PatientAssembler.validated``), which produces the skip report —
 reason and element path — exactly as the per-patient path does. Elements are remembered by their class and
 their exact JSON bytes (``orjson.dumps``: key order kept, ``1`` and ``1.0`` and ``true`` told apart), only for
 fields whose type is a plain complex type (not ``Resource``/``Element``, which dispatch on their content, nor
