@@ -56,6 +56,7 @@ from bridge.client import FhirClient
 from bridge.config import Settings
 from bridge.errors import BridgeError, InputError, Issue, RemoteError, StoreError
 from bridge.normalize.mappings import load_code_map
+from bridge.publish.decision import decision_writer, write_back_pending
 from bridge.service.channels import CHANNEL, DEFAULT_CHANNEL, bearer, check_channel, secret_matches, token_matches
 from bridge.service.edges import FHIR_ID, RESOURCE_TYPE, openapi_schemas, request_body
 from bridge.service.fhir_api import FhirResponse, fhir_router
@@ -237,7 +238,6 @@ def team_wiring(settings: Settings, store: object, clock: Callable[[], float] = 
     marks it written back or failed, ``bridge.report.screening_log.screening_log_csv`` is the download."""
     if not (hasattr(store, "record_action") and hasattr(store, "screening_numbers")):
         return {}
-    from bridge.publish.decision import decision_writer
     from bridge.report.screening_log import screening_log_csv
     from bridge.trial import load_trial
 
@@ -406,8 +406,13 @@ def build_worker(settings: Settings, name: str, worker_config: WorkerConfig | No
     config = worker_config or WorkerConfig.from_settings(settings)
     rescreen = PublishingRescreen.from_settings(client, cmap, store, settings)  # the ``trial`` setting's trial
     election = election or store  # the state's leader(): `bridge watch` beside replicas, one monitor
+    state = store
+
+    def retry_writebacks() -> tuple[int, int]:  # the study team's actions the EHR has not taken yet (issue #17)
+        return write_back_pending(settings, state, rescreen.trial, client=client)
+
     return Worker(store, rescreen, ClientEhr(client), cmap, config, name=name, threads=settings.workers,
-                  election=election, slot=slot)
+                  election=election, slot=slot, retry_writebacks=retry_writebacks)
 
 
 def build_app(settings: Settings, worker_config: WorkerConfig | None = None, name: str | None = None,

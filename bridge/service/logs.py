@@ -36,7 +36,7 @@ FIELDS = frozenset({
     "attempts", "channel", "count", "delay_s", "duplicates", "duration_ms", "error", "event_number", "first",
     "http_status", "inbox_id", "kind", "last", "latency_ms", "method", "new", "notification", "patient_id",
     "path", "reason", "resource_id", "resource_type", "since", "state", "status", "subscription", "topic",
-    "types", "version", "worker",
+    "types", "version", "worker", "written", "failed",
 })
 _EXTRA = "bridge_fields"
 

@@ -109,6 +109,7 @@ class WorkerConfig:
     retention_seconds: float = 14 * 86400.0
     takeover_interval_seconds: float = 5.0
     takeover_grace_seconds: float = 10.0
+    writeback_retry_seconds: float = 30.0  # how often the monitor retries the study team's pending write-backs
     slot_check_seconds: float = 1.0
     replica_slots: int = MAX_REPLICAS
     catch_up_on_start: bool = True
@@ -140,7 +141,7 @@ class Worker:
     def __init__(self, store: WorkerState, rescreen: Rescreen, ehr: Ehr, cmap: CodeMap,
                  config: WorkerConfig | None = None, clock: Callable[[], float] = time.time,
                  name: str | None = None, threads: int = 1, election: Election | None = None,
-                 slot: int | None = None) -> None:
+                 slot: int | None = None, retry_writebacks: Callable[[], tuple[int, int]] | None = None) -> None:
         self.store, self.rescreen, self.ehr, self.cmap = store, rescreen, ehr, cmap
         self.config = config or WorkerConfig()
         self.clock = clock
@@ -156,6 +157,8 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self._next_monitor = 0.0
         self._next_purge = 0.0
+        self.retry_writebacks = retry_writebacks  # issue #17: the actions not yet written to the EHR
+        self._next_writeback = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -294,6 +297,12 @@ class Worker:
         if now >= self._next_purge:
             self._next_purge = now + 3600.0
             self.store.purge(now - self.config.retention_seconds)
+        if self.retry_writebacks is not None and now >= self._next_writeback:
+            self._next_writeback = now + self.config.writeback_retry_seconds
+            written, failed = self.retry_writebacks()
+            if written or failed:
+                event(log, "writeback.retried", logging.WARNING if failed else logging.INFO, written=written,
+                      failed=failed)
         if self.slot is not None and now >= self._next_takeover:
             self._next_takeover = now + self.config.takeover_interval_seconds
             self.take_over(now)

@@ -450,3 +450,41 @@ def test_a_replica_takes_its_slot_back_and_its_claims_are_not_released_meanwhile
     finally:
         live.stop()
         store.close()
+
+
+def test_pending_write_backs_are_retried_by_the_leading_replica_at_their_interval(tmp_path: Path,
+                                                                                   cmap: CodeMap) -> None:
+    store, clock, calls = SqliteStore(tmp_path / "state.sqlite3"), Clock(), []
+
+    def retry() -> tuple[int, int]:
+        calls.append(clock())
+        return 1, 1
+
+    config = WorkerConfig(coalesce_seconds=0, catch_up_on_start=False, writeback_retry_seconds=30)
+    worker = Worker(store, FakeRescreen(), FakeEhr(), cmap, config, clock=clock, name="w", election=store,
+                    retry_writebacks=retry)
+    try:
+        with file_leader(store.path, "monitor") as other:  # another replica leads: it retries, not this one
+            assert other
+            worker.monitor(force=True)
+        assert calls == []
+        worker.monitor(force=True)
+        clock.advance(10)
+        worker.monitor(force=True)  # within the interval: not again
+        clock.advance(20)
+        worker.monitor(force=True)
+        assert calls == [T0, T0 + 30]
+    finally:
+        store.close()
+
+
+def test_the_service_worker_retries_the_study_team_s_write_backs(tmp_path: Path) -> None:
+    from bridge.service.app import build_worker
+
+    settings = Settings(ehr_base_url="http://127.0.0.1:9/fhir", db_path=str(tmp_path / "state.sqlite3"))
+    worker = build_worker(settings, "w")
+    try:
+        assert worker.retry_writebacks is not None
+        assert worker.retry_writebacks() == (0, 0)  # nothing pending: no EHR request (port 9 would refuse)
+    finally:
+        worker.store.close()  # type: ignore[attr-defined]
