@@ -77,7 +77,7 @@ def command(
         _write(out, screening_log_csv(state, trial, first, last))
         if identification_list is not None:
             _write(identification_list, identification_list_csv(state, trial, first, last))
-        counts = summary(log_rows(state, trial, first, last))
+        counts = summary(log_rows(state, trial, first, last), trial)
     finally:
         state.close()
     err_console.print(f"screening log of {trial.id} written to {out}: "

@@ -16,8 +16,10 @@ One row per screened patient of the trial (its latest saved screening), in scree
                        pre-screen status
     decision           the study team's status-setting action in effect: consented | eligible | screen-failure
                        (empty: none)
-    reason             the screen failure's reason: a criterion id of the trial, declined, lost-to-contact or
-                       other (the note itself is never exported: free text may name people)
+    reason             why the screen failed: the study team's screen-failure reason (a criterion id of the
+                       trial, declined, lost-to-contact or other; the note itself is never exported: free text
+                       may name people), else, when the pre-screen found the patient ineligible, the criteria
+                       that made it so (``;``-separated ids, e.g. ``inc-age;exc-hiv``)
     enrolled           yes when the decision in effect is consented or eligible (the patient consented, or the
                        investigator confirmed eligibility: status screening or eligible), else no
     changed_since_review  yes when the verdicts changed since the latest action in effect was taken
@@ -108,6 +110,28 @@ def effective_results(record: ScreeningRecord, d: Decision) -> dict[str, str]:
     return results
 
 
+def failure_reason(row: LogRow, trial: Trial) -> str:
+    """Why the screen failed: the team's screen-failure reason, else the criteria that make the patient
+    ineligible (``;``-separated, in the trial's order; the investigator's ``met`` judgement of exc-investigator
+    counts, as it does on the ResearchSubject), else empty. Consented or confirmed eligible: empty."""
+    d, rec = row.decision, row.record
+    if d.failure_reason is not None:
+        return d.failure_reason
+    if d.status is not None:  # consented or confirmed eligible: not a screen failure
+        return ""
+    results = effective_results(rec, d)
+    judged_out = d.judgement is not None and d.judgement.value == "met"  # the investigator's exclusion counts
+    blocking = [c for c in trial.criterion_ids if c in results and (
+        trial.blocking(c, results[c]) or (c == INVESTIGATOR_CRITERION and judged_out))]
+    return ";".join(blocking)
+
+
+def screen_failed(row: LogRow, trial: Trial) -> bool:
+    """A screen failure: the status in effect is ineligible or not-registered."""
+    return (row.decision.status or row.record.status) in ("ineligible", "not-registered") \
+        or bool(failure_reason(row, trial))
+
+
 def header(trial: Trial) -> list[str]:
     return ["screening_number", "first_screened", "age", "sex", *trial.criterion_ids, "prescreen_status", "status",
             "decision", "reason", "enrolled", "changed_since_review"]
@@ -119,7 +143,7 @@ def _cells(row: LogRow, trial: Trial) -> list[object]:
     kind = d.status_action.kind if d.status_action is not None else ""
     return [screening_number(row.number), first_screened(rec).isoformat(), rec.age, rec.sex,
             *(results.get(c, "") for c in trial.criterion_ids), rec.status, d.status or rec.status, kind,
-            d.failure_reason or "", "yes" if kind in ENROLLING else "no",
+            failure_reason(row, trial), "yes" if kind in ENROLLING else "no",
             "yes" if d.changed_since_review(verdicts_digest(rec.verdicts)) else "no"]
 
 
@@ -145,14 +169,16 @@ def identification_list_csv(state: LogState, trial: Trial, since: date | None = 
                 ([screening_number(r.number), r.patient_id] for r in log_rows(state, trial, since, until)))
 
 
-def summary(rows: Iterable[LogRow]) -> Mapping[str, int]:
-    """Counts for the command's one-line summary: screened, enrolled, screen failures."""
+def summary(rows: Iterable[LogRow], trial: Trial) -> Mapping[str, int]:
+    """Counts for the command's one-line summary: screened, enrolled, screen failures (the team's and the
+    pre-screen's ineligible)."""
     listed = list(rows)
     return {"screened": len(listed),
             "enrolled": sum(1 for r in listed if r.decision.status_action is not None
                             and r.decision.status_action.kind in ENROLLING),
-            "screen failures": sum(1 for r in listed if r.decision.failure_reason is not None)}
+            "screen failures": sum(1 for r in listed if screen_failed(r, trial))}
 
 
-__all__ = ["ENROLLING", "LogRow", "LogState", "effective_results", "first_screened", "header",
-           "identification_list_csv", "log_rows", "safe_cell", "screening_log_csv", "screening_number", "summary"]
+__all__ = ["ENROLLING", "LogRow", "LogState", "effective_results", "failure_reason", "first_screened", "header",
+           "identification_list_csv", "log_rows", "safe_cell", "screen_failed", "screening_log_csv",
+           "screening_number", "summary"]

@@ -22,8 +22,10 @@ from bridge.normalize.mappings import load_code_map
 from bridge.pipeline import ScreenedPatient, age_on, prescreen
 from bridge.report.screening_log import (
     identification_list_csv,
+    log_rows,
     safe_cell,
     screening_log_csv,
+    summary,
 )
 from bridge.state import ScreeningRecord, save_prescreen
 from bridge.state.sqlite_state import SqliteState
@@ -105,7 +107,12 @@ def test_rows_match_the_saved_screenings_and_hold_no_patient_id_or_name(saved: S
         assert {c: row[c] for c in TRIAL.criterion_ids} == {v["criterion"]: v["result"] for v in rec.verdicts}
         assert row["first_screened"] == "2026-06-15"
         assert row["age"] == ("" if rec.age is None else str(rec.age)) and row["sex"] == (rec.sex or "")
-        assert row["decision"] == row["reason"] == "" and row["enrolled"] == "no"
+        assert row["decision"] == "" and row["enrolled"] == "no"
+        blocking = [v["criterion"] for v in rec.verdicts if TRIAL.blocking(v["criterion"], v["result"])]
+        # a pre-screen screen failure names the criteria that failed it; anyone else has no reason
+        assert row["reason"] == ";".join(c for c in TRIAL.criterion_ids if c in blocking)
+        assert bool(row["reason"]) == (rec.status == "ineligible")
+    assert any(";" in r["reason"] or r["reason"].startswith(("inc-", "exc-")) for r in rows)
     lowered = text.lower()
     leaked = [x for x in _names_and_ids() if x.lower() in lowered]
     assert leaked == []
@@ -135,6 +142,20 @@ def test_decisions_reasons_enrolment_and_the_judgement(saved: SqliteState) -> No
     assert (p04["decision"], p04["enrolled"], p04["status"]) == ("", "no", p04["prescreen_status"])
     assert (p05["reason"], p05["status"]) == ("other", "ineligible")
     assert "HYPERLINK" not in screening_log_csv(LogStore(saved, actions), TRIAL)  # notes are never exported
+
+
+def test_the_investigator_s_exclusion_is_a_screen_failure_reason(saved: SqliteState) -> None:
+    actions = FakeActions()
+    candidate = next(r for r in saved.screenings() if r.status == "candidate")
+    act(actions, TRIAL.id, candidate.patient_id, "judgement", value="met", note="frailty",
+        digest=verdicts_digest(candidate.verdicts))
+    store = LogStore(saved, actions)
+    n = f"S{saved.screening_numbers()[candidate.patient_id]:05d}"
+    row = next(r for r in _rows(screening_log_csv(store, TRIAL)) if r["screening_number"] == n)
+    assert (row["exc-investigator"], row["decision"], row["reason"]) == ("met", "", "exc-investigator")
+    before = summary(log_rows(LogStore(saved, FakeActions()), TRIAL), TRIAL)
+    after = summary(log_rows(store, TRIAL), TRIAL)
+    assert after["screen failures"] == before["screen failures"] + 1 and before["screen failures"] > 0
 
 
 def test_numbers_are_stable_across_runs_and_rescreens_and_the_list_maps_them(saved: SqliteState, run: Any) -> None:
