@@ -172,8 +172,11 @@ def test_a_coordinator_sees_no_investigator_form_and_is_refused_403(ana: TestCli
 
 def test_the_investigators_judgement_needs_a_note_and_is_shown_escaped(ivo: TestClient, state: SqliteState,
                                                                       recorder: Recorder) -> None:
+    form = re.search(r'<form[^>]*id="action-judgement".*?</form>', ivo.get("/ui/patients/p01").text, re.S)
+    assert form and '<option value="" selected disabled>' in form.group(0)  # no judgement chosen for the user
     assert _act(ivo, "judgement", value="met", note="  ").status_code == 422
     assert _act(ivo, "judgement", value="maybe", note="x").status_code == 422
+    assert _act(ivo, "judgement", value="", note="x").status_code == 422
     assert _kinds(state) == []
     note = "<script>alert(1)</script> saw the marrow"
     done = _act(ivo, "judgement", value="not-met", note=note)
