@@ -201,9 +201,28 @@ def test_a_validator_exception_is_a_skipped_resource(monkeypatch: pytest.MonkeyP
             raise RecursionError("deep")
 
     monkeypatch.setattr(patients_module, "parse_resource", broken)
+    monkeypatch.setattr(patients_module, "certainly_valid", lambda resource: False)  # the model decides
     found, report = load(patient(), obs("boom", 77.7), obs("fine", 20))
     assert ast_values(found["p1"]) == [20]
     assert [s.reason.split(" (")[0] for s in report.skipped] == ["Observation/boom could not be validated"]
+
+
+def test_a_fast_path_exception_leaves_the_decision_to_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(resource: dict[str, Any]) -> bool:
+        raise RecursionError("deep")
+
+    asked: list[str] = []
+    real = patients_module.parse_resource
+
+    def model(resource: dict[str, Any], where: str) -> Any:
+        asked.append(str(resource.get("id")))
+        return real(resource, where)
+
+    monkeypatch.setattr(patients_module, "certainly_valid", broken)
+    monkeypatch.setattr(patients_module, "parse_resource", model)
+    found, report = load(patient(), obs("boom", 77.7), obs("fine", 20))
+    assert sorted(ast_values(found["p1"])) == [20, 77.7] and report.skipped == []
+    assert {"boom", "fine"} <= set(asked)
 
 
 # ---------------------------------------------------------------------------------------------- properties
