@@ -20,6 +20,7 @@ models accept:
   letter or digit, and encodable as UTF-8; ``date``/``dateTime``/``instant`` the FHIR regex, a real calendar
   day (no 2024-02-30), seconds 00–59 (a leap second is "not sure"), at most 9 fractional digits, and a time
   zone whenever there is a time;
+* a repeating primitive (``HumanName.given``) a non-empty array of values, none null;
 * a primitive's ``_element`` (non-repeating fields only) an object with an ``id`` or an ``extension``;
   an ``Extension`` has its ``url``;
 * any other type (``url``, ``oid``, ``uuid``, ``base64Binary``, ``time``, ``integer64``, a contained
@@ -171,7 +172,11 @@ def _field_check(annotation: Any) -> tuple[Check, bool] | None:
         (arg,) = typing.get_args(arg)
         repeats = True
         if typing.get_origin(arg) is typing.Union or type(arg).__name__ == "UnionType":
-            return None  # a list of optional items: a repeating primitive's _element list
+            # a repeating primitive (``given``), whose items may be null in the model: here never null (each
+            # item must pass the primitive's check); its ``_given`` list of extensions is not fast-pathed
+            items = [a for a in typing.get_args(arg) if a is not type(None)]
+            check = _primitive(items[0]) if len(items) == 1 else None
+            return (check, True) if check is not None else None
     check = _primitive(arg)
     if check is not None:
         return check, repeats
@@ -282,7 +287,7 @@ def _conforms(schema: _Schema | None, obj: dict[str, Any]) -> bool:
         if key not in obj:
             return False
     for members, required in schema.choices:
-        n = sum(1 for key in members if key in obj)
+        n = len(members.intersection(obj))
         if n > 1 or (required and n == 0):
             return False
     # FHIRPrimitiveExtension's own validator: an ``_element`` has an id or an extension

@@ -321,3 +321,15 @@ def test_prepare_builds_every_rule_a_resource_needs() -> None:
     checked = [res for res in samples() + corpora() if res.get("resourceType") in types and certainly_valid(res)]
     assert len(checked) > 500
     assert fastvalid._schema.cache_info().currsize == before
+
+
+def test_a_repeating_primitive_takes_no_null_and_no_bad_item() -> None:
+    base = next(r for r in corpora() if r.get("resourceType") == "Patient" and certainly_valid(r)
+                and any("given" in n for n in r.get("name", [])))
+    name = next(n for n in base["name"] if "given" in n)
+    for names, fast in ((["Ann", "Lee"], True), (["Ann", None], False), ([""], False), ([], False),
+                        ("Ann", False), ([1], False), ([["Ann"]], False)):
+        res = {**base, "name": [{**name, "given": names}]}
+        assert certainly_valid(res) is fast
+        assert r4b(res) or not fast
+    assert not certainly_valid({**base, "name": [{**name, "_given": [None, {"id": "x"}]}]})
