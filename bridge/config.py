@@ -160,6 +160,10 @@ class Settings:
         else the SQLite file ``db_path``."""
         return self.db_url or self.db_path
 
+    def state_display(self) -> str:
+        """The state's location for messages: ``db_url`` with its password as ``***``, else ``db_path``."""
+        return redact_url(self.db_url) or self.db_path
+
     def redacted(self) -> dict[str, Any]:
         """The settings for display: every secret replaced by '***'."""
         secret_words = ("token", "secret", "key_file", "password")

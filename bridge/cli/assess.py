@@ -210,7 +210,7 @@ def save_assessment(settings: Settings, run: AssessRun) -> None:
                                             run.options.cri_reading, patient["patient"] in deceased)
     finally:
         state.close()
-    err_console.print(f"recorded for /fhir in {settings.db_path}: {summary(recorded, recorder.provenances)}",
+    err_console.print(f"recorded for /fhir in {settings.state_display()}: {summary(recorded, recorder.provenances)}",
                       highlight=False, soft_wrap=True)
 
 
@@ -240,7 +240,7 @@ def _publish(base_url: str, settings: Settings, run: AssessRun) -> None:
     counts = {k: sum(1 for w in written if w.outcome == k) for k in ("created", "updated", "unchanged")}
     err_console.print("published assessment resources: " + ", ".join(f"{v} {k}" for k, v in counts.items()),
                       highlight=False)
-    err_console.print(f"recorded for /fhir: {count} resources as the EHR returned them, in {settings.db_path}",
+    err_console.print(f"recorded for /fhir: {count} resources as the EHR returned them, in {settings.state_display()}",
                       highlight=False, soft_wrap=True)
 
 

@@ -139,7 +139,7 @@ def save_screenings(settings: Settings, run: PrescreenRun, record: bool = True) 
     finally:
         state.close()
     extra = f" ({excluded} not screened)" if excluded else ""
-    err_console.print(f"saved {saved} screenings to {settings.db_path}{extra}", highlight=False)
+    err_console.print(f"saved {saved} screenings to {settings.state_display()}{extra}", highlight=False)
     if recorded:
         err_console.print(f"recorded for /fhir: {recorded}", highlight=False, soft_wrap=True)
 
@@ -180,7 +180,7 @@ def publish_recorded(settings: Settings, base_url: str, run: PrescreenRun) -> No
     finally:
         state.close()
     report_published(written)
-    err_console.print(f"recorded for /fhir: {count} resources as the EHR returned them, in {settings.db_path}",
+    err_console.print(f"recorded for /fhir: {count} resources as the EHR returned them, in {settings.state_display()}",
                       highlight=False, soft_wrap=True)
 
 

@@ -105,8 +105,8 @@ def command(
     else:
         out_console.print(f"{written.reference} {written.outcome} (version {written.version})", highlight=False)
     if count is not None:
-        err_console.print(f"recorded for /fhir: {count} resources as the EHR returned them, in {settings.db_path}",
-                          highlight=False, soft_wrap=True)
+        err_console.print(f"recorded for /fhir: {count} resources as the EHR returned them, in "
+                          f"{settings.state_display()}", highlight=False, soft_wrap=True)
 
 
 __all__ = ["HELP", "command", "publish_recorded", "records_locally"]

@@ -117,3 +117,25 @@ def test_screening_log_reads_the_postgres_state(pg_url: str, tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     rows = out.read_text(encoding="utf-8").splitlines()
     assert len(rows) == 2 and rows[1].startswith("S00001,") and "p1" not in rows[1]
+
+
+def test_prescreen_save_names_the_postgres_state_without_its_password(pg_url: str, tmp_path: Path) -> None:
+    """``prescreen --save`` with db_url records in PostgreSQL and says so with the password as ``***`` (the test
+    server trusts its socket, so the password given is never checked — and must never be printed)."""
+    url = pg_url.replace("bridge@", "bridge:hunter2-pw@", 1)
+    assert "hunter2-pw" in url
+    env = {**os.environ, "BRIDGE_DB_URL": url, "COLUMNS": "1000"}  # one line per message, not wrapped
+    bundle = Path(__file__).resolve().parents[2] / "samples" / "prescreen" / "bundle.json"
+    done = subprocess.run([sys.executable, "-m", "bridge", "prescreen", str(bundle), "--as-of", "2026-06-15",
+                           "--save", "--format", "json"], env=env, capture_output=True, text=True, timeout=300,
+                          check=False, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "hunter2" not in done.stderr + done.stdout
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("saved ")]
+    assert line.startswith("saved 56 screenings to postgresql://bridge:***@/")
+    assert not (tmp_path / "bridge-state.sqlite3").exists()
+    state = PostgresState(pg_url)
+    try:
+        assert len(state.screenings()) > 10
+    finally:
+        state.close()

@@ -143,6 +143,8 @@ def test_the_password_is_in_no_repr_message_or_setting_display(tmp_path: Path) -
     assert settings.state_location() == url and Settings().state_location() == "bridge-state.sqlite3"
     assert "hunter2" not in repr(settings)
     assert settings.redacted()["db_url"] == f"postgresql://bridge:***@/bridge?host={tmp_path}&port=5432"
+    assert settings.state_display() == settings.redacted()["db_url"]
+    assert Settings().state_display() == "bridge-state.sqlite3"
     assert describe(url) == f"database bridge on {tmp_path}:5432"
     with pytest.raises(StoreError) as caught:
         open_state(url)  # nothing listens in tmp_path
