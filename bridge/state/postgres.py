@@ -43,6 +43,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from bridge.errors import StoreError
 from bridge.state.postgres_migrations import MIGRATIONS, Migration
+from bridge.state.schema import pending
 
 Row = dict[str, Any]
 Cursor = psycopg.Cursor[Row]
@@ -206,21 +207,13 @@ class PostgresDatabase:
     def migrate(self, migrations: Sequence[Migration]) -> None:
         """Apply the missing ``migrations``. When none is missing this runs no DDL and takes no lock, so the
         runtime role of ``deploy/roles.sql`` (rows only) opens a database the owner role has migrated."""
-        known = {m.version for m in migrations}
-        recorded = self._recorded()
-        if recorded is not None and recorded == known:
+        if self._recorded() == {m.version for m in migrations}:
             return
         with self.write("create schema_migrations") as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(_MIGRATION_LOCK),))
             cur.execute(_MIGRATIONS_TABLE)
-        done, known = set(self.applied()), {m.version for m in migrations}
-        newer = sorted(done - known)
-        if newer:
-            raise StoreError(f"the state store ({self.where}) has schema version {newer[-1]}, newer than this "
-                             f"bridge knows ({max(known, default=0)}): upgrade the bridge")
-        for migration in sorted(migrations, key=lambda m: m.version):
-            if migration.version not in done:
-                self._apply(migration)
+        for migration in pending(self.applied(), migrations, f"({self.where})"):
+            self._apply(migration)
 
     def _apply(self, migration: Migration) -> None:
         with self.write(f"migration {migration.version} ({migration.name})") as cur:

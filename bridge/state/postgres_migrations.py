@@ -22,13 +22,13 @@ from typing import Any
 
 import psycopg
 
+from bridge.state.schema import Step
+
 
 @dataclass(frozen=True)
-class Migration:
+class Migration(Step):
     """One schema step: ``statements`` run in order, then ``apply`` (for a step that must look first)."""
 
-    version: int
-    name: str
     statements: tuple[str, ...] = ()
     apply: Callable[[psycopg.Cursor[Any]], None] | None = None
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.errors import StoreError
+from bridge.state.schema import pending
 from bridge.state.sqlite_migrations import MIGRATIONS, Migration
 
 MEMORY = ":memory:"
@@ -145,14 +146,8 @@ class SqliteDatabase:
     def migrate(self, migrations: Sequence[Migration]) -> None:
         with self.write("create schema_migrations") as db:
             db.execute(_MIGRATIONS_TABLE)
-        done, known = set(self.applied()), {m.version for m in migrations}
-        newer = sorted(done - known)
-        if newer:
-            raise StoreError(f"the state store {self.path} has schema version {newer[-1]}, newer than this bridge "
-                             f"knows ({max(known, default=0)}): upgrade the bridge")
-        for migration in sorted(migrations, key=lambda m: m.version):
-            if migration.version not in done:
-                self._apply(migration)
+        for migration in pending(self.applied(), migrations, self.path):
+            self._apply(migration)
 
     def _apply(self, migration: Migration) -> None:
         with self.write(f"migration {migration.version} ({migration.name})") as db:

@@ -39,13 +39,13 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bridge.state.schema import Step
+
 
 @dataclass(frozen=True)
-class Migration:
+class Migration(Step):
     """One schema step: ``statements`` run in order, then ``apply`` (for a step that must look first)."""
 
-    version: int
-    name: str
     statements: tuple[str, ...] = ()
     apply: Callable[[sqlite3.Connection], None] | None = None
 
