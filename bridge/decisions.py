@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Role = Literal["coordinator", "investigator"]
@@ -69,13 +69,12 @@ class ActionRefused(ValueError):
 
 
 @dataclass(frozen=True)
-class ActionRecord:
-    """One stored action. ``seq`` is assigned by the store (increasing); ``request_key`` makes a re-submitted
-    form idempotent (the same key gives back the stored action). ``value`` is the judgement (``met`` /
-    ``not-met``) of a ``judgement``; ``reason`` the screen failure's reason; ``undoes`` the ``seq`` an undo
-    took back. ``at`` is epoch seconds."""
+class NewAction:
+    """An action as the page takes it, before the store records it. ``request_key`` makes a re-submitted form
+    idempotent (the same key gives back the stored action). ``value`` is the judgement (``met`` / ``not-met``)
+    of a ``judgement``; ``reason`` the screen failure's reason; ``undoes`` the ``seq`` an undo took back. ``at``
+    is epoch seconds."""
 
-    seq: int
     trial: str
     patient_id: str
     kind: ActionKind
@@ -88,6 +87,17 @@ class ActionRecord:
     value: str | None = None
     reason: str | None = None
     undoes: int | None = None
+
+    def stored(self, seq: int) -> ActionRecord:
+        """This action as recorded under ``seq``."""
+        return ActionRecord(seq=seq, **vars(self))
+
+
+@dataclass(frozen=True)
+class ActionRecord(NewAction):
+    """One stored action: a ``NewAction`` and the ``seq`` the store assigned it (increasing)."""
+
+    seq: int = field(kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -193,5 +203,5 @@ def verdicts_digest(verdicts: Iterable[Mapping[str, Any]]) -> str:
 
 
 __all__ = ["ACTION_KINDS", "ALLOWED", "FAILURE_REASONS", "INVESTIGATOR_CRITERION", "JUDGEMENTS", "MAX_NOTE",
-           "ROLES", "ActionKind", "ActionRecord", "ActionRefused", "Decision", "Role", "check_action", "decision",
-           "status_of", "verdicts_digest"]
+           "ROLES", "ActionKind", "ActionRecord", "ActionRefused", "Decision", "NewAction", "Role", "check_action",
+           "decision", "status_of", "verdicts_digest"]

@@ -9,27 +9,16 @@ twice records one action and returns it both times.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, cast
 
-from bridge.decisions import ActionKind, ActionRecord, Role
+from bridge.decisions import ActionKind, ActionRecord, NewAction, Role
 
 
-@dataclass(frozen=True)
-class NewAction:
-    """An action to record; the store assigns ``seq``."""
-
-    trial: str
-    patient_id: str
-    kind: ActionKind
-    user: str
-    role: Role
-    at: float
-    request_key: str
-    verdicts_digest: str
-    note: str | None = None
-    value: str | None = None
-    reason: str | None = None
-    undoes: int | None = None
+def action_from_row(row: Any) -> ActionRecord:
+    """A stored action from its ``actions`` row (an ``sqlite3.Row`` or a psycopg dict row: same columns)."""
+    return NewAction(row["trial"], row["patient_id"], cast(ActionKind, row["kind"]), row["user_name"],
+                     cast(Role, row["role"]), row["at"], row["request_key"], row["verdicts_digest"], row["note"],
+                     row["value"], row["reason"], row["undoes"]).stored(row["seq"])
 
 
 @dataclass(frozen=True)
@@ -71,4 +60,4 @@ class Actions(Protocol):
         ...
 
 
-__all__ = ["Actions", "NewAction", "WriteBack"]
+__all__ = ["Actions", "NewAction", "WriteBack", "action_from_row"]

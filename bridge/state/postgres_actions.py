@@ -6,21 +6,13 @@ action is returned) and ``UPDATE``s of the write-back columns; no row is ever de
 
 from __future__ import annotations
 
-from typing import cast
-
-from bridge.decisions import ActionKind, ActionRecord, Role
-from bridge.state.actions import NewAction, WriteBack
-from bridge.state.postgres import PostgresBackend, Row
+from bridge.decisions import ActionRecord
+from bridge.state.actions import NewAction, WriteBack, action_from_row
+from bridge.state.postgres import PostgresBackend
 
 _INSERT = """INSERT INTO actions(trial, patient_id, kind, user_name, role, at, request_key, verdicts_digest, note,
                     value, reason, undoes)
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (request_key) DO NOTHING"""
-
-
-def _action(row: Row) -> ActionRecord:
-    return ActionRecord(row["seq"], row["trial"], row["patient_id"], cast(ActionKind, row["kind"]),
-                        row["user_name"], cast(Role, row["role"]), row["at"], row["request_key"],
-                        row["verdicts_digest"], row["note"], row["value"], row["reason"], row["undoes"])
 
 
 class PostgresActions(PostgresBackend):
@@ -34,13 +26,13 @@ class PostgresActions(PostgresBackend):
             added = cur.rowcount > 0
             row = cur.execute("SELECT * FROM actions WHERE request_key = %s", (a.request_key,)).fetchone()
         assert row is not None  # noqa: S101 - inserted or already there, in this transaction
-        return _action(row), added
+        return action_from_row(row), added
 
     def actions(self, trial: str, patient_id: str) -> list[ActionRecord]:
         with self._db.read("list a patient's actions") as cur:
             rows = cur.execute("SELECT * FROM actions WHERE trial = %s AND patient_id = %s ORDER BY seq",
                                (trial, patient_id)).fetchall()
-        return [_action(r) for r in rows]
+        return [action_from_row(r) for r in rows]
 
     def all_actions(self, trial: str, since: float | None = None, until: float | None = None) -> list[ActionRecord]:
         with self._db.read("list actions") as cur:
@@ -48,7 +40,7 @@ class PostgresActions(PostgresBackend):
                                "AND (%(since)s::float8 IS NULL OR at >= %(since)s) "
                                "AND (%(until)s::float8 IS NULL OR at < %(until)s) ORDER BY seq",
                                {"trial": trial, "since": since, "until": until}).fetchall()
-        return [_action(r) for r in rows]
+        return [action_from_row(r) for r in rows]
 
     def writeback(self, seq: int) -> WriteBack | None:
         with self._db.read("read write-back") as cur:
@@ -71,7 +63,7 @@ class PostgresActions(PostgresBackend):
         with self._db.read("list pending write-backs") as cur:
             rows = cur.execute("SELECT * FROM actions WHERE written_back_at IS NULL ORDER BY seq LIMIT %s",
                                (limit,)).fetchall()
-        return [_action(r) for r in rows]
+        return [action_from_row(r) for r in rows]
 
 
 __all__ = ["PostgresActions"]

@@ -7,22 +7,13 @@ no row is ever deleted (``tests/unit/test_actions_store.py`` watches every state
 
 from __future__ import annotations
 
-import sqlite3
-from typing import cast
-
-from bridge.decisions import ActionKind, ActionRecord, Role
-from bridge.state.actions import NewAction, WriteBack
+from bridge.decisions import ActionRecord
+from bridge.state.actions import NewAction, WriteBack, action_from_row
 from bridge.state.sqlite import SqliteBackend
 
 _INSERT = """INSERT INTO actions(trial, patient_id, kind, user_name, role, at, request_key, verdicts_digest, note,
                     value, reason, undoes)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(request_key) DO NOTHING"""
-
-
-def _action(row: sqlite3.Row) -> ActionRecord:
-    return ActionRecord(row["seq"], row["trial"], row["patient_id"], cast(ActionKind, row["kind"]),
-                        row["user_name"], cast(Role, row["role"]), row["at"], row["request_key"],
-                        row["verdicts_digest"], row["note"], row["value"], row["reason"], row["undoes"])
 
 
 class SqliteActions(SqliteBackend):
@@ -34,13 +25,13 @@ class SqliteActions(SqliteBackend):
             added = db.execute(_INSERT, (a.trial, a.patient_id, a.kind, a.user, a.role, a.at, a.request_key,
                                          a.verdicts_digest, a.note, a.value, a.reason, a.undoes)).rowcount > 0
             row = db.execute("SELECT * FROM actions WHERE request_key = ?", (a.request_key,)).fetchone()
-        return _action(row), added
+        return action_from_row(row), added
 
     def actions(self, trial: str, patient_id: str) -> list[ActionRecord]:
         with self._db.read("list a patient's actions") as db:
             rows = db.execute("SELECT * FROM actions WHERE trial = ? AND patient_id = ? ORDER BY seq",
                               (trial, patient_id)).fetchall()
-        return [_action(r) for r in rows]
+        return [action_from_row(r) for r in rows]
 
     def all_actions(self, trial: str, since: float | None = None, until: float | None = None) -> list[ActionRecord]:
         sql, params = "SELECT * FROM actions WHERE trial = ?", list[str | float]([trial])
@@ -49,7 +40,7 @@ class SqliteActions(SqliteBackend):
         if until is not None:
             sql, params = sql + " AND at < ?", [*params, until]
         with self._db.read("list actions") as db:
-            return [_action(r) for r in db.execute(sql + " ORDER BY seq", params).fetchall()]
+            return [action_from_row(r) for r in db.execute(sql + " ORDER BY seq", params).fetchall()]
 
     def writeback(self, seq: int) -> WriteBack | None:
         with self._db.read("read write-back") as db:
@@ -71,7 +62,7 @@ class SqliteActions(SqliteBackend):
         with self._db.read("list pending write-backs") as db:
             rows = db.execute("SELECT * FROM actions WHERE written_back_at IS NULL ORDER BY seq LIMIT ?",
                               (limit,)).fetchall()
-        return [_action(r) for r in rows]
+        return [action_from_row(r) for r in rows]
 
 
 __all__ = ["SqliteActions"]

@@ -26,9 +26,7 @@ class FakeActions:
         for row in self.rows:
             if row.request_key == action.request_key:
                 return row, False
-        rec = ActionRecord(next(self._seq), action.trial, action.patient_id, action.kind, action.user, action.role,
-                           action.at, action.request_key, action.verdicts_digest, action.note, action.value,
-                           action.reason, action.undoes)
+        rec = action.stored(next(self._seq))
         self.rows.append(rec)
         self.backs[rec.seq] = WriteBack(rec.seq, None, None, 0)
         return rec, True
