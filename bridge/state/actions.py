@@ -9,16 +9,9 @@ twice records one action and returns it both times.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Protocol
 
-from bridge.decisions import ActionKind, ActionRecord, NewAction, Role
-
-
-def action_from_row(row: Any) -> ActionRecord:
-    """A stored action from its ``actions`` row (an ``sqlite3.Row`` or a psycopg dict row: same columns)."""
-    return NewAction(row["trial"], row["patient_id"], cast(ActionKind, row["kind"]), row["user_name"],
-                     cast(Role, row["role"]), row["at"], row["request_key"], row["verdicts_digest"], row["note"],
-                     row["value"], row["reason"], row["undoes"]).stored(row["seq"])
+from bridge.decisions import ActionRecord, NewAction
 
 
 @dataclass(frozen=True)
@@ -60,4 +53,4 @@ class Actions(Protocol):
         ...
 
 
-__all__ = ["Actions", "NewAction", "WriteBack", "action_from_row"]
+__all__ = ["Actions", "NewAction", "WriteBack"]

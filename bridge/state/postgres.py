@@ -30,7 +30,6 @@ long as the block runs; the server drops it when that session ends, so a replica
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -226,15 +225,6 @@ class PostgresDatabase:
             log.info("state store: applied migration %s (%s)", migration.version, migration.name)
 
 
-def dumps(value: Any) -> str | None:
-    """A JSON column value (compact, UTF-8 kept; text, as in SQLite); None stays NULL."""
-    return None if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
 def xact_lock(cur: Cursor, name: str) -> None:
     """Serialise the rest of this transaction with every other one taking ``name`` (released at its end)."""
     cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(name),))
@@ -247,5 +237,5 @@ class PostgresBackend:
         self._db = db
 
 
-__all__ = ["URL_SCHEMES", "PostgresBackend", "PostgresDatabase", "describe", "dumps", "is_postgres_url", "loads",
+__all__ = ["URL_SCHEMES", "PostgresBackend", "PostgresDatabase", "describe", "is_postgres_url",
            "lock_key", "reason", "xact_lock"]

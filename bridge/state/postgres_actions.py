@@ -7,8 +7,9 @@ action is returned) and ``UPDATE``s of the write-back columns; no row is ever de
 from __future__ import annotations
 
 from bridge.decisions import ActionRecord
-from bridge.state.actions import NewAction, WriteBack, action_from_row
+from bridge.state.actions import NewAction, WriteBack
 from bridge.state.postgres import PostgresBackend
+from bridge.state.rows import action_from_row
 
 _INSERT = """INSERT INTO actions(trial, patient_id, kind, user_name, role, at, request_key, verdicts_digest, note,
                     value, reason, undoes)

@@ -16,7 +16,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from bridge.state.inbox import AcceptResult, Delivery, InboxEntry, InboxEvent, RescreenTask, Resolution, StoreStats
-from bridge.state.postgres import Cursor, PostgresBackend, Row, dumps, loads
+from bridge.state.postgres import Cursor, PostgresBackend
+from bridge.state.rows import claim_args, dumps, entry_from_row
 
 _INSERT_EVENT = """
 INSERT INTO inbox(dedupe_key, kind, channel, subscription, event_number, resource_type, resource_id, patient_id,
@@ -113,17 +114,6 @@ def add_known(cur: Cursor, patients: Iterable[str], now: float, reason: str) -> 
                         "ON CONFLICT (patient_id) DO NOTHING", rows)
 
 
-def _entry(row: Row) -> InboxEntry:
-    event = InboxEvent(row["dedupe_key"], row["kind"], row["channel"], row["subscription"], row["event_number"],
-                       row["resource_type"], row["resource_id"], row["patient_id"], loads(row["payload"]))
-    return InboxEntry(row["id"], event, row["received_at"], row["state"], row["attempts"], row["claimed_at"],
-                      row["last_error"])
-
-
-def _claim_args(worker: str, now: float, lease: float, limit: int, max_attempts: int) -> dict[str, Any]:
-    return {"now": now, "worker": worker, "expired": now - lease, "limit": limit, "max_attempts": max_attempts}
-
-
 def _sql(template: str, **names: str) -> bytes:
     """A statement from one of this module's templates and fixed table / column names (never input)."""
     return template.format(**names).encode()
@@ -146,11 +136,11 @@ class PostgresInbox(PostgresBackend):
         return AcceptResult(new, len(events) - new)
 
     def claim_inbox(self, worker: str, now: float, lease: float, limit: int, max_attempts: int) -> list[InboxEntry]:
-        args = _claim_args(worker, now, lease, limit, max_attempts)
+        args = claim_args(worker, now, lease, limit, max_attempts)
         with self._db.write("claim inbox") as cur:
             cur.execute(_sql(_POISON, table="inbox", key="id"), args)
             rows = cur.execute(_sql(_CLAIM, table="inbox", key="id", extra="", order="id"), args).fetchall()
-        return sorted((_entry(r) for r in rows), key=lambda e: e.id)
+        return sorted((entry_from_row(r) for r in rows), key=lambda e: e.id)
 
     def finish_inbox(self, entry_id: int, worker: str, resolution: Resolution, now: float) -> bool:
         with self._db.write("finish inbox entry") as cur:
@@ -189,7 +179,7 @@ class PostgresInbox(PostgresBackend):
     def inbox_entry(self, entry_id: int) -> InboxEntry | None:
         with self._db.read("read inbox entry") as cur:
             row = cur.execute("SELECT * FROM inbox WHERE id = %s", (entry_id,)).fetchone()
-        return _entry(row) if row else None
+        return entry_from_row(row) if row else None
 
     def inbox_entries(self, state: str | None = None) -> list[InboxEntry]:
         """Every inbox entry (optionally of one state), oldest first — for inspection and tests."""
@@ -198,7 +188,7 @@ class PostgresInbox(PostgresBackend):
                 rows = cur.execute("SELECT * FROM inbox ORDER BY id").fetchall()
             else:
                 rows = cur.execute("SELECT * FROM inbox WHERE state = %s ORDER BY id", (state,)).fetchall()
-        return [_entry(r) for r in rows]
+        return [entry_from_row(r) for r in rows]
 
     # re-screens ---------------------------------------------------------------------------------------
     def request_rescreens(self, patients: Iterable[str], received_at: float, now: float, delay: float) -> None:
@@ -208,7 +198,7 @@ class PostgresInbox(PostgresBackend):
 
     def claim_rescreens(self, worker: str, now: float, lease: float, limit: int,
                         max_attempts: int) -> list[RescreenTask]:
-        args = _claim_args(worker, now, lease, limit, max_attempts)
+        args = claim_args(worker, now, lease, limit, max_attempts)
         claim = _sql(_CLAIM, table="rescreens", key="patient_id", extra=", claimed_generation = t.generation",
                      order="not_before, patient_id")
         with self._db.write("claim re-screens") as cur:

@@ -5,8 +5,9 @@ make versions 2 and 3, never two versions 2."""
 
 from __future__ import annotations
 
-from bridge.state.postgres import Cursor, PostgresBackend, Row, dumps, loads, xact_lock
+from bridge.state.postgres import Cursor, PostgresBackend, xact_lock
 from bridge.state.published import PublishedRecord, PublishedVersion, same_content, search_columns
+from bridge.state.rows import dumps, loads, published_from_row, version_from_row
 
 _PUT_PUBLISHED = """
 INSERT INTO published(key, resource_type, resource_id, fingerprint, version, resource, study, patient, status,
@@ -21,17 +22,6 @@ _LATEST_VERSION = """
 SELECT version_id, resource, last_updated FROM published_history
 WHERE resource_type = %s AND resource_id = %s ORDER BY version_id DESC LIMIT 1
 """
-
-
-def _published(row: Row) -> PublishedRecord:
-    return PublishedRecord(row["key"], row["resource_type"], row["resource_id"], row["fingerprint"],
-                           row["version"], loads(row["resource"]), row["updated_at"], row["version_id"],
-                           row["last_updated"])
-
-
-def _version(row: Row) -> PublishedVersion:
-    return PublishedVersion(row["resource_type"], row["resource_id"], row["version_id"], loads(row["resource"]),
-                            row["last_updated"])
 
 
 def _next_version(cur: Cursor, record: PublishedRecord) -> tuple[int | None, float]:
@@ -64,7 +54,7 @@ class PostgresPublishedIndex(PostgresBackend):
     def get_published(self, key: str) -> PublishedRecord | None:
         with self._db.read("read published resource") as cur:
             row = cur.execute("SELECT * FROM published WHERE key = %s", (key,)).fetchone()
-        return _published(row) if row else None
+        return published_from_row(row) if row else None
 
     def find_published(self, resource_type: str, resource_id: str | None = None, study: str | None = None,
                        patient: str | None = None, status: str | None = None) -> list[PublishedRecord]:
@@ -75,7 +65,7 @@ class PostgresPublishedIndex(PostgresBackend):
                 "AND (%(patient)s::text IS NULL OR patient = %(patient)s) "
                 "AND (%(status)s::text IS NULL OR status = %(status)s) ORDER BY key COLLATE \"C\"",
                 {"type": resource_type, "id": resource_id, "study": study, "patient": patient, "status": status})
-            return [_published(r) for r in rows.fetchall()]
+            return [published_from_row(r) for r in rows.fetchall()]
 
     def published_history(self, resource_type: str, resource_id: str | None = None,
                           since: float | None = None) -> list[PublishedVersion]:
@@ -86,13 +76,13 @@ class PostgresPublishedIndex(PostgresBackend):
                 "AND (%(since)s::float8 IS NULL OR last_updated >= %(since)s) "
                 "ORDER BY last_updated DESC, resource_id COLLATE \"C\" DESC, version_id DESC",
                 {"type": resource_type, "id": resource_id, "since": since})
-            return [_version(r) for r in rows.fetchall()]
+            return [version_from_row(r) for r in rows.fetchall()]
 
     def published_version(self, resource_type: str, resource_id: str, version_id: int) -> PublishedVersion | None:
         with self._db.read("read published version") as cur:
             row = cur.execute("SELECT * FROM published_history WHERE resource_type = %s AND resource_id = %s "
                               "AND version_id = %s", (resource_type, resource_id, version_id)).fetchone()
-        return _version(row) if row else None
+        return version_from_row(row) if row else None
 
 
 __all__ = ["PostgresPublishedIndex"]

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from bridge.state.postgres import Cursor, PostgresBackend, Row, dumps, loads, xact_lock
+from bridge.state.postgres import Cursor, PostgresBackend, xact_lock
+from bridge.state.rows import dumps, not_screened_from_row, screening_from_row
 from bridge.state.screenings import NotScreenedRecord, ScreeningRecord
 
 _SAVE_SCREENING = """
@@ -30,16 +31,6 @@ INSERT INTO not_screened(patient_id, reason, as_of, updated_at) VALUES (%s, %s, 
 ON CONFLICT (patient_id) DO UPDATE SET reason = excluded.reason, as_of = excluded.as_of,
     updated_at = excluded.updated_at
 """
-
-
-def _screening(row: Row) -> ScreeningRecord:
-    return ScreeningRecord(row["patient_id"], row["status"], loads(row["verdicts"]), row["as_of"],
-                           row["updated_at"], row["trial"], row["ruleset_version"], row["first_screened_at"],
-                           row["age"], row["sex"])
-
-
-def _not_screened(row: Row) -> NotScreenedRecord:
-    return NotScreenedRecord(row["patient_id"], row["reason"], row["as_of"], row["updated_at"])
 
 
 def _number(cur: Cursor, patient_id: str, at: float) -> None:
@@ -89,12 +80,12 @@ class PostgresScreenings(PostgresBackend):
     def screening(self, patient_id: str) -> ScreeningRecord | None:
         with self._db.read("read screening") as cur:
             row = cur.execute("SELECT * FROM screenings WHERE patient_id = %s", (patient_id,)).fetchone()
-        return _screening(row) if row else None
+        return screening_from_row(row) if row else None
 
     def screenings(self) -> list[ScreeningRecord]:
         with self._db.read("list screenings") as cur:
             rows = cur.execute('SELECT * FROM screenings ORDER BY patient_id COLLATE "C"').fetchall()
-        return [_screening(r) for r in rows]
+        return [screening_from_row(r) for r in rows]
 
     def screening_numbers(self) -> dict[str, int]:
         with self._db.read("list screening numbers") as cur:
@@ -104,7 +95,7 @@ class PostgresScreenings(PostgresBackend):
     def not_screened(self) -> list[NotScreenedRecord]:
         with self._db.read("list not screened") as cur:
             rows = cur.execute('SELECT * FROM not_screened ORDER BY patient_id COLLATE "C"').fetchall()
-        return [_not_screened(r) for r in rows]
+        return [not_screened_from_row(r) for r in rows]
 
 
 __all__ = ["PostgresScreenings"]

@@ -3,7 +3,8 @@ replica, so a session opened on one is valid on all and the sign-in throttle cou
 
 from __future__ import annotations
 
-from bridge.state.postgres import PostgresBackend, Row
+from bridge.state.postgres import PostgresBackend
+from bridge.state.rows import session_from_row
 from bridge.state.sessions import LoginFailures, UiSession
 
 _OPEN = """INSERT INTO ui_sessions(id_hash, user_name, role, csrf, created_at, expires_at)
@@ -14,10 +15,6 @@ ON CONFLICT (id_hash) DO UPDATE SET user_name = excluded.user_name, role = exclu
 _FAILED = """INSERT INTO login_failures AS f(client, failures, last_at) VALUES (%s, 1, %s)
 ON CONFLICT (client) DO UPDATE SET failures = f.failures + 1, last_at = excluded.last_at
 RETURNING failures, last_at"""
-
-
-def _session(row: Row) -> UiSession:
-    return UiSession(row["user_name"], row["role"], row["csrf"], row["created_at"], row["expires_at"])
 
 
 class PostgresUiSessions(PostgresBackend):
@@ -33,7 +30,7 @@ class PostgresUiSessions(PostgresBackend):
         with self._db.read("find session") as cur:
             row = cur.execute("SELECT * FROM ui_sessions WHERE id_hash = %s AND expires_at >= %s "
                               "AND created_at <= %s", (id_hash, now, now + 60)).fetchone()  # a minute of skew
-        return _session(row) if row else None
+        return session_from_row(row) if row else None
 
     def close_session(self, id_hash: str) -> None:
         with self._db.write("close session") as cur:

@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bridge.state.inbox import InboxEvent
-from bridge.state.postgres import Cursor, PostgresBackend, Row, dumps, loads
+from bridge.state.postgres import Cursor, PostgresBackend, Row
 from bridge.state.postgres_inbox import insert_events
+from bridge.state.rows import dumps, loads
 from bridge.state.subscriptions import CatchUp, SubscriptionState, find_holes, heartbeat_overdue
 
 _REGISTER_SUBSCRIPTION = """

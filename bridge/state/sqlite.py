@@ -18,7 +18,6 @@ implemented over it, and its own numbered migrations in the same kind of table.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
@@ -26,7 +25,6 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from bridge.errors import StoreError
 from bridge.state.schema import pending
@@ -158,15 +156,6 @@ class SqliteDatabase:
                        (migration.version, migration.name))
 
 
-def dumps(value: Any) -> str | None:
-    """A JSON column value (compact, UTF-8 kept); None stays NULL."""
-    return None if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
 class SqliteBackend:
     """Base of the ``sqlite_*`` implementations: they share one ``SqliteDatabase`` (so a composite of them
     works on one file, in one transaction where an operation spans concerns)."""
@@ -175,4 +164,4 @@ class SqliteBackend:
         self._db = db
 
 
-__all__ = ["MEMORY", "SqliteBackend", "SqliteDatabase", "dumps", "loads"]
+__all__ = ["MEMORY", "SqliteBackend", "SqliteDatabase"]

@@ -8,7 +8,8 @@ no row is ever deleted (``tests/unit/test_actions_store.py`` watches every state
 from __future__ import annotations
 
 from bridge.decisions import ActionRecord
-from bridge.state.actions import NewAction, WriteBack, action_from_row
+from bridge.state.actions import NewAction, WriteBack
+from bridge.state.rows import action_from_row
 from bridge.state.sqlite import SqliteBackend
 
 _INSERT = """INSERT INTO actions(trial, patient_id, kind, user_name, role, at, request_key, verdicts_digest, note,

@@ -12,7 +12,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from bridge.state.inbox import AcceptResult, Delivery, InboxEntry, InboxEvent, RescreenTask, Resolution, StoreStats
-from bridge.state.sqlite import SqliteBackend, dumps, loads
+from bridge.state.rows import claim_args, dumps, entry_from_row
+from bridge.state.sqlite import SqliteBackend
 
 _INSERT_EVENT = """
 INSERT INTO inbox(dedupe_key, kind, channel, subscription, event_number, resource_type, resource_id, patient_id,
@@ -98,17 +99,6 @@ def add_known(db: sqlite3.Connection, patients: Iterable[str], now: float, reaso
                    "ON CONFLICT(patient_id) DO NOTHING", [(p, now, reason) for p in sorted(set(patients))])
 
 
-def _entry(row: sqlite3.Row) -> InboxEntry:
-    event = InboxEvent(row["dedupe_key"], row["kind"], row["channel"], row["subscription"], row["event_number"],
-                       row["resource_type"], row["resource_id"], row["patient_id"], loads(row["payload"]))
-    return InboxEntry(row["id"], event, row["received_at"], row["state"], row["attempts"], row["claimed_at"],
-                      row["last_error"])
-
-
-def _claim_args(worker: str, now: float, lease: float, limit: int, max_attempts: int) -> dict[str, Any]:
-    return {"now": now, "worker": worker, "expired": now - lease, "limit": limit, "max_attempts": max_attempts}
-
-
 class SqliteInbox(SqliteBackend):
     """``Inbox`` (and ``Intake``) over a ``SqliteDatabase``."""
 
@@ -126,11 +116,11 @@ class SqliteInbox(SqliteBackend):
         return AcceptResult(new, len(events) - new)
 
     def claim_inbox(self, worker: str, now: float, lease: float, limit: int, max_attempts: int) -> list[InboxEntry]:
-        args = _claim_args(worker, now, lease, limit, max_attempts)
+        args = claim_args(worker, now, lease, limit, max_attempts)
         with self._db.write("claim inbox") as db:
             db.execute(_POISON.format(table="inbox"), args)
             rows = db.execute(_CLAIM.format(table="inbox", key="id", extra="", order="id"), args).fetchall()
-        return sorted((_entry(r) for r in rows), key=lambda e: e.id)
+        return sorted((entry_from_row(r) for r in rows), key=lambda e: e.id)
 
     def finish_inbox(self, entry_id: int, worker: str, resolution: Resolution, now: float) -> bool:
         with self._db.write("finish inbox entry") as db:
@@ -167,7 +157,7 @@ class SqliteInbox(SqliteBackend):
     def inbox_entry(self, entry_id: int) -> InboxEntry | None:
         with self._db.read("read inbox entry") as db:
             row = db.execute("SELECT * FROM inbox WHERE id = ?", (entry_id,)).fetchone()
-        return _entry(row) if row else None
+        return entry_from_row(row) if row else None
 
     def inbox_entries(self, state: str | None = None) -> list[InboxEntry]:
         """Every inbox entry (optionally of one state), oldest first — for inspection and tests."""
@@ -175,7 +165,7 @@ class SqliteInbox(SqliteBackend):
         if state is not None:
             sql, args = sql + " WHERE state = ?", (state,)
         with self._db.read("list inbox") as db:
-            return [_entry(r) for r in db.execute(sql + " ORDER BY id", args).fetchall()]
+            return [entry_from_row(r) for r in db.execute(sql + " ORDER BY id", args).fetchall()]
 
     # re-screens ---------------------------------------------------------------------------------------
     def request_rescreens(self, patients: Iterable[str], received_at: float, now: float, delay: float) -> None:
@@ -185,7 +175,7 @@ class SqliteInbox(SqliteBackend):
 
     def claim_rescreens(self, worker: str, now: float, lease: float, limit: int,
                         max_attempts: int) -> list[RescreenTask]:
-        args = _claim_args(worker, now, lease, limit, max_attempts)
+        args = claim_args(worker, now, lease, limit, max_attempts)
         sql = _CLAIM.format(table="rescreens", key="patient_id", extra=", claimed_generation = generation",
                             order="not_before, patient_id")
         with self._db.write("claim re-screens") as db:

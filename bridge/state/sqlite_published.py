@@ -6,7 +6,8 @@ from __future__ import annotations
 import sqlite3
 
 from bridge.state.published import PublishedRecord, PublishedVersion, same_content, search_columns
-from bridge.state.sqlite import SqliteBackend, dumps, loads
+from bridge.state.rows import dumps, loads, published_from_row, version_from_row
+from bridge.state.sqlite import SqliteBackend
 
 _PUT_PUBLISHED = """
 INSERT INTO published(key, resource_type, resource_id, fingerprint, version, resource, study, patient, status,
@@ -21,17 +22,6 @@ _LATEST_VERSION = """
 SELECT version_id, resource, last_updated FROM published_history
 WHERE resource_type = ? AND resource_id = ? ORDER BY version_id DESC LIMIT 1
 """
-
-
-def _published(row: sqlite3.Row) -> PublishedRecord:
-    return PublishedRecord(row["key"], row["resource_type"], row["resource_id"], row["fingerprint"],
-                           row["version"], loads(row["resource"]), row["updated_at"], row["version_id"],
-                           row["last_updated"])
-
-
-def _version(row: sqlite3.Row) -> PublishedVersion:
-    return PublishedVersion(row["resource_type"], row["resource_id"], row["version_id"], loads(row["resource"]),
-                            row["last_updated"])
 
 
 def _next_version(db: sqlite3.Connection, record: PublishedRecord) -> tuple[int | None, float]:
@@ -62,7 +52,7 @@ class SqlitePublishedIndex(SqliteBackend):
     def get_published(self, key: str) -> PublishedRecord | None:
         with self._db.read("read published resource") as db:
             row = db.execute("SELECT * FROM published WHERE key = ?", (key,)).fetchone()
-        return _published(row) if row else None
+        return published_from_row(row) if row else None
 
     def find_published(self, resource_type: str, resource_id: str | None = None, study: str | None = None,
                        patient: str | None = None, status: str | None = None) -> list[PublishedRecord]:
@@ -73,7 +63,7 @@ class SqlitePublishedIndex(SqliteBackend):
                 sql += f" AND {column} = ?"
                 args.append(value)
         with self._db.read("search published resources") as db:
-            return [_published(r) for r in db.execute(sql + " ORDER BY key", args).fetchall()]
+            return [published_from_row(r) for r in db.execute(sql + " ORDER BY key", args).fetchall()]
 
     def published_history(self, resource_type: str, resource_id: str | None = None,
                           since: float | None = None) -> list[PublishedVersion]:
@@ -85,13 +75,13 @@ class SqlitePublishedIndex(SqliteBackend):
                 args.append(value)
         order = " ORDER BY last_updated DESC, resource_id DESC, version_id DESC"
         with self._db.read("read published history") as db:
-            return [_version(r) for r in db.execute(sql + order, args).fetchall()]
+            return [version_from_row(r) for r in db.execute(sql + order, args).fetchall()]
 
     def published_version(self, resource_type: str, resource_id: str, version_id: int) -> PublishedVersion | None:
         with self._db.read("read published version") as db:
             row = db.execute("SELECT * FROM published_history WHERE resource_type = ? AND resource_id = ? "
                              "AND version_id = ?", (resource_type, resource_id, version_id)).fetchone()
-        return _version(row) if row else None
+        return version_from_row(row) if row else None
 
 
 __all__ = ["SqlitePublishedIndex"]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
+from bridge.state.rows import dumps, not_screened_from_row, screening_from_row
 from bridge.state.screenings import NotScreenedRecord, ScreeningRecord
-from bridge.state.sqlite import SqliteBackend, dumps, loads
+from bridge.state.sqlite import SqliteBackend
 
 _SAVE_SCREENING = """
 INSERT INTO screenings(patient_id, status, verdicts, as_of, updated_at, trial, ruleset_version, first_screened_at,
@@ -31,16 +32,6 @@ INSERT INTO not_screened(patient_id, reason, as_of, updated_at) VALUES (?, ?, ?,
 ON CONFLICT(patient_id) DO UPDATE SET reason = excluded.reason, as_of = excluded.as_of,
     updated_at = excluded.updated_at
 """
-
-
-def _screening(row: sqlite3.Row) -> ScreeningRecord:
-    return ScreeningRecord(row["patient_id"], row["status"], loads(row["verdicts"]), row["as_of"],
-                           row["updated_at"], row["trial"], row["ruleset_version"], row["first_screened_at"],
-                           row["age"], row["sex"])
-
-
-def _not_screened(row: sqlite3.Row) -> NotScreenedRecord:
-    return NotScreenedRecord(row["patient_id"], row["reason"], row["as_of"], row["updated_at"])
 
 
 def _save_screening(db: sqlite3.Connection, record: ScreeningRecord) -> None:
@@ -79,11 +70,12 @@ class SqliteScreenings(SqliteBackend):
     def screening(self, patient_id: str) -> ScreeningRecord | None:
         with self._db.read("read screening") as db:
             row = db.execute("SELECT * FROM screenings WHERE patient_id = ?", (patient_id,)).fetchone()
-        return _screening(row) if row else None
+        return screening_from_row(row) if row else None
 
     def screenings(self) -> list[ScreeningRecord]:
         with self._db.read("list screenings") as db:
-            return [_screening(r) for r in db.execute("SELECT * FROM screenings ORDER BY patient_id").fetchall()]
+            rows = db.execute("SELECT * FROM screenings ORDER BY patient_id").fetchall()
+        return [screening_from_row(r) for r in rows]
 
     def screening_numbers(self) -> dict[str, int]:
         with self._db.read("list screening numbers") as db:
@@ -92,7 +84,7 @@ class SqliteScreenings(SqliteBackend):
 
     def not_screened(self) -> list[NotScreenedRecord]:
         with self._db.read("list not screened") as db:
-            return [_not_screened(r) for r in db.execute("SELECT * FROM not_screened ORDER BY patient_id")]
+            return [not_screened_from_row(r) for r in db.execute("SELECT * FROM not_screened ORDER BY patient_id")]
 
 
 __all__ = ["SqliteScreenings"]

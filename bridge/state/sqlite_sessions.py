@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import sqlite3
-
+from bridge.state.rows import session_from_row
 from bridge.state.sessions import LoginFailures, UiSession
 from bridge.state.sqlite import SqliteBackend
 
@@ -13,10 +12,6 @@ ON CONFLICT(id_hash) DO UPDATE SET user_name = excluded.user_name, role = exclud
 
 _FAILED = """INSERT INTO login_failures(client, failures, last_at) VALUES (?, 1, ?)
 ON CONFLICT(client) DO UPDATE SET failures = login_failures.failures + 1, last_at = excluded.last_at"""
-
-
-def _session(row: sqlite3.Row) -> UiSession:
-    return UiSession(row["user_name"], row["role"], row["csrf"], row["created_at"], row["expires_at"])
 
 
 class SqliteUiSessions(SqliteBackend):
@@ -32,7 +27,7 @@ class SqliteUiSessions(SqliteBackend):
         with self._db.read("find session") as db:
             row = db.execute("SELECT * FROM ui_sessions WHERE id_hash = ? AND expires_at >= ? AND created_at <= ?",
                              (id_hash, now, now + 60)).fetchone()  # a minute of clock skew between replicas
-        return _session(row) if row else None
+        return session_from_row(row) if row else None
 
     def close_session(self, id_hash: str) -> None:
         with self._db.write("close session") as db:

@@ -6,7 +6,8 @@ import sqlite3
 from collections.abc import Sequence
 
 from bridge.state.inbox import InboxEvent
-from bridge.state.sqlite import SqliteBackend, dumps, loads
+from bridge.state.rows import dumps, loads
+from bridge.state.sqlite import SqliteBackend
 from bridge.state.sqlite_inbox import insert_events
 from bridge.state.subscriptions import CatchUp, SubscriptionState, find_holes, heartbeat_overdue
 
