@@ -330,7 +330,10 @@ def _value(cmap: CodeMap, concept: str, node: dict[str, Any], path: str, site: s
     return _qualitative(cmap, concept, node, path)
 
 
-def _observation_fact(cmap: CodeMap, node: dict[str, Any], parent: dict[str, Any], path: str) -> Fact | None:
+def _observation_fact(cmap: CodeMap, node: dict[str, Any], parent: dict[str, Any], path: str,
+                      effective_date: date | None) -> Fact | None:
+    """The fact of ``node`` (the Observation or one of its components); ``effective_date`` is the parent's
+    ``effective[x]`` date (``observation`` reads it once for every node)."""
     concept, site = _concept_of(cmap, node.get("code"))
     if concept is None:
         return None
@@ -340,8 +343,7 @@ def _observation_fact(cmap: CodeMap, node: dict[str, Any], parent: dict[str, Any
     rpath = "Observation.referenceRange[0]"
     low, low_problem = _ref_limit(cmap, concept, rng, "low", rpath)
     high, high_problem = _ref_limit(cmap, concept, rng, "high", rpath)
-    when = effective(parent, "effectiveDateTime", "effectivePeriod", "effectiveInstant") or local_date(
-        parent.get("issued"))
+    when = effective_date or local_date(parent.get("issued"))
     if when is None and problem is None:
         problem = "Observation.effective[x]: no date (effective[x] and issued absent)"
     if problem is not None:
@@ -371,12 +373,12 @@ def observation(resource: dict[str, Any], cmap: CodeMap, aliases: dict[str, str]
     out.activity = effective(resource, "effectiveDateTime", "effectivePeriod", "effectiveInstant")
     if resource.get("status") in IGNORED_STATUS:
         return out
-    top = _observation_fact(cmap, resource, resource, "Observation")
+    top = _observation_fact(cmap, resource, resource, "Observation", out.activity)
     if top:
         out.facts.append(top)
     for i, comp in enumerate(resource.get("component") or []):
         if isinstance(comp, dict):
-            fact = _observation_fact(cmap, comp, resource, f"Observation.component[{i}]")
+            fact = _observation_fact(cmap, comp, resource, f"Observation.component[{i}]", out.activity)
             if fact:
                 out.facts.append(fact)
     out.problems = [f"{f.source} {f.problem}" for f in out.facts if f.problem]

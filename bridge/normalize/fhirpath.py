@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from datetime import date
+from functools import lru_cache
 from typing import Any
 
 from bridge.model import PartialDate
@@ -16,6 +17,12 @@ def partial_date(text: Any) -> PartialDate | None:
     """A FHIR date/dateTime string as written (its local date part), keeping its precision."""
     if not isinstance(text, str):
         return None
+    return _partial_date(text)
+
+
+@lru_cache(maxsize=1 << 14)
+def _partial_date(text: str) -> PartialDate | None:
+    """``partial_date`` of a string, remembered: a lab panel's results share their stamps (PartialDate is frozen)."""
     m = _DATE.match(text.strip())
     if not m:
         return None
@@ -30,7 +37,14 @@ def partial_date(text: Any) -> PartialDate | None:
 
 def local_date(text: Any) -> date | None:
     """The calendar date as written in the resource (RULES.md §4: no time-zone shift), full dates only."""
-    pd = partial_date(text)
+    if not isinstance(text, str):
+        return None
+    return _local_date(text)
+
+
+@lru_cache(maxsize=1 << 14)
+def _local_date(text: str) -> date | None:
+    pd = _partial_date(text)
     return pd.earliest() if pd and pd.is_full else None
 
 
@@ -62,6 +76,10 @@ def ref_id(reference: Any, resource_type: str, aliases: dict[str, str] | None = 
         return None
     if aliases and ref in aliases:
         ref = aliases[ref]
+    if ref.startswith(resource_type) and ref[len(resource_type):len(resource_type) + 1] == "/":
+        tail = ref[len(resource_type) + 1:]  # the common relative form "Type/id": what the split below gives
+        if tail and "/" not in tail and tail != "_history":
+            return tail
     parts = ref.rstrip("/").split("/")
     if "_history" in parts:
         parts = parts[: parts.index("_history")]
