@@ -56,12 +56,12 @@ class Codes(Protocol):
 
 
 class CachedCodes:
-    """A ``CodeMap`` whose ``condition_concepts`` are remembered per (system, code): the same few codes recur on
-    every line (``observation_concept`` is a dict lookup already and is passed through)."""
+    """A ``CodeMap`` whose answers are remembered per (system, code): the same few codes recur on every line."""
 
     def __init__(self, cmap: CodeMap, limit: int = 1 << 16) -> None:
         self.cmap, self.limit = cmap, limit
         self._memo: dict[tuple[str | None, str | None], frozenset[str]] = {}
+        self._observations: dict[tuple[str | None, str | None], str | None] = {}
 
     def condition_concepts(self, system: str | None, code: str | None) -> frozenset[str]:
         key = (system, code)
@@ -73,7 +73,14 @@ class CachedCodes:
         return found
 
     def observation_concept(self, system: str | None, code: str | None) -> str | None:
-        return self.cmap.observation_concept(system, code)
+        key = (system, code)
+        try:
+            return self._observations[key]
+        except KeyError:
+            found = self.cmap.observation_concept(system, code)
+            if len(self._observations) < self.limit:
+                self._observations[key] = found
+            return found
 
 
 def patient_of(resource: dict[str, Any]) -> str | None:
@@ -98,10 +105,18 @@ def relevant(resource: dict[str, Any], cmap: Codes, concepts: Concepts) -> bool:
         return any(cmap.condition_concepts(s, c) & concepts.conditions for s, c in codings(resource.get("code")))
     if rtype != "Observation":
         return False
+    facts, concept_of = concepts.facts, cmap.observation_concept
+    for s, c in codings(resource.get("code")):
+        if concept_of(s, c) in facts:
+            return True
     components = resource.get("component")
-    nodes = [resource, *(c for c in components if isinstance(c, dict))] if isinstance(components, list) \
-        else [resource]
-    return any(cmap.observation_concept(s, c) in concepts.facts for n in nodes for s, c in codings(n.get("code")))
+    if isinstance(components, list):
+        for comp in components:
+            if isinstance(comp, dict):
+                for s, c in codings(comp.get("code")):
+                    if concept_of(s, c) in facts:
+                        return True
+    return False
 
 
 __all__ = ["CachedCodes", "Codes", "Concepts", "TrialConcepts", "default_trial", "is_gate_condition", "patient_of",
