@@ -15,6 +15,7 @@ import gc
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 from bridge.population import spill
@@ -59,6 +60,24 @@ def steady_malloc() -> None:
         ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
 
 
+def without_gc(fn: Callable[[Any], Any], task: Any) -> Any:
+    """``fn(task)`` with the cyclic garbage collector paused (and resumed after, if it was running).
+
+    A task allocates a bounded amount (one chunk, one partition) of mostly acyclic objects — parsed lines,
+    facts, verdicts — and holds many of them at once, so the collector's generation-2 passes kept walking
+    them all: measured on a lab-dense partition, 633 collections took 27 % of its evaluation. Reference
+    counting still frees everything acyclic at once; the few cycles a task makes are collected once the
+    collector resumes.
+    """
+    if not gc.isenabled():
+        return fn(task)
+    gc.disable()
+    try:
+        return fn(task)
+    finally:
+        gc.enable()
+
+
 def _init_worker(state: WorkerState) -> None:
     steady_malloc()
     _STATE[:] = [state]
@@ -82,7 +101,7 @@ class Pool:
         try:
             for task in tasks:
                 _STATE[:] = [self.state]  # per task: a consumer may run another pass between two results
-                yield fn(task)
+                yield without_gc(fn, task)
         finally:
             _STATE.clear()
             release_buffer()  # the workers' buffers go with them; this process keeps running
@@ -92,9 +111,9 @@ class Pool:
         gc.freeze()  # forked workers share the parent's objects; a collection in them would copy every page
         try:
             with ctx.Pool(min(self.processes, len(tasks)), initializer=_init_worker, initargs=(self.state,)) as pool:
-                yield from pool.imap(fn, tasks)
+                yield from pool.imap(partial(without_gc, fn), tasks)
         finally:
             gc.unfreeze()
 
 
-__all__ = ["Pool", "WorkerState", "default_processes", "steady_malloc", "worker_state"]
+__all__ = ["Pool", "WorkerState", "default_processes", "steady_malloc", "without_gc", "worker_state"]
