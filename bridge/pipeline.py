@@ -30,13 +30,14 @@ from dataclasses import dataclass, field
 from datetime import date
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, TextIO, TypeVar
 
 from bridge.config import RuleOptions
 from bridge.evaluate.blocks import completed_years
 from bridge.evaluate.eligibility import Screening, screen
 from bridge.evaluate.screened import assessable, not_screened
 from bridge.ingest.sources import check_source, is_url, open_source
+from bridge.jsontext import indented
 from bridge.model import Failed, Item, NotScreened, PatientFacts
 from bridge.normalize.mappings import CodeMap
 from bridge.normalize.patients import PatientAssembler, ReadReport
@@ -48,13 +49,28 @@ if TYPE_CHECKING:  # the assessment engine loads only when an assessment runs
     from bridge.evaluate.assessment import PatientAssessment
 
 
+@dataclass(frozen=True)
+class RenderedScreening:
+    """One patient's screening as the body ``write_prescreen_json`` writes for it (``screening_body``): made in the
+    worker that evaluated the patient (``prescreen(..., rendered=True)``), so that the parent, which writes the
+    document alone while the workers wait, only copies it out."""
+
+    patient: str
+    status: str
+    body: str
+
+
+_Screened = TypeVar("_Screened", Screening, RenderedScreening)
+
+
 @dataclass
 class PrescreenRun:
     options: RuleOptions
     screenings: list[Screening]
     report: ReadReport
     population: bool = False  # True: a directory read in population mode (only acute-leukaemia patients)
-    stream: Iterator[Screening] | None = None  # lazy=True: the screenings, computed as they are consumed
+    stream: Iterator[Screening | RenderedScreening] | None = None  # lazy=True: the screenings, computed as they
+    # are consumed (rendered=True: as ``RenderedScreening``, their JSON written in the workers)
     not_screened: list[NotScreened] = field(default_factory=list)  # RULES.md §2 "Who is screened", by patient
     failed: list[Failed] = field(default_factory=list)  # patients whose evaluation raised (a bug), by patient
     # (with ``stream``, ``not_screened`` and ``failed`` are complete once the stream has been consumed)
@@ -63,10 +79,10 @@ class PrescreenRun:
     def as_json(self) -> dict[str, object]:
         return prescreen_json(self.screenings, self.options, self.not_screened, self.trial)
 
-    def take(self, outcomes: Iterable[Screening | NotScreened | Failed]) -> Iterator[Screening]:
+    def take(self, outcomes: Iterable[_Screened | NotScreened | Failed]) -> Iterator[_Screened]:
         """The screenings among ``outcomes``, as they come; the others go to ``not_screened`` / ``failed``."""
         for out in outcomes:
-            if isinstance(out, Screening):
+            if isinstance(out, Screening | RenderedScreening):
                 yield out
             elif isinstance(out, NotScreened):
                 self.not_screened.append(out)
@@ -130,6 +146,13 @@ def evaluate_patient(pf: PatientFacts, options: RuleOptions, site_uln: dict[str,
     return ScreenedPatient(s.patient, s.status, s.verdicts, age_on(pf, options.as_of), pf.sex or None)
 
 
+def evaluate_rendered(pf: PatientFacts, options: RuleOptions, site_uln: dict[str, float] | None = None,
+                      trial: Trial | None = None) -> RenderedScreening | NotScreened:
+    """``evaluate_patient``, a screening given as its JSON body (``RenderedScreening``)."""
+    out = evaluate_patient(pf, options, site_uln, trial)
+    return out if isinstance(out, NotScreened) else RenderedScreening(out.patient, out.status, screening_body(out))
+
+
 def screen_each(patients: Iterable[PatientFacts], options: RuleOptions, cmap: CodeMap, trial: Trial | None = None
                 ) -> Iterator[Screening | NotScreened | Failed]:
     """``evaluate_patient`` of each patient, guarded: an exception for one patient gives a ``Failed``."""
@@ -175,7 +198,7 @@ def screen_one(items: Iterable[Item], patient_id: str, options: RuleOptions, cma
 
 def prescreen(source: str, options: RuleOptions, cmap: CodeMap,
               progress: Callable[[int], None] | None = None, *, all_patients: bool = False,
-              lazy: bool = False, settings: Settings | None = None,
+              lazy: bool = False, rendered: bool = False, settings: Settings | None = None,
               patients: Sequence[str] | None = None, trial: Trial | None = None) -> PrescreenRun:
     """Pre-screen any source ``open_source`` opens: a file, stdin, an NDJSON directory, or a FHIR base URL
     (pulled with ``settings``: the admitted patients, or ``patients``).
@@ -185,12 +208,15 @@ def prescreen(source: str, options: RuleOptions, cmap: CodeMap,
     per-patient path gives; ``all_patients`` evaluates every patient of the directory instead, with the per-patient
     path's verdicts, in bounded memory (``bridge.population.partition``). With ``lazy``
     the population's screenings are left in ``PrescreenRun.stream``, computed one patient at a time as it is
-    consumed (``screenings`` stays empty), so a JSON writer holds one patient's verdicts at a time.
+    consumed (``screenings`` stays empty), so a JSON writer holds one patient's verdicts at a time; with ``lazy``
+    and ``rendered`` as well, a directory's stream holds each screening as its JSON body (``RenderedScreening``),
+    written by the worker that evaluated it — for ``write_prescreen_json`` and nothing else.
     """
     check_source(source, patients)
     trial = trial or load_trial()
     if not is_url(source) and source != "-" and Path(source).is_dir():
-        evaluate = partial(evaluate_patient, options=options, site_uln=cmap.uln, trial=trial)
+        evaluate = partial(evaluate_rendered if lazy and rendered else evaluate_patient, options=options,
+                           site_uln=cmap.uln, trial=trial)
         # the patients are assembled and evaluated in the workers, in patient order: population mode, or every
         # patient through partitions by patient (bounded memory; the verdicts of the per-patient path)
         mapper = all_patients_map if all_patients else population_map
@@ -276,7 +302,12 @@ def screening_json(s: Screening) -> dict[str, object]:
             "criteria": {v.criterion: v.as_json() for v in s.verdicts}}
 
 
-def write_prescreen_json(stream: TextIO, screenings: Iterable[Screening], options: RuleOptions,
+def screening_body(s: Screening) -> str:
+    """One screening as ``write_prescreen_json`` writes it (before its indentation into the document)."""
+    return indented(screening_json(s))
+
+
+def write_prescreen_json(stream: TextIO, screenings: Iterable[Screening | RenderedScreening], options: RuleOptions,
                          not_screened: Iterable[NotScreened] = (), trial: Trial | None = None) -> int:
     """The same document as ``prescreen_json``, written one patient at a time (memory stays flat); returns the
     number of patients written. ``not_screened`` is read after ``screenings`` is exhausted (a lazy run fills
@@ -287,7 +318,7 @@ def write_prescreen_json(stream: TextIO, screenings: Iterable[Screening], option
     stream.write('  "results": [')
     count = 0
     for count, s in enumerate(screenings, start=1):
-        body = json.dumps(screening_json(s), indent=2, ensure_ascii=False).replace("\n", "\n    ")
+        body = (s.body if isinstance(s, RenderedScreening) else screening_body(s)).replace("\n", "\n    ")
         stream.write(("," if count > 1 else "") + "\n    " + body)
     stream.write("\n  ],\n")
     others = json.dumps(_not_screened_json(not_screened), indent=2, ensure_ascii=False).replace("\n", "\n  ")
@@ -316,7 +347,7 @@ def prescreen_json(screenings: Iterable[Screening], options: RuleOptions,
             "notScreened": _not_screened_json(not_screened)}
 
 
-__all__ = ["AssessRun", "Failed", "PrescreenRun", "ScreenedPatient", "age_on", "assess", "assess_loaded",
-           "evaluate_patient", "is_url", "load_patients", "named", "open_source", "prescreen", "prescreen_items",
-           "prescreen_json", "prescreen_patients", "screen_each", "screen_one", "screen_run", "screening_json",
-           "write_prescreen_json"]
+__all__ = ["AssessRun", "Failed", "PrescreenRun", "RenderedScreening", "ScreenedPatient", "age_on", "assess",
+           "assess_loaded", "evaluate_patient", "evaluate_rendered", "is_url", "load_patients", "named", "open_source",
+           "prescreen", "prescreen_items", "prescreen_json", "prescreen_patients", "screen_each", "screen_one",
+           "screen_run", "screening_body", "screening_json", "write_prescreen_json"]

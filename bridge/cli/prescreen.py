@@ -259,8 +259,8 @@ def command(
         check_trial_version(settings, trial)
     with progress("reading and screening") as tick:
         lazy = fmt is Format.json and not save and not publish
-        run = prescreen(source, options, cmap, tick, all_patients=all_patients, lazy=lazy, settings=settings,
-                        patients=patients, trial=trial)
+        run = prescreen(source, options, cmap, tick, all_patients=all_patients, lazy=lazy, rendered=lazy,
+                        settings=settings, patients=patients, trial=trial)
     if fmt is Format.json:
         reported = write_prescreen_json(sys.stdout, run.stream or run.screenings, options, run.not_screened, trial)
     else:
