@@ -47,7 +47,7 @@ import os
 import pickle
 import struct
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,13 +72,13 @@ from bridge.population.relevance import CachedCodes, Concepts, TrialConcepts, de
 PARTITION_BYTES = 24 << 20  # input bytes per partition: what one worker assembles at a time
 MAX_PARTITIONS = 256
 _FILE_SHIFT = 40  # order = file index << 40 | byte offset (as in bridge.population.scan)
-_FULL, _STUB = 0, 1
-_HEAD = struct.Struct("<BqiiI")  # kind, order, chunk index, line in the chunk, length of the line
-_STUB_TAIL = struct.Struct("<qH")  # digest, length of the patient id (then its bytes)
-_BLOCK_HEAD = struct.Struct("<I")  # bytes in the block that follows (one chunk's records for one partition)
+_HEAD = struct.Struct("<qiiI")  # a line kept in full: order, chunk index, line in the chunk, length (then the line)
+# a stub: where its line is, its reference's digest, its patient's digest and whether it names a patient
+_STUB = numpy.dtype([("order", "<i8"), ("chunk", "<i4"), ("line", "<i4"), ("length", "<i4"), ("digest", "<i8"),
+                     ("patient", "<i8"), ("named", "u1")])
+_BLOCK_HEAD = struct.Struct("<II")  # one chunk's records for one partition: bytes of full lines, number of stubs
 _BUCKET = numpy.dtype([("digest", "<i8"), ("order", "<i8"), ("length", "<i4"), ("part", "<i4")])
 _READ_AHEAD = 1 << 16
-Stub = tuple[int, int, int, int, int, str]  # order, chunk, line, length, digest, patient
 
 
 def ref_digest(text: str) -> int:
@@ -173,14 +173,15 @@ def _partition_lines(scope: PartitionScope, chunk: Chunk, buf: bytes | bytearray
                      ) -> PartitionResult:
     n_parts, n_buckets = len(scope.partitions), len(scope.buckets)
     out: list[list[bytes]] = [[] for _ in range(n_parts)]
+    stubs: list[list[tuple[int, int, int, int, int, int, bool]]] = [[] for _ in range(n_parts)]
     bucket_rows: list[list[tuple[int, int, int, int]]] = [[] for _ in range(n_buckets)]
     result = PartitionResult(chunk)
     base = (chunk.file_index << _FILE_SHIFT) | chunk.start
     start, size, lineno = 0, len(buf), 0
-    last_pid, last_part = "", partition_of("", n_parts)
+    last_pid, last_part, last_hash = "", partition_of("", n_parts), hash("")
     codes, concepts, skipped = scope.codes, scope.concepts, result.skipped
     loads, decode_error, find = orjson.loads, orjson.JSONDecodeError, buf.find
-    pack_head, pack_stub = _HEAD.pack, _STUB_TAIL.pack
+    pack_head = _HEAD.pack
     read = ignored = 0
     while start < size:
         nl = find(b"\n", start)
@@ -209,25 +210,24 @@ def _partition_lines(scope: PartitionScope, chunk: Chunk, buf: bytes | bytearray
             continue
         pid = patient_of(res) or ""
         if pid != last_pid:  # a patient's lines mostly come together
-            last_pid, last_part = pid, partition_of(pid, n_parts)
+            last_pid, last_part, last_hash = pid, partition_of(pid, n_parts), hash(pid)
         order, length = base + begin, end - begin
         rid = res.get("id")
         if isinstance(rid, str):
             digest = hash(f"{rtype}/{rid}")  # ref_digest(source_ref(res))
             bucket_rows[digest % n_buckets].append((digest, order, length, last_part))
             if rtype == "Patient" or relevant(res, codes, concepts):
-                out[last_part].append(pack_head(_FULL, order, chunk.index, lineno, length) + view[begin:end])
+                out[last_part].append(pack_head(order, chunk.index, lineno, length) + view[begin:end])
             else:
-                raw = pid.encode("utf-8")
-                out[last_part].append(pack_head(_STUB, order, chunk.index, lineno, length)
-                                      + pack_stub(digest, len(raw)) + raw)
+                stubs[last_part].append((order, chunk.index, lineno, length, digest, last_hash, pid != ""))
         else:
-            out[last_part].append(pack_head(_FULL, order, chunk.index, lineno, length) + view[begin:end])
+            out[last_part].append(pack_head(order, chunk.index, lineno, length) + view[begin:end])
     result.lines, result.read, result.ignored_types = lineno, read, ignored
-    for part, records in enumerate(out):
-        if records:
+    for part, (records, kept_out) in enumerate(zip(out, stubs, strict=True)):
+        if records or kept_out:
             body = b"".join(records)
-            _append(scope.partitions[part], _BLOCK_HEAD.pack(len(body)) + body)
+            _append(scope.partitions[part], _BLOCK_HEAD.pack(len(body), len(kept_out)) + body
+                    + (numpy.array(kept_out, dtype=_STUB).tobytes() if kept_out else b""))
     for bucket, rows in enumerate(bucket_rows):
         if rows:
             _append(scope.buckets[bucket], numpy.array(rows, dtype=_BUCKET).tobytes())
@@ -318,26 +318,29 @@ class PartitionOutcome:
     warnings: list[tuple[str, int, tuple[str, ...]]] = field(default_factory=list)  # ref, rank, warnings
 
 
-def _records(fd: int) -> Iterator[tuple[int, int, int, int, int, bytes, int, str]]:
-    """The records of one partition file: kind, order, chunk, line, length, line (full) and digest, patient
-    (stub) — one block in memory at a time."""
+def _records(fd: int, stubs: list[numpy.ndarray]) -> Iterator[tuple[int, int, int, bytes]]:
+    """The lines kept in full in one partition file — order, chunk, line in the chunk, the line — one block in
+    memory at a time; each block's stubs are added to ``stubs`` (one array per block)."""
     at, size = 0, os.fstat(fd).st_size
+    head = _HEAD.size
     while at < size:
-        (length,) = _BLOCK_HEAD.unpack(os.pread(fd, _BLOCK_HEAD.size, at))
-        block = os.pread(fd, length, at + _BLOCK_HEAD.size)
-        at += _BLOCK_HEAD.size + length
+        full, count = _BLOCK_HEAD.unpack(os.pread(fd, _BLOCK_HEAD.size, at))
+        at += _BLOCK_HEAD.size
+        block = os.pread(fd, full, at)
+        at += full
+        if count:
+            stubs.append(numpy.frombuffer(os.pread(fd, count * _STUB.itemsize, at), _STUB))
+            at += count * _STUB.itemsize
         pos = 0
-        while pos < length:
-            kind, order, chunk, line, size_ = _HEAD.unpack_from(block, pos)
-            pos += _HEAD.size
-            if kind == _FULL:
-                yield kind, order, chunk, line, size_, block[pos:pos + size_], 0, ""
-                pos += size_
-            else:
-                digest, plen = _STUB_TAIL.unpack_from(block, pos)
-                pos += _STUB_TAIL.size
-                yield kind, order, chunk, line, size_, b"", digest, block[pos:pos + plen].decode("utf-8")
-                pos += plen
+        while pos < full:
+            order, chunk, line, length = _HEAD.unpack_from(block, pos)
+            pos += head
+            yield order, chunk, line, block[pos:pos + length]
+            pos += length
+
+
+def _digests(values: Iterable[int]) -> numpy.ndarray:
+    return numpy.fromiter(values, dtype="<i8")
 
 
 class _PartitionReader:
@@ -359,15 +362,13 @@ class _PartitionReader:
         for skipped in self.asm.add_at(item, order):
             self.out.skipped.append((order, skipped))
 
-    def rescue(self, stubs: list[Stub], digests: set[int] | frozenset[int]) -> list[Stub]:
-        """Adds the stubs whose digest is in ``digests`` (read back from the directory); returns the others."""
-        files, left = self.scope.files, []
-        for stub in stubs:
-            if stub[4] in digests:
-                order, chunk, line, length = stub[:4]
-                self.add(order, chunk, line, _read_line(files, order, length))
-            else:
-                left.append(stub)
+    def rescue(self, stubs: numpy.ndarray, wanted: numpy.ndarray) -> numpy.ndarray:
+        """Adds the stubs whose row is ``wanted`` (read back from the directory), in partition order; returns the
+        others."""
+        files = self.scope.files
+        for order, chunk, line, length in stubs[wanted][["order", "chunk", "line", "length"]].tolist():
+            self.add(order, chunk, line, _read_line(files, order, length))
+        left: numpy.ndarray = stubs[~wanted]
         return left
 
     def resolve(self) -> None:
@@ -381,23 +382,23 @@ class _PartitionReader:
 
     def run(self) -> list[PatientFacts]:
         scope = self.scope
-        stubs: list[Stub] = []
-        for kind, order, chunk, line, length, text, digest, pid in _records(scope.partitions[self.part]):
-            if kind == _FULL:
-                self.add(order, chunk, line, text)
-            else:
-                stubs.append((order, chunk, line, length, digest, pid))
+        blocks: list[numpy.ndarray] = []
+        for order, chunk, line, text in _records(scope.partitions[self.part], blocks):
+            self.add(order, chunk, line, text)
+        stubs = numpy.concatenate(blocks) if blocks else numpy.empty(0, _STUB)
         # a later (or earlier) version of a kept resource, and every version of an identity spanning partitions
-        kept = {ref_digest(ref) for ref, _, _ in self.asm.kept()}
-        stubs = self.rescue(stubs, kept | scope.identities.digests)
+        kept = _digests(ref_digest(ref) for ref, _, _ in self.asm.kept())
+        spanning_here = _digests(scope.identities.digests)
+        stubs = self.rescue(stubs, numpy.isin(stubs["digest"], kept) | numpy.isin(stubs["digest"], spanning_here))
         self.resolve()
         # a patient whom nothing kept makes a patient (no valid Patient, no relevant data): their other lines,
         # and every version of those lines' resources, decide whether and how they are listed
-        present = {norm.patient_id for _, _, norm in self.asm.kept() if norm.patient_id is not None}
-        orphans = {s[5] for s in stubs if s[5] and s[5] not in present}
-        wanted = {s[4] for s in stubs if s[5] in orphans}
-        self.rescue(stubs, wanted)
-        self.resolve()
+        present = _digests(hash(norm.patient_id) for _, _, norm in self.asm.kept() if norm.patient_id is not None)
+        orphans = stubs["patient"][(stubs["named"] == 1) & ~numpy.isin(stubs["patient"], present)]
+        if orphans.size:
+            wanted = stubs["digest"][numpy.isin(stubs["patient"], orphans) & (stubs["named"] == 1)]
+            self.rescue(stubs, numpy.isin(stubs["digest"], wanted))
+            self.resolve()
         facts = self.asm.patients()
         self.out.used, self.out.no_patient = self.asm.report.used, self.asm.report.no_patient
         self.out.warnings = [(ref, 1, tuple(norm.problems)) for ref, _, norm in self.asm.kept()
