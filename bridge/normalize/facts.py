@@ -11,6 +11,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import date
+from functools import lru_cache
 from typing import Any
 
 from bridge.errors import UnitError
@@ -309,12 +310,21 @@ def _ref_limit(cmap: CodeMap, concept: str, rng: Any, bound: str, path: str) -> 
     if number is None:
         return None, f"{path}.{bound}: no numeric value; {_DEFAULT_LIMIT}"
     unit = str(q.get("code") or q.get("unit") or info.unit)
-    value = _to_unit(number, unit, info.unit or "", info.molar)
+    bound_of = _ref_bound if number else _ref_bound.__wrapped__  # 0.0 and -0.0 would share one key: not cached
+    return bound_of(number, unit, info.unit or "", info.molar, bound, path)
+
+
+@lru_cache(maxsize=4096)
+def _ref_bound(number: float, unit: str, target: str, molar: float | None, bound: str,
+               path: str) -> tuple[Quantity | None, str | None]:
+    """``_ref_limit`` once the bound is read: a function of these values alone, remembered (a laboratory sends
+    the same reference range with every result of a test; ``Quantity`` is frozen)."""
+    value = _to_unit(number, unit, target, molar)
     if value is None:
         return None, f"{path}.{bound}.code: unit {shown_unit(unit)} cannot be converted; {_DEFAULT_LIMIT}"
     if not math.isfinite(value) or value < 0 or (bound == "high" and value <= 0):
         return None, f"{path}.{bound}: {'zero or negative' if bound == 'high' else 'negative'}; {_DEFAULT_LIMIT}"
-    return Quantity(value, info.unit or ""), None
+    return Quantity(value, target), None
 
 
 def _value(cmap: CodeMap, concept: str, node: dict[str, Any], path: str, site: str | None) -> tuple[Any, str | None]:
