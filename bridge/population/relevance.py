@@ -8,7 +8,7 @@ a concept some criterion reads. The sets come from the trial (``TrialConcepts``,
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Callable, Set
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -106,17 +106,33 @@ def relevant(resource: dict[str, Any], cmap: Codes, concepts: Concepts) -> bool:
     if rtype != "Observation":
         return False
     facts, concept_of = concepts.facts, cmap.observation_concept
-    for s, c in codings(resource.get("code")):
-        if concept_of(s, c) in facts:
-            return True
+    if _any_fact(resource.get("code"), facts, concept_of):
+        return True
     components = resource.get("component")
     if isinstance(components, list):
         for comp in components:
-            if isinstance(comp, dict):
-                for s, c in codings(comp.get("code")):
-                    if concept_of(s, c) in facts:
-                        return True
+            if isinstance(comp, dict) and _any_fact(comp.get("code"), facts, concept_of):
+                return True
     return False
+
+
+def _any_fact(concept: Any, facts: frozenset[str], concept_of: Callable[[str | None, str | None], str | None]
+              ) -> bool:
+    """Does any coding of ``concept`` map to one of ``facts``? ``codings``' reading, its common shape — a
+    ``coding`` list of objects with string ``system`` and ``code`` — read without the generator."""
+    if type(concept) is dict:
+        coding = concept.get("coding")
+        if type(coding) is list:
+            for c in coding:
+                if type(c) is dict:
+                    system, code = c.get("system"), c.get("code")
+                    if type(system) is not str or type(code) is not str:
+                        break  # an unusual coding: codings() reads the whole concept
+                    if concept_of(system, code) in facts:
+                        return True
+            else:
+                return False
+    return any(concept_of(s, c) in facts for s, c in codings(concept))
 
 
 __all__ = ["CachedCodes", "Codes", "Concepts", "TrialConcepts", "default_trial", "is_gate_condition", "patient_of",
