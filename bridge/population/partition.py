@@ -535,7 +535,10 @@ class AllPatients:
         scope = EvaluationScope(self.cmap, self.files, tuple(p.name for p in self.files), line_base,
                                 tuple(c.file_index for c in self.plan), parts, results, identities, self.then)
         done = []
-        for outcome in Pool(scope, self.processes).map(evaluate_partition, list(range(self.count))):
+        # the largest partitions first, so that the workers finish together (the outcomes are merged by patient,
+        # whatever order they come in)
+        order = sorted(range(self.count), key=lambda part: -os.fstat(parts[part]).st_size)
+        for outcome in Pool(scope, self.processes).map(evaluate_partition, order):
             os.ftruncate(parts[outcome.part], 0)  # its disk space back as soon as it is evaluated
             done.append(outcome)
         return done
