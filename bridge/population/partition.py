@@ -60,6 +60,7 @@ from bridge.ingest.readers import ndjson_files, ndjson_line, read_ndjson_dir
 from bridge.model import Entry, PatientFacts, Skipped
 from bridge.normalize import fastvalid
 from bridge.normalize.facts import READ_TYPES, Normalized
+from bridge.normalize.fhirpath import ref_id
 from bridge.normalize.mappings import CodeMap
 from bridge.normalize.patients import PatientAssembler, ReadReport, VersionKey, conflict_warning
 from bridge.population import spill
@@ -179,6 +180,7 @@ def _partition_lines(scope: PartitionScope, chunk: Chunk, buf: bytes | bytearray
     base = (chunk.file_index << _FILE_SHIFT) | chunk.start
     start, size, lineno = 0, len(buf), 0
     last_pid, last_part, last_hash = "", partition_of("", n_parts), hash("")
+    last_ref: str | None = None  # the last subject reference read, when it names ``last_pid``
     codes, concepts, skipped = scope.codes, scope.concepts, result.skipped
     loads, decode_error, find = orjson.loads, orjson.JSONDecodeError, buf.find
     pack_head = _HEAD.pack
@@ -208,7 +210,13 @@ def _partition_lines(scope: PartitionScope, chunk: Chunk, buf: bytes | bytearray
         if rtype not in READ_TYPES:
             ignored += 1
             continue
-        pid = patient_of(res) or ""
+        subject = res.get("subject") if rtype != "Patient" else None
+        ref = subject.get("reference") if type(subject) is dict else None
+        if ref is not None and ref == last_ref:  # patient_of, for the subject reference just read
+            pid = last_pid
+        else:
+            pid = patient_of(res) or ""
+            last_ref = ref if type(ref) is str and ref_id(subject, "Patient") == pid else None
         if pid != last_pid:  # a patient's lines mostly come together
             last_pid, last_part, last_hash = pid, partition_of(pid, n_parts), hash(pid)
         order, length = base + begin, end - begin
