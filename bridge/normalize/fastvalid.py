@@ -38,7 +38,7 @@ import math
 import re
 import typing
 from collections.abc import Callable, Iterable
-from functools import cache, lru_cache
+from functools import cache
 from typing import Any
 
 import orjson
@@ -116,32 +116,16 @@ def _real_day(v: str) -> bool:
     return True
 
 
-@lru_cache(maxsize=1 << 13)
-def _date_text(v: str) -> bool:
-    return _DATE(v) is not None and _real_day(v)
-
-
-@lru_cache(maxsize=1 << 13)
-def _datetime_text(v: str) -> bool:
-    return _DATETIME(v) is not None and _real_day(v)
-
-
-@lru_cache(maxsize=1 << 13)
-def _instant_text(v: str) -> bool:
-    return _INSTANT(v) is not None and _real_day(v)
-
-
-# a date's answer is remembered per string: a laboratory panel's results share their stamps
 def _date(v: Any) -> bool:
-    return type(v) is str and _date_text(v)
+    return type(v) is str and _DATE(v) is not None and _real_day(v)
 
 
 def _datetime(v: Any) -> bool:
-    return type(v) is str and _datetime_text(v)
+    return type(v) is str and _DATETIME(v) is not None and _real_day(v)
 
 
 def _instant(v: Any) -> bool:
-    return type(v) is str and _instant_text(v)
+    return type(v) is str and _INSTANT(v) is not None and _real_day(v)
 
 
 _PRIMITIVES: dict[str, Check] = {
@@ -215,8 +199,8 @@ def _complex(klass: Any) -> Check:
     return check
 
 
-MEMO_SIZE = 4096  # elements remembered as conforming, per process and element type (their JSON bytes: ~100 KB to ~1 MB)
-_MEMO: dict[str, set[bytes]] = {}  # per element type: the exact JSON of elements that conform
+MEMO_SIZE = 4096  # elements remembered as conforming, per process (their JSON bytes: ~100 KB to ~1 MB)
+_MEMO: set[bytes] = set()
 
 
 def _remembered(klass: Any, check: Check) -> Check:
@@ -225,26 +209,24 @@ def _remembered(klass: Any, check: Check) -> Check:
     The answer is a function of the JSON value alone; ``orjson.dumps`` of a JSON-parsed value tells apart every
     value the check tells apart (``1``/``1.0``/``true``, key sets, strings), and raises on what it cannot write
     (a lone surrogate, an integer past 64 bits), which is then checked the ordinary way. Only successes are
-    remembered; NaN and infinities, written as ``null``, are never part of one (a null never conforms). Each
-    element type has its own memory, so that one whose values never repeat (``Meta`` with its ``lastUpdated``)
-    does not push out the ones that do (a test's ``code``, its reference range).
+    remembered; NaN and infinities, written as ``null``, are never part of one (a null never conforms).
     """
-    memo = _MEMO.setdefault(f"{klass.__module__}.{klass.__qualname__}", set())
+    prefix = f"{klass.__module__}.{klass.__qualname__}".encode() + b"\x00"
 
     def check_remembered(v: Any) -> bool:
         if type(v) is not dict:
             return False
         try:
-            key = orjson.dumps(v)
+            key = prefix + orjson.dumps(v)
         except orjson.JSONEncodeError:
             return check(v)
-        if key in memo:
+        if key in _MEMO:
             return True
         if not check(v):
             return False
-        if len(memo) >= MEMO_SIZE:
-            memo.clear()
-        memo.add(key)
+        if len(_MEMO) >= MEMO_SIZE:
+            _MEMO.clear()
+        _MEMO.add(key)
         return True
     return check_remembered
 
