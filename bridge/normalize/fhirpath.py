@@ -20,7 +20,7 @@ def partial_date(text: Any) -> PartialDate | None:
     return _partial_date(text)
 
 
-@lru_cache(maxsize=1 << 14)
+@lru_cache(maxsize=1 << 12)
 def _partial_date(text: str) -> PartialDate | None:
     """``partial_date`` of a string, remembered: a lab panel's results share their stamps (PartialDate is frozen)."""
     m = _DATE.match(text.strip())
@@ -42,7 +42,7 @@ def local_date(text: Any) -> date | None:
     return _local_date(text)
 
 
-@lru_cache(maxsize=1 << 14)
+@lru_cache(maxsize=1 << 12)
 def _local_date(text: str) -> date | None:
     pd = _partial_date(text)
     return pd.earliest() if pd and pd.is_full else None
