@@ -17,12 +17,18 @@ def partial_date(text: Any) -> PartialDate | None:
     """A FHIR date/dateTime string as written (its local date part), keeping its precision."""
     if not isinstance(text, str):
         return None
-    return _partial_date(text)
+    return _partial_date(_date_part(text))
+
+
+def _date_part(text: str) -> str:
+    """The characters ``_DATE`` can read of ``text`` (it matches at most ``YYYY-MM-DD`` at the start, after white
+    space): the key of the remembered readings, so that every stamp of one day is one entry."""
+    return text.lstrip()[:10]
 
 
 @lru_cache(maxsize=1 << 12)
 def _partial_date(text: str) -> PartialDate | None:
-    """``partial_date`` of a string, remembered: a lab panel's results share their stamps (PartialDate is frozen)."""
+    """``partial_date`` of a string's date part, remembered (PartialDate is frozen)."""
     m = _DATE.match(text.strip())
     if not m:
         return None
@@ -39,7 +45,7 @@ def local_date(text: Any) -> date | None:
     """The calendar date as written in the resource (RULES.md §4: no time-zone shift), full dates only."""
     if not isinstance(text, str):
         return None
-    return _local_date(text)
+    return _local_date(_date_part(text))
 
 
 @lru_cache(maxsize=1 << 12)
