@@ -6,20 +6,23 @@ The per-patient path reads the whole directory into one assembler, so its memory
    once. A line of a type the bridge reads goes to the partition of its patient (a hash of the patient id the
    normalizer would read; lines naming no patient share one partition): a line that can change a verdict —
    the Patient, an Observation or Condition with a coding of a concept some criterion reads
-   (``relevance.relevant``) — in full, any other as a *stub* (where it is, its reference's 64-bit digest and
-   its patient). Every line with an id also leaves a small record (digest, position, partition) in a
-   *digest bucket*. Lines that are not JSON or name no ``resourceType`` are reported here.
+   (``relevance.relevant``) — in full, any other as a *stub*: a fixed-size row (where it is, its reference's
+   64-bit digest, its patient's digest). Every line with an id also leaves a small record (digest, position,
+   partition) in a *digest bucket*. Lines that are not JSON or name no ``resourceType`` are reported here. The
+   digests are the interpreter's string hash (``ref_digest``): every pass is forked from the process that
+   runs it, so they agree, and none outlives the run.
 2. **Identities across partitions.** The versions of one resource normally name one patient, so they meet in
    one partition. The digest buckets are read one at a time (numpy, a few MB each) to find the references
    whose versions lie in several partitions (versions naming different patients, or none); only those lines
    are read back and resolved here, exactly as the assembler resolves versions: the winning version and the
    identity conflicts.
-3. **Evaluation** (forked workers, one partition each): the full lines go through the per-patient assembler
-   (validated, normalized) with their position in the directory as their arrival order; a stub is read back
-   from the directory and added as well when its reference is also kept in full (a later version of a kept
-   resource), when its identity spans partitions, or when its patient has nothing else that would make them
-   a patient (so a patient known only from, say, Encounters is still listed as not screened). Each patient is
-   then evaluated (``then``, guarded) and the outcomes written, in patient order, to a result file.
+3. **Evaluation** (forked workers, one partition each, the largest first): the full lines go through the
+   per-patient assembler (validated, normalized) with their position in the directory as their arrival order;
+   a stub is read back from the directory and added as well when its reference is also kept in full (a later
+   version of a kept resource), when its identity spans partitions, or when its patient has nothing else that
+   would make them a patient (so a patient known only from, say, Encounters is still listed as not screened).
+   Each patient is then evaluated (``then``, guarded) and the outcomes written, in patient order, to a result
+   file.
 4. **Merge**: the partitions' outcomes are merged by patient id, read back a buffer at a time, so the parent
    holds one outcome per partition. Skipped lines are reported in directory order, warnings in reference
    order — as the per-patient path orders them.
@@ -231,11 +234,11 @@ def _partition_lines(scope: PartitionScope, chunk: Chunk, buf: bytes | bytearray
         else:
             out[last_part].append(pack_head(order, chunk.index, lineno, length) + view[begin:end])
     result.lines, result.read, result.ignored_types = lineno, read, ignored
-    for part, (records, kept_out) in enumerate(zip(out, stubs, strict=True)):
-        if records or kept_out:
+    for part, (records, stub_rows) in enumerate(zip(out, stubs, strict=True)):
+        if records or stub_rows:
             body = b"".join(records)
-            _append(scope.partitions[part], _BLOCK_HEAD.pack(len(body), len(kept_out)) + body
-                    + (numpy.array(kept_out, dtype=_STUB).tobytes() if kept_out else b""))
+            _append(scope.partitions[part], _BLOCK_HEAD.pack(len(body), len(stub_rows)) + body
+                    + (numpy.array(stub_rows, dtype=_STUB).tobytes() if stub_rows else b""))
     for bucket, rows in enumerate(bucket_rows):
         if rows:
             _append(scope.buckets[bucket], numpy.array(rows, dtype=_BUCKET).tobytes())

@@ -278,3 +278,22 @@ def test_cli_prints_the_others_names_the_failure_and_exits_1(tmp_path: Path, mon
     assert SECRET not in result.output and "Traceback" not in result.output
     if fmt == "json":
         assert [r["patient"] for r in json.loads(result.stdout)["results"]] == ["Patient/future-death"]
+
+
+@pytest.mark.parametrize("all_patients", [False, True])
+def test_rendered_stream_writes_the_same_document(tmp_path: Path, all_patients: bool) -> None:
+    """``rendered``: each screening's JSON made in the worker — the document is the very bytes of the other way."""
+    directory = write_ndjson(tmp_path / "export", [*records(), patient("no-leukemia")])
+    plain = prescreen(str(directory), OPTIONS, CMAP, all_patients=all_patients)
+    expected = io.StringIO()
+    write_prescreen_json(expected, plain.screenings, OPTIONS, plain.not_screened)
+    run = prescreen(str(directory), OPTIONS, CMAP, all_patients=all_patients, lazy=True, rendered=True)
+    assert run.stream is not None
+    out = io.StringIO()
+    written = write_prescreen_json(out, run.stream, OPTIONS, run.not_screened)
+    assert written == len(plain.screenings) > 0
+    assert out.getvalue() == expected.getvalue()
+    assert json.loads(out.getvalue()) == plain.as_json()
+    assert all(isinstance(s, pipeline.RenderedScreening)
+               for s in prescreen(str(directory), OPTIONS, CMAP, all_patients=all_patients, lazy=True,
+                                  rendered=True).stream or ())
