@@ -28,6 +28,7 @@ from bridge.fhirmodels import parse_resource
 from bridge.normalize import fastvalid
 from bridge.normalize.fastvalid import certainly_valid
 from samplegen.population import write_population
+from tests import jsonpaths
 from tests.shared import FHIR_DATA
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,21 +154,6 @@ KEYS = ["unknown", "extension", "modifierExtension", "_status", "_id", "id", "di
         "class_fhir", "fhir_comments", "url", "system", "code", "value", "coding", "_value", "_code", "div"]
 
 
-def _paths(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    found = [path] if path else []
-    if isinstance(node, dict):
-        for key, value in node.items():
-            found += _paths(value, (*path, key))
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            found += _paths(value, (*path, i))
-    return found
-
-
-def _get(node: Any, path: tuple[Any, ...]) -> Any:
-    for step in path:
-        node = node[step]
-    return node
 
 
 def _garbage(rng: random.Random, depth: int = 0) -> Any:
@@ -182,11 +168,11 @@ def _garbage(rng: random.Random, depth: int = 0) -> Any:
 def mutate(res: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     res = copy.deepcopy(res)
     for _ in range(rng.randint(1, 3)):
-        paths = _paths(res)
+        paths = jsonpaths.paths(res)
         if not paths:
             break
         path = rng.choice(paths)
-        parent = _get(res, path[:-1])
+        parent = jsonpaths.get(res, path[:-1])
         key = path[-1]
         value = parent[key]
         kind = rng.randrange(12)
@@ -254,10 +240,10 @@ def test_random_mutations_of_generated_lines(generated: list[dict[str, Any]]) ->
 def test_hypothesis_mutations(data: st.DataObject) -> None:
     bases = [r for r in samples() if certainly_valid(r)]
     res = copy.deepcopy(bases[data.draw(st.integers(0, len(bases) - 1))])
-    paths = _paths(res)
+    paths = jsonpaths.paths(res)
     for _ in range(data.draw(st.integers(1, 2))):
         path = data.draw(st.sampled_from(paths))
-        parent = _get(res, path[:-1])
+        parent = jsonpaths.get(res, path[:-1])
         value: Any = data.draw(st.one_of(
             st.sampled_from(BAD + GOOD_DATES), st.text(max_size=8), st.integers(), st.floats(),
             st.booleans(), st.none(), st.lists(st.sampled_from(BAD), max_size=2),
@@ -266,7 +252,7 @@ def test_hypothesis_mutations(data: st.DataObject) -> None:
             parent[path[-1]] = copy.deepcopy(value)
         except (IndexError, KeyError, TypeError):
             continue
-        paths = _paths(res)
+        paths = jsonpaths.paths(res)
         if not paths:
             break
     fast = certainly_valid(res)

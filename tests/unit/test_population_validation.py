@@ -22,6 +22,7 @@ from bridge.errors import InvalidResource
 from bridge.fhirmodels import parse_resource
 from bridge.population import validation
 from samplegen.population import write_population
+from tests import jsonpaths
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples" / "prescreen" / "ndjson"
@@ -76,21 +77,6 @@ def test_a_generated_population_gets_the_models_answer(generated: list[dict[str,
     assert sum(1 for _, slow in answers if not slow) == 2 * len(broken)
 
 
-def _paths(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    found = [path] if path else []
-    if isinstance(node, dict):
-        for key, value in node.items():
-            found += _paths(value, (*path, key))
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            found += _paths(value, (*path, i))
-    return found
-
-
-def _set(node: Any, path: tuple[Any, ...], value: Any) -> None:
-    for step in path[:-1]:
-        node = node[step]
-    node[path[-1]] = copy.deepcopy(value)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -100,30 +86,25 @@ def test_mutations_never_pass_where_the_model_fails(data: st.DataObject) -> None
     res = copy.deepcopy(resources[data.draw(st.integers(0, len(resources) - 1))])
     for _ in range(data.draw(st.integers(1, 3))):
         kind = data.draw(st.sampled_from(["replace", "add", "second-value", "list-null"]))
-        paths = _paths(res)
+        paths = jsonpaths.paths(res)
         if kind == "replace" and paths:
-            _set(res, data.draw(st.sampled_from(paths)), data.draw(st.sampled_from(BAD_VALUES)))
+            jsonpaths.put(res, data.draw(st.sampled_from(paths)), data.draw(st.sampled_from(BAD_VALUES)))
         elif kind == "add":
-            targets = [p for p in paths if isinstance(_get(res, p), dict)] + [()]
+            targets = [p for p in paths if isinstance(jsonpaths.get(res, p), dict)] + [()]
             target = data.draw(st.sampled_from(targets))
             key = data.draw(st.sampled_from(["unknown", "extension", "_status", "id", "display", "valueString"]))
-            node = _get(res, target)
+            node = jsonpaths.get(res, target)
             node[key] = copy.deepcopy(data.draw(st.sampled_from([*BAD_VALUES, "ok"])))
         elif kind == "second-value":
             res["valueString"] = "also"
         else:
-            lists = [p for p in paths if isinstance(_get(res, p), list)]
+            lists = [p for p in paths if isinstance(jsonpaths.get(res, p), list)]
             if lists:
-                _get(res, data.draw(st.sampled_from(lists))).append(None)
+                jsonpaths.get(res, data.draw(st.sampled_from(lists))).append(None)
     answer = full(res)
     assert validation.valid(res) == answer
     assert validation.valid(res) == answer  # again, from the memory
 
-
-def _get(node: Any, path: tuple[Any, ...]) -> Any:
-    for step in path:
-        node = node[step]
-    return node
 
 
 def test_the_memory_tells_exact_json_apart() -> None:
