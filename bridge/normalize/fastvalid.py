@@ -312,8 +312,8 @@ def _resource_schema(resource_type: str) -> _Schema | None:
 
 
 def prepare(resource_types: Iterable[str]) -> None:
-    """Builds the rules of these resource types and of every element type they contain (a forking caller does
-    it once, before the fork; otherwise they are built on first use)."""
+    """Builds the R4B model classes of these resource types and the rules of them and of every element type they
+    contain (a forking caller does it once, before the fork; otherwise they are built on first use)."""
     todo = [model_class(rtype) for rtype in resource_types]
     for rtype in resource_types:
         _resource_schema(rtype)

@@ -58,7 +58,6 @@ from typing import Any
 import numpy
 import orjson
 
-from bridge.fhirmodels import model_class
 from bridge.ingest.readers import ndjson_files, ndjson_line, read_ndjson_dir
 from bridge.model import Entry, PatientFacts, Skipped
 from bridge.normalize import fastvalid
@@ -309,9 +308,8 @@ class EvaluationScope:
     then: Callable[[PatientFacts], Any] | None
 
     def prepare(self) -> None:
-        """The R4B models and the fast path's rules the workers validate with, built once before the fork."""
-        for rtype in READ_TYPES:
-            model_class(rtype)
+        """The R4B models and the fast path's rules the workers validate with (``fastvalid.prepare`` builds both),
+        built once before the fork."""
         fastvalid.prepare(READ_TYPES)
 
 

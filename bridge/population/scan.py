@@ -19,8 +19,6 @@ from typing import Any
 
 import orjson
 
-from bridge.fhirmodels import model_class
-
 # TODO(issue #13): the reader's own line decoding (so the skip reasons are the same) is private to
 # bridge.ingest.readers; import it under a public name once readers.py exports one.
 from bridge.ingest.readers import ndjson_line
@@ -73,9 +71,7 @@ class Scope:
         """The filter, the code cache, the R4B models and the fast path's rules the workers validate with (built
         lazily otherwise), built once in the parent and inherited by the workers."""
         _ = self.filter, self.codes
-        for rtype in SCREENED_TYPES:
-            model_class(rtype)
-        fastvalid.prepare(SCREENED_TYPES)
+        fastvalid.prepare(SCREENED_TYPES)  # the models and the fast path's rules
 
 
 @dataclass
