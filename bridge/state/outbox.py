@@ -25,9 +25,12 @@ owner (``host:pid``); a backend's outbox object is made with both (``SqliteOutbo
 from __future__ import annotations
 
 import os
-from collections.abc import Collection
+import socket
+import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any, Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol, Self
 
 STATES = ("pending", "sending", "sent", "failed", "superseded", "withdrawn")
 WITHDRAWN = "no longer in the export (consent withdrawn, or no longer due)"
@@ -79,6 +82,44 @@ def owner_gone(owner: str | None, host: str) -> bool:
     return where == host and pid.isdigit() and not _pid_alive(int(pid))
 
 
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+class OutboxBase:
+    """What both backends' outboxes share: the owner (``host:pid``), the clock and the lease, the ISO time of
+    their rows, when a ``sending`` package may be claimed again, and closing the database only when the outbox
+    opened it."""
+
+    def __init__(self, db: Closable, owns: bool, clock: Callable[[], float] = time.time,
+                 lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+        self._outbox_db, self._owns = db, owns
+        self.clock = clock
+        self.lease_seconds = lease_seconds
+        self.host = socket.gethostname()
+        self.owner = f"{self.host}:{os.getpid()}"
+
+    def close(self) -> None:
+        """Close the database when this outbox opened it (one shared with the service's state stays open)."""
+        if self._owns:
+            self._outbox_db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _now(self) -> str:
+        return datetime.fromtimestamp(self.clock(), UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+    def _claimable(self, state: str, owner: str | None, lease_until: float | None) -> bool:
+        """A pending package, or one being sent by a sender whose lease ran out or whose process is gone."""
+        if state == "pending":
+            return True
+        return (lease_until or 0.0) < self.clock() or owner_gone(owner, self.host)
+
+
 class RegistryOutbox(Protocol):
     """The registry outbox and CRID cache, as ``bridge registry submit`` / ``status`` use them."""
 
@@ -116,4 +157,4 @@ class RegistryOutbox(Protocol):
     def remember_crid(self, pseudonym: str, crid: str) -> None: ...
 
 
-__all__ = ["DEFAULT_LEASE_SECONDS", "STATES", "WITHDRAWN", "OutboxRow", "RegistryOutbox", "owner_gone"]
+__all__ = ["DEFAULT_LEASE_SECONDS", "STATES", "WITHDRAWN", "OutboxBase", "OutboxRow", "RegistryOutbox", "owner_gone"]

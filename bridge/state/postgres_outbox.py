@@ -10,15 +10,12 @@ package is claimed once; one whose sender died (lease expired, or a dead process
 from __future__ import annotations
 
 import json
-import os
-import socket
 import time
 from collections.abc import Callable, Collection
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
-from bridge.state.outbox import DEFAULT_LEASE_SECONDS, STATES, WITHDRAWN, OutboxRow, owner_gone
+from bridge.state.outbox import DEFAULT_LEASE_SECONDS, STATES, WITHDRAWN, OutboxBase, OutboxRow
 from bridge.state.postgres import PostgresDatabase, Row, xact_lock
 
 Json = dict[str, Any]
@@ -34,32 +31,15 @@ def _row(r: Row, with_body: bool = False) -> OutboxRow:
                      json.loads(r["body"]) if with_body and r["body"] else None)
 
 
-class PostgresOutbox:
+class PostgresOutbox(OutboxBase):
     """The registry outbox and CRID cache; one instance per process (its owner is ``host:pid``)."""
 
     def __init__(self, database: PostgresDatabase | str, clock: Callable[[], float] = time.time,
                  lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
-        self._owns = not isinstance(database, PostgresDatabase)
+        owns = not isinstance(database, PostgresDatabase)
         self._db = database if isinstance(database, PostgresDatabase) else PostgresDatabase(database, max_size=2)
         self.path = self._db.where
-        self.clock = clock
-        self.lease_seconds = lease_seconds
-        self.host = socket.gethostname()
-        self.owner = f"{self.host}:{os.getpid()}"
-
-    def close(self) -> None:
-        """Close the database when this outbox opened it (one shared with the service's state stays open)."""
-        if self._owns:
-            self._db.close()
-
-    def __enter__(self) -> PostgresOutbox:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _now(self) -> str:
-        return datetime.fromtimestamp(self.clock(), UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        super().__init__(self._db, owns, clock, lease_seconds)
 
     # ------------------------------------------------------------------ packages
 
@@ -92,7 +72,7 @@ class PostgresOutbox:
                                "WHERE state IN ('pending', 'sending', 'failed', 'superseded') ORDER BY seq "
                                "FOR UPDATE").fetchall()
             for r in rows:
-                if r["package_id"] in keep or (r["state"] == "sending" and not self._claimable(r)):
+                if r["package_id"] in keep or (r["state"] == "sending" and not self._row_claimable(r)):
                     continue
                 if r["state"] == "superseded":
                     cur.execute("UPDATE registry_outbox SET body = '{}' WHERE key = %s", (r["key"],))
@@ -109,7 +89,7 @@ class PostgresOutbox:
             candidates = cur.execute("SELECT key, state, owner, lease_until FROM registry_outbox "
                                      "WHERE state IN ('pending', 'sending') ORDER BY seq").fetchall()
         for candidate in candidates:
-            if self._claimable(candidate):
+            if self._row_claimable(candidate):
                 claimed = self._claim_one(candidate["key"])
                 if claimed is not None:
                     return claimed
@@ -121,7 +101,7 @@ class PostgresOutbox:
             row = cur.execute(f"SELECT {_COLUMNS}, owner, lease_until, body FROM registry_outbox "  # noqa: S608 - constant columns
                               "WHERE key = %s AND state IN ('pending', 'sending') FOR UPDATE SKIP LOCKED",
                               (key,)).fetchone()
-            if row is None or not self._claimable(row):
+            if row is None or not self._row_claimable(row):
                 return None
             cur.execute("UPDATE registry_outbox SET state = 'sending', owner = %s, lease_until = %s, "
                         "attempts = attempts + 1, updated_at = %s WHERE key = %s",
@@ -129,10 +109,8 @@ class PostgresOutbox:
         claimed = _row(row, with_body=True)
         return replace(claimed, state="sending", attempts=claimed.attempts + 1)
 
-    def _claimable(self, row: Row) -> bool:
-        if row["state"] == "pending":
-            return True
-        return bool((row["lease_until"] or 0.0) < self.clock() or owner_gone(row["owner"], self.host))
+    def _row_claimable(self, row: Row) -> bool:
+        return self._claimable(row["state"], row["owner"], row["lease_until"])
 
     def _set(self, key: str, state: str, **values: Any) -> None:
         columns = "".join(f", {name} = %s" for name in values)

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from collections.abc import Callable, Collection
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
-from bridge.state.outbox import DEFAULT_LEASE_SECONDS, STATES, WITHDRAWN, OutboxRow, owner_gone
+from bridge.state.outbox import DEFAULT_LEASE_SECONDS, STATES, WITHDRAWN, OutboxBase, OutboxRow
 from bridge.state.sqlite import SqliteDatabase
 
 Json = dict[str, Any]
@@ -32,32 +30,15 @@ def _row(values: tuple[Any, ...], body: str | None = None) -> OutboxRow:
                      json.loads(receipt) if receipt else None, sent_at, json.loads(body) if body else None)
 
 
-class SqliteOutbox:
+class SqliteOutbox(OutboxBase):
     """The registry outbox and CRID cache; one instance per process (its owner is ``host:pid``)."""
 
     def __init__(self, database: SqliteDatabase | str | os.PathLike[str], clock: Callable[[], float] = time.time,
                  lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
-        self._owns = not isinstance(database, SqliteDatabase)
+        owns = not isinstance(database, SqliteDatabase)
         self._db = database if isinstance(database, SqliteDatabase) else SqliteDatabase(database)
         self.path = self._db.path
-        self.clock = clock
-        self.lease_seconds = lease_seconds
-        self.host = socket.gethostname()
-        self.owner = f"{self.host}:{os.getpid()}"
-
-    def close(self) -> None:
-        """Close the database when this outbox opened it (one shared with the service's state stays open)."""
-        if self._owns:
-            self._db.close()
-
-    def __enter__(self) -> SqliteOutbox:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _now(self) -> str:
-        return datetime.fromtimestamp(self.clock(), UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        super().__init__(self._db, owns, clock, lease_seconds)
 
     # ------------------------------------------------------------------ packages
 
@@ -113,11 +94,6 @@ class SqliteOutbox:
                        (self.owner, self.clock() + self.lease_seconds, self._now(), chosen[0]))
         row = _row(chosen[:12], chosen[14])
         return replace(row, state="sending", attempts=row.attempts + 1)
-
-    def _claimable(self, state: str, owner: str | None, lease_until: float | None) -> bool:
-        if state == "pending":
-            return True
-        return (lease_until or 0.0) < self.clock() or owner_gone(owner, self.host)
 
     def _set(self, key: str, state: str, **values: Any) -> None:
         columns = ", ".join(f"{name} = ?" for name in values)
