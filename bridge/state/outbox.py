@@ -82,18 +82,14 @@ def owner_gone(owner: str | None, host: str) -> bool:
     return where == host and pid.isdigit() and not _pid_alive(int(pid))
 
 
-class Closable(Protocol):
-    def close(self) -> None: ...
-
-
 class OutboxBase:
     """What both backends' outboxes share: the owner (``host:pid``), the clock and the lease, the ISO time of
     their rows, when a ``sending`` package may be claimed again, and closing the database only when the outbox
-    opened it."""
+    opened it (``close_db``: its close, None for a database shared with the service's state)."""
 
-    def __init__(self, db: Closable, owns: bool, clock: Callable[[], float] = time.time,
+    def __init__(self, close_db: Callable[[], None] | None, clock: Callable[[], float] = time.time,
                  lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
-        self._outbox_db, self._owns = db, owns
+        self._close_db = close_db
         self.clock = clock
         self.lease_seconds = lease_seconds
         self.host = socket.gethostname()
@@ -101,8 +97,8 @@ class OutboxBase:
 
     def close(self) -> None:
         """Close the database when this outbox opened it (one shared with the service's state stays open)."""
-        if self._owns:
-            self._outbox_db.close()
+        if self._close_db is not None:
+            self._close_db()
 
     def __enter__(self) -> Self:
         return self

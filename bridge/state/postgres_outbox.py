@@ -39,7 +39,7 @@ class PostgresOutbox(OutboxBase):
         owns = not isinstance(database, PostgresDatabase)
         self._db = database if isinstance(database, PostgresDatabase) else PostgresDatabase(database, max_size=2)
         self.path = self._db.where
-        super().__init__(self._db, owns, clock, lease_seconds)
+        super().__init__(self._db.close if owns else None, clock, lease_seconds)
 
     # ------------------------------------------------------------------ packages
 

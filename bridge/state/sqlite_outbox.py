@@ -38,7 +38,7 @@ class SqliteOutbox(OutboxBase):
         owns = not isinstance(database, SqliteDatabase)
         self._db = database if isinstance(database, SqliteDatabase) else SqliteDatabase(database)
         self.path = self._db.path
-        super().__init__(self._db, owns, clock, lease_seconds)
+        super().__init__(self._db.close if owns else None, clock, lease_seconds)
 
     # ------------------------------------------------------------------ packages
 
