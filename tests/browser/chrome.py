@@ -39,3 +39,27 @@ def new_driver(profile: Path) -> Any:
 
 
 __all__ = ["CHROMEDRIVER", "CHROMIUM", "new_driver", "require_browser"]
+
+
+def wait_replaced(driver: Any, element: Any, seconds: float = 10) -> None:
+    """Wait until ``element``'s page has been replaced (after a click that posts a form and is redirected).
+
+    Selenium's ``staleness_of`` asks the element and expects ``StaleElementReferenceException``; while the new
+    page is being swapped in, chromedriver may answer instead "Node with given id does not belong to the
+    document" (a plain ``WebDriverException``) — the same fact, which made a test fail in CI. Both mean gone.
+    """
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def gone(_: Any) -> bool:
+        try:
+            element.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            if "does not belong to the document" in (exc.msg or ""):
+                return True
+            raise
+        return False
+
+    WebDriverWait(driver, seconds).until(gone)

@@ -19,7 +19,7 @@ import yaml
 
 from bridge.state import ScreeningRecord
 from bridge.trial import load_trial
-from tests.browser.chrome import require_browser
+from tests.browser.chrome import require_browser, wait_replaced
 from tests.browser.team import COORDINATOR, INVESTIGATOR, sign_in, start_team_service
 from tests.processes import ServiceProcess
 
@@ -59,8 +59,7 @@ def _css(driver: Any, selector: str) -> list[Any]:
 
 def _record(driver: Any, kind: str, note: str | None = None, **selects: str) -> None:
     """Fill the action form ``kind`` and send it; wait for the patient page to come back (POST-redirect-GET)."""
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from selenium.webdriver.support.ui import Select
 
     (form,) = _css(driver, f"form#action-{kind}")
     for name, value in selects.items():
@@ -69,7 +68,7 @@ def _record(driver: Any, kind: str, note: str | None = None, **selects: str) -> 
         form.find_element("css selector", "textarea[name=note]").send_keys(note)
     button = form.find_element("css selector", "button")
     button.click()
-    WebDriverWait(driver, 10).until(expected_conditions.staleness_of(button))
+    wait_replaced(driver, button, 10)
     assert _css(driver, "#audit-trail"), driver.page_source[:500]
 
 

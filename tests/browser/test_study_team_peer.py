@@ -30,7 +30,7 @@ from bridge.publish.subject import SUBJECT_ID_SYSTEM, decision_from_subject, ver
 from bridge.publish.validate import REPO_ROOT
 from bridge.state import screening_record
 from bridge.trial import load_trial
-from tests.browser.chrome import require_browser
+from tests.browser.chrome import require_browser, wait_replaced
 from tests.browser.team import COORDINATOR, INVESTIGATOR, sign_in, start_team_service
 from tests.integration.loading import all_resources
 from tests.integration.peer import PeerServer, PeerUnavailable, find_sekmet
@@ -92,8 +92,7 @@ def _subject(client: FhirClient, pid: str) -> Json:
 
 
 def _record(driver: Any, kind: str, note: str, **selects: str) -> None:
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import Select, WebDriverWait
+    from selenium.webdriver.support.ui import Select
 
     (form,) = driver.find_elements("css selector", f"form#action-{kind}")
     for name, value in selects.items():
@@ -101,7 +100,7 @@ def _record(driver: Any, kind: str, note: str, **selects: str) -> None:
     form.find_element("css selector", "textarea[name=note]").send_keys(note)
     button = form.find_element("css selector", "button")
     button.click()
-    WebDriverWait(driver, 15).until(expected_conditions.staleness_of(button))
+    wait_replaced(driver, button, 15)
 
 
 def test_actions_in_the_browser_reach_the_peer_ehr_with_provenance_naming_the_person(
